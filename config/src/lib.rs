@@ -1,0 +1,129 @@
+//! strait's configuration model. One validated [`Config`] is fed from a
+//! YAML file (and, later, from xDS); the data path never sees the wire
+//! format. A configuration that breaks a rule is refused with a
+//! [`ConfigError`] naming the field and line, so the caller can keep
+//! serving the previous one.
+
+pub mod error;
+pub mod file;
+pub mod lines;
+pub mod model;
+pub mod validate;
+
+pub use error::{At, ConfigError};
+pub use model::*;
+pub use validate::{defaults, normalize_authority};
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The configuration `strait run` uses when given no file.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../default.yaml");
+
+impl Config {
+    /// Parse and validate a YAML document.
+    pub fn from_yaml(source: &str) -> Result<Config, ConfigError> {
+        let index = lines::LineIndex::build(source);
+        let file: file::FileConfig = if source.trim().is_empty() {
+            file::FileConfig::default()
+        } else {
+            let de = serde_yaml::Deserializer::from_str(source);
+            serde_path_to_error::deserialize(de).map_err(|err| {
+                let field = err.path().to_string();
+                let inner = err.into_inner();
+                let line = inner
+                    .location()
+                    .map(|l| l.line())
+                    .or_else(|| index.line_of(&field));
+                ConfigError::Syntax {
+                    at: At {
+                        field: if field == "." {
+                            "(document)".into()
+                        } else {
+                            field
+                        },
+                        line,
+                    },
+                    message: strip_location(&inner.to_string()),
+                }
+            })?
+        };
+        validate::validate(file, &index)
+    }
+
+    /// Read, parse and validate a YAML file.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_yaml(&source)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::from_yaml(EMBEDDED_DEFAULT)
+    }
+
+    /// Apply `STRAIT_*` overrides: `STRAIT_OUTBOUND_ADDR`, `STRAIT_INBOUND_ADDR`,
+    /// `STRAIT_ADMIN_ADDR` (IP:PORT), `STRAIT_LOG` (level) and
+    /// `STRAIT_LOG_FORMAT` (plain|json). `lookup` is the environment.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let addr = |var: &'static str| -> Result<Option<SocketAddr>, ConfigError> {
+            lookup(var)
+                .map(|value| {
+                    value.parse().map_err(|_| ConfigError::Env {
+                        var,
+                        reason: "expected IP:PORT, e.g. 127.0.0.1:4140".into(),
+                        value,
+                    })
+                })
+                .transpose()
+        };
+        if let Some(a) = addr("STRAIT_OUTBOUND_ADDR")? {
+            self.outbound.addr = a;
+        }
+        if let Some(a) = addr("STRAIT_INBOUND_ADDR")? {
+            self.inbound.addr = a;
+        }
+        if let Some(a) = addr("STRAIT_ADMIN_ADDR")? {
+            self.admin = a;
+        }
+        if let Some(level) = lookup("STRAIT_LOG") {
+            self.log.level = level;
+        }
+        if let Some(format) = lookup("STRAIT_LOG_FORMAT") {
+            self.log.format = match format.as_str() {
+                "plain" => LogFormat::Plain,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "STRAIT_LOG_FORMAT",
+                        value: format,
+                        reason: "expected plain or json".into(),
+                    })
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// The cluster called `name`.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+/// serde_yaml prefixes its own path and appends "at line X column Y"; the
+/// error carries both itself.
+fn strip_location(message: &str) -> String {
+    let message = match message.split_once(": ") {
+        Some((path, rest)) if !path.contains(char::is_whitespace) => rest,
+        _ => message,
+    };
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}

@@ -1,0 +1,136 @@
+//! The validated configuration the data path reads. Every value here has
+//! passed its rule: ports are ports, clusters named by routes exist,
+//! durations are positive. Serializable for `/config_dump` and `strait check`.
+
+use serde::Serialize;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// A complete, validated configuration snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub log: Log,
+    pub runtime: Runtime,
+    pub outbound: Listener,
+    pub inbound: InboundListener,
+    pub admin: SocketAddr,
+    pub proxy: ProxySettings,
+    pub clusters: Vec<Cluster>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Log {
+    /// An `EnvFilter` directive such as `info` or `strait=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Runtime {
+    /// Data-plane worker threads; 0 means one per CPU the process may use.
+    pub worker_threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    /// Where traffic no route claims goes; `None` is the original destination.
+    pub default_cluster: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InboundListener {
+    pub addr: SocketAddr,
+    pub default_cluster: Option<String>,
+    /// Inbound traffic is forwarded to this IP at the original destination port.
+    pub forward_ip: IpAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProxySettings {
+    /// Connections held open at once, both listeners together.
+    pub max_connections: usize,
+    pub backlog: u32,
+    /// How long to wait for a client's first bytes before treating the
+    /// connection as opaque TCP.
+    #[serde(with = "humantime_serde")]
+    pub detect_timeout: Duration,
+    /// Destination ports forwarded as opaque TCP without detection
+    /// (server-speaks-first protocols would stall detection).
+    pub opaque_ports: Vec<u16>,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_endpoint: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    pub protocol: Protocol,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The protocol spoken to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP in the version the client used.
+    Auto,
+    Http1,
+    Http2,
+    /// Bytes, copied both ways.
+    Opaque,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Route {
+    #[serde(rename = "match")]
+    pub matches: RouteMatch,
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteMatch {
+    /// HTTP requests whose authority (Host) equals this name, port ignored,
+    /// compared case-insensitively.
+    Authority(String),
+    /// Connections whose original destination port is this.
+    Port(u16),
+}
+
+/// Durations serialize the way they are written in the file.
+mod humantime_serde {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}

@@ -1,0 +1,388 @@
+//! Turns the wire format into the model, rule by rule. Each rule failure
+//! names the field path and the line it came from.
+
+use crate::error::{At, ConfigError};
+use crate::file::*;
+use crate::lines::LineIndex;
+use crate::model::*;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Defaults: Linkerd's ports, loopback for the outbound and admin listeners.
+pub mod defaults {
+    use std::time::Duration;
+    pub const OUTBOUND: &str = "127.0.0.1:4140";
+    pub const INBOUND: &str = "0.0.0.0:4143";
+    pub const ADMIN: &str = "127.0.0.1:4191";
+    pub const FORWARD_IP: &str = "127.0.0.1";
+    pub const MAX_CONNECTIONS: usize = 100_000;
+    pub const BACKLOG: u32 = 1024;
+    pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Server-speaks-first protocols (SMTP, MySQL, Galera, PostgreSQL,
+    /// Redis, Elasticsearch transport, memcached), as Linkerd ships them.
+    pub const OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    pub const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const POOL_MAX_IDLE_PER_ENDPOINT: usize = 128;
+}
+
+struct Rules<'a> {
+    index: &'a LineIndex,
+}
+
+impl Rules<'_> {
+    fn at(&self, field: &str) -> At {
+        At {
+            field: field.to_string(),
+            line: self.index.line_of(field),
+        }
+    }
+
+    fn port(&self, field: &str, value: i64, allow_zero: bool) -> Result<u16, ConfigError> {
+        let min = if allow_zero { 0 } else { 1 };
+        match u16::try_from(value) {
+            Ok(port) if i64::from(port) >= min => Ok(port),
+            _ => Err(ConfigError::NotAPort {
+                at: self.at(field),
+                value,
+            }),
+        }
+    }
+
+    fn ip(&self, field: &str, value: &str) -> Result<IpAddr, ConfigError> {
+        value.parse().map_err(|_| ConfigError::NotAnIp {
+            at: self.at(field),
+            value: value.to_string(),
+        })
+    }
+
+    fn socket_addr(&self, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        match value.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() != 0 => Ok(addr),
+            _ => Err(ConfigError::NotASocketAddr {
+                at: self.at(field),
+                value: value.to_string(),
+            }),
+        }
+    }
+
+    fn duration(
+        &self,
+        field: &str,
+        value: Option<&String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let parsed =
+            humantime::parse_duration(value.trim()).map_err(|_| ConfigError::NotADuration {
+                at: self.at(field),
+                value: value.clone(),
+            })?;
+        if parsed.is_zero() {
+            return Err(ConfigError::ZeroDuration {
+                at: self.at(field),
+                value: value.clone(),
+            });
+        }
+        Ok(parsed)
+    }
+
+    fn range(
+        &self,
+        field: &str,
+        value: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+        expected: &'static str,
+    ) -> Result<i64, ConfigError> {
+        let value = value.unwrap_or(default);
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError::OutOfRange {
+                at: self.at(field),
+                value,
+                expected,
+            })
+        }
+    }
+
+    fn listener_addr(
+        &self,
+        name: &str,
+        file: Option<&FileListener>,
+        default: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        // Defaults are constants that parse.
+        let default: SocketAddr = default.parse().unwrap_or(SocketAddr::from(([0; 4], 0)));
+        let ip = match file.and_then(|l| l.address.as_deref()) {
+            Some(addr) => self.ip(&format!("listeners.{name}.address"), addr)?,
+            None => default.ip(),
+        };
+        let port = match file.and_then(|l| l.port) {
+            Some(port) => self.port(&format!("listeners.{name}.port"), port, true)?,
+            None => default.port(),
+        };
+        Ok(SocketAddr::new(ip, port))
+    }
+}
+
+/// Validate a parsed file into a [`Config`].
+pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigError> {
+    let rules = Rules { index };
+
+    let log_file = file.log.unwrap_or_default();
+    let level = log_file.level.unwrap_or_else(|| "info".to_string());
+    if !is_plausible_log_level(&level) {
+        return Err(ConfigError::BadLogLevel {
+            at: rules.at("log.level"),
+            value: level,
+        });
+    }
+    let log = Log {
+        level,
+        format: match log_file.format {
+            Some(FileLogFormat::Json) => LogFormat::Json,
+            _ => LogFormat::Plain,
+        },
+    };
+
+    let runtime_file = file.runtime.unwrap_or_default();
+    let worker_threads = rules.range(
+        "runtime.worker_threads",
+        runtime_file.worker_threads,
+        0,
+        0,
+        1024,
+        "0 (one per CPU) to 1024",
+    )? as usize;
+
+    let listeners = file.listeners.unwrap_or_default();
+    let outbound_file = listeners.outbound.as_ref();
+    let inbound_file = listeners.inbound.as_ref();
+    let outbound = Listener {
+        addr: rules.listener_addr("outbound", outbound_file, defaults::OUTBOUND)?,
+        default_cluster: outbound_file.and_then(|l| l.default_cluster.clone()),
+    };
+    let forward_ip = match inbound_file.and_then(|l| l.forward_address.as_deref()) {
+        Some(ip) => rules.ip("listeners.inbound.forward_address", ip)?,
+        None => rules.ip("listeners.inbound.forward_address", defaults::FORWARD_IP)?,
+    };
+    let inbound = InboundListener {
+        addr: rules.listener_addr("inbound", inbound_file, defaults::INBOUND)?,
+        default_cluster: inbound_file.and_then(|l| l.default_cluster.clone()),
+        forward_ip,
+    };
+    let admin = rules.listener_addr("admin", listeners.admin.as_ref(), defaults::ADMIN)?;
+
+    let proxy = proxy_settings(&rules, file.proxy.unwrap_or_default())?;
+
+    let mut clusters = Vec::with_capacity(file.clusters.len());
+    let mut names = HashSet::new();
+    for (i, c) in file.clusters.into_iter().enumerate() {
+        let field = format!("clusters[{i}]");
+        if c.name.trim().is_empty() {
+            return Err(ConfigError::EmptyClusterName {
+                at: rules.at(&format!("{field}.name")),
+            });
+        }
+        if !names.insert(c.name.clone()) {
+            return Err(ConfigError::DuplicateCluster {
+                at: rules.at(&format!("{field}.name")),
+                name: c.name,
+            });
+        }
+        if c.endpoints.is_empty() {
+            return Err(ConfigError::NoEndpoints {
+                at: rules.at(&field),
+                name: c.name,
+            });
+        }
+        let mut endpoints = Vec::with_capacity(c.endpoints.len());
+        for (j, e) in c.endpoints.iter().enumerate() {
+            let ep = format!("{field}.endpoints[{j}]");
+            endpoints.push(Endpoint {
+                addr: rules.socket_addr(&format!("{ep}.address"), &e.address)?,
+                weight: rules.range(
+                    &format!("{ep}.weight"),
+                    e.weight,
+                    1,
+                    1,
+                    10_000,
+                    "1 to 10000",
+                )? as u32,
+            });
+        }
+        clusters.push(Cluster {
+            protocol: match c.protocol.unwrap_or(FileProtocol::Auto) {
+                FileProtocol::Auto => Protocol::Auto,
+                FileProtocol::Http1 => Protocol::Http1,
+                FileProtocol::Http2 => Protocol::Http2,
+                FileProtocol::Opaque => Protocol::Opaque,
+            },
+            connect_timeout: rules.duration(
+                &format!("{field}.connect_timeout"),
+                c.connect_timeout.as_ref(),
+                proxy.connect_timeout,
+            )?,
+            response_timeout: rules.duration(
+                &format!("{field}.response_timeout"),
+                c.response_timeout.as_ref(),
+                proxy.response_timeout,
+            )?,
+            name: c.name,
+            endpoints,
+        });
+    }
+
+    let known = |field: &str, name: &str| -> Result<(), ConfigError> {
+        if names.contains(name) {
+            Ok(())
+        } else {
+            Err(ConfigError::UnknownCluster {
+                at: rules.at(field),
+                name: name.to_string(),
+            })
+        }
+    };
+    if let Some(name) = &outbound.default_cluster {
+        known("listeners.outbound.default_cluster", name)?;
+    }
+    if let Some(name) = &inbound.default_cluster {
+        known("listeners.inbound.default_cluster", name)?;
+    }
+
+    let mut routes = Vec::with_capacity(file.routes.len());
+    let mut authorities = HashSet::new();
+    for (i, r) in file.routes.into_iter().enumerate() {
+        let field = format!("routes[{i}]");
+        let matches = match (r.authority, r.port) {
+            (Some(authority), None) => {
+                let authority = normalize_authority(&authority);
+                if !authorities.insert(authority.clone()) {
+                    return Err(ConfigError::DuplicateRoute {
+                        at: rules.at(&format!("{field}.authority")),
+                        value: authority,
+                    });
+                }
+                RouteMatch::Authority(authority)
+            }
+            (None, Some(port)) => RouteMatch::Port(rules.port(&format!("{field}.port"), port, false)?),
+            _ => return Err(ConfigError::RouteMatch { at: rules.at(&field) }),
+        };
+        known(&format!("{field}.cluster"), &r.cluster)?;
+        routes.push(Route {
+            matches,
+            cluster: r.cluster,
+        });
+    }
+
+    Ok(Config {
+        log,
+        runtime: Runtime { worker_threads },
+        outbound,
+        inbound,
+        admin,
+        proxy,
+        clusters,
+        routes,
+    })
+}
+
+fn proxy_settings(rules: &Rules<'_>, p: FileProxy) -> Result<ProxySettings, ConfigError> {
+    let opaque_ports = match p.opaque_ports {
+        Some(ports) => ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| rules.port(&format!("proxy.opaque_ports[{i}]"), *port, false))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => defaults::OPAQUE_PORTS.to_vec(),
+    };
+    let pool = p.pool.unwrap_or_default();
+    Ok(ProxySettings {
+        max_connections: rules.range(
+            "proxy.max_connections",
+            p.max_connections,
+            defaults::MAX_CONNECTIONS as i64,
+            1,
+            10_000_000,
+            "1 to 10000000",
+        )? as usize,
+        backlog: rules.range(
+            "proxy.backlog",
+            p.backlog,
+            i64::from(defaults::BACKLOG),
+            1,
+            65_535,
+            "1 to 65535",
+        )? as u32,
+        detect_timeout: rules.duration(
+            "proxy.detect_timeout",
+            p.detect_timeout.as_ref(),
+            defaults::DETECT_TIMEOUT,
+        )?,
+        opaque_ports,
+        shutdown_grace: rules.duration(
+            "proxy.shutdown_grace",
+            p.shutdown_grace.as_ref(),
+            defaults::SHUTDOWN_GRACE,
+        )?,
+        tcp_keepalive: rules.duration(
+            "proxy.tcp_keepalive",
+            p.tcp_keepalive.as_ref(),
+            defaults::TCP_KEEPALIVE,
+        )?,
+        connect_timeout: rules.duration(
+            "proxy.connect_timeout",
+            p.connect_timeout.as_ref(),
+            defaults::CONNECT_TIMEOUT,
+        )?,
+        response_timeout: rules.duration(
+            "proxy.response_timeout",
+            p.response_timeout.as_ref(),
+            defaults::RESPONSE_TIMEOUT,
+        )?,
+        pool_idle_timeout: rules.duration(
+            "proxy.pool.idle_timeout",
+            pool.idle_timeout.as_ref(),
+            defaults::POOL_IDLE_TIMEOUT,
+        )?,
+        pool_max_idle_per_endpoint: rules.range(
+            "proxy.pool.max_idle_per_endpoint",
+            pool.max_idle_per_endpoint,
+            defaults::POOL_MAX_IDLE_PER_ENDPOINT as i64,
+            0,
+            100_000,
+            "0 to 100000",
+        )? as usize,
+    })
+}
+
+/// Authorities compare case-insensitively and without a port.
+pub fn normalize_authority(authority: &str) -> String {
+    let host = match authority.rsplit_once(':') {
+        // Keep bracketed IPv6 literals whole; strip only a trailing :port.
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') => {
+            host
+        }
+        _ => authority,
+    };
+    host.trim().to_ascii_lowercase()
+}
+
+/// Accepts a level name or comma-separated `target=level` directives.
+fn is_plausible_log_level(level: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    level.split(',').all(|directive| match directive.split_once('=') {
+        Some((target, lvl)) => !target.trim().is_empty() && is_level(lvl),
+        None => is_level(directive),
+    })
+}

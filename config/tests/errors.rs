@@ -1,0 +1,130 @@
+//! Every configuration rule, broken on purpose: the error must name the
+//! field and the line an operator has to fix.
+
+use strait_config::{Config, ConfigError, Protocol, RouteMatch};
+
+fn refuse(yaml: &str) -> ConfigError {
+    match Config::from_yaml(yaml) {
+        Ok(config) => panic!("accepted a broken config: {config:?}"),
+        Err(err) => err,
+    }
+}
+
+#[track_caller]
+fn assert_refused(yaml: &str, field: &str, line: usize, words: &str) {
+    let err = refuse(yaml);
+    let text = err.to_string();
+    let at = err.at().expect("error names a field");
+    assert_eq!(at.field, field, "{text}");
+    assert_eq!(at.line, Some(line), "{text}");
+    assert!(text.contains(words), "'{text}' does not say '{words}'");
+    assert!(text.contains(&format!("(line {line})")), "{text}");
+}
+
+#[test]
+fn port_out_of_range() {
+    let yaml = "listeners:\n  outbound:\n    port: 4140\n  inbound:\n    port: 70000\n";
+    assert_refused(yaml, "listeners.inbound.port", 5, "70000 is not a port");
+}
+
+#[test]
+fn unknown_field_is_refused() {
+    let yaml = "proxy:\n  max_conections: 10\n";
+    assert_refused(yaml, "proxy.max_conections", 2, "unknown field `max_conections`");
+}
+
+#[test]
+fn wrong_type() {
+    let yaml = "proxy:\n  backlog: lots\n";
+    assert_refused(yaml, "proxy.backlog", 2, "invalid type");
+}
+
+#[test]
+fn bad_duration() {
+    let yaml = "proxy:\n  detect_timeout: soon\n";
+    assert_refused(yaml, "proxy.detect_timeout", 2, "'soon' is not a duration");
+    let zero = "proxy:\n  connect_timeout: 0s\n";
+    assert_refused(zero, "proxy.connect_timeout", 2, "greater than zero");
+}
+
+#[test]
+fn route_to_unknown_cluster() {
+    let yaml = "clusters:\n  - name: web\n    endpoints:\n      - address: 127.0.0.1:8080\nroutes:\n  - authority: web\n    cluster: web\n  - authority: api\n    cluster: apii\n";
+    assert_refused(yaml, "routes[1].cluster", 9, "cluster 'apii' is not defined");
+}
+
+#[test]
+fn bad_endpoint_address() {
+    let yaml = "clusters:\n  - name: web\n    endpoints:\n      - address: 127.0.0.1:8080\n      - address: web-1\n";
+    assert_refused(yaml, "clusters[0].endpoints[1].address", 5, "'web-1' is not an IP:port");
+}
+
+#[test]
+fn duplicate_cluster_and_no_endpoints() {
+    let yaml = "clusters:\n  - name: a\n    endpoints: [{address: '127.0.0.1:1'}]\n  - name: a\n    endpoints: [{address: '127.0.0.1:2'}]\n";
+    assert_refused(yaml, "clusters[1].name", 4, "already used");
+    let empty = "clusters:\n  - name: a\n    endpoints: []\n";
+    assert_refused(empty, "clusters[0]", 2, "has no endpoints");
+}
+
+#[test]
+fn route_needs_exactly_one_match() {
+    let yaml = "clusters:\n  - name: a\n    endpoints: [{address: '127.0.0.1:1'}]\nroutes:\n  - authority: x\n    port: 80\n    cluster: a\n";
+    assert_refused(yaml, "routes[0]", 5, "exactly one of");
+}
+
+#[test]
+fn bad_weight_and_ip() {
+    let yaml = "clusters:\n  - name: a\n    endpoints:\n      - address: 127.0.0.1:1\n        weight: 0\n";
+    assert_refused(yaml, "clusters[0].endpoints[0].weight", 5, "out of range");
+    let ip = "listeners:\n  admin:\n    address: localhost\n";
+    assert_refused(ip, "listeners.admin.address", 3, "'localhost' is not an IP address");
+}
+
+#[test]
+fn bad_yaml_syntax_has_a_line() {
+    let err = refuse("listeners:\n  outbound:\n    port: [4140\n");
+    assert!(err.at().and_then(|a| a.line).is_some(), "{err}");
+}
+
+#[test]
+fn embedded_default_is_linkerd_ports() {
+    let config = Config::embedded_default().expect("embedded default validates");
+    assert_eq!(config.outbound.addr.to_string(), "127.0.0.1:4140");
+    assert_eq!(config.inbound.addr.to_string(), "0.0.0.0:4143");
+    assert_eq!(config.admin.to_string(), "127.0.0.1:4191");
+    assert_eq!(config.inbound.forward_ip.to_string(), "127.0.0.1");
+    assert!(config.routes.is_empty());
+    // An empty file means the same defaults.
+    assert_eq!(Config::from_yaml("").expect("empty is valid"), config);
+}
+
+#[test]
+fn full_example_parses() {
+    let yaml = "clusters:\n  - name: web\n    protocol: http2\n    connect_timeout: 250ms\n    endpoints:\n      - address: '[::1]:8080'\n        weight: 3\nroutes:\n  - authority: Web.NS.svc:80\n    cluster: web\n  - port: 5432\n    cluster: web\n";
+    let config = Config::from_yaml(yaml).expect("valid");
+    let web = config.cluster("web").expect("cluster");
+    assert_eq!(web.protocol, Protocol::Http2);
+    assert_eq!(web.connect_timeout.as_millis(), 250);
+    assert_eq!(web.endpoints[0].weight, 3);
+    assert_eq!(config.routes[0].matches, RouteMatch::Authority("web.ns.svc".into()));
+    assert_eq!(config.routes[1].matches, RouteMatch::Port(5432));
+}
+
+#[test]
+fn env_overrides_listeners() {
+    let mut config = Config::embedded_default().expect("default");
+    config
+        .apply_env(|var| match var {
+            "STRAIT_OUTBOUND_ADDR" => Some("127.0.0.1:0".into()),
+            "STRAIT_LOG" => Some("debug".into()),
+            _ => None,
+        })
+        .expect("valid overrides");
+    assert_eq!(config.outbound.addr.port(), 0);
+    assert_eq!(config.log.level, "debug");
+    let err = config
+        .apply_env(|var| (var == "STRAIT_ADMIN_ADDR").then(|| "nope".to_string()))
+        .expect_err("bad address refused");
+    assert!(err.to_string().contains("STRAIT_ADMIN_ADDR"), "{err}");
+}
