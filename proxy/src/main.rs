@@ -1,1 +1,181 @@
-fn main(){}
+//! The `strait` binary: `run` the proxy, `check` a config file, print or
+//! apply the `iptables` redirect, or print the `version`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use strait_config::{Config, LogFormat, RouteMatch};
+use strait_proxy::{app, iptables};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "strait", version, about = "strait: a service-mesh sidecar proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (on the embedded default config when no file is given).
+    Run {
+        /// YAML config file; watched and reloaded when it changes.
+        #[arg(long, short, env = "STRAIT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print what it would run.
+    Check {
+        /// YAML config file.
+        file: PathBuf,
+    },
+    /// Print (or apply) the iptables rules that redirect a pod's TCP to strait.
+    Iptables {
+        /// The uid strait runs as; its own traffic is not redirected.
+        #[arg(long, default_value_t = 2102)]
+        proxy_uid: u32,
+        #[arg(long, default_value_t = 4143)]
+        inbound_port: u16,
+        #[arg(long, default_value_t = 4140)]
+        outbound_port: u16,
+        /// Inbound ports left alone (comma separated).
+        #[arg(long, value_delimiter = ',', default_value = "4191")]
+        skip_inbound_ports: Vec<u16>,
+        /// Outbound ports left alone (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        skip_outbound_ports: Vec<u16>,
+        /// Emit ip6tables rules.
+        #[arg(long)]
+        ipv6: bool,
+        /// Install the rules instead of printing them.
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("strait: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { file } => check(&file),
+        Command::Iptables {
+            proxy_uid,
+            inbound_port,
+            outbound_port,
+            skip_inbound_ports,
+            skip_outbound_ports,
+            ipv6,
+            apply,
+        } => {
+            let redirect = iptables::Redirect {
+                proxy_uid,
+                inbound_port,
+                outbound_port,
+                skip_inbound_ports,
+                skip_outbound_ports,
+                ipv6,
+            };
+            if !apply {
+                print!("{}", iptables::script(&redirect));
+                return ExitCode::SUCCESS;
+            }
+            match iptables::apply(&redirect) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("strait iptables: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Version => {
+            println!("strait {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let mut config = match path {
+        Some(path) => Config::from_path(path).with_context(|| format!("{}", path.display()))?,
+        None => Config::embedded_default().context("embedded default config")?,
+    };
+    config
+        .apply_env(|k| std::env::var(k).ok())
+        .context("environment override")?;
+    Ok(config)
+}
+
+fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load(path.as_ref())?;
+    let filter = EnvFilter::try_new(&config.log.level)
+        .with_context(|| format!("log level '{}' is not a valid filter", config.log.level))?;
+    // Logging never blocks the data path: lines go through a buffer to a
+    // writer thread (and are dropped, counted, if it falls behind).
+    let (writer, _flush_guard) = tracing_appender::non_blocking(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal());
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+    app::run(config, path)
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    let config = match load(Some(path)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}: ok", path.display());
+    println!("  outbound  {}{}", config.outbound.addr, default_note(&config.outbound.default_cluster));
+    println!(
+        "  inbound   {} -> {}:<original port>{}",
+        config.inbound.addr,
+        config.inbound.forward_ip,
+        default_note(&config.inbound.default_cluster)
+    );
+    println!("  admin     {}", config.admin);
+    for c in &config.clusters {
+        let endpoints: Vec<String> = c
+            .endpoints
+            .iter()
+            .map(|e| format!("{} (weight {})", e.addr, e.weight))
+            .collect();
+        println!(
+            "  cluster   {} [{:?}, connect {:?}, response {:?}]: {}",
+            c.name,
+            c.protocol,
+            c.connect_timeout,
+            c.response_timeout,
+            endpoints.join(", ")
+        );
+    }
+    for r in &config.routes {
+        match &r.matches {
+            RouteMatch::Authority(a) => println!("  route     authority {a} -> {}", r.cluster),
+            RouteMatch::Port(p) => println!("  route     port {p} -> {}", r.cluster),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn default_note(default: &Option<String>) -> String {
+    match default {
+        Some(c) => format!(" (unrouted traffic -> cluster {c})"),
+        None => " (unrouted traffic -> original destination)".into(),
+    }
+}

@@ -1,0 +1,114 @@
+//! The admin server, on its own port and its own thread's runtime so a
+//! busy data plane never starves a Prometheus scrape or a kubelet probe:
+//! `/metrics`, `/ready` (200 once every listener is bound and a config
+//! is loaded), `/live`, `/config_dump` (the running config as JSON) and
+//! `POST /shutdown` (from loopback only).
+
+use crate::metrics::Metrics;
+use crate::route::Snapshot;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What the admin endpoints read and control.
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub ready: Arc<AtomicBool>,
+    /// Cancelled by `POST /shutdown` to start a graceful shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// Serve admin requests until `stop` fires.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, peer, req)) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.metrics.render(),
+        ),
+        (&Method::GET, "/ready") => {
+            if state.ready.load(Ordering::Acquire) {
+                reply(StatusCode::OK, TEXT, "ready\n")
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n")
+            }
+        }
+        (&Method::GET, "/live") => reply(StatusCode::OK, TEXT, "live\n"),
+        (&Method::GET, "/config_dump") => {
+            let snapshot = state.snapshot.load();
+            match serde_json::to_vec_pretty(&*snapshot.config) {
+                Ok(json) => reply(StatusCode::OK, "application/json", json),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("cannot render config: {e}\n")),
+            }
+        }
+        (&Method::POST, "/shutdown") => {
+            if peer.ip().is_loopback() {
+                tracing::info!(%peer, "shutdown requested through the admin server");
+                state.shutdown.cancel();
+                reply(StatusCode::OK, TEXT, "shutting down\n")
+            } else {
+                reply(StatusCode::FORBIDDEN, TEXT, "shutdown is accepted from loopback only\n")
+            }
+        }
+        (_, "/metrics" | "/ready" | "/live" | "/config_dump" | "/shutdown") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found; try /metrics /ready /live /config_dump or POST /shutdown\n",
+        ),
+    }
+}

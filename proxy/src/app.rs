@@ -1,0 +1,255 @@
+//! Wires the proxy together and owns its lifecycle: bind every listener
+//! (so a bad address fails before anything starts), start the admin and
+//! control thread, run the accept loops on the data-plane runtime, reload
+//! the config file on change or SIGHUP, and on SIGTERM/SIGINT or
+//! `POST /shutdown` stop accepting, drain open connections up to the grace
+//! period, and exit.
+
+use crate::admin::{self, AdminState};
+use crate::http::Inputs;
+use crate::listen::{self, AcceptContext};
+use crate::metrics::Metrics;
+use crate::pool::{PoolSettings, Pools};
+use crate::route::Snapshot;
+use crate::{socket, Direction};
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use strait_config::Config;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+/// How often the config file is checked for changes.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
+
+/// Run the proxy until it is told to stop. `config_path` is watched for
+/// changes when given.
+pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let backlog = config.proxy.backlog;
+    let bind = |name: &str, addr: SocketAddr| {
+        socket::bind_listener(addr, backlog).with_context(|| {
+            format!("cannot bind the {name} listener on {addr}: is the port in use, or another proxy running?")
+        })
+    };
+    let outbound_listener = bind("outbound", config.outbound.addr)?;
+    let inbound_listener = bind("inbound", config.inbound.addr)?;
+    let admin_listener = bind("admin", config.admin)?;
+    let addrs = [&outbound_listener, &inbound_listener, &admin_listener]
+        .map(|l| l.local_addr().context("listener has no local address"));
+    let [outbound_addr, inbound_addr, admin_addr] = addrs;
+    let (outbound_addr, inbound_addr, admin_addr) = (outbound_addr?, inbound_addr?, admin_addr?);
+
+    let metrics = Metrics::new();
+    let pool_settings = PoolSettings {
+        idle_timeout: config.proxy.pool_idle_timeout,
+        max_idle_per_endpoint: config.proxy.pool_max_idle_per_endpoint,
+        tcp_keepalive: config.proxy.tcp_keepalive,
+    };
+    let workers = match config.runtime.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let max_connections = config.proxy.max_connections;
+    let grace = config.proxy.shutdown_grace;
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::new(config)));
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+
+    // Admin and control work run on their own thread and runtime.
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        snapshot: snapshot.clone(),
+        ready: ready.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let admin_stop = CancellationToken::new();
+    let control = {
+        let stop = admin_stop.clone();
+        let snapshot = snapshot.clone();
+        let metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("strait-admin".into())
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the admin runtime")?;
+                rt.block_on(async move {
+                    let listener = socket::into_tokio(admin_listener)
+                        .context("cannot register the admin listener")?;
+                    if let Some(path) = config_path {
+                        tokio::spawn(watch_config(path, snapshot, metrics, stop.clone()));
+                    }
+                    admin::serve(listener, admin_state, stop).await;
+                    Ok(())
+                })
+            })
+            .context("cannot start the admin thread")?
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("strait-proxy")
+        .enable_all()
+        .build()
+        .context("cannot start the proxy runtime")?;
+    let result = rt.block_on(async {
+        let stop_accepting = CancellationToken::new();
+        let drain = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let limit = Arc::new(Semaphore::new(max_connections));
+        for (direction, listener) in [
+            (Direction::Outbound, outbound_listener),
+            (Direction::Inbound, inbound_listener),
+        ] {
+            let pools = Pools::new(direction, pool_settings, metrics.clone());
+            pools.spawn_reaper();
+            let ctx = AcceptContext {
+                inputs: Arc::new(Inputs {
+                    direction,
+                    snapshot: snapshot.clone(),
+                    pools,
+                    metrics: metrics.clone(),
+                }),
+                limit: limit.clone(),
+                tracker: tracker.clone(),
+                stop_accepting: stop_accepting.clone(),
+                drain: drain.clone(),
+            };
+            let listener = socket::into_tokio(listener)
+                .with_context(|| format!("cannot register the {} listener", direction.as_str()))?;
+            tokio::spawn(listen::accept_loop(listener, ctx));
+        }
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+
+        info!(%outbound_addr, %inbound_addr, %admin_addr, workers, "strait is ready");
+        // One machine-readable line on stdout for scripts and tests.
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(
+            stdout,
+            "strait listening outbound={outbound_addr} inbound={inbound_addr} admin={admin_addr}"
+        );
+        let _ = stdout.flush();
+        ready.store(true, Ordering::Release);
+
+        shutdown.cancelled().await;
+        ready.store(false, Ordering::Release);
+        info!(?grace, open = tracker.len(), "shutting down: no new connections, draining open ones");
+        stop_accepting.cancel();
+        drain.cancel();
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(open = tracker.len(), "grace period over; closing the remaining connections");
+        } else {
+            info!("every connection drained");
+        }
+        anyhow::Ok(())
+    });
+    admin_stop.cancel();
+    match control.join() {
+        Ok(Err(e)) => error!(error = %e, "admin thread failed"),
+        Err(_) => error!("admin thread panicked"),
+        Ok(Ok(())) => {}
+    }
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            error!(error = %e, "cannot listen for SIGTERM/SIGINT; use POST /shutdown to stop");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+        _ = shutdown.cancelled() => return,
+    }
+    shutdown.cancel();
+}
+
+/// Reload the config when the file changes or on SIGHUP. A file that does
+/// not validate is refused with its error, and the running config stays.
+async fn watch_config(
+    path: PathBuf,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let stamp = |path: &PathBuf| -> Option<(SystemTime, u64)> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    };
+    let mut seen = stamp(&path);
+    let mut tick = tokio::time::interval(CONFIG_POLL);
+    loop {
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(hup) => hup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup_recv => info!(path = %path.display(), "SIGHUP: reloading config"),
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now == seen || now.is_none() {
+                    continue;
+                }
+                seen = now;
+                info!(path = %path.display(), "config file changed: reloading");
+            }
+        }
+        reload(&path, &snapshot, &metrics);
+    }
+}
+
+fn reload(path: &PathBuf, snapshot: &ArcSwap<Snapshot>, metrics: &Metrics) {
+    let loaded = Config::from_path(path).and_then(|mut c| {
+        c.apply_env(|k| std::env::var(k).ok())?;
+        Ok(c)
+    });
+    match loaded {
+        Ok(config) => {
+            let current = snapshot.load();
+            let old = &current.config;
+            if old.outbound.addr != config.outbound.addr
+                || old.inbound.addr != config.inbound.addr
+                || old.admin != config.admin
+            {
+                warn!("listener addresses changed in the config: they take effect on restart");
+            }
+            snapshot.store(Arc::new(Snapshot::new(config)));
+            metrics.config_reload_total.with_label_values(&["ok"]).inc();
+            info!(path = %path.display(), "config reloaded");
+        }
+        Err(e) => {
+            metrics.config_reload_total.with_label_values(&["error"]).inc();
+            error!(path = %path.display(), error = %e, "config reload refused; the running config keeps serving");
+        }
+    }
+}
+
+/// Raise the open-file soft limit to the hard limit: a proxy holds two
+/// descriptors per proxied connection, and 1024 is a common default.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}

@@ -1,0 +1,116 @@
+//! Failures the proxy answers itself, each with the status an operator
+//! expects (502 for a broken upstream, 504 for a slow one, 404 for no
+//! route), a `strait-proxy-error` header naming the cause, and a message
+//! saying what to check. Each knows whether the request may already have
+//! reached the upstream (and so whether replaying it is safe).
+
+use crate::pool::PoolError;
+use crate::socket::ConnectError;
+use http::{HeaderValue, Response, StatusCode};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The header naming why the proxy answered instead of the upstream.
+pub const PROXY_ERROR_HEADER: &str = "strait-proxy-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for authority '{authority}', and the connection was not redirected by iptables, so there is no original destination to forward to (add a route, a default_cluster, or send through the iptables redirect)")]
+    NoRoute { authority: String },
+    #[error("cluster '{cluster}' is opaque (protocol: opaque) and cannot take HTTP requests; set its protocol to auto, http1 or http2")]
+    OpaqueCluster { cluster: String },
+    #[error("cluster '{cluster}' has no endpoints")]
+    NoEndpoints { cluster: String },
+    #[error("connection refused by upstream {0}: is the service listening on that port?")]
+    ConnectRefused(SocketAddr),
+    #[error("no answer from upstream {addr} within the {after:?} connect timeout: is the host up and reachable (NetworkPolicy, firewall)?")]
+    ConnectTimeout { addr: SocketAddr, after: Duration },
+    #[error("cannot connect to upstream {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with upstream {addr} failed ({source}): does it speak the cluster's protocol?")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("upstream {addr} sent no response headers within the {after:?} response timeout")]
+    ResponseTimeout { addr: SocketAddr, after: Duration },
+    #[error("upstream {addr} failed the request: {source}")]
+    Upstream {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::OpaqueCluster { .. }
+            | ProxyError::ConnectRefused(_)
+            | ProxyError::Connect { .. }
+            | ProxyError::Handshake { .. }
+            | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The `strait-proxy-error` value and metric label: short, stable.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "no-route",
+            ProxyError::OpaqueCluster { .. } => "opaque-cluster",
+            ProxyError::NoEndpoints { .. } => "no-endpoints",
+            ProxyError::ConnectRefused(_) => "connect-refused",
+            ProxyError::ConnectTimeout { .. } => "connect-timeout",
+            ProxyError::Connect { .. } => "connect-failed",
+            ProxyError::Handshake { .. } => "upstream-handshake",
+            ProxyError::ResponseTimeout { .. } => "response-timeout",
+            ProxyError::Upstream { .. } => "upstream-error",
+        }
+    }
+
+    /// True when the upstream cannot have seen the request, so a retry is safe.
+    pub fn before_send(&self) -> bool {
+        !matches!(
+            self,
+            ProxyError::ResponseTimeout { .. } | ProxyError::Upstream { .. }
+        )
+    }
+
+    /// The response the client gets.
+    pub fn to_response<B>(&self, body: impl FnOnce(String) -> B) -> Response<B> {
+        let mut response = Response::new(body(format!("{self}\n")));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            PROXY_ERROR_HEADER,
+            HeaderValue::from_static(self.reason()),
+        );
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+impl From<PoolError> for ProxyError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Connect(ConnectError::Refused(addr)) => ProxyError::ConnectRefused(addr),
+            PoolError::Connect(ConnectError::TimedOut { addr, after }) => {
+                ProxyError::ConnectTimeout { addr, after }
+            }
+            PoolError::Connect(ConnectError::Other { addr, source }) => {
+                ProxyError::Connect { addr, source }
+            }
+            PoolError::Handshake { addr, source } => ProxyError::Handshake { addr, source },
+        }
+    }
+}

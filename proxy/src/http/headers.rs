@@ -1,0 +1,195 @@
+//! Header handling between client and upstream: hop-by-hop headers are
+//! removed (RFC 9110 §7.6.1) except what an upgrade needs, the request is
+//! reshaped for the upstream's HTTP version (origin-form + Host for
+//! HTTP/1.1, absolute URI / :authority for HTTP/2), and the inbound side
+//! appends the client's address to `x-forwarded-for`.
+
+use crate::pool::HttpVersion;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme, Uri};
+use http::{Method, Request, Version};
+use std::net::{IpAddr, SocketAddr};
+
+/// Headers that describe one hop and must not be forwarded.
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether an HTTP/1.1 request asks to switch protocols (WebSocket, h2c…).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+/// Whether the `Connection` header lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Remove hop-by-hop headers. `keep_upgrade` preserves `Upgrade` and
+/// `Connection: upgrade`, which an upgrade handshake must carry through.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in `Connection` are hop-by-hop too.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(&name);
+            }
+        }
+    }
+    let upgrade = keep_upgrade.then(|| headers.remove(header::UPGRADE)).flatten();
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // `TE: trailers` is how gRPC clients ask for trailers; anything else goes.
+    if let Some(te) = headers.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(header::TE);
+        }
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The authority a request is for: the URI's, else the Host header's.
+pub fn authority<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(Authority::as_str)
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+}
+
+/// Reshape `req` for an upstream speaking `version`. `fallback` names the
+/// authority when the client gave none (an HTTP/1.0 request without Host).
+pub fn prepare_request<B>(req: &mut Request<B>, version: HttpVersion, upgrade: bool, fallback: SocketAddr) {
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    match version {
+        HttpVersion::Http1 => {
+            if !req.headers().contains_key(header::HOST) {
+                let host = req
+                    .uri()
+                    .authority()
+                    .map(|a| HeaderValue::from_str(a.as_str()))
+                    .unwrap_or_else(|| HeaderValue::from_str(&fallback.to_string()));
+                if let Ok(host) = host {
+                    req.headers_mut().insert(header::HOST, host);
+                }
+            }
+            // HTTP/1.1 to an origin takes origin-form; CONNECT keeps authority-form.
+            if req.uri().scheme().is_some() && req.method() != Method::CONNECT {
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(path);
+            }
+            *req.version_mut() = Version::HTTP_11;
+        }
+        HttpVersion::Http2 => {
+            let authority = req
+                .uri()
+                .authority()
+                .cloned()
+                .or_else(|| {
+                    let host = req.headers().get(header::HOST)?;
+                    Authority::try_from(host.as_bytes()).ok()
+                })
+                .or_else(|| Authority::try_from(fallback.to_string()).ok());
+            req.headers_mut().remove(header::HOST);
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            if parts.scheme.is_none() {
+                parts.scheme = Some(Scheme::HTTP);
+            }
+            if parts.authority.is_none() {
+                parts.authority = authority;
+            }
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+            *req.version_mut() = Version::HTTP_2;
+        }
+    }
+}
+
+/// Append the client's IP to `x-forwarded-for` (inbound only: the app
+/// otherwise sees every request coming from the proxy on loopback).
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let value = match headers.get(HeaderName::from_static("x-forwarded-for")) {
+        Some(prior) => match prior.to_str() {
+            Ok(prior) => format!("{prior}, {client}"),
+            Err(_) => client.to_string(),
+        },
+        None => client.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert_eq!(h.get(header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+        assert!(h.get("x-app").is_some());
+    }
+
+    #[test]
+    fn keeps_upgrade_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        assert_eq!(h.get(header::CONNECTION).map(|v| v.as_bytes()), Some(&b"upgrade"[..]));
+    }
+
+    #[test]
+    fn reshapes_between_versions() {
+        let fallback: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let mut h1 = Request::get("/p?q=1").header("host", "web:80").body(()).expect("req");
+        prepare_request(&mut h1, HttpVersion::Http2, false, fallback);
+        assert_eq!(h1.uri().to_string(), "http://web:80/p?q=1");
+        assert!(h1.headers().get("host").is_none());
+
+        let mut h2 = Request::get("http://api/x").version(Version::HTTP_2).body(()).expect("req");
+        prepare_request(&mut h2, HttpVersion::Http1, false, fallback);
+        assert_eq!(h2.uri().to_string(), "/x");
+        assert_eq!(h2.headers().get("host").map(|v| v.as_bytes()), Some(&b"api"[..]));
+    }
+}

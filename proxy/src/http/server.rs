@@ -1,0 +1,60 @@
+//! Runs hyper's HTTP/1.1 or HTTP/2 server on a detected connection, with
+//! every request going to [`super::handle`], and shuts the connection down
+//! gracefully when the proxy drains (HTTP/1: after the request in flight;
+//! HTTP/2: GOAWAY, then open streams finish).
+
+use super::ConnContext;
+use crate::detect::Protocol;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Drive a hyper connection to completion, starting its graceful shutdown
+/// when `drain` fires.
+macro_rules! drive {
+    ($conn:expr, $drain:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => result,
+            _ = $drain.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
+/// Serve HTTP on `io` until the client closes or the proxy drains.
+pub async fn serve<I>(io: I, protocol: Protocol, ctx: Arc<ConnContext>, drain: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| super::handle(ctx.clone(), req));
+    let io = TokioIo::new(io);
+    let result = if protocol == Protocol::Http2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        drive!(builder.serve_connection(io, service), drain)
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        drive!(
+            builder.serve_connection(io, service).with_upgrades(),
+            drain
+        )
+    };
+    if let Err(e) = result {
+        // Malformed requests get hyper's 400 and a close; a client reset is routine.
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}

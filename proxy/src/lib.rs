@@ -1,0 +1,46 @@
+//! strait-proxy: the data plane of the strait service mesh.
+//!
+//! A connection travels through these modules in order:
+//! [`listen`] (accept, limits) → [`orig_dst`] (where it was going) →
+//! [`detect`] (which protocol) → [`outbound`] or [`inbound`] (which target)
+//! → [`http`] (L7 forwarding over a [`pool`]) or [`tcp`] (opaque bytes).
+//! [`app`] wires them together and owns shutdown; [`admin`] serves metrics
+//! and health; [`metrics`] holds every metric family.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod connection;
+pub mod detect;
+pub mod http;
+pub mod inbound;
+pub mod io;
+pub mod iptables;
+pub mod listen;
+pub mod metrics;
+pub mod orig_dst;
+pub mod outbound;
+pub mod pool;
+pub mod route;
+pub mod socket;
+pub mod tcp;
+
+/// Which way traffic flows through the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the network to the local application.
+    Inbound,
+    /// From the local application to the network.
+    Outbound,
+}
+
+impl Direction {
+    /// The `direction` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}

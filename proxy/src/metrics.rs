@@ -1,0 +1,228 @@
+//! Every metric family strait exports, named as Linkerd's proxy names them
+//! so existing dashboards work. Label sets are resolved once, when a
+//! connection or target is created, and the handles kept: nothing on the
+//! per-request path looks a label set up except on a new status code.
+
+use crate::Direction;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
+};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// Latency buckets in milliseconds, as Linkerd's proxy uses.
+const LATENCY_BUCKETS_MS: &[f64] = &[
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+    1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
+];
+
+const REQUEST_LABELS: &[&str] = &["direction", "authority", "target_addr", "tls"];
+const RESPONSE_LABELS: &[&str] = &[
+    "direction",
+    "authority",
+    "target_addr",
+    "tls",
+    "status_code",
+    "classification",
+];
+const TCP_LABELS: &[&str] = &["direction", "peer", "target_addr", "tls"];
+
+/// The registry and every family.
+pub struct Metrics {
+    pub registry: Registry,
+    request_total: IntCounterVec,
+    response_total: IntCounterVec,
+    response_latency_ms: HistogramVec,
+    tcp_open_total: IntCounterVec,
+    tcp_open_connections: IntGaugeVec,
+    tcp_read_bytes_total: IntCounterVec,
+    tcp_write_bytes_total: IntCounterVec,
+    tcp_close_total: IntCounterVec,
+    pool_checkout_total: IntCounterVec,
+    proxy_errors_total: IntCounterVec,
+    pub config_reload_total: IntCounterVec,
+    pub connections_refused_total: IntCounterVec,
+    /// Request handles shared by every connection to the same target.
+    request_cache: Mutex<HashMap<RequestKey, Arc<RequestMetrics>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RequestKey {
+    direction: Direction,
+    authority: Arc<str>,
+    target: SocketAddr,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(vec.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    vec
+}
+
+impl Metrics {
+    /// Build the registry. Metric definitions are constants, so a failure
+    /// here is a programming error caught by every test, not a runtime one.
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "response_latency_ms",
+                "Time from receiving a request's headers to the response's headers, in milliseconds.",
+            )
+            .buckets(LATENCY_BUCKETS_MS.to_vec()),
+            REQUEST_LABELS,
+        )
+        .unwrap_or_else(|e| panic!("response_latency_ms is malformed: {e}"));
+        registry
+            .register(Box::new(latency.clone()))
+            .unwrap_or_else(|e| panic!("response_latency_ms registered twice: {e}"));
+        let tcp_open_connections =
+            IntGaugeVec::new(Opts::new("tcp_open_connections", "TCP connections open now."), TCP_LABELS)
+                .unwrap_or_else(|e| panic!("tcp_open_connections is malformed: {e}"));
+        registry
+            .register(Box::new(tcp_open_connections.clone()))
+            .unwrap_or_else(|e| panic!("tcp_open_connections registered twice: {e}"));
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            // Process metrics are a convenience; a sandbox without /proc still proxies.
+            let _ = registry.register(Box::new(process));
+        }
+        Arc::new(Metrics {
+            request_total: counter_vec(&registry, "request_total", "HTTP requests received.", REQUEST_LABELS),
+            response_total: counter_vec(&registry, "response_total", "HTTP responses sent, by status and classification.", RESPONSE_LABELS),
+            response_latency_ms: latency,
+            tcp_open_total: counter_vec(&registry, "tcp_open_total", "TCP connections opened.", TCP_LABELS),
+            tcp_open_connections,
+            tcp_read_bytes_total: counter_vec(&registry, "tcp_read_bytes_total", "Bytes read from TCP connections.", TCP_LABELS),
+            tcp_write_bytes_total: counter_vec(&registry, "tcp_write_bytes_total", "Bytes written to TCP connections.", TCP_LABELS),
+            tcp_close_total: counter_vec(&registry, "tcp_close_total", "TCP connections closed.", TCP_LABELS),
+            pool_checkout_total: counter_vec(&registry, "http_pool_checkout_total", "Upstream HTTP connection checkouts: result=\"reused\" took a pooled connection, \"new\" opened one.", &["direction", "target_addr", "result"]),
+            proxy_errors_total: counter_vec(&registry, "http_proxy_errors_total", "Requests answered by the proxy itself, by the strait-proxy-error reason.", &["direction", "reason"]),
+            config_reload_total: counter_vec(&registry, "config_reload_total", "Configuration reloads, by result.", &["result"]),
+            connections_refused_total: counter_vec(&registry, "tcp_accept_refused_total", "Connections refused at accept, by reason.", &["direction", "reason"]),
+            request_cache: Mutex::new(HashMap::new()),
+            registry,
+        })
+    }
+
+    /// Handles for one TCP connection, opened now. Dropping the returned
+    /// guard records the close.
+    pub fn tcp_connection(
+        &self,
+        direction: Direction,
+        peer: &'static str,
+        target: SocketAddr,
+    ) -> TcpMetrics {
+        let target = target.to_string();
+        let labels = [direction.as_str(), peer, target.as_str(), "no_identity"];
+        self.tcp_open_total.with_label_values(&labels).inc();
+        let open = self.tcp_open_connections.with_label_values(&labels);
+        open.inc();
+        TcpMetrics {
+            read_bytes: self.tcp_read_bytes_total.with_label_values(&labels),
+            write_bytes: self.tcp_write_bytes_total.with_label_values(&labels),
+            close: self.tcp_close_total.with_label_values(&labels),
+            open,
+        }
+    }
+
+    /// Request handles for a target, shared across connections.
+    pub fn requests(
+        &self,
+        direction: Direction,
+        authority: &Arc<str>,
+        target: SocketAddr,
+    ) -> Arc<RequestMetrics> {
+        let key = RequestKey {
+            direction,
+            authority: authority.clone(),
+            target,
+        };
+        let mut cache = self.request_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(key)
+            .or_insert_with(|| {
+                let target = target.to_string();
+                let labels = [direction.as_str(), authority, target.as_str(), "no_identity"];
+                Arc::new(RequestMetrics {
+                    total: self.request_total.with_label_values(&labels),
+                    latency_ms: self.response_latency_ms.with_label_values(&labels),
+                    labels: labels.map(str::to_string),
+                    response_vec: self.response_total.clone(),
+                    responses: Mutex::new(Vec::new()),
+                })
+            })
+            .clone()
+    }
+
+    /// Pool checkout counter for a target (`reused` or `new`).
+    pub fn pool_checkout(&self, direction: Direction, target: SocketAddr, result: &str) -> IntCounter {
+        self.pool_checkout_total
+            .with_label_values(&[direction.as_str(), &target.to_string(), result])
+    }
+
+    /// Count a request answered by the proxy itself.
+    pub fn proxy_error(&self, direction: Direction, reason: &str) {
+        self.proxy_errors_total
+            .with_label_values(&[direction.as_str(), reason])
+            .inc();
+    }
+
+    /// Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let encoder = prometheus::TextEncoder::new();
+        encoder
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
+    }
+}
+
+/// One TCP connection's handles; records the close when dropped.
+pub struct TcpMetrics {
+    pub read_bytes: IntCounter,
+    pub write_bytes: IntCounter,
+    close: IntCounter,
+    open: IntGauge,
+}
+
+impl Drop for TcpMetrics {
+    fn drop(&mut self) {
+        self.open.dec();
+        self.close.inc();
+    }
+}
+
+/// Handles for requests to one (direction, authority, target).
+pub struct RequestMetrics {
+    pub total: IntCounter,
+    pub latency_ms: Histogram,
+    labels: [String; 4],
+    response_vec: IntCounterVec,
+    /// Response counters by status code, filled as codes are first seen.
+    responses: Mutex<Vec<(u16, IntCounter)>>,
+}
+
+impl RequestMetrics {
+    /// Count a response; 5xx is a failure, as Linkerd classifies.
+    pub fn response(&self, status: u16) {
+        let mut responses = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, counter)) = responses.iter().find(|(code, _)| *code == status) {
+            counter.inc();
+            return;
+        }
+        let class = if status >= 500 { "failure" } else { "success" };
+        let code = status.to_string();
+        let [d, a, t, tls] = &self.labels;
+        let counter = self
+            .response_vec
+            .with_label_values(&[d.as_str(), a, t, tls, &code, class]);
+        counter.inc();
+        responses.push((status, counter));
+    }
+}

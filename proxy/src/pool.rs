@@ -1,0 +1,384 @@
+//! Per-endpoint upstream connection pools. HTTP/1 keeps a LIFO list of
+//! idle keep-alive connections (newest first: warm, least likely to have
+//! been closed by the peer), returned when a response body ends. HTTP/2
+//! keeps one multiplexed connection per endpoint, with one connect in
+//! flight at a time. Idle connections past their timeout are reaped.
+
+use crate::io::CountedIo;
+use crate::metrics::{Metrics, TcpMetrics};
+use crate::socket::{self, ConnectError};
+use crate::Direction;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::IntCounter;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+/// The HTTP version spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpVersion {
+    Http1,
+    Http2,
+}
+
+/// Pool-wide settings, from the proxy config.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub idle_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+    pub tcp_keepalive: Duration,
+}
+
+/// Why no upstream connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("HTTP handshake with {addr} failed: {source}")]
+    Handshake { addr: SocketAddr, source: hyper::Error },
+}
+
+/// All endpoint pools of one direction.
+pub struct Pools {
+    direction: Direction,
+    settings: PoolSettings,
+    metrics: Arc<Metrics>,
+    endpoints: Mutex<HashMap<(SocketAddr, HttpVersion), Arc<EndpointPool>>>,
+}
+
+impl Pools {
+    pub fn new(direction: Direction, settings: PoolSettings, metrics: Arc<Metrics>) -> Arc<Pools> {
+        Arc::new(Pools {
+            direction,
+            settings,
+            metrics,
+            endpoints: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The pool for `addr` spoken to in `version`, created on first use.
+    pub fn endpoint(&self, addr: SocketAddr, version: HttpVersion) -> Arc<EndpointPool> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        endpoints
+            .entry((addr, version))
+            .or_insert_with(|| {
+                Arc::new(EndpointPool {
+                    addr,
+                    version,
+                    direction: self.direction,
+                    settings: self.settings,
+                    metrics: self.metrics.clone(),
+                    reused: self.metrics.pool_checkout(self.direction, addr, "reused"),
+                    opened: self.metrics.pool_checkout(self.direction, addr, "new"),
+                    idle: Mutex::new(Vec::new()),
+                    h2: Mutex::new(None),
+                    h2_connect: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    /// Close idle connections past the idle timeout and forget pools that
+    /// nobody references and that hold nothing.
+    pub fn reap(&self) {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        endpoints.retain(|_, pool| {
+            pool.reap();
+            Arc::strong_count(pool) > 1 || !pool.is_empty()
+        });
+    }
+
+    /// Run [`Pools::reap`] periodically until the pools are dropped.
+    pub fn spawn_reaper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = (self.settings.idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(pools) => pools.reap(),
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+struct IdleH1 {
+    sender: http1::SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Connections to one endpoint in one HTTP version.
+pub struct EndpointPool {
+    addr: SocketAddr,
+    version: HttpVersion,
+    direction: Direction,
+    settings: PoolSettings,
+    metrics: Arc<Metrics>,
+    reused: IntCounter,
+    opened: IntCounter,
+    idle: Mutex<Vec<IdleH1>>,
+    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    /// Held while an HTTP/2 connect is in flight, so callers share one.
+    h2_connect: tokio::sync::Mutex<()>,
+}
+
+/// A connection checked out for one request.
+pub struct Checkout {
+    sender: Sender,
+    pool: Arc<EndpointPool>,
+    reused: bool,
+}
+
+enum Sender {
+    H1(http1::SendRequest<Incoming>),
+    H2(http2::SendRequest<Incoming>),
+}
+
+/// A request that failed before it was written, handed back for a retry.
+pub struct NotSent(pub Request<Incoming>);
+
+impl EndpointPool {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn is_empty(&self) -> bool {
+        self.idle.lock().map(|i| i.is_empty()).unwrap_or(true)
+            && self.h2.lock().map(|h| h.is_none()).unwrap_or(true)
+    }
+
+    fn reap(&self) {
+        let timeout = self.settings.idle_timeout;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+        }
+        if let Ok(mut h2) = self.h2.lock() {
+            if h2.as_ref().is_some_and(|s| s.is_closed()) {
+                *h2 = None;
+            }
+        }
+    }
+
+    /// Take a connection: a ready idle one, the shared HTTP/2 one, or a new
+    /// one. `dedicated` always opens a fresh HTTP/1 connection that is
+    /// never pooled (for upgrades, which take the connection over).
+    pub async fn checkout(
+        self: &Arc<Self>,
+        connect_timeout: Duration,
+        dedicated: bool,
+    ) -> Result<Checkout, PoolError> {
+        if dedicated {
+            let sender = self.connect_h1(connect_timeout).await?;
+            return Ok(self.checked_out(Sender::H1(sender), false));
+        }
+        match self.version {
+            HttpVersion::Http1 => {
+                while let Some(mut idle) = self.pop_idle() {
+                    if idle.since.elapsed() >= self.settings.idle_timeout {
+                        continue;
+                    }
+                    if idle.sender.ready().await.is_ok() {
+                        return Ok(self.checked_out(Sender::H1(idle.sender), true));
+                    }
+                }
+                let sender = self.connect_h1(connect_timeout).await?;
+                Ok(self.checked_out(Sender::H1(sender), false))
+            }
+            HttpVersion::Http2 => {
+                if let Some(sender) = self.shared_h2() {
+                    return Ok(self.checked_out(Sender::H2(sender), true));
+                }
+                let _connecting = self.h2_connect.lock().await;
+                if let Some(sender) = self.shared_h2() {
+                    return Ok(self.checked_out(Sender::H2(sender), true));
+                }
+                let sender = self.connect_h2(connect_timeout).await?;
+                if let Ok(mut h2) = self.h2.lock() {
+                    *h2 = Some(sender.clone());
+                }
+                Ok(self.checked_out(Sender::H2(sender), false))
+            }
+        }
+    }
+
+    fn checked_out(self: &Arc<Self>, sender: Sender, reused: bool) -> Checkout {
+        if reused {
+            self.reused.inc();
+        } else {
+            self.opened.inc();
+        }
+        Checkout {
+            sender,
+            pool: self.clone(),
+            reused,
+        }
+    }
+
+    fn pop_idle(&self) -> Option<IdleH1> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    fn shared_h2(&self) -> Option<http2::SendRequest<Incoming>> {
+        let h2 = self.h2.lock().ok()?;
+        h2.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    fn checkin(&self, sender: http1::SendRequest<Incoming>) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.settings.max_idle_per_endpoint {
+                idle.push(IdleH1 {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    async fn open(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<(TokioIo<CountedIo<tokio::net::TcpStream>>, TcpMetrics), PoolError> {
+        let stream = socket::connect(self.addr, connect_timeout, self.settings.tcp_keepalive).await?;
+        let tcp = self.metrics.tcp_connection(self.direction, "dst", self.addr);
+        let io = CountedIo::new(stream, Bytes::new(), tcp.read_bytes.clone(), tcp.write_bytes.clone());
+        Ok((TokioIo::new(io), tcp))
+    }
+
+    async fn connect_h1(&self, connect_timeout: Duration) -> Result<http1::SendRequest<Incoming>, PoolError> {
+        // The metrics guard lives as long as the connection task.
+        let (io, guard) = self.open(connect_timeout).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| PoolError::Handshake { addr: self.addr, source })?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2(&self, connect_timeout: Duration) -> Result<http2::SendRequest<Incoming>, PoolError> {
+        // The metrics guard lives as long as the connection task.
+        let (io, guard) = self.open(connect_timeout).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_while_idle(false)
+            .handshake(io)
+            .await
+            .map_err(|source| PoolError::Handshake { addr: self.addr, source })?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl Checkout {
+    /// Whether this connection had carried requests before.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Send `request`. A pooled HTTP/1 connection that turns out closed
+    /// hands the unsent request back as [`NotSent`] so the caller can try a
+    /// fresh connection. The response body returns the connection to the
+    /// pool when it ends (`pool_on_end`).
+    pub async fn send(
+        self,
+        request: Request<Incoming>,
+        pool_on_end: bool,
+    ) -> Result<Response<PooledBody>, (hyper::Error, Option<NotSent>)> {
+        match self.sender {
+            Sender::H2(mut sender) => {
+                let response = sender.send_request(request).await.map_err(|e| (e, None))?;
+                Ok(response.map(|body| PooledBody::new(body, None)))
+            }
+            Sender::H1(mut sender) => {
+                let result = sender.try_send_request(request).await;
+                match result {
+                    Ok(response) => {
+                        let checkin = pool_on_end.then(|| (sender, self.pool.clone()));
+                        Ok(response.map(|body| PooledBody::new(body, checkin)))
+                    }
+                    Err(mut e) => {
+                        let unsent = e.take_message().map(NotSent);
+                        Err((e.into_error(), unsent))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An upstream response body that puts its HTTP/1 connection back in the
+/// pool once the body has been read to its end.
+pub struct PooledBody {
+    inner: Incoming,
+    checkin: Option<(http1::SendRequest<Incoming>, Arc<EndpointPool>)>,
+}
+
+impl PooledBody {
+    fn new(inner: Incoming, checkin: Option<(http1::SendRequest<Incoming>, Arc<EndpointPool>)>) -> Self {
+        let mut body = PooledBody { inner, checkin };
+        if body.inner.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some((sender, pool)) = self.checkin.take() {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => this.finish(),
+            Some(Ok(_)) if this.inner.is_end_stream() => this.finish(),
+            Some(Ok(_)) => {}
+            // A broken body means a broken connection: never pool it.
+            Some(Err(_)) => this.checkin = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

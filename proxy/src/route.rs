@@ -1,0 +1,151 @@
+//! The routing snapshot built from one validated config: which cluster an
+//! authority or destination port goes to, and each cluster's balancer.
+//! The data path reads it through an `ArcSwap`, so a reload swaps a whole
+//! snapshot at once and in-flight requests finish on the one they began on.
+
+use crate::balance::WeightedRoundRobin;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use strait_config::{Config, Protocol, RouteMatch};
+
+/// A cluster ready for the data path.
+#[derive(Debug)]
+pub struct ClusterState {
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub endpoints: WeightedRoundRobin,
+}
+
+/// Where a route sends traffic, with the `authority` label its requests carry.
+#[derive(Debug, Clone)]
+pub struct RouteTarget {
+    pub authority: Arc<str>,
+    pub cluster: Arc<ClusterState>,
+}
+
+/// Everything the data path needs from one config.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    by_authority: HashMap<String, RouteTarget>,
+    by_port: HashMap<u16, RouteTarget>,
+    pub outbound_default: Option<RouteTarget>,
+    pub inbound_default: Option<RouteTarget>,
+    /// The `authority` label of traffic to an original destination.
+    pub no_authority: Arc<str>,
+}
+
+impl Snapshot {
+    pub fn new(config: Config) -> Snapshot {
+        let clusters: HashMap<&str, Arc<ClusterState>> = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let endpoints: Vec<_> = c.endpoints.iter().map(|e| (e.addr, e.weight)).collect();
+                let state = ClusterState {
+                    name: c.name.as_str().into(),
+                    protocol: c.protocol,
+                    connect_timeout: c.connect_timeout,
+                    response_timeout: c.response_timeout,
+                    endpoints: WeightedRoundRobin::new(&endpoints),
+                };
+                (c.name.as_str(), Arc::new(state))
+            })
+            .collect();
+        // Validation guarantees every named cluster exists.
+        let target = |authority: &str, cluster: &str| {
+            clusters.get(cluster).map(|c| RouteTarget {
+                authority: authority.into(),
+                cluster: c.clone(),
+            })
+        };
+        let mut by_authority = HashMap::new();
+        let mut by_port = HashMap::new();
+        for route in &config.routes {
+            match &route.matches {
+                RouteMatch::Authority(a) => {
+                    if let Some(t) = target(a, &route.cluster) {
+                        by_authority.insert(a.clone(), t);
+                    }
+                }
+                RouteMatch::Port(p) => {
+                    if let Some(t) = target(&route.cluster, &route.cluster) {
+                        by_port.insert(*p, t);
+                    }
+                }
+            }
+        }
+        let outbound_default = config
+            .outbound
+            .default_cluster
+            .as_deref()
+            .and_then(|c| target(c, c));
+        let inbound_default = config
+            .inbound
+            .default_cluster
+            .as_deref()
+            .and_then(|c| target(c, c));
+        Snapshot {
+            by_authority,
+            by_port,
+            outbound_default,
+            inbound_default,
+            no_authority: "".into(),
+            config: Arc::new(config),
+        }
+    }
+
+    /// The route for an HTTP authority (any case, port ignored).
+    pub fn by_authority(&self, authority: &str) -> Option<&RouteTarget> {
+        if self.by_authority.is_empty() {
+            return None;
+        }
+        let host = strip_port(authority);
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_authority.get(&host.to_ascii_lowercase())
+        } else {
+            self.by_authority.get(host)
+        }
+    }
+
+    /// The route for a destination port.
+    pub fn by_port(&self, port: u16) -> Option<&RouteTarget> {
+        self.by_port.get(&port)
+    }
+
+    /// Whether any route is configured (a miss is then a 404).
+    pub fn has_routes(&self) -> bool {
+        !self.by_authority.is_empty() || !self.by_port.is_empty()
+    }
+}
+
+/// `host:port` → `host`, leaving bracketed IPv6 literals whole.
+fn strip_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') => {
+            host
+        }
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_match_ignores_case_and_port() {
+        let config = Config::from_yaml(
+            "clusters:\n  - name: web\n    endpoints: [{address: '127.0.0.1:1'}]\nroutes:\n  - authority: web.ns.svc\n    cluster: web\n  - port: 6379\n    cluster: web\n",
+        )
+        .expect("valid");
+        let snap = Snapshot::new(config);
+        assert!(snap.by_authority("Web.NS.svc:8080").is_some());
+        assert!(snap.by_authority("web.ns.svc").is_some());
+        assert!(snap.by_authority("api").is_none());
+        assert_eq!(snap.by_port(6379).map(|t| &*t.cluster.name), Some("web"));
+    }
+}

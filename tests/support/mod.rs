@@ -1,0 +1,176 @@
+//! Test harness: starts the real `strait` binary on 127.0.0.1:0 with a YAML
+//! config, learns the bound addresses from the line it prints on stdout,
+//! and kills it when dropped. Shared by every black-box test.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running proxy process.
+pub struct Proxy {
+    pub child: Child,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub stderr_path: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!("strait-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Listener block binding all three listeners to ephemeral loopback ports;
+/// tests append their clusters and routes.
+pub const EPHEMERAL_LISTENERS: &str = "listeners:\n  outbound: {address: 127.0.0.1, port: 0}\n  inbound: {address: 127.0.0.1, port: 0}\n  admin: {address: 127.0.0.1, port: 0}\n";
+
+impl Proxy {
+    /// Start `strait run --config <yaml>` and wait until it reports its listeners.
+    pub fn start(yaml: &str) -> Proxy {
+        Proxy::start_with(yaml, &[])
+    }
+
+    /// Like [`Proxy::start`], with extra environment variables.
+    pub fn start_with(yaml: &str, env: &[(&str, &str)]) -> Proxy {
+        let dir = TempDir::new("proxy");
+        let config = dir.0.join("strait.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let stderr_path = dir.0.join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strait"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .env("STRAIT_LOG", "debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn strait");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                    panic!("strait did not report its listeners; stderr:\n{log}");
+                }
+            };
+            if let Some(rest) = line.strip_prefix("strait listening ") {
+                let addr = |name: &str| -> SocketAddr {
+                    rest.split_whitespace()
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or_else(|| panic!("no {name}= in '{line}'"))
+                };
+                return Proxy {
+                    outbound: addr("outbound"),
+                    inbound: addr("inbound"),
+                    admin: addr("admin"),
+                    child,
+                    stderr_path,
+                    _dir: dir,
+                };
+            }
+        }
+    }
+
+    /// The proxy's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Send a signal to the proxy process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Fetch `/metrics` from the admin port with a plain HTTP/1.0 request.
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").1
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal blocking GET used for admin endpoints: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect admin");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Sum of every sample of `family` whose labels contain all `labels`
+/// (`key="value"` strings), from Prometheus text.
+pub fn metric_sum(text: &str, family: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name_labels, value) = l.rsplit_once(' ')?;
+            let (name, label_str) = match name_labels.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (name_labels, ""),
+            };
+            if name != family || !labels.iter().all(|want| label_str.contains(want)) {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
