@@ -3,6 +3,8 @@
 //! and kills it when dropped. Shared by every black-box test.
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -15,6 +17,7 @@ pub struct Proxy {
     pub inbound: SocketAddr,
     pub admin: SocketAddr,
     pub stderr_path: std::path::PathBuf,
+    config_path: std::path::PathBuf,
     _dir: TempDir,
 }
 
@@ -100,10 +103,16 @@ impl Proxy {
                     admin: addr("admin"),
                     child,
                     stderr_path,
+                    config_path: config.clone(),
                     _dir: dir,
                 };
             }
         }
+    }
+
+    /// The config file the proxy watches.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.config_path.clone()
     }
 
     /// The proxy's log so far (for assertion messages).

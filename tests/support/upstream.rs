@@ -1,0 +1,119 @@
+//! A real upstream for tests: hyper's auto server (HTTP/1.1 and h2c) on
+//! 127.0.0.1:0 that answers by path, so each test can ask for the
+//! behaviour it needs.
+//!
+//! - `/headers`: the request's version and headers as text
+//! - `/slow?ms=N`: answers after N ms (and signals `started` on arrival)
+//! - `/hang`: never answers
+//! - `/trailers`: a streamed body followed by a trailer `x-checksum`
+//! - `/echo`: streams the request body back
+//! - anything else: `hello from upstream`
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A running upstream and what it has seen.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    pub connections: Arc<AtomicUsize>,
+    /// Notified when a `/slow` or `/hang` request arrives.
+    pub started: Arc<Notify>,
+}
+
+fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn answer(req: Request<Incoming>, started: Arc<Notify>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let response = match path.as_str() {
+        "/headers" => {
+            let mut text = format!("version: {:?}\nuri: {}\n", req.version(), req.uri());
+            for (name, value) in req.headers() {
+                text.push_str(&format!("{}: {}\n", name, value.to_str().unwrap_or("?")));
+            }
+            Response::new(full(text))
+        }
+        "/slow" => {
+            started.notify_one();
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(500);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(full("slow"))
+        }
+        "/hang" => {
+            started.notify_one();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Response::new(full("late"))
+        }
+        "/trailers" => {
+            let frames = vec![
+                Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"part one, "))),
+                Ok(Frame::data(Bytes::from_static(b"part two"))),
+                Ok(Frame::trailers({
+                    let mut t = http::HeaderMap::new();
+                    t.insert("x-checksum", http::HeaderValue::from_static("abc123"));
+                    t
+                })),
+            ];
+            let stream = futures_util::stream::iter(frames);
+            Response::new(StreamBody::new(stream).boxed())
+        }
+        "/echo" => Response::new(req.into_body().boxed()),
+        _ => Response::new(full("hello from upstream")),
+    };
+    Ok(response)
+}
+
+impl Upstream {
+    /// Start serving on 127.0.0.1:0 on the current tokio runtime.
+    pub async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(Notify::new());
+        let (req_count, conn_count, notify) = (requests.clone(), connections.clone(), started.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                conn_count.fetch_add(1, Ordering::SeqCst);
+                let req_count = req_count.clone();
+                let notify = notify.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        req_count.fetch_add(1, Ordering::SeqCst);
+                        answer(req, notify.clone())
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            requests,
+            connections,
+            started,
+        }
+    }
+}
