@@ -1,2 +1,119 @@
-//! placeholder
+//! The `strait` command line: `check` explains broken files by field and
+//! line and exits non-zero, accepts good ones and prints what would run;
+//! `run` refuses a bad file or environment override before binding
+//! anything; `iptables` prints the redirect rules; `version` answers.
+
 mod support;
+
+use std::process::{Command, Output};
+use support::TempDir;
+
+fn strait(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(args)
+        .output()
+        .expect("run strait")
+}
+
+fn check(yaml: &str) -> Output {
+    let dir = TempDir::new("cli");
+    let path = dir.0.join("config.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    strait(&["check", path.to_str().expect("utf-8 path")])
+}
+
+#[track_caller]
+fn assert_check_fails(yaml: &str, expected: &[&str]) {
+    let out = check(yaml);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted:\n{yaml}");
+    for want in expected {
+        assert!(stderr.contains(want), "stderr lacks '{want}':\n{stderr}");
+    }
+}
+
+#[test]
+fn check_names_field_and_line_of_each_error() {
+    assert_check_fails(
+        "listeners:\n  outbound:\n    port: 4140\n  inbound:\n    port: 70000\n",
+        &["listeners.inbound.port: 70000 is not a port (line 5)"],
+    );
+    assert_check_fails(
+        "proxy:\n  detect_timeot: 1s\n",
+        &["proxy.detect_timeot", "unknown field", "(line 2)"],
+    );
+    assert_check_fails(
+        "clusters:\n  - name: web\n    endpoints:\n      - address: web:80\n",
+        &["clusters[0].endpoints[0].address", "'web:80' is not an IP:port", "(line 4)"],
+    );
+    assert_check_fails(
+        "clusters:\n  - name: web\n    endpoints: [{address: '127.0.0.1:80'}]\nroutes:\n  - authority: web\n    cluster: api\n",
+        &["routes[0].cluster", "cluster 'api' is not defined", "(line 6)"],
+    );
+    assert_check_fails(
+        "proxy:\n  connect_timeout: fast\n",
+        &["proxy.connect_timeout", "'fast' is not a duration", "(line 2)"],
+    );
+    assert_check_fails("log:\n  level: loud\n", &["log.level", "(line 2)"]);
+    assert_check_fails("listeners: [\n", &["line"]);
+}
+
+#[test]
+fn check_accepts_a_good_file_and_prints_the_plan() {
+    let out = check(
+        "clusters:\n  - name: web\n    protocol: http2\n    endpoints:\n      - address: 127.0.0.1:8080\n        weight: 2\nroutes:\n  - authority: web.default.svc\n    cluster: web\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("outbound  127.0.0.1:4140"), "{stdout}");
+    assert!(stdout.contains("cluster   web [Http2"), "{stdout}");
+    assert!(stdout.contains("route     authority web.default.svc -> web"), "{stdout}");
+}
+
+#[test]
+fn run_refuses_bad_config_and_bad_env_before_binding() {
+    let dir = TempDir::new("cli-run");
+    let path = dir.0.join("bad.yaml");
+    std::fs::write(&path, "proxy:\n  backlog: 0\n").expect("write");
+    let out = strait(&["run", "--config", path.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("proxy.backlog"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_strait"))
+        .arg("run")
+        .env("STRAIT_OUTBOUND_ADDR", "not-an-address")
+        .output()
+        .expect("run strait");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("STRAIT_OUTBOUND_ADDR"));
+}
+
+#[test]
+fn env_overrides_listener_addresses() {
+    let proxy = support::Proxy::start_with(
+        support::EPHEMERAL_LISTENERS,
+        &[("STRAIT_ADMIN_ADDR", "127.0.0.1:0"), ("STRAIT_OUTBOUND_ADDR", "127.0.0.2:0")],
+    );
+    assert_eq!(proxy.outbound.ip().to_string(), "127.0.0.2");
+    assert_eq!(support::http_get(proxy.admin, "/ready").0, 200);
+}
+
+#[test]
+fn iptables_prints_redirect_rules() {
+    let out = strait(&["iptables", "--proxy-uid", "1337", "--skip-outbound-ports", "25,443"]);
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(script.contains("iptables -t nat -A STRAIT_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4143"), "{script}");
+    assert!(script.contains("iptables -t nat -A STRAIT_OUTBOUND -m owner --uid-owner 1337 -j RETURN"), "{script}");
+    assert!(script.contains("--dport 443 -j RETURN"), "{script}");
+    assert!(script.contains("-t nat -A OUTPUT -p tcp -j STRAIT_OUTBOUND"), "{script}");
+    let v6 = strait(&["iptables", "--ipv6"]);
+    assert!(String::from_utf8_lossy(&v6.stdout).contains("ip6tables -t nat"));
+}
+
+#[test]
+fn version_answers() {
+    let out = strait(&["version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("strait "));
+}
