@@ -44,7 +44,11 @@ fn check_names_field_and_line_of_each_error() {
     );
     assert_check_fails(
         "clusters:\n  - name: web\n    endpoints:\n      - address: web:80\n",
-        &["clusters[0].endpoints[0].address", "'web:80' is not an IP:port", "(line 4)"],
+        &[
+            "clusters[0].endpoints[0].address",
+            "'web:80' is not an IP:port",
+            "(line 4)",
+        ],
     );
     assert_check_fails(
         "clusters:\n  - name: web\n    endpoints: [{address: '127.0.0.1:80'}]\nroutes:\n  - authority: web\n    cluster: api\n",
@@ -52,7 +56,11 @@ fn check_names_field_and_line_of_each_error() {
     );
     assert_check_fails(
         "proxy:\n  connect_timeout: fast\n",
-        &["proxy.connect_timeout", "'fast' is not a duration", "(line 2)"],
+        &[
+            "proxy.connect_timeout",
+            "'fast' is not a duration",
+            "(line 2)",
+        ],
     );
     assert_check_fails("log:\n  level: loud\n", &["log.level", "(line 2)"]);
     assert_check_fails("listeners: [\n", &["line"]);
@@ -64,10 +72,17 @@ fn check_accepts_a_good_file_and_prints_the_plan() {
         "clusters:\n  - name: web\n    protocol: http2\n    endpoints:\n      - address: 127.0.0.1:8080\n        weight: 2\nroutes:\n  - authority: web.default.svc\n    cluster: web\n",
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("outbound  127.0.0.1:4140"), "{stdout}");
     assert!(stdout.contains("cluster   web [Http2"), "{stdout}");
-    assert!(stdout.contains("route     authority web.default.svc -> web"), "{stdout}");
+    assert!(
+        stdout.contains("route     authority web.default.svc -> web"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -92,7 +107,10 @@ fn run_refuses_bad_config_and_bad_env_before_binding() {
 fn env_overrides_listener_addresses() {
     let proxy = support::Proxy::start_with(
         support::EPHEMERAL_LISTENERS,
-        &[("STRAIT_ADMIN_ADDR", "127.0.0.1:0"), ("STRAIT_OUTBOUND_ADDR", "127.0.0.2:0")],
+        &[
+            ("STRAIT_ADMIN_ADDR", "127.0.0.1:0"),
+            ("STRAIT_OUTBOUND_ADDR", "127.0.0.2:0"),
+        ],
     );
     assert_eq!(proxy.outbound.ip().to_string(), "127.0.0.2");
     assert_eq!(support::http_get(proxy.admin, "/ready").0, 200);
@@ -100,13 +118,30 @@ fn env_overrides_listener_addresses() {
 
 #[test]
 fn iptables_prints_redirect_rules() {
-    let out = strait(&["iptables", "--proxy-uid", "1337", "--skip-outbound-ports", "25,443"]);
+    let out = strait(&[
+        "iptables",
+        "--proxy-uid",
+        "1337",
+        "--skip-outbound-ports",
+        "25,443",
+    ]);
     let script = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(script.contains("iptables -t nat -A STRAIT_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4143"), "{script}");
-    assert!(script.contains("iptables -t nat -A STRAIT_OUTBOUND -m owner --uid-owner 1337 -j RETURN"), "{script}");
+    assert!(
+        script.contains(
+            "iptables -t nat -A STRAIT_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4143"
+        ),
+        "{script}"
+    );
+    assert!(
+        script.contains("iptables -t nat -A STRAIT_OUTBOUND -m owner --uid-owner 1337 -j RETURN"),
+        "{script}"
+    );
     assert!(script.contains("--dport 443 -j RETURN"), "{script}");
-    assert!(script.contains("-t nat -A OUTPUT -p tcp -j STRAIT_OUTBOUND"), "{script}");
+    assert!(
+        script.contains("-t nat -A OUTPUT -p tcp -j STRAIT_OUTBOUND"),
+        "{script}"
+    );
     let v6 = strait(&["iptables", "--ipv6"]);
     assert!(String::from_utf8_lossy(&v6.stdout).contains("ip6tables -t nat"));
 }

@@ -31,7 +31,9 @@ fn web_config(addr: SocketAddr, protocol: &str) -> String {
 
 async fn h1(addr: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
     let stream = TcpStream::connect(addr).await.expect("connect proxy");
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.expect("h1 handshake");
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("h1 handshake");
     tokio::spawn(conn);
     sender
 }
@@ -52,10 +54,17 @@ fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
         .expect("request")
 }
 
-async fn text(response: hyper::Response<hyper::body::Incoming>) -> (StatusCode, http::HeaderMap, String) {
+async fn text(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> (StatusCode, http::HeaderMap, String) {
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -67,17 +76,47 @@ async fn http1_keepalive_reuses_one_upstream_connection() {
     const N: usize = 20;
     for _ in 0..N {
         client.ready().await.expect("ready");
-        let (status, _, body) = text(client.send_request(get("web", "/")).await.expect("response")).await;
+        let (status, _, body) = text(
+            client
+                .send_request(get("web", "/"))
+                .await
+                .expect("response"),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, "hello from upstream");
     }
-    assert_eq!(upstream.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
     let m = proxy.metrics();
     let web = ["direction=\"outbound\"", "authority=\"web\""];
     assert_eq!(metric_sum(&m, "request_total", &web), N as f64, "{m}");
-    assert_eq!(metric_sum(&m, "response_total", &[web[0], web[1], "status_code=\"200\"", "classification=\"success\""]), N as f64);
-    assert_eq!(metric_sum(&m, "http_pool_checkout_total", &["result=\"reused\""]), (N - 1) as f64, "{m}");
-    assert_eq!(metric_sum(&m, "http_pool_checkout_total", &["result=\"new\""]), 1.0);
+    assert_eq!(
+        metric_sum(
+            &m,
+            "response_total",
+            &[
+                web[0],
+                web[1],
+                "status_code=\"200\"",
+                "classification=\"success\""
+            ]
+        ),
+        N as f64
+    );
+    assert_eq!(
+        metric_sum(&m, "http_pool_checkout_total", &["result=\"reused\""]),
+        (N - 1) as f64,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "http_pool_checkout_total", &["result=\"new\""]),
+        1.0
+    );
     assert_eq!(metric_sum(&m, "tcp_open_total", &["peer=\"dst\""]), 1.0);
     assert_eq!(metric_sum(&m, "response_latency_ms_count", &web), N as f64);
 }
@@ -88,7 +127,9 @@ async fn h2c_through_the_proxy_and_version_translation() {
     // auto: HTTP/2 in, HTTP/2 out.
     let proxy = Proxy::start(&web_config(upstream.addr, "auto"));
     let mut client = h2(proxy.outbound).await;
-    let req = Request::get("http://web/headers").body(Full::default()).expect("req");
+    let req = Request::get("http://web/headers")
+        .body(Full::default())
+        .expect("req");
     let (status, _, body) = text(client.send_request(req).await.expect("h2 response")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.starts_with("version: HTTP/2.0"), "{body}");
@@ -97,18 +138,32 @@ async fn h2c_through_the_proxy_and_version_translation() {
     // http1 cluster: an HTTP/2 client's request arrives as HTTP/1.1 with Host.
     let proxy = Proxy::start(&web_config(upstream.addr, "http1"));
     let mut client = h2(proxy.outbound).await;
-    let req = Request::get("http://web/headers?x=1").body(Full::default()).expect("req");
+    let req = Request::get("http://web/headers?x=1")
+        .body(Full::default())
+        .expect("req");
     let (_, _, body) = text(client.send_request(req).await.expect("response")).await;
-    assert!(body.starts_with("version: HTTP/1.1\nuri: /headers?x=1\n"), "{body}");
+    assert!(
+        body.starts_with("version: HTTP/1.1\nuri: /headers?x=1\n"),
+        "{body}"
+    );
     assert!(body.contains("host: web\n"), "{body}");
     drop(proxy);
 
     // http2 cluster: an HTTP/1.1 client's request arrives as HTTP/2 with :authority.
     let proxy = Proxy::start(&web_config(upstream.addr, "http2"));
     let mut client = h1(proxy.outbound).await;
-    let (status, _, body) = text(client.send_request(get("web", "/headers")).await.expect("response")).await;
+    let (status, _, body) = text(
+        client
+            .send_request(get("web", "/headers"))
+            .await
+            .expect("response"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(body.starts_with("version: HTTP/2.0\nuri: http://web/headers\n"), "{body}");
+    assert!(
+        body.starts_with("version: HTTP/2.0\nuri: http://web/headers\n"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -116,16 +171,26 @@ async fn streamed_body_and_trailers_cross_h2() {
     let upstream = Upstream::start().await;
     let proxy = Proxy::start(&web_config(upstream.addr, "http2"));
     let mut client = h2(proxy.outbound).await;
-    let req = Request::get("http://web/trailers").body(Full::default()).expect("req");
+    let req = Request::get("http://web/trailers")
+        .body(Full::default())
+        .expect("req");
     let response = client.send_request(req).await.expect("response");
     let collected = response.into_body().collect().await.expect("body");
     let trailers = collected.trailers().cloned().expect("trailers arrive");
-    assert_eq!(trailers.get("x-checksum").map(|v| v.as_bytes()), Some(&b"abc123"[..]));
-    assert_eq!(collected.to_bytes(), Bytes::from_static(b"part one, part two"));
+    assert_eq!(
+        trailers.get("x-checksum").map(|v| v.as_bytes()),
+        Some(&b"abc123"[..])
+    );
+    assert_eq!(
+        collected.to_bytes(),
+        Bytes::from_static(b"part one, part two")
+    );
 
     // A request body streams to the upstream and back.
     let payload = Bytes::from(vec![b'x'; 256 * 1024]);
-    let req = Request::post("http://web/echo").body(Full::new(payload.clone())).expect("req");
+    let req = Request::post("http://web/echo")
+        .body(Full::new(payload.clone()))
+        .expect("req");
     let (status, _, body) = text(client.send_request(req).await.expect("echo")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.len(), payload.len());
@@ -137,7 +202,11 @@ async fn hop_by_hop_headers_stay_behind_and_inbound_adds_forwarded_for() {
     let yaml = config(&format!(
         "clusters:\n  - name: app\n    endpoints: [{{address: '{}'}}]\n",
         upstream.addr
-    )) .replace("inbound: {address: 127.0.0.1, port: 0}", "inbound: {address: 127.0.0.1, port: 0, default_cluster: app}");
+    ))
+    .replace(
+        "inbound: {address: 127.0.0.1, port: 0}",
+        "inbound: {address: 127.0.0.1, port: 0, default_cluster: app}",
+    );
     let proxy = Proxy::start(&yaml);
     let mut client = h1(proxy.inbound).await;
     let req = Request::get("/headers")
@@ -154,14 +223,21 @@ async fn hop_by_hop_headers_stay_behind_and_inbound_adds_forwarded_for() {
     assert!(!body.contains("keep-alive"), "{body}");
     assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
     let m = proxy.metrics();
-    assert_eq!(metric_sum(&m, "request_total", &["direction=\"inbound\""]), 1.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "request_total", &["direction=\"inbound\""]),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn upstream_failures_become_502_and_504_with_a_reason() {
     let upstream = Upstream::start().await;
     // A port nothing listens on: bind, learn the port, close.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
     let yaml = config(&format!(
         "clusters:\n  - name: gone\n    endpoints: [{{address: '{closed}'}}]\n  - name: slow\n    response_timeout: 300ms\n    endpoints: [{{address: '{}'}}]\nroutes:\n  - authority: gone\n    cluster: gone\n  - authority: slow\n    cluster: slow\n",
         upstream.addr
@@ -169,28 +245,74 @@ async fn upstream_failures_become_502_and_504_with_a_reason() {
     let proxy = Proxy::start(&yaml);
     let mut client = h1(proxy.outbound).await;
 
-    let (status, headers, body) = text(client.send_request(get("gone", "/")).await.expect("response")).await;
+    let (status, headers, body) = text(
+        client
+            .send_request(get("gone", "/"))
+            .await
+            .expect("response"),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert_eq!(headers.get("strait-proxy-error").map(|v| v.as_bytes()), Some(&b"connect-refused"[..]));
+    assert_eq!(
+        headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+        Some(&b"connect-refused"[..])
+    );
     assert!(body.contains(&closed.to_string()), "{body}");
 
     client.ready().await.expect("connection survives a 502");
     let started = Instant::now();
-    let (status, headers, _) = text(client.send_request(get("slow", "/hang")).await.expect("response")).await;
+    let (status, headers, _) = text(
+        client
+            .send_request(get("slow", "/hang"))
+            .await
+            .expect("response"),
+    )
+    .await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(headers.get("strait-proxy-error").map(|v| v.as_bytes()), Some(&b"response-timeout"[..]));
+    assert_eq!(
+        headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+        Some(&b"response-timeout"[..])
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
 
     client.ready().await.expect("connection survives a 504");
-    let (status, headers, _) = text(client.send_request(get("nowhere", "/")).await.expect("response")).await;
+    let (status, headers, _) = text(
+        client
+            .send_request(get("nowhere", "/"))
+            .await
+            .expect("response"),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(headers.get("strait-proxy-error").map(|v| v.as_bytes()), Some(&b"no-route"[..]));
+    assert_eq!(
+        headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+        Some(&b"no-route"[..])
+    );
 
     let log = proxy.log();
-    assert!(log.contains("connect-refused") && log.contains(&closed.to_string()), "{log}");
+    assert!(
+        log.contains("connect-refused") && log.contains(&closed.to_string()),
+        "{log}"
+    );
     let m = proxy.metrics();
-    assert_eq!(metric_sum(&m, "response_total", &["status_code=\"502\"", "classification=\"failure\""]), 1.0, "{m}");
-    assert_eq!(metric_sum(&m, "http_proxy_errors_total", &["reason=\"response-timeout\""]), 1.0, "{m}");
+    assert_eq!(
+        metric_sum(
+            &m,
+            "response_total",
+            &["status_code=\"502\"", "classification=\"failure\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "http_proxy_errors_total",
+            &["reason=\"response-timeout\""]
+        ),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -210,14 +332,22 @@ async fn malformed_http_gets_400_and_the_proxy_keeps_serving() {
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
 
     let mut client = h1(proxy.outbound).await;
-    let (status, _, _) = text(client.send_request(get("web", "/")).await.expect("response")).await;
+    let (status, _, _) = text(
+        client
+            .send_request(get("web", "/"))
+            .await
+            .expect("response"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
 }
 
 /// Echo server that reads until the client half-closes, then answers with
 /// everything it read and closes.
 async fn half_close_echo() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
@@ -240,7 +370,10 @@ async fn opaque_tcp_echo_with_half_close() {
     let yaml = config(&format!(
         "clusters:\n  - name: echo\n    protocol: opaque\n    endpoints: [{{address: '{echo}'}}]\n"
     ))
-    .replace("outbound: {address: 127.0.0.1, port: 0}", "outbound: {address: 127.0.0.1, port: 0, default_cluster: echo}");
+    .replace(
+        "outbound: {address: 127.0.0.1, port: 0}",
+        "outbound: {address: 127.0.0.1, port: 0, default_cluster: echo}",
+    );
     let proxy = Proxy::start(&yaml);
     let mut client = TcpStream::connect(proxy.outbound).await.expect("connect");
     let payload = b"\x00\x01binary, not HTTP\xff".repeat(1000);
@@ -261,11 +394,22 @@ async fn opaque_tcp_echo_with_half_close() {
         let m = proxy.metrics();
         let closed = metric_sum(&m, "tcp_close_total", &["peer=\"src\""]);
         if closed >= 1.0 {
-            assert_eq!(metric_sum(&m, "tcp_read_bytes_total", &["peer=\"src\""]), payload.len() as f64, "{m}");
-            assert_eq!(metric_sum(&m, "tcp_write_bytes_total", &["peer=\"src\""]), (payload.len() + 6) as f64, "{m}");
+            assert_eq!(
+                metric_sum(&m, "tcp_read_bytes_total", &["peer=\"src\""]),
+                payload.len() as f64,
+                "{m}"
+            );
+            assert_eq!(
+                metric_sum(&m, "tcp_write_bytes_total", &["peer=\"src\""]),
+                (payload.len() + 6) as f64,
+                "{m}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "connection never counted as closed:\n{m}");
+        assert!(
+            Instant::now() < deadline,
+            "connection never counted as closed:\n{m}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -277,7 +421,13 @@ async fn metrics_families_are_exported_as_prometheus_text() {
     let mut client = h1(proxy.outbound).await;
     for _ in 0..3 {
         client.ready().await.expect("ready");
-        let _ = text(client.send_request(get("web", "/")).await.expect("response")).await;
+        let _ = text(
+            client
+                .send_request(get("web", "/"))
+                .await
+                .expect("response"),
+        )
+        .await;
     }
     let m = proxy.metrics();
     for (family, kind) in [
@@ -292,10 +442,25 @@ async fn metrics_families_are_exported_as_prometheus_text() {
         ("process_resident_memory_bytes", "gauge"),
         ("process_open_fds", "gauge"),
     ] {
-        assert!(m.contains(&format!("# TYPE {family} {kind}")), "{family} missing:\n{m}");
+        assert!(
+            m.contains(&format!("# TYPE {family} {kind}")),
+            "{family} missing:\n{m}"
+        );
     }
-    assert_eq!(metric_sum(&m, "tcp_open_connections", &["peer=\"src\"", "direction=\"outbound\""]), 1.0, "{m}");
-    assert_eq!(metric_sum(&m, "response_latency_ms_bucket", &["le=\"+Inf\""]), 3.0, "{m}");
+    assert_eq!(
+        metric_sum(
+            &m,
+            "tcp_open_connections",
+            &["peer=\"src\"", "direction=\"outbound\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "response_latency_ms_bucket", &["le=\"+Inf\""]),
+        3.0,
+        "{m}"
+    );
 
     assert_eq!(http_get(proxy.admin, "/ready").0, 200);
     assert_eq!(http_get(proxy.admin, "/live").0, 200);
@@ -322,7 +487,10 @@ async fn sigterm_lets_the_request_in_flight_finish() {
         assert!(Instant::now() < deadline, "still accepting after SIGTERM");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let response = in_flight.await.expect("task").expect("in-flight request completes");
+    let response = in_flight
+        .await
+        .expect("task")
+        .expect("in-flight request completes");
     let (status, _, body) = text(response).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "slow"));
     let status = tokio::task::spawn_blocking(move || {
@@ -331,7 +499,10 @@ async fn sigterm_lets_the_request_in_flight_finish() {
             if let Some(status) = proxy.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "proxy did not exit after draining");
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not exit after draining"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     })
@@ -347,20 +518,40 @@ async fn config_reload_applies_good_files_and_refuses_bad_ones() {
     let proxy = Proxy::start(&web_config(a.addr, "auto"));
     let path = proxy.config_path();
     let mut client = h1(proxy.outbound).await;
-    let _ = text(client.send_request(get("web", "/")).await.expect("response")).await;
+    let _ = text(
+        client
+            .send_request(get("web", "/"))
+            .await
+            .expect("response"),
+    )
+    .await;
     assert_eq!(a.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
 
     // A broken file is refused with its line; the old config keeps serving.
-    std::fs::write(&path, web_config(a.addr, "auto") + "proxy:\n  backlog: -1\n").expect("write");
+    std::fs::write(
+        &path,
+        web_config(a.addr, "auto") + "proxy:\n  backlog: -1\n",
+    )
+    .expect("write");
     proxy.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !proxy.log().contains("config reload refused") {
-        assert!(Instant::now() < deadline, "no refusal logged:\n{}", proxy.log());
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            proxy.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(proxy.log().contains("proxy.backlog"), "{}", proxy.log());
     client.ready().await.expect("ready");
-    let (status, _, _) = text(client.send_request(get("web", "/")).await.expect("response")).await;
+    let (status, _, _) = text(
+        client
+            .send_request(get("web", "/"))
+            .await
+            .expect("response"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(a.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
 
@@ -370,11 +561,21 @@ async fn config_reload_applies_good_files_and_refuses_bad_ones() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         client.ready().await.expect("ready");
-        let _ = text(client.send_request(get("web", "/")).await.expect("response")).await;
+        let _ = text(
+            client
+                .send_request(get("web", "/"))
+                .await
+                .expect("response"),
+        )
+        .await;
         if b.requests.load(std::sync::atomic::Ordering::SeqCst) > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "new config never applied:\n{}", proxy.log());
+        assert!(
+            Instant::now() < deadline,
+            "new config never applied:\n{}",
+            proxy.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -69,7 +69,10 @@ impl Config {
     /// Apply `STRAIT_*` overrides: `STRAIT_OUTBOUND_ADDR`, `STRAIT_INBOUND_ADDR`,
     /// `STRAIT_ADMIN_ADDR` (IP:PORT), `STRAIT_LOG` (level) and
     /// `STRAIT_LOG_FORMAT` (plain|json). `lookup` is the environment.
-    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
         let addr = |var: &'static str| -> Result<Option<SocketAddr>, ConfigError> {
             lookup(var)
                 .map(|value| {

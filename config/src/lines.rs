@@ -56,10 +56,8 @@ impl Walker {
     fn place_node(&mut self, line: usize) -> Option<String> {
         match self.stack.last_mut() {
             None => Some(String::new()),
-            Some(Frame::Mapping { path, key }) => match key.take() {
-                Some(key) => Some(join(path, &key)),
-                None => None, // this node is a key
-            },
+            // No pending key: this node is a key.
+            Some(Frame::Mapping { path, key }) => key.take().map(|key| join(path, &key)),
             Some(Frame::Sequence { path, next }) => {
                 let item = format!("{path}[{next}]");
                 *next += 1;
@@ -83,11 +81,11 @@ impl MarkedEventReceiver for Walker {
         let line = mark.line();
         match event {
             Event::Scalar(value, ..) => {
-                if self.place_node(line).is_none() {
-                    if let Some(Frame::Mapping { path, key }) = self.stack.last_mut() {
-                        self.lines.insert(join(path, &value), line);
-                        *key = Some(value);
-                    }
+                let is_key = self.place_node(line).is_none();
+                if let (true, Some(Frame::Mapping { path, key })) = (is_key, self.stack.last_mut())
+                {
+                    self.lines.insert(join(path, &value), line);
+                    *key = Some(value);
                 }
             }
             Event::Alias(_) => {

@@ -274,8 +274,14 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
                 }
                 RouteMatch::Authority(authority)
             }
-            (None, Some(port)) => RouteMatch::Port(rules.port(&format!("{field}.port"), port, false)?),
-            _ => return Err(ConfigError::RouteMatch { at: rules.at(&field) }),
+            (None, Some(port)) => {
+                RouteMatch::Port(rules.port(&format!("{field}.port"), port, false)?)
+            }
+            _ => {
+                return Err(ConfigError::RouteMatch {
+                    at: rules.at(&field),
+                })
+            }
         };
         known(&format!("{field}.cluster"), &r.cluster)?;
         routes.push(Route {
@@ -381,8 +387,10 @@ pub fn normalize_authority(authority: &str) -> String {
 fn is_plausible_log_level(level: &str) -> bool {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     let is_level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
-    level.split(',').all(|directive| match directive.split_once('=') {
-        Some((target, lvl)) => !target.trim().is_empty() && is_level(lvl),
-        None => is_level(directive),
-    })
+    level
+        .split(',')
+        .all(|directive| match directive.split_once('=') {
+            Some((target, lvl)) => !target.trim().is_empty() && is_level(lvl),
+            None => is_level(directive),
+        })
 }

@@ -30,7 +30,12 @@ fn port_out_of_range() {
 #[test]
 fn unknown_field_is_refused() {
     let yaml = "proxy:\n  max_conections: 10\n";
-    assert_refused(yaml, "proxy.max_conections", 2, "unknown field `max_conections`");
+    assert_refused(
+        yaml,
+        "proxy.max_conections",
+        2,
+        "unknown field `max_conections`",
+    );
 }
 
 #[test]
@@ -50,13 +55,23 @@ fn bad_duration() {
 #[test]
 fn route_to_unknown_cluster() {
     let yaml = "clusters:\n  - name: web\n    endpoints:\n      - address: 127.0.0.1:8080\nroutes:\n  - authority: web\n    cluster: web\n  - authority: api\n    cluster: apii\n";
-    assert_refused(yaml, "routes[1].cluster", 9, "cluster 'apii' is not defined");
+    assert_refused(
+        yaml,
+        "routes[1].cluster",
+        9,
+        "cluster 'apii' is not defined",
+    );
 }
 
 #[test]
 fn bad_endpoint_address() {
     let yaml = "clusters:\n  - name: web\n    endpoints:\n      - address: 127.0.0.1:8080\n      - address: web-1\n";
-    assert_refused(yaml, "clusters[0].endpoints[1].address", 5, "'web-1' is not an IP:port");
+    assert_refused(
+        yaml,
+        "clusters[0].endpoints[1].address",
+        5,
+        "'web-1' is not an IP:port",
+    );
 }
 
 #[test]
@@ -75,10 +90,16 @@ fn route_needs_exactly_one_match() {
 
 #[test]
 fn bad_weight_and_ip() {
-    let yaml = "clusters:\n  - name: a\n    endpoints:\n      - address: 127.0.0.1:1\n        weight: 0\n";
+    let yaml =
+        "clusters:\n  - name: a\n    endpoints:\n      - address: 127.0.0.1:1\n        weight: 0\n";
     assert_refused(yaml, "clusters[0].endpoints[0].weight", 5, "out of range");
     let ip = "listeners:\n  admin:\n    address: localhost\n";
-    assert_refused(ip, "listeners.admin.address", 3, "'localhost' is not an IP address");
+    assert_refused(
+        ip,
+        "listeners.admin.address",
+        3,
+        "'localhost' is not an IP address",
+    );
 }
 
 #[test]
@@ -107,7 +128,10 @@ fn full_example_parses() {
     assert_eq!(web.protocol, Protocol::Http2);
     assert_eq!(web.connect_timeout.as_millis(), 250);
     assert_eq!(web.endpoints[0].weight, 3);
-    assert_eq!(config.routes[0].matches, RouteMatch::Authority("web.ns.svc".into()));
+    assert_eq!(
+        config.routes[0].matches,
+        RouteMatch::Authority("web.ns.svc".into())
+    );
     assert_eq!(config.routes[1].matches, RouteMatch::Port(5432));
 }
 

@@ -60,12 +60,17 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
     }
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     response
 }
 
@@ -90,7 +95,11 @@ fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Respon
             let snapshot = state.snapshot.load();
             match serde_json::to_vec_pretty(&*snapshot.config) {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("cannot render config: {e}\n")),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    format!("cannot render config: {e}\n"),
+                ),
             }
         }
         (&Method::POST, "/shutdown") => {
@@ -99,7 +108,11 @@ fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Respon
                 state.shutdown.cancel();
                 reply(StatusCode::OK, TEXT, "shutting down\n")
             } else {
-                reply(StatusCode::FORBIDDEN, TEXT, "shutdown is accepted from loopback only\n")
+                reply(
+                    StatusCode::FORBIDDEN,
+                    TEXT,
+                    "shutdown is accepted from loopback only\n",
+                )
             }
         }
         (_, "/metrics" | "/ready" | "/live" | "/config_dump" | "/shutdown") => {

@@ -142,12 +142,19 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
 
         shutdown.cancelled().await;
         ready.store(false, Ordering::Release);
-        info!(?grace, open = tracker.len(), "shutting down: no new connections, draining open ones");
+        info!(
+            ?grace,
+            open = tracker.len(),
+            "shutting down: no new connections, draining open ones"
+        );
         stop_accepting.cancel();
         drain.cancel();
         tracker.close();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            warn!(open = tracker.len(), "grace period over; closing the remaining connections");
+            warn!(
+                open = tracker.len(),
+                "grace period over; closing the remaining connections"
+            );
         } else {
             info!("every connection drained");
         }
@@ -165,7 +172,10 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
 
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(term), Ok(int)) => (term, int),
         (Err(e), _) | (_, Err(e)) => {
             error!(error = %e, "cannot listen for SIGTERM/SIGINT; use POST /shutdown to stop");
@@ -239,7 +249,10 @@ fn reload(path: &PathBuf, snapshot: &ArcSwap<Snapshot>, metrics: &Metrics) {
             info!(path = %path.display(), "config reloaded");
         }
         Err(e) => {
-            metrics.config_reload_total.with_label_values(&["error"]).inc();
+            metrics
+                .config_reload_total
+                .with_label_values(&["error"])
+                .inc();
             error!(path = %path.display(), error = %e, "config reload refused; the running config keeps serving");
         }
     }

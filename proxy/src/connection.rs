@@ -15,7 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 /// Serve one accepted connection to completion.
-pub async fn serve(mut stream: TcpStream, client: SocketAddr, inputs: Arc<Inputs>, drain: CancellationToken) {
+pub async fn serve(
+    mut stream: TcpStream,
+    client: SocketAddr,
+    inputs: Arc<Inputs>,
+    drain: CancellationToken,
+) {
     let orig_dst = match orig_dst::lookup(&stream) {
         Ok(orig_dst) => orig_dst,
         Err(e) => {

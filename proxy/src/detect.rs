@@ -125,13 +125,19 @@ mod tests {
     #[test]
     fn classifies() {
         assert_eq!(classify(b""), None);
-        assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Some(Protocol::Http1)
+        );
         assert_eq!(classify(b"GET / HTTP/1.0\n"), Some(Protocol::Http1));
         assert_eq!(classify(b"GE"), None);
         assert_eq!(classify(b"GET /very/long"), None);
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None);
         assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
-        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02, 0x00]), Some(Protocol::Tls));
+        assert_eq!(
+            classify(&[0x16, 0x03, 0x01, 0x02, 0x00]),
+            Some(Protocol::Tls)
+        );
         assert_eq!(classify(&[0x16]), None);
         assert_eq!(classify(b"hello world\n"), Some(Protocol::Opaque));
         assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Some(Protocol::Opaque));

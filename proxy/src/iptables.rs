@@ -26,22 +26,35 @@ pub fn rules(r: &Redirect) -> Vec<Vec<String>> {
     let mut rules: Vec<Vec<String>> = Vec::new();
     let mut rule = |args: &str| rules.push(args.split_whitespace().map(String::from).collect());
     rule("-t nat -N STRAIT_INBOUND_REDIRECT");
-    rule(&format!("-t nat -A STRAIT_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports {}", r.inbound_port));
+    rule(&format!(
+        "-t nat -A STRAIT_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports {}",
+        r.inbound_port
+    ));
     rule("-t nat -N STRAIT_INBOUND");
     for port in &r.skip_inbound_ports {
-        rule(&format!("-t nat -A STRAIT_INBOUND -p tcp --dport {port} -j RETURN"));
+        rule(&format!(
+            "-t nat -A STRAIT_INBOUND -p tcp --dport {port} -j RETURN"
+        ));
     }
     rule("-t nat -A STRAIT_INBOUND -p tcp -j STRAIT_INBOUND_REDIRECT");
     rule("-t nat -A PREROUTING -p tcp -j STRAIT_INBOUND");
     rule("-t nat -N STRAIT_OUTBOUND_REDIRECT");
-    rule(&format!("-t nat -A STRAIT_OUTBOUND_REDIRECT -p tcp -j REDIRECT --to-ports {}", r.outbound_port));
+    rule(&format!(
+        "-t nat -A STRAIT_OUTBOUND_REDIRECT -p tcp -j REDIRECT --to-ports {}",
+        r.outbound_port
+    ));
     rule("-t nat -N STRAIT_OUTBOUND");
     // The proxy's own upstream connections must leave as they are, or they loop.
-    rule(&format!("-t nat -A STRAIT_OUTBOUND -m owner --uid-owner {} -j RETURN", r.proxy_uid));
+    rule(&format!(
+        "-t nat -A STRAIT_OUTBOUND -m owner --uid-owner {} -j RETURN",
+        r.proxy_uid
+    ));
     // The app talking to itself (and to the proxy) on loopback stays local.
     rule("-t nat -A STRAIT_OUTBOUND -o lo -j RETURN");
     for port in &r.skip_outbound_ports {
-        rule(&format!("-t nat -A STRAIT_OUTBOUND -p tcp --dport {port} -j RETURN"));
+        rule(&format!(
+            "-t nat -A STRAIT_OUTBOUND -p tcp --dport {port} -j RETURN"
+        ));
     }
     rule("-t nat -A STRAIT_OUTBOUND -p tcp -j STRAIT_OUTBOUND_REDIRECT");
     rule("-t nat -A OUTPUT -p tcp -j STRAIT_OUTBOUND");
@@ -73,10 +86,9 @@ pub fn script(r: &Redirect) -> String {
 pub fn apply(r: &Redirect) -> Result<(), String> {
     let program = program(r);
     for args in rules(r) {
-        let output = Command::new(program)
-            .args(&args)
-            .output()
-            .map_err(|e| format!("cannot run {program}: {e} (is it installed, and are we root?)"))?;
+        let output = Command::new(program).args(&args).output().map_err(|e| {
+            format!("cannot run {program}: {e} (is it installed, and are we root?)")
+        })?;
         if !output.status.success() {
             return Err(format!(
                 "{program} {} failed: {}",

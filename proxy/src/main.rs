@@ -11,7 +11,11 @@ use strait_proxy::{app, iptables};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "strait", version, about = "strait: a service-mesh sidecar proxy")]
+#[command(
+    name = "strait",
+    version,
+    about = "strait: a service-mesh sidecar proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -141,7 +145,11 @@ fn check(path: &PathBuf) -> ExitCode {
         }
     };
     println!("{}: ok", path.display());
-    println!("  outbound  {}{}", config.outbound.addr, default_note(&config.outbound.default_cluster));
+    println!(
+        "  outbound  {}{}",
+        config.outbound.addr,
+        default_note(&config.outbound.default_cluster)
+    );
     println!(
         "  inbound   {} -> {}:<original port>{}",
         config.inbound.addr,

@@ -5,8 +5,8 @@
 
 use crate::Direction;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -81,9 +81,11 @@ impl Metrics {
         registry
             .register(Box::new(latency.clone()))
             .unwrap_or_else(|e| panic!("response_latency_ms registered twice: {e}"));
-        let tcp_open_connections =
-            IntGaugeVec::new(Opts::new("tcp_open_connections", "TCP connections open now."), TCP_LABELS)
-                .unwrap_or_else(|e| panic!("tcp_open_connections is malformed: {e}"));
+        let tcp_open_connections = IntGaugeVec::new(
+            Opts::new("tcp_open_connections", "TCP connections open now."),
+            TCP_LABELS,
+        )
+        .unwrap_or_else(|e| panic!("tcp_open_connections is malformed: {e}"));
         registry
             .register(Box::new(tcp_open_connections.clone()))
             .unwrap_or_else(|e| panic!("tcp_open_connections registered twice: {e}"));
@@ -149,7 +151,12 @@ impl Metrics {
             .entry(key)
             .or_insert_with(|| {
                 let target = target.to_string();
-                let labels = [direction.as_str(), authority, target.as_str(), "no_identity"];
+                let labels = [
+                    direction.as_str(),
+                    authority,
+                    target.as_str(),
+                    "no_identity",
+                ];
                 Arc::new(RequestMetrics {
                     total: self.request_total.with_label_values(&labels),
                     latency_ms: self.response_latency_ms.with_label_values(&labels),
@@ -162,9 +169,17 @@ impl Metrics {
     }
 
     /// Pool checkout counter for a target (`reused` or `new`).
-    pub fn pool_checkout(&self, direction: Direction, target: SocketAddr, result: &str) -> IntCounter {
-        self.pool_checkout_total
-            .with_label_values(&[direction.as_str(), &target.to_string(), result])
+    pub fn pool_checkout(
+        &self,
+        direction: Direction,
+        target: SocketAddr,
+        result: &str,
+    ) -> IntCounter {
+        self.pool_checkout_total.with_label_values(&[
+            direction.as_str(),
+            &target.to_string(),
+            result,
+        ])
     }
 
     /// Count a request answered by the proxy itself.

@@ -43,7 +43,10 @@ pub enum PoolError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("HTTP handshake with {addr} failed: {source}")]
-    Handshake { addr: SocketAddr, source: hyper::Error },
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
 }
 
 /// All endpoint pools of one direction.
@@ -250,19 +253,33 @@ impl EndpointPool {
         &self,
         connect_timeout: Duration,
     ) -> Result<(TokioIo<CountedIo<tokio::net::TcpStream>>, TcpMetrics), PoolError> {
-        let stream = socket::connect(self.addr, connect_timeout, self.settings.tcp_keepalive).await?;
-        let tcp = self.metrics.tcp_connection(self.direction, "dst", self.addr);
-        let io = CountedIo::new(stream, Bytes::new(), tcp.read_bytes.clone(), tcp.write_bytes.clone());
+        let stream =
+            socket::connect(self.addr, connect_timeout, self.settings.tcp_keepalive).await?;
+        let tcp = self
+            .metrics
+            .tcp_connection(self.direction, "dst", self.addr);
+        let io = CountedIo::new(
+            stream,
+            Bytes::new(),
+            tcp.read_bytes.clone(),
+            tcp.write_bytes.clone(),
+        );
         Ok((TokioIo::new(io), tcp))
     }
 
-    async fn connect_h1(&self, connect_timeout: Duration) -> Result<http1::SendRequest<Incoming>, PoolError> {
+    async fn connect_h1(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http1::SendRequest<Incoming>, PoolError> {
         // The metrics guard lives as long as the connection task.
         let (io, guard) = self.open(connect_timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(|source| PoolError::Handshake { addr: self.addr, source })?;
+            .map_err(|source| PoolError::Handshake {
+                addr: self.addr,
+                source,
+            })?;
         let addr = self.addr;
         tokio::spawn(async move {
             let _guard = guard;
@@ -273,7 +290,10 @@ impl EndpointPool {
         Ok(sender)
     }
 
-    async fn connect_h2(&self, connect_timeout: Duration) -> Result<http2::SendRequest<Incoming>, PoolError> {
+    async fn connect_h2(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<Incoming>, PoolError> {
         // The metrics guard lives as long as the connection task.
         let (io, guard) = self.open(connect_timeout).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -282,7 +302,10 @@ impl EndpointPool {
             .keep_alive_while_idle(false)
             .handshake(io)
             .await
-            .map_err(|source| PoolError::Handshake { addr: self.addr, source })?;
+            .map_err(|source| PoolError::Handshake {
+                addr: self.addr,
+                source,
+            })?;
         let addr = self.addr;
         tokio::spawn(async move {
             let _guard = guard;
@@ -339,7 +362,10 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, checkin: Option<(http1::SendRequest<Incoming>, Arc<EndpointPool>)>) -> Self {
+    fn new(
+        inner: Incoming,
+        checkin: Option<(http1::SendRequest<Incoming>, Arc<EndpointPool>)>,
+    ) -> Self {
         let mut body = PooledBody { inner, checkin };
         if body.inner.is_end_stream() {
             body.finish();

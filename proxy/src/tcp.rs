@@ -45,7 +45,11 @@ pub async fn forward(
         upstream_metrics.write_bytes.clone(),
     );
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((sent, received)) => debug!(target_addr = %target.addr, sent, received, "opaque connection closed"),
-        Err(e) => debug!(target_addr = %target.addr, error = %e, "opaque connection ended with an error"),
+        Ok((sent, received)) => {
+            debug!(target_addr = %target.addr, sent, received, "opaque connection closed")
+        }
+        Err(e) => {
+            debug!(target_addr = %target.addr, error = %e, "opaque connection ended with an error")
+        }
     }
 }

@@ -30,7 +30,8 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("strait-{tag}-{}-{nanos}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("strait-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
     }
@@ -86,6 +87,7 @@ impl Proxy {
                 Ok(line) => line,
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
                     panic!("strait did not report its listeners; stderr:\n{log}");
                 }
@@ -150,7 +152,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").expect("write");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read");
     let status = response

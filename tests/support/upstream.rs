@@ -33,10 +33,15 @@ pub struct Upstream {
 }
 
 fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into()).map_err(|never| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
-async fn answer(req: Request<Incoming>, started: Arc<Notify>) -> Result<Response<Body>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    started: Arc<Notify>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let response = match path.as_str() {
         "/headers" => {
@@ -91,10 +96,13 @@ impl Upstream {
         let requests = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(Notify::new());
-        let (req_count, conn_count, notify) = (requests.clone(), connections.clone(), started.clone());
+        let (req_count, conn_count, notify) =
+            (requests.clone(), connections.clone(), started.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 conn_count.fetch_add(1, Ordering::SeqCst);
                 let req_count = req_count.clone();
                 let notify = notify.clone();

@@ -88,10 +88,7 @@ impl ProxyError {
         let mut response = Response::new(body(format!("{self}\n")));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(
-            PROXY_ERROR_HEADER,
-            HeaderValue::from_static(self.reason()),
-        );
+        headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.reason()));
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -54,7 +54,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    let upgrade = keep_upgrade.then(|| headers.remove(header::UPGRADE)).flatten();
+    let upgrade = keep_upgrade
+        .then(|| headers.remove(header::UPGRADE))
+        .flatten();
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
@@ -80,7 +82,12 @@ pub fn authority<B>(req: &Request<B>) -> Option<&str> {
 
 /// Reshape `req` for an upstream speaking `version`. `fallback` names the
 /// authority when the client gave none (an HTTP/1.0 request without Host).
-pub fn prepare_request<B>(req: &mut Request<B>, version: HttpVersion, upgrade: bool, fallback: SocketAddr) {
+pub fn prepare_request<B>(
+    req: &mut Request<B>,
+    version: HttpVersion,
+    upgrade: bool,
+    fallback: SocketAddr,
+) {
     strip_hop_by_hop(req.headers_mut(), upgrade);
     match version {
         HttpVersion::Http1 => {
@@ -156,7 +163,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -165,7 +175,10 @@ mod tests {
         assert!(h.get("x-secret").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert!(h.get("keep-alive").is_none());
-        assert_eq!(h.get(header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+        assert_eq!(
+            h.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
         assert!(h.get("x-app").is_some());
     }
 
@@ -175,21 +188,36 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         strip_hop_by_hop(&mut h, true);
-        assert_eq!(h.get(header::UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
-        assert_eq!(h.get(header::CONNECTION).map(|v| v.as_bytes()), Some(&b"upgrade"[..]));
+        assert_eq!(
+            h.get(header::UPGRADE).map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(
+            h.get(header::CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
     }
 
     #[test]
     fn reshapes_between_versions() {
         let fallback: SocketAddr = "10.0.0.1:80".parse().expect("addr");
-        let mut h1 = Request::get("/p?q=1").header("host", "web:80").body(()).expect("req");
+        let mut h1 = Request::get("/p?q=1")
+            .header("host", "web:80")
+            .body(())
+            .expect("req");
         prepare_request(&mut h1, HttpVersion::Http2, false, fallback);
         assert_eq!(h1.uri().to_string(), "http://web:80/p?q=1");
         assert!(h1.headers().get("host").is_none());
 
-        let mut h2 = Request::get("http://api/x").version(Version::HTTP_2).body(()).expect("req");
+        let mut h2 = Request::get("http://api/x")
+            .version(Version::HTTP_2)
+            .body(())
+            .expect("req");
         prepare_request(&mut h2, HttpVersion::Http1, false, fallback);
         assert_eq!(h2.uri().to_string(), "/x");
-        assert_eq!(h2.headers().get("host").map(|v| v.as_bytes()), Some(&b"api"[..]));
+        assert_eq!(
+            h2.headers().get("host").map(|v| v.as_bytes()),
+            Some(&b"api"[..])
+        );
     }
 }

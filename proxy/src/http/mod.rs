@@ -106,17 +106,24 @@ impl ConnContext {
         self.inputs.direction
     }
 
-    fn handles(&self, target: &Target, version: HttpVersion) -> (Arc<RequestMetrics>, Arc<EndpointPool>) {
+    fn handles(
+        &self,
+        target: &Target,
+        version: HttpVersion,
+    ) -> (Arc<RequestMetrics>, Arc<EndpointPool>) {
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = memo.as_ref() {
-            if Arc::ptr_eq(&m.authority, &target.authority) && m.addr == target.addr && m.version == version {
+            if Arc::ptr_eq(&m.authority, &target.authority)
+                && m.addr == target.addr
+                && m.version == version
+            {
                 return (m.metrics.clone(), m.pool.clone());
             }
         }
-        let metrics = self
-            .inputs
-            .metrics
-            .requests(self.direction(), &target.authority, target.addr);
+        let metrics =
+            self.inputs
+                .metrics
+                .requests(self.direction(), &target.authority, target.addr);
         let pool = self.inputs.pools.endpoint(target.addr, version);
         *memo = Some(Memo {
             authority: target.authority.clone(),
@@ -152,7 +159,10 @@ pub async fn handle(
         Ok(routed) => routed,
         Err(err) => {
             let addr = ctx.orig_dst.addr;
-            let metrics = ctx.inputs.metrics.requests(ctx.direction(), &snapshot.no_authority, addr);
+            let metrics =
+                ctx.inputs
+                    .metrics
+                    .requests(ctx.direction(), &snapshot.no_authority, addr);
             metrics.total.inc();
             let response = error_response(&ctx, addr, &err);
             metrics.response(response.status().as_u16());
@@ -177,7 +187,9 @@ pub async fn handle(
 
 fn error_response(ctx: &ConnContext, addr: SocketAddr, err: &ProxyError) -> Response<ProxyBody> {
     warn!(target_addr = %addr, reason = err.reason(), error = %err, "request failed in the proxy");
-    ctx.inputs.metrics.proxy_error(ctx.direction(), err.reason());
+    ctx.inputs
+        .metrics
+        .proxy_error(ctx.direction(), err.reason());
     err.to_response(ProxyBody::text)
 }
 

@@ -48,10 +48,7 @@ where
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
-        drive!(
-            builder.serve_connection(io, service).with_upgrades(),
-            drain
-        )
+        drive!(builder.serve_connection(io, service).with_upgrades(), drain)
     };
     if let Err(e) = result {
         // Malformed requests get hyper's 400 and a close; a client reset is routine.
