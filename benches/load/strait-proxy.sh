@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Start strait as a plain reverse proxy for the load benchmark:
+#   strait-proxy.sh LISTEN UPSTREAM WORKERS DIR [PROTOCOL]
+# LISTEN and UPSTREAM are IP:PORT; every connection to LISTEN goes to UPSTREAM
+# (the outbound listener's default cluster), PROTOCOL is the cluster protocol
+# (default http1, like the peers' HTTP/1.1 upstreams).
+set -euo pipefail
+listen=$1 upstream=$2 workers=$3 dir=$4 protocol=${5:-http1}
+mkdir -p "$dir"
+cat > "$dir/strait.yaml" <<YAML
+log: {level: warn}
+runtime: {worker_threads: $workers}
+listeners:
+  outbound: {address: ${listen%:*}, port: ${listen##*:}, default_cluster: upstream}
+  inbound: {address: 127.0.0.1, port: 0}
+  admin: {address: 127.0.0.1, port: 0}
+clusters:
+  - name: upstream
+    protocol: $protocol
+    endpoints: [{address: "$upstream"}]
+YAML
+exec "${STRAIT_BIN:-$(dirname "$0")/../../target/release/strait}" run --config "$dir/strait.yaml"
