@@ -22,10 +22,12 @@ fn config(clusters: &str) -> String {
     format!("{EPHEMERAL_LISTENERS}{clusters}")
 }
 
-/// One cluster `web` at `addr` routed by authority `web`.
+/// One cluster `web` at `addr` routed by authority `web`, on the
+/// single-worker (current-thread) runtime; the other tests use the default
+/// multi-thread one.
 fn web_config(addr: SocketAddr, protocol: &str) -> String {
     config(&format!(
-        "clusters:\n  - name: web\n    protocol: {protocol}\n    endpoints: [{{address: '{addr}'}}]\nroutes:\n  - authority: web\n    cluster: web\n"
+        "runtime: {{worker_threads: 1}}\nclusters:\n  - name: web\n    protocol: {protocol}\n    endpoints: [{{address: '{addr}'}}]\nroutes:\n  - authority: web\n    cluster: web\n"
     ))
 }
 

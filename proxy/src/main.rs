@@ -118,13 +118,21 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Log lines buffered for the writer thread before new ones are dropped.
+const LOG_BUFFER_LINES: usize = 4096;
+
 fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load(path.as_ref())?;
     let filter = EnvFilter::try_new(&config.log.level)
         .with_context(|| format!("log level '{}' is not a valid filter", config.log.level))?;
     // Logging never blocks the data path: lines go through a buffer to a
     // writer thread (and are dropped, counted, if it falls behind).
-    let (writer, _flush_guard) = tracing_appender::non_blocking(std::io::stderr());
+    // The buffer is bounded small: its slots are allocated up front and
+    // the default (128k lines) alone would cost megabytes of RSS.
+    let (writer, _flush_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(true)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
