@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# strait's load benchmark: strait against direct, HAProxy and nginx on loopback.
+#
+#   benches/load/run.sh [--quick] [--cases "http tcp idle"] [--runs N] [--duration S]
+#                       [--idle-conns N] [--proxy 'NAME=COMMAND' ...]
+#
+# Cases (see BENCHMARKS.md for what each measures):
+#   http  cases 1-3: HTTP/1.1 closed loop (wrk), fixed rate (oha, skipped with a
+#         message when oha is missing), HTTP/2 multiplexed (h2load); run by peers.sh
+#   tcp   case 5: opaque TCP throughput (iperf3) direct / strait / HAProxy mode tcp
+#   idle  case 6: RSS per idle keep-alive connection (10,000 by default)
+#   The mesh hop (case 4) needs mTLS between two strait instances: not yet built.
+#
+# Everything binds to 127.0.0.1; every load run is bounded in time; every process
+# started is torn down by PID. Installs wrk, nginx, haproxy, h2load and iperf3
+# from Debian when missing. oha: `cargo install oha --locked` (slow; cached in
+# ~/.cargo/bin). Extra --proxy arguments are passed to peers.sh (http case).
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+CASES=${CASES:-"http tcp idle"}
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+BASE_PORT=${BASE_PORT:-19600}
+declare -a PASS=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) RUNS=1; DURATION=5; shift;;
+    --cases) CASES=$2; shift 2;;
+    --runs) RUNS=$2; shift 2;;
+    --duration) DURATION=$2; shift 2;;
+    --idle-conns) IDLE_CONNS=$2; shift 2;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0;;
+    *) PASS+=("$1"); shift;;
+  esac
+done
+export RUNS DURATION
+
+# ------------------------------------------------------------------ tools
+missing=()
+for tool in wrk:wrk nginx:nginx-light haproxy:haproxy h2load:nghttp2-client iperf3:iperf3 python3:python3 taskset:util-linux; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+export PATH="$PATH:$HOME/.cargo/bin"
+command -v oha >/dev/null || echo "oha not found: the fixed-rate case is skipped (cargo install oha --locked)" >&2
+if [[ -z "${STRAIT_BIN:-}" ]]; then
+  (cd "$ROOT" && cargo build --release --locked --bin strait 2>&1 | tail -1) >&2
+  export STRAIT_BIN="$ROOT/target/release/strait"
+fi
+
+echo "# strait load benchmark $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
+echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
+echo "# peers: $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3); $(nginx -v 2>&1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(h2load --version 2>/dev/null | head -1); $(iperf3 --version 2>/dev/null | head -1 | cut -d' ' -f1-2); oha $(oha --version 2>/dev/null | cut -d' ' -f2)"
+echo "# runs=$RUNS duration=${DURATION}s per measured run"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/strait-bench.XXXXXX")
+declare -a PIDS=()
+teardown() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$TMP"
+}
+trap teardown EXIT
+trap 'exit 130' INT TERM
+
+start_logged() { # logname cmd...
+  local name=$1; shift
+  ( exec "$@" ) > "$TMP/$name.log" 2>&1 &
+  LAST_PID=$!; PIDS+=("$LAST_PID")
+}
+wait_port() { local i; for i in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+median() { sort -g | awk '{a[NR]=$1} END{if(NR==0){print 0; exit} print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
+spread() { sort -g | awk '{a[NR]=$1} END{if(NR<2){print "-"; exit} m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f%%", (m>0)?100*(a[NR]-a[1])/m:0}'; }
+HZ=$(getconf CLK_TCK)
+
+haproxy_cfg() { # mode listen_port upstream_port maxconn
+  cat <<CFG
+global
+  nbthread 1
+  maxconn $4
+defaults
+  mode $1
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$2
+  default_backend be
+backend be
+  server s1 127.0.0.1:$3
+CFG
+}
+
+# ------------------------------------------------------------------ case 1-3
+case_http() {
+  echo; echo "## cases 1-3: HTTP (peers.sh)"
+  bash "$HERE/peers.sh" --peers "haproxy nginx" --runs "$RUNS" --duration "$DURATION" --base-port "$((BASE_PORT + 100))" \
+    --proxy "strait=$HERE/strait-proxy.sh {LISTEN} {UPSTREAM} {WORKERS} {TMP}" "${PASS[@]}"
+}
+
+# ------------------------------------------------------------------ case 5
+case_tcp() {
+  echo; echo "## case 5: opaque TCP throughput (iperf3, 1 stream, ${DURATION}s), medians of $RUNS runs"
+  local up=$((BASE_PORT + 1)) sp=$((BASE_PORT + 2)) hp=$((BASE_PORT + 3))
+  start_logged iperf3 iperf3 -s -B 127.0.0.1 -p "$up"; wait_port "$up" || { echo "iperf3 server failed"; return; }
+  start_logged strait-tcp "$HERE/strait-proxy.sh" "127.0.0.1:$sp" "127.0.0.1:$up" 1 "$TMP/strait-tcp" opaque
+  local strait_pid=$LAST_PID
+  haproxy_cfg tcp "$hp" "$up" 4096 > "$TMP/haproxy-tcp.cfg"
+  start_logged haproxy-tcp haproxy -db -f "$TMP/haproxy-tcp.cfg"; local haproxy_pid=$LAST_PID
+  wait_port "$sp" && wait_port "$hp" || { echo "proxies failed to start"; return; }
+  declare -A GBPS=() CPU=()
+  local run name port pid c0 c1 out gbps
+  for run in $(seq 1 "$RUNS"); do
+    for name in direct strait haproxy; do
+      case $name in direct) port=$up; pid=;; strait) port=$sp; pid=$(pgrep -P "$strait_pid" strait || echo "$strait_pid");; haproxy) port=$hp; pid=$haproxy_pid;; esac
+      c0=0; [[ -n "$pid" ]] && c0=$(cpu_ticks "$pid")
+      out=$(timeout $((DURATION + 20)) iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -J 2>/dev/null)
+      c1=0; [[ -n "$pid" ]] && c1=$(cpu_ticks "$pid")
+      gbps=$(python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' <<<"$out" 2>/dev/null || echo 0)
+      GBPS[$name]+="$gbps "
+      # proxy CPU seconds per GiB moved
+      CPU[$name]+=$(awk -v t=$((c1 - c0)) -v hz="$HZ" -v g="$gbps" -v d="$DURATION" 'BEGIN{gib=g*1e9*d/8/1073741824; printf "%.3f ", (gib>0)?t/hz/gib:0}')
+    done
+  done
+  local direct; direct=$(tr ' ' '\n' <<<"${GBPS[direct]}" | grep . | median)
+  local hap; hap=$(tr ' ' '\n' <<<"${GBPS[haproxy]}" | grep . | median)
+  printf "%-9s %9s %7s %9s %10s %12s\n" config Gbit/s spread vs_direct vs_haproxy cpu_s/GiB
+  for name in direct strait haproxy; do
+    local g s c
+    g=$(tr ' ' '\n' <<<"${GBPS[$name]}" | grep . | median)
+    s=$(tr ' ' '\n' <<<"${GBPS[$name]}" | grep . | spread)
+    c=$(tr ' ' '\n' <<<"${CPU[$name]}" | grep . | median)
+    printf "%-9s %9.2f %7s %9.3f %10.3f %12s\n" "$name" "$g" "$s" "$(awk -v a="$g" -v b="$direct" 'BEGIN{print (b>0)?a/b:0}')" \
+      "$(awk -v a="$g" -v b="$hap" 'BEGIN{print (b>0)?a/b:0}')" "$([[ $name == direct ]] && echo - || echo "$c")"
+  done
+}
+
+# ------------------------------------------------------------------ case 6
+case_idle() {
+  echo; echo "## case 6: $IDLE_CONNS idle keep-alive connections (one request each, then held)"
+  local up=$((BASE_PORT + 11)) sp=$((BASE_PORT + 12)) hp=$((BASE_PORT + 13))
+  mkdir -p "$TMP/nginx"
+  cat > "$TMP/nginx/nginx.conf" <<CFG
+worker_processes 1; daemon off; pid $TMP/nginx/nginx.pid; error_log $TMP/nginx/error.log warn;
+worker_rlimit_nofile 100000;
+events { worker_connections 60000; }
+http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  client_body_temp_path $TMP/nginx/cb; proxy_temp_path $TMP/nginx/px; fastcgi_temp_path $TMP/nginx/fc;
+  uwsgi_temp_path $TMP/nginx/uw; scgi_temp_path $TMP/nginx/sc;
+  server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
+CFG
+  start_logged nginx-idle nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf"
+  start_logged strait-idle "$HERE/strait-proxy.sh" "127.0.0.1:$sp" "127.0.0.1:$up" 1 "$TMP/strait-idle" http1
+  local strait_pid=$LAST_PID
+  haproxy_cfg http "$hp" "$up" $((IDLE_CONNS + 1000)) > "$TMP/haproxy-idle.cfg"
+  start_logged haproxy-idle haproxy -db -f "$TMP/haproxy-idle.cfg"; local haproxy_pid=$LAST_PID
+  wait_port "$up" && wait_port "$sp" && wait_port "$hp" || { echo "servers failed to start"; return; }
+  ulimit -n $((IDLE_CONNS * 2 + 1024)) 2>/dev/null
+  printf "%-9s %10s %10s %12s %14s\n" config idle_KiB held_KiB KiB/conn conns_ok
+  local name port pid before after ready
+  for name in strait haproxy; do
+    case $name in strait) port=$sp; pid=$(pgrep -P "$strait_pid" strait || echo "$strait_pid");; haproxy) port=$hp; pid=$haproxy_pid;; esac
+    before=$(rss_kb "$pid")
+    coproc HOLD { python3 "$HERE/idle_conns.py" 127.0.0.1 "$port" "$IDLE_CONNS" --deadline 120; }
+    read -r -t 150 ready <&"${HOLD[0]}" || ready="READY 0 (timed out)"
+    sleep 1
+    after=$(rss_kb "$pid")
+    exec {HOLD[1]}>&-
+    wait "$HOLD_PID" 2>/dev/null
+    printf "%-9s %10d %10d %12.2f %14s\n" "$name" "$before" "$after" \
+      "$(awk -v a="$after" -v b="$before" -v n="$IDLE_CONNS" 'BEGIN{print (a-b)/n}')" "$(cut -d' ' -f2 <<<"$ready")/$IDLE_CONNS"
+    sleep 1
+  done
+}
+
+for c in $CASES; do
+  case $c in
+    http) case_http;;
+    tcp) case_tcp;;
+    idle) case_idle;;
+    mesh) echo; echo "## case 4: mesh hop with mTLS: not built yet (needs strait's mTLS)";;
+    *) echo "unknown case $c" >&2;;
+  esac
+done
