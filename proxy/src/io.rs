@@ -45,6 +45,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if !this.prefix.has_remaining() {
+                // Release the detection buffer: idle connections are many.
+                this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
