@@ -11,7 +11,7 @@ use strait_config::Config;
 use strait_proxy::balance::WeightedRoundRobin;
 use strait_proxy::detect::{classify, H2_PREFACE};
 use strait_proxy::http::headers::{prepare_request, strip_hop_by_hop};
-use strait_proxy::metrics::Metrics;
+use strait_proxy::metrics::{Metrics, TlsStatus};
 use strait_proxy::pool::HttpVersion;
 use strait_proxy::route::Snapshot;
 use strait_proxy::Direction;
@@ -93,7 +93,8 @@ fn metrics(c: &mut Criterion) {
     let metrics = Metrics::new();
     let authority: Arc<str> = "web.default.svc".into();
     let target: SocketAddr = "10.0.0.7:8080".parse().expect("addr");
-    let handles = metrics.requests(Direction::Outbound, &authority, target);
+    let tls = TlsStatus::NoIdentity("not_meshed");
+    let handles = metrics.requests(Direction::Outbound, &authority, target, &tls);
     let mut group = c.benchmark_group("metrics");
     group.bench_function("record_request", |b| {
         b.iter(|| {
@@ -103,7 +104,7 @@ fn metrics(c: &mut Criterion) {
         })
     });
     group.bench_function("resolve_handles", |b| {
-        b.iter(|| metrics.requests(Direction::Outbound, &authority, black_box(target)))
+        b.iter(|| metrics.requests(Direction::Outbound, &authority, black_box(target), &tls))
     });
     group.finish();
 }

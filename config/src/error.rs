@@ -70,6 +70,12 @@ pub enum ConfigError {
     RouteMatch { at: At },
     #[error("{at}: authority '{value}' is already routed by an earlier route{}", at.line_suffix())]
     DuplicateRoute { at: At, value: String },
+    #[error("{at}: '{value}' is not a policy (unauthenticated, authenticated, deny, or a list of identities){}", at.line_suffix())]
+    BadAllow { at: At, value: String },
+    #[error("{at}: {what} needs an `identity` section (certificate, private_key, trust_bundle){}", at.line_suffix())]
+    NeedsIdentity { at: At, what: String },
+    #[error("{at}: must not be empty{}", at.line_suffix())]
+    Empty { at: At },
     #[error("environment variable {var}='{value}': {reason}")]
     Env {
         var: &'static str,
@@ -96,7 +102,10 @@ impl ConfigError {
             | ConfigError::NoEndpoints { at, .. }
             | ConfigError::UnknownCluster { at, .. }
             | ConfigError::RouteMatch { at }
-            | ConfigError::DuplicateRoute { at, .. } => Some(at),
+            | ConfigError::DuplicateRoute { at, .. }
+            | ConfigError::BadAllow { at, .. }
+            | ConfigError::NeedsIdentity { at, .. }
+            | ConfigError::Empty { at } => Some(at),
         }
     }
 }

@@ -16,6 +16,50 @@ pub struct FileConfig {
     pub clusters: Vec<FileCluster>,
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+    pub identity: Option<FileIdentity>,
+    pub policy: Option<FilePolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIdentity {
+    pub certificate: String,
+    pub private_key: String,
+    pub trust_bundle: String,
+    pub min_tls_version: Option<String>,
+    pub handshake_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePolicy {
+    pub default: Option<FileAllow>,
+    #[serde(default)]
+    pub ports: Vec<FilePortPolicy>,
+    #[serde(default)]
+    pub unauthenticated_paths: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePortPolicy {
+    pub port: i64,
+    pub allow: FileAllow,
+}
+
+/// `unauthenticated`, `authenticated`, `deny`, or a list of identities.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FileAllow {
+    Keyword(String),
+    Identities(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClusterTls {
+    /// The identity the endpoints must present (SPIFFE ID or DNS name).
+    pub identity: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +129,7 @@ pub struct FileCluster {
     pub protocol: Option<FileProtocol>,
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
+    pub tls: Option<FileClusterTls>,
     #[serde(default)]
     pub endpoints: Vec<FileEndpoint>,
 }

@@ -3,7 +3,9 @@
 //! durations are positive. Serializable for `/config_dump` and `strait check`.
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A complete, validated configuration snapshot.
@@ -17,6 +19,78 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub clusters: Vec<Cluster>,
     pub routes: Vec<Route>,
+    /// The workload's mTLS identity; without it the proxy speaks plaintext.
+    pub identity: Option<Identity>,
+    pub policy: Policy,
+}
+
+/// Where the workload certificate, key and trust bundle are mounted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Identity {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub trust_bundle: PathBuf,
+    /// Allow TLS 1.2 as well as 1.3 between proxies.
+    pub allow_tls12: bool,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+/// Inbound authorization, per destination port.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Policy {
+    /// For ports not listed.
+    pub default: Allow,
+    pub ports: BTreeMap<u16, Allow>,
+    /// HTTP paths any client may reach (kubelet probes), exact or `prefix*`.
+    pub unauthenticated_paths: Vec<String>,
+}
+
+impl Policy {
+    pub fn for_port(&self, port: u16) -> &Allow {
+        self.ports.get(&port).unwrap_or(&self.default)
+    }
+}
+
+/// Who may connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Allow {
+    Unauthenticated,
+    Authenticated,
+    Deny,
+    Identities(Vec<IdentityMatch>),
+}
+
+/// One allowed identity: `spiffe://td/ns/prod/sa/web` exactly, every
+/// identity under `spiffe://td/ns/prod/*`, or every DNS-style name ending
+/// in `*.prod.svc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+}
+
+impl IdentityMatch {
+    pub fn parse(pattern: &str) -> IdentityMatch {
+        if let Some(suffix) = pattern.strip_prefix('*') {
+            IdentityMatch::Suffix(suffix.to_string())
+        } else if let Some(prefix) = pattern.strip_suffix('*') {
+            IdentityMatch::Prefix(prefix.to_string())
+        } else {
+            IdentityMatch::Exact(pattern.to_string())
+        }
+    }
+
+    pub fn matches(&self, identity: &str) -> bool {
+        match self {
+            IdentityMatch::Exact(id) => id == identity,
+            IdentityMatch::Prefix(p) => identity.starts_with(p.as_str()),
+            IdentityMatch::Suffix(s) => identity.ends_with(s.as_str()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -87,6 +161,9 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// Set for meshed clusters: the identity every endpoint must present;
+    /// the proxy originates mTLS to them.
+    pub tls_identity: Option<String>,
     pub endpoints: Vec<Endpoint>,
 }
 

@@ -28,6 +28,7 @@ pub mod defaults {
     pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const POOL_MAX_IDLE_PER_ENDPOINT: usize = 128;
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 struct Rules<'a> {
@@ -186,6 +187,7 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
 
     let mut clusters = Vec::with_capacity(file.clusters.len());
     let mut names = HashSet::new();
+    let has_identity = file.identity.is_some();
     for (i, c) in file.clusters.into_iter().enumerate() {
         let field = format!("clusters[{i}]");
         if c.name.trim().is_empty() {
@@ -220,7 +222,23 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
                 )? as u32,
             });
         }
+        let tls_identity = match c.tls {
+            Some(tls) if tls.identity.trim().is_empty() => {
+                return Err(ConfigError::Empty {
+                    at: rules.at(&format!("{field}.tls.identity")),
+                })
+            }
+            Some(_) if !has_identity => {
+                return Err(ConfigError::NeedsIdentity {
+                    at: rules.at(&format!("{field}.tls")),
+                    what: format!("mTLS to cluster '{}'", c.name),
+                })
+            }
+            Some(tls) => Some(tls.identity),
+            None => None,
+        };
         clusters.push(Cluster {
+            tls_identity,
             protocol: match c.protocol.unwrap_or(FileProtocol::Auto) {
                 FileProtocol::Auto => Protocol::Auto,
                 FileProtocol::Http1 => Protocol::Http1,
@@ -290,7 +308,48 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
         });
     }
 
+    let identity = match file.identity {
+        None => None,
+        Some(id) => {
+            for (name, value) in [
+                ("certificate", &id.certificate),
+                ("private_key", &id.private_key),
+                ("trust_bundle", &id.trust_bundle),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(ConfigError::Empty {
+                        at: rules.at(&format!("identity.{name}")),
+                    });
+                }
+            }
+            let allow_tls12 = match id.min_tls_version.as_deref() {
+                None | Some("1.3") => false,
+                Some("1.2") => true,
+                Some(other) => {
+                    return Err(ConfigError::Syntax {
+                        at: rules.at("identity.min_tls_version"),
+                        message: format!("'{other}' is not a TLS version: use \"1.2\" or \"1.3\""),
+                    })
+                }
+            };
+            Some(Identity {
+                certificate: id.certificate.into(),
+                private_key: id.private_key.into(),
+                trust_bundle: id.trust_bundle.into(),
+                allow_tls12,
+                handshake_timeout: rules.duration(
+                    "identity.handshake_timeout",
+                    id.handshake_timeout.as_ref(),
+                    defaults::HANDSHAKE_TIMEOUT,
+                )?,
+            })
+        }
+    };
+    let policy = policy(&rules, file.policy.unwrap_or_default(), identity.is_some())?;
+
     Ok(Config {
+        identity,
+        policy,
         log,
         runtime: Runtime { worker_threads },
         outbound,
@@ -299,6 +358,72 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
         proxy,
         clusters,
         routes,
+    })
+}
+
+fn allow(
+    rules: &Rules<'_>,
+    field: &str,
+    allow: &FileAllow,
+    has_identity: bool,
+) -> Result<Allow, ConfigError> {
+    let parsed = match allow {
+        FileAllow::Keyword(k) => match k.as_str() {
+            "unauthenticated" => Allow::Unauthenticated,
+            "authenticated" => Allow::Authenticated,
+            "deny" => Allow::Deny,
+            other => {
+                return Err(ConfigError::BadAllow {
+                    at: rules.at(field),
+                    value: other.to_string(),
+                })
+            }
+        },
+        FileAllow::Identities(ids) => {
+            if ids.iter().any(|id| id.trim().is_empty()) {
+                return Err(ConfigError::Empty {
+                    at: rules.at(field),
+                });
+            }
+            Allow::Identities(
+                ids.iter()
+                    .map(|id| IdentityMatch::parse(id.trim()))
+                    .collect(),
+            )
+        }
+    };
+    let needs_identity = matches!(parsed, Allow::Authenticated | Allow::Identities(_));
+    if needs_identity && !has_identity {
+        return Err(ConfigError::NeedsIdentity {
+            at: rules.at(field),
+            what: "an authenticated policy".into(),
+        });
+    }
+    Ok(parsed)
+}
+
+fn policy(rules: &Rules<'_>, p: FilePolicy, has_identity: bool) -> Result<Policy, ConfigError> {
+    let default = match &p.default {
+        Some(a) => allow(rules, "policy.default", a, has_identity)?,
+        None => Allow::Unauthenticated,
+    };
+    let mut ports = std::collections::BTreeMap::new();
+    for (i, entry) in p.ports.iter().enumerate() {
+        let port = rules.port(&format!("policy.ports[{i}].port"), entry.port, false)?;
+        ports.insert(
+            port,
+            allow(
+                rules,
+                &format!("policy.ports[{i}].allow"),
+                &entry.allow,
+                has_identity,
+            )?,
+        );
+    }
+    Ok(Policy {
+        default,
+        ports,
+        unauthenticated_paths: p.unauthenticated_paths,
     })
 }
 

@@ -48,6 +48,13 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let (outbound_addr, inbound_addr, admin_addr) = (outbound_addr?, inbound_addr?, admin_addr?);
 
     let metrics = Metrics::new();
+    let tls = match &config.identity {
+        Some(identity) => Some(
+            crate::tls::Tls::load(identity, metrics.clone())
+                .context("cannot load the workload identity (identity: section)")?,
+        ),
+        None => None,
+    };
     let pool_settings = PoolSettings {
         idle_timeout: config.proxy.pool_idle_timeout,
         max_idle_per_endpoint: config.proxy.pool_max_idle_per_endpoint,
@@ -75,6 +82,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let stop = admin_stop.clone();
         let snapshot = snapshot.clone();
         let metrics = metrics.clone();
+        let tls = tls.clone();
         std::thread::Builder::new()
             .name("strait-admin".into())
             .spawn(move || -> anyhow::Result<()> {
@@ -85,6 +93,9 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 rt.block_on(async move {
                     let listener = socket::into_tokio(admin_listener)
                         .context("cannot register the admin listener")?;
+                    if let Some(tls) = tls {
+                        tokio::spawn(tls.watch(stop.clone()));
+                    }
                     if let Some(path) = config_path {
                         tokio::spawn(watch_config(path, snapshot, metrics, stop.clone()));
                     }
@@ -118,7 +129,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             (Direction::Outbound, outbound_listener),
             (Direction::Inbound, inbound_listener),
         ] {
-            let pools = Pools::new(direction, pool_settings, metrics.clone());
+            let pools = Pools::new(direction, pool_settings, metrics.clone(), tls.clone());
             pools.spawn_reaper();
             let ctx = AcceptContext {
                 inputs: Arc::new(Inputs {
@@ -126,6 +137,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                     snapshot: snapshot.clone(),
                     pools,
                     metrics: metrics.clone(),
+                    tls: tls.clone(),
                 }),
                 limit: limit.clone(),
                 tracker: tracker.clone(),

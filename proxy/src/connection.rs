@@ -1,15 +1,21 @@
 //! One accepted connection, from its original destination to the handler
-//! that serves it: opaque ports skip detection, HTTP goes to hyper, TLS and
-//! everything else is forwarded as opaque bytes. Runs inside a tracing span
+//! that serves it: opaque ports skip detection; HTTP goes to hyper; on the
+//! inbound side a mesh ClientHello is terminated with mTLS (HTTP/2 or
+//! opaque inside), other TLS and everything else is forwarded as opaque
+//! bytes after the inbound policy allows it. Runs inside a tracing span
 //! carrying direction, peer and original destination.
 
 use crate::detect::{self, Detected, Protocol};
 use crate::http::{self, ConnContext, Inputs};
 use crate::io::CountedIo;
-use crate::{inbound, orig_dst, outbound, tcp, Direction};
-use bytes::Bytes;
+use crate::metrics::TlsStatus;
+use crate::orig_dst::OrigDst;
+use crate::route::Snapshot;
+use crate::{authz, inbound, orig_dst, outbound, tcp, tls, Direction};
+use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
@@ -37,17 +43,11 @@ pub async fn serve(
     async move {
         let snapshot = inputs.snapshot.load_full();
         let settings = &snapshot.config.proxy;
-        let tcp_metrics = inputs
-            .metrics
-            .tcp_connection(inputs.direction, "src", orig_dst.addr);
         let (protocol, prefix) = if settings.opaque_ports.contains(&orig_dst.addr.port()) {
             (Protocol::Opaque, Bytes::new())
         } else {
             match detect::detect(&mut stream, settings.detect_timeout).await {
-                Ok(Detected::Protocol(protocol, prefix)) => {
-                    tcp_metrics.read_bytes.inc_by(prefix.len() as u64);
-                    (protocol, prefix)
-                }
+                Ok(Detected::Protocol(protocol, prefix)) => (protocol, prefix),
                 Ok(Detected::Closed) => return,
                 Err(e) => {
                     debug!(error = %e, "connection failed during protocol detection");
@@ -56,46 +56,212 @@ pub async fn serve(
             }
         };
         debug!(protocol = protocol.as_str(), "detected");
+        let conn = Accepted {
+            inputs: &inputs,
+            snapshot: &snapshot,
+            client,
+            orig_dst,
+        };
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
+                let status = TlsStatus::NoIdentity("plaintext");
+                let tcp =
+                    inputs
+                        .metrics
+                        .tcp_connection(inputs.direction, "src", orig_dst.addr, &status);
+                tcp.read_bytes.inc_by(prefix.len() as u64);
                 let io = CountedIo::new(
                     stream,
                     prefix,
-                    tcp_metrics.read_bytes.clone(),
-                    tcp_metrics.write_bytes.clone(),
+                    tcp.read_bytes.clone(),
+                    tcp.write_bytes.clone(),
                 );
-                let ctx = ConnContext::new(inputs.clone(), client, orig_dst);
+                let ctx = ConnContext::new(inputs.clone(), client, orig_dst, status);
                 http::server::serve(io, protocol, ctx, drain).await;
             }
-            Protocol::Tls | Protocol::Opaque => {
-                let target = match inputs.direction {
-                    Direction::Outbound => outbound::resolve_tcp(&snapshot, orig_dst),
-                    Direction::Inbound => inbound::resolve_tcp(&snapshot, orig_dst),
-                };
-                let target = match target {
-                    Ok(target) => target,
-                    Err(e) => {
-                        warn!(error = %e, "opaque connection refused");
-                        return;
-                    }
-                };
-                let (connect_timeout, _) = match &target.cluster {
-                    Some(c) => (c.connect_timeout, c.response_timeout),
-                    None => (settings.connect_timeout, settings.response_timeout),
-                };
-                tcp::forward(
-                    stream,
-                    prefix,
-                    &tcp_metrics,
-                    &target,
-                    &inputs,
-                    connect_timeout,
-                    settings.tcp_keepalive,
-                )
-                .await;
+            Protocol::Tls if inputs.direction == Direction::Inbound && inputs.tls.is_some() => {
+                let prefix =
+                    match read_client_hello(&mut stream, prefix, settings.detect_timeout).await {
+                        Some(prefix) => prefix,
+                        None => return,
+                    };
+                if tls::is_mesh_client_hello(&prefix) {
+                    conn.serve_mesh(stream, prefix, drain).await;
+                } else {
+                    conn.forward_opaque(stream, prefix, "passthrough").await;
+                }
             }
+            Protocol::Tls => conn.forward_opaque(stream, prefix, "passthrough").await,
+            Protocol::Opaque => conn.forward_opaque(stream, prefix, "plaintext").await,
         }
     }
     .instrument(span)
     .await
+}
+
+/// Read until the first TLS record (the ClientHello) is whole, so it can
+/// be inspected; `None` when the client closes or stalls.
+async fn read_client_hello(
+    stream: &mut TcpStream,
+    prefix: Bytes,
+    timeout: std::time::Duration,
+) -> Option<Bytes> {
+    let mut buf = BytesMut::from(&prefix[..]);
+    let read = async {
+        loop {
+            let missing = tls::client_hello_missing(&buf);
+            if missing == 0 {
+                return Some(());
+            }
+            buf.reserve(missing);
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Some(())) => Some(buf.freeze()),
+        _ => {
+            debug!("client did not complete its TLS ClientHello");
+            None
+        }
+    }
+}
+
+/// An accepted connection's context, for the handlers below.
+struct Accepted<'a> {
+    inputs: &'a Arc<Inputs>,
+    snapshot: &'a Snapshot,
+    client: SocketAddr,
+    orig_dst: OrigDst,
+}
+
+impl Accepted<'_> {
+    /// Inbound policy for a non-HTTP connection.
+    fn authorize_tcp(&self, identity: Option<&str>) -> bool {
+        if self.inputs.direction != Direction::Inbound {
+            return true;
+        }
+        let port = self.orig_dst.addr.port();
+        let decision = authz::check(&self.snapshot.config.policy, port, identity);
+        self.inputs
+            .metrics
+            .authz_counter(decision.is_ok(), port, identity)
+            .inc();
+        match decision {
+            Ok(()) => true,
+            Err(denied) => {
+                warn!(reason = %denied.0, "connection refused by inbound policy");
+                false
+            }
+        }
+    }
+
+    fn tcp_target(&self) -> Option<http::Target> {
+        let target = match self.inputs.direction {
+            Direction::Outbound => outbound::resolve_tcp(self.snapshot, self.orig_dst),
+            Direction::Inbound => inbound::resolve_tcp(self.snapshot, self.orig_dst),
+        };
+        match target {
+            Ok(target) => Some(target),
+            Err(e) => {
+                warn!(error = %e, "opaque connection refused");
+                None
+            }
+        }
+    }
+
+    fn connect_timeout(&self, target: &http::Target) -> std::time::Duration {
+        match &target.cluster {
+            Some(c) => c.connect_timeout,
+            None => self.snapshot.config.proxy.connect_timeout,
+        }
+    }
+
+    /// Plaintext (or non-mesh TLS) forwarded as bytes.
+    async fn forward_opaque(&self, stream: TcpStream, prefix: Bytes, reason: &'static str) {
+        let status = TlsStatus::NoIdentity(reason);
+        let metrics = self.inputs.metrics.tcp_connection(
+            self.inputs.direction,
+            "src",
+            self.orig_dst.addr,
+            &status,
+        );
+        metrics.read_bytes.inc_by(prefix.len() as u64);
+        if !self.authorize_tcp(None) {
+            return;
+        }
+        let Some(target) = self.tcp_target() else {
+            return;
+        };
+        let keepalive = self.snapshot.config.proxy.tcp_keepalive;
+        let connect_timeout = self.connect_timeout(&target);
+        if target.mesh_identity().is_some() {
+            let client = CountedIo::new(
+                stream,
+                prefix,
+                metrics.read_bytes.clone(),
+                metrics.write_bytes.clone(),
+            );
+            tcp::forward_copied(client, &target, self.inputs, connect_timeout, keepalive).await;
+        } else {
+            tcp::forward(
+                stream,
+                prefix,
+                &metrics,
+                &target,
+                self.inputs,
+                connect_timeout,
+                keepalive,
+            )
+            .await;
+        }
+    }
+
+    /// Terminate mesh mTLS, then serve HTTP/2 or opaque TCP inside it.
+    async fn serve_mesh(&self, stream: TcpStream, prefix: Bytes, drain: CancellationToken) {
+        let Some(tls) = self.inputs.tls.as_ref() else {
+            return;
+        };
+        let (stream, client_id, opaque) =
+            match tls::accept(tls, CountedIo::uncounted(stream, prefix)).await {
+                Ok(accepted) => accepted,
+                Err(reason) => {
+                    warn!(%reason, "mTLS handshake with a mesh client failed");
+                    return;
+                }
+            };
+        debug!(client_id = %client_id, opaque, "mesh connection established");
+        let status = TlsStatus::Mesh {
+            client_id: Some(client_id.clone()),
+            server_id: Some(Arc::from(tls.current().name.as_str())),
+        };
+        let metrics = self.inputs.metrics.tcp_connection(
+            self.inputs.direction,
+            "src",
+            self.orig_dst.addr,
+            &status,
+        );
+        let io = CountedIo::new(
+            stream,
+            Bytes::new(),
+            metrics.read_bytes.clone(),
+            metrics.write_bytes.clone(),
+        );
+        if opaque {
+            if !self.authorize_tcp(Some(&client_id)) {
+                return;
+            }
+            let Some(target) = self.tcp_target() else {
+                return;
+            };
+            let connect_timeout = self.connect_timeout(&target);
+            let keepalive = self.snapshot.config.proxy.tcp_keepalive;
+            tcp::forward_copied(io, &target, self.inputs, connect_timeout, keepalive).await;
+        } else {
+            let ctx = ConnContext::new(self.inputs.clone(), self.client, self.orig_dst, status);
+            http::server::serve(io, Protocol::Http2, ctx, drain).await;
+        }
+    }
 }

@@ -13,8 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct CountedIo<T> {
     prefix: Bytes,
     inner: T,
-    read_bytes: IntCounter,
-    write_bytes: IntCounter,
+    /// Read and written byte counters; `None` replays the prefix only.
+    counters: Option<(IntCounter, IntCounter)>,
 }
 
 impl<T> CountedIo<T> {
@@ -24,8 +24,17 @@ impl<T> CountedIo<T> {
         CountedIo {
             prefix,
             inner,
-            read_bytes,
-            write_bytes,
+            counters: Some((read_bytes, write_bytes)),
+        }
+    }
+
+    /// Replay `prefix` without counting (a TLS handshake underneath a
+    /// stream that is counted above, once the peer's identity is known).
+    pub fn uncounted(inner: T, prefix: Bytes) -> Self {
+        CountedIo {
+            prefix,
+            inner,
+            counters: None,
         }
     }
 
@@ -54,8 +63,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
-        if n > 0 {
-            this.read_bytes.inc_by(n as u64);
+        if let (true, Some((read, _))) = (n > 0, &this.counters) {
+            read.inc_by(n as u64);
         }
         result
     }
@@ -69,8 +78,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = result {
-            this.write_bytes.inc_by(n as u64);
+        if let (Poll::Ready(Ok(n)), Some((_, written))) = (&result, &this.counters) {
+            written.inc_by(*n as u64);
         }
         result
     }
@@ -82,8 +91,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = result {
-            this.write_bytes.inc_by(n as u64);
+        if let (Poll::Ready(Ok(n)), Some((_, written))) = (&result, &this.counters) {
+            written.inc_by(*n as u64);
         }
         result
     }

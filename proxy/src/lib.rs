@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod balance;
 pub mod connection;
 pub mod detect;
@@ -25,6 +26,7 @@ pub mod pool;
 pub mod route;
 pub mod socket;
 pub mod tcp;
+pub mod tls;
 
 /// Which way traffic flows through the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -18,16 +18,65 @@ const LATENCY_BUCKETS_MS: &[f64] = &[
     1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
 ];
 
-const REQUEST_LABELS: &[&str] = &["direction", "authority", "target_addr", "tls"];
+const REQUEST_LABELS: &[&str] = &[
+    "direction",
+    "authority",
+    "target_addr",
+    "tls",
+    "no_tls_reason",
+    "client_id",
+    "server_id",
+];
 const RESPONSE_LABELS: &[&str] = &[
     "direction",
     "authority",
     "target_addr",
     "tls",
+    "no_tls_reason",
+    "client_id",
+    "server_id",
     "status_code",
     "classification",
 ];
-const TCP_LABELS: &[&str] = &["direction", "peer", "target_addr", "tls"];
+const TCP_LABELS: &[&str] = &[
+    "direction",
+    "peer",
+    "target_addr",
+    "tls",
+    "no_tls_reason",
+    "client_id",
+    "server_id",
+];
+
+/// Whether a connection is mTLS, and who is on each end: the `tls`,
+/// `no_tls_reason`, `client_id` and `server_id` labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TlsStatus {
+    /// Mutual TLS with the identities known on this hop.
+    Mesh {
+        client_id: Option<Arc<str>>,
+        server_id: Option<Arc<str>>,
+    },
+    /// No mesh identity, and why (`plaintext`, `not_meshed`, `passthrough`).
+    NoIdentity(&'static str),
+}
+
+impl TlsStatus {
+    fn labels(&self) -> [&str; 4] {
+        match self {
+            TlsStatus::Mesh {
+                client_id,
+                server_id,
+            } => [
+                "true",
+                "",
+                client_id.as_deref().unwrap_or(""),
+                server_id.as_deref().unwrap_or(""),
+            ],
+            TlsStatus::NoIdentity(reason) => ["no_identity", reason, "", ""],
+        }
+    }
+}
 
 /// The registry and every family.
 pub struct Metrics {
@@ -43,6 +92,10 @@ pub struct Metrics {
     pool_checkout_total: IntCounterVec,
     proxy_errors_total: IntCounterVec,
     pub config_reload_total: IntCounterVec,
+    identity_expiration: IntGauge,
+    identity_refresh_total: IntCounterVec,
+    authz_allow_total: IntCounterVec,
+    authz_deny_total: IntCounterVec,
     pub connections_refused_total: IntCounterVec,
     /// Request handles shared by every connection to the same target.
     request_cache: Mutex<HashMap<RequestKey, Arc<RequestMetrics>>>,
@@ -53,6 +106,7 @@ struct RequestKey {
     direction: Direction,
     authority: Arc<str>,
     target: SocketAddr,
+    tls: TlsStatus,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -89,6 +143,14 @@ impl Metrics {
         registry
             .register(Box::new(tcp_open_connections.clone()))
             .unwrap_or_else(|e| panic!("tcp_open_connections registered twice: {e}"));
+        let identity_expiration = IntGauge::new(
+            "identity_cert_expiration_timestamp_seconds",
+            "When the workload certificate expires, in seconds since the epoch.",
+        )
+        .unwrap_or_else(|e| panic!("identity gauge is malformed: {e}"));
+        registry
+            .register(Box::new(identity_expiration.clone()))
+            .unwrap_or_else(|e| panic!("identity gauge registered twice: {e}"));
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
@@ -108,6 +170,10 @@ impl Metrics {
             proxy_errors_total: counter_vec(&registry, "http_proxy_errors_total", "Requests answered by the proxy itself, by the strait-proxy-error reason.", &["direction", "reason"]),
             config_reload_total: counter_vec(&registry, "config_reload_total", "Configuration reloads, by result.", &["result"]),
             connections_refused_total: counter_vec(&registry, "tcp_accept_refused_total", "Connections refused at accept, by reason.", &["direction", "reason"]),
+            identity_expiration,
+            identity_refresh_total: counter_vec(&registry, "identity_cert_refresh_total", "Workload certificate loads, by result.", &["result"]),
+            authz_allow_total: counter_vec(&registry, "inbound_authz_allow_total", "Inbound connections or requests allowed by policy.", &["port", "identity"]),
+            authz_deny_total: counter_vec(&registry, "inbound_authz_deny_total", "Inbound connections or requests denied by policy.", &["port", "identity"]),
             request_cache: Mutex::new(HashMap::new()),
             registry,
         })
@@ -120,9 +186,19 @@ impl Metrics {
         direction: Direction,
         peer: &'static str,
         target: SocketAddr,
+        tls: &TlsStatus,
     ) -> TcpMetrics {
         let target = target.to_string();
-        let labels = [direction.as_str(), peer, target.as_str(), "no_identity"];
+        let [t, reason, client, server] = tls.labels();
+        let labels = [
+            direction.as_str(),
+            peer,
+            target.as_str(),
+            t,
+            reason,
+            client,
+            server,
+        ];
         self.tcp_open_total.with_label_values(&labels).inc();
         let open = self.tcp_open_connections.with_label_values(&labels);
         open.inc();
@@ -140,22 +216,28 @@ impl Metrics {
         direction: Direction,
         authority: &Arc<str>,
         target: SocketAddr,
+        tls: &TlsStatus,
     ) -> Arc<RequestMetrics> {
         let key = RequestKey {
             direction,
             authority: authority.clone(),
             target,
+            tls: tls.clone(),
         };
         let mut cache = self.request_cache.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .entry(key)
             .or_insert_with(|| {
                 let target = target.to_string();
+                let [t, reason, client, server] = tls.labels();
                 let labels = [
                     direction.as_str(),
                     authority,
                     target.as_str(),
-                    "no_identity",
+                    t,
+                    reason,
+                    client,
+                    server,
                 ];
                 Arc::new(RequestMetrics {
                     total: self.request_total.with_label_values(&labels),
@@ -189,6 +271,24 @@ impl Metrics {
             .inc();
     }
 
+    /// Record a workload certificate load attempt.
+    pub fn identity_loaded(&self, loaded: &crate::tls::Loaded, ok: bool) {
+        self.identity_expiration.set(loaded.not_after);
+        self.identity_refresh_total
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// The counter of inbound authorization decisions for (port, identity).
+    pub fn authz_counter(&self, allowed: bool, port: u16, identity: Option<&str>) -> IntCounter {
+        let vec = if allowed {
+            &self.authz_allow_total
+        } else {
+            &self.authz_deny_total
+        };
+        vec.with_label_values(&[&port.to_string(), identity.unwrap_or("")])
+    }
+
     /// Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let encoder = prometheus::TextEncoder::new();
@@ -217,7 +317,7 @@ impl Drop for TcpMetrics {
 pub struct RequestMetrics {
     pub total: IntCounter,
     pub latency_ms: Histogram,
-    labels: [String; 4],
+    labels: [String; 7],
     response_vec: IntCounterVec,
     /// Response counters by status code, filled as codes are first seen.
     responses: Mutex<Vec<(u16, IntCounter)>>,
@@ -233,10 +333,18 @@ impl RequestMetrics {
         }
         let class = if status >= 500 { "failure" } else { "success" };
         let code = status.to_string();
-        let [d, a, t, tls] = &self.labels;
-        let counter = self
-            .response_vec
-            .with_label_values(&[d.as_str(), a, t, tls, &code, class]);
+        let [d, a, t, tls, reason, client, server] = &self.labels;
+        let counter = self.response_vec.with_label_values(&[
+            d.as_str(),
+            a,
+            t,
+            tls,
+            reason,
+            client,
+            server,
+            &code,
+            class,
+        ]);
         counter.inc();
         responses.push((status, counter));
     }

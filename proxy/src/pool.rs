@@ -5,8 +5,9 @@
 //! flight at a time. Idle connections past their timeout are reaped.
 
 use crate::io::CountedIo;
-use crate::metrics::{Metrics, TcpMetrics};
+use crate::metrics::{Metrics, TcpMetrics, TlsStatus};
 use crate::socket::{self, ConnectError};
+use crate::tls::{MeshProtocol, Tls};
 use crate::Direction;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -47,6 +48,8 @@ pub enum PoolError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("mTLS handshake with {addr} failed: {reason}")]
+    Tls { addr: SocketAddr, reason: String },
 }
 
 /// All endpoint pools of one direction.
@@ -54,28 +57,48 @@ pub struct Pools {
     direction: Direction,
     settings: PoolSettings,
     metrics: Arc<Metrics>,
-    endpoints: Mutex<HashMap<(SocketAddr, HttpVersion), Arc<EndpointPool>>>,
+    /// The workload identity, for endpoints reached over mTLS.
+    tls: Option<Arc<Tls>>,
+    endpoints: Mutex<HashMap<PoolKey, Arc<EndpointPool>>>,
 }
 
+/// Connections are shared only between requests to the same address, in
+/// the same HTTP version, expecting the same peer identity.
+type PoolKey = (SocketAddr, HttpVersion, Option<Arc<str>>);
+
 impl Pools {
-    pub fn new(direction: Direction, settings: PoolSettings, metrics: Arc<Metrics>) -> Arc<Pools> {
+    pub fn new(
+        direction: Direction,
+        settings: PoolSettings,
+        metrics: Arc<Metrics>,
+        tls: Option<Arc<Tls>>,
+    ) -> Arc<Pools> {
         Arc::new(Pools {
             direction,
             settings,
             metrics,
+            tls,
             endpoints: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The pool for `addr` spoken to in `version`, created on first use.
-    pub fn endpoint(&self, addr: SocketAddr, version: HttpVersion) -> Arc<EndpointPool> {
+    /// The pool for `addr` spoken to in `version`, over mTLS to a peer
+    /// proving `mesh` when set; created on first use.
+    pub fn endpoint(
+        &self,
+        addr: SocketAddr,
+        version: HttpVersion,
+        mesh: Option<&Arc<str>>,
+    ) -> Arc<EndpointPool> {
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         endpoints
-            .entry((addr, version))
+            .entry((addr, version, mesh.cloned()))
             .or_insert_with(|| {
                 Arc::new(EndpointPool {
                     addr,
                     version,
+                    mesh: mesh.cloned(),
+                    tls: self.tls.clone(),
                     direction: self.direction,
                     settings: self.settings,
                     metrics: self.metrics.clone(),
@@ -126,6 +149,9 @@ struct IdleH1 {
 pub struct EndpointPool {
     addr: SocketAddr,
     version: HttpVersion,
+    /// The identity the endpoint must prove; connections are mTLS when set.
+    mesh: Option<Arc<str>>,
+    tls: Option<Arc<Tls>>,
     direction: Direction,
     settings: PoolSettings,
     metrics: Arc<Metrics>,
@@ -255,9 +281,10 @@ impl EndpointPool {
     ) -> Result<(TokioIo<CountedIo<tokio::net::TcpStream>>, TcpMetrics), PoolError> {
         let stream =
             socket::connect(self.addr, connect_timeout, self.settings.tcp_keepalive).await?;
+        let status = TlsStatus::NoIdentity("not_meshed");
         let tcp = self
             .metrics
-            .tcp_connection(self.direction, "dst", self.addr);
+            .tcp_connection(self.direction, "dst", self.addr, &status);
         let io = CountedIo::new(
             stream,
             Bytes::new(),
@@ -294,8 +321,70 @@ impl EndpointPool {
         &self,
         connect_timeout: Duration,
     ) -> Result<http2::SendRequest<Incoming>, PoolError> {
+        match (&self.mesh, &self.tls) {
+            (Some(identity), Some(tls)) => {
+                let (io, guard) = self.open_mesh(connect_timeout, tls, identity).await?;
+                self.handshake_h2(io, guard).await
+            }
+            (Some(identity), None) => Err(PoolError::Tls {
+                addr: self.addr,
+                reason: format!(
+                    "the cluster expects identity '{identity}' but this proxy has no identity configured"
+                ),
+            }),
+            (None, _) => {
+                let (io, guard) = self.open(connect_timeout).await?;
+                self.handshake_h2(io, guard).await
+            }
+        }
+    }
+
+    /// Open an mTLS connection to a meshed endpoint, verifying its identity.
+    async fn open_mesh(
+        &self,
+        connect_timeout: Duration,
+        tls: &Tls,
+        identity: &Arc<str>,
+    ) -> Result<
+        (
+            TokioIo<CountedIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>,
+            TcpMetrics,
+        ),
+        PoolError,
+    > {
+        let stream =
+            socket::connect(self.addr, connect_timeout, self.settings.tcp_keepalive).await?;
+        let stream = crate::tls::connect(tls, identity, MeshProtocol::Http2, self.addr, stream)
+            .await
+            .map_err(|reason| PoolError::Tls {
+                addr: self.addr,
+                reason,
+            })?;
+        let status = TlsStatus::Mesh {
+            client_id: None,
+            server_id: Some(identity.clone()),
+        };
+        let tcp = self
+            .metrics
+            .tcp_connection(self.direction, "dst", self.addr, &status);
+        let io = CountedIo::new(
+            stream,
+            Bytes::new(),
+            tcp.read_bytes.clone(),
+            tcp.write_bytes.clone(),
+        );
+        Ok((TokioIo::new(io), tcp))
+    }
+
+    async fn handshake_h2<I>(
+        &self,
+        io: I,
+        guard: TcpMetrics,
+    ) -> Result<http2::SendRequest<Incoming>, PoolError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         // The metrics guard lives as long as the connection task.
-        let (io, guard) = self.open(connect_timeout).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(20)))

@@ -16,6 +16,8 @@ pub struct ClusterState {
     pub protocol: Protocol,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// Set for meshed clusters: the identity endpoints must prove over mTLS.
+    pub tls_identity: Option<Arc<str>>,
     pub endpoints: WeightedRoundRobin,
 }
 
@@ -50,6 +52,7 @@ impl Snapshot {
                     protocol: c.protocol,
                     connect_timeout: c.connect_timeout,
                     response_timeout: c.response_timeout,
+                    tls_identity: c.tls_identity.as_deref().map(Arc::from),
                     endpoints: WeightedRoundRobin::new(&endpoints),
                 };
                 (c.name.as_str(), Arc::new(state))

@@ -5,8 +5,10 @@
 //! other), so protocols that signal "done" with a FIN work.
 
 use crate::http::{Inputs, Target};
-use crate::metrics::TcpMetrics;
+use crate::io::CountedIo;
+use crate::metrics::{TcpMetrics, TlsStatus};
 use crate::socket;
+use crate::tls::{self, MeshProtocol};
 use bytes::Bytes;
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use prometheus::IntCounter;
@@ -15,7 +17,7 @@ use std::io;
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -41,9 +43,12 @@ pub async fn forward(
             return;
         }
     };
-    let upstream_metrics = inputs
-        .metrics
-        .tcp_connection(inputs.direction, "dst", target.addr);
+    let upstream_metrics = inputs.metrics.tcp_connection(
+        inputs.direction,
+        "dst",
+        target.addr,
+        &TlsStatus::NoIdentity("not_meshed"),
+    );
     if let Err(e) = write_all(&upstream, &prefix).await {
         debug!(target_addr = %target.addr, error = %e, "upstream closed before the first bytes");
         return;
@@ -64,6 +69,87 @@ pub async fn forward(
     match tokio::try_join!(sent, received) {
         Ok((sent, received)) => {
             debug!(target_addr = %target.addr, sent = sent + prefix.len() as u64, received, "opaque connection closed")
+        }
+        Err(e) => {
+            debug!(target_addr = %target.addr, error = %e, "opaque connection ended with an error")
+        }
+    }
+}
+
+/// Forward an already wrapped (and counted) client stream by copying:
+/// used where TLS is on either side, so splice cannot see the bytes. A
+/// meshed target is reached over mTLS with the opaque ALPN.
+pub async fn forward_copied<C>(
+    mut client: C,
+    target: &Target,
+    inputs: &Inputs,
+    connect_timeout: Duration,
+    keepalive: Duration,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let upstream = match socket::connect(target.addr, connect_timeout, keepalive).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            warn!(target_addr = %target.addr, error = %e, "opaque connection not forwarded: upstream connect failed");
+            return;
+        }
+    };
+    let result = match (target.mesh_identity(), inputs.tls.as_ref()) {
+        (Some(identity), Some(identity_tls)) => {
+            let stream = match tls::connect(
+                identity_tls,
+                identity,
+                MeshProtocol::Opaque,
+                target.addr,
+                upstream,
+            )
+            .await
+            {
+                Ok(stream) => stream,
+                Err(reason) => {
+                    warn!(target_addr = %target.addr, %reason, "opaque connection not forwarded: mTLS to the upstream failed");
+                    return;
+                }
+            };
+            let status = TlsStatus::Mesh {
+                client_id: None,
+                server_id: Some(identity.clone()),
+            };
+            let metrics =
+                inputs
+                    .metrics
+                    .tcp_connection(inputs.direction, "dst", target.addr, &status);
+            let mut upstream = CountedIo::new(
+                stream,
+                Bytes::new(),
+                metrics.read_bytes.clone(),
+                metrics.write_bytes.clone(),
+            );
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+        }
+        (Some(identity), None) => {
+            warn!(target_addr = %target.addr, %identity, "opaque connection not forwarded: the cluster is meshed but this proxy has no identity");
+            return;
+        }
+        (None, _) => {
+            let status = TlsStatus::NoIdentity("not_meshed");
+            let metrics =
+                inputs
+                    .metrics
+                    .tcp_connection(inputs.direction, "dst", target.addr, &status);
+            let mut upstream = CountedIo::new(
+                upstream,
+                Bytes::new(),
+                metrics.read_bytes.clone(),
+                metrics.write_bytes.clone(),
+            );
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+        }
+    };
+    match result {
+        Ok((sent, received)) => {
+            debug!(target_addr = %target.addr, sent, received, "opaque connection closed")
         }
         Err(e) => {
             debug!(target_addr = %target.addr, error = %e, "opaque connection ended with an error")

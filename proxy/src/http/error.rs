@@ -12,6 +12,8 @@ use std::time::Duration;
 
 /// The header naming why the proxy answered instead of the upstream.
 pub const PROXY_ERROR_HEADER: &str = "strait-proxy-error";
+/// On a 403: why the inbound policy refused the request.
+pub const DENY_REASON_HEADER: &str = "strait-deny-reason";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -37,6 +39,10 @@ pub enum ProxyError {
     },
     #[error("upstream {addr} sent no response headers within the {after:?} response timeout")]
     ResponseTimeout { addr: SocketAddr, after: Duration },
+    #[error("mTLS to upstream {addr} failed: {reason} (check the cluster's tls.identity and both trust bundles)")]
+    TlsHandshake { addr: SocketAddr, reason: String },
+    #[error("forbidden by inbound policy: {reason}")]
+    Forbidden { reason: String },
     #[error("upstream {addr} failed the request: {source}")]
     Upstream {
         addr: SocketAddr,
@@ -48,6 +54,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -56,6 +63,7 @@ impl ProxyError {
             | ProxyError::ConnectRefused(_)
             | ProxyError::Connect { .. }
             | ProxyError::Handshake { .. }
+            | ProxyError::TlsHandshake { .. }
             | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -70,6 +78,8 @@ impl ProxyError {
             ProxyError::ConnectTimeout { .. } => "connect-timeout",
             ProxyError::Connect { .. } => "connect-failed",
             ProxyError::Handshake { .. } => "upstream-handshake",
+            ProxyError::TlsHandshake { .. } => "tls-handshake",
+            ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::ResponseTimeout { .. } => "response-timeout",
             ProxyError::Upstream { .. } => "upstream-error",
         }
@@ -89,6 +99,11 @@ impl ProxyError {
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.reason()));
+        if let ProxyError::Forbidden { reason } = self {
+            if let Ok(reason) = HeaderValue::from_str(reason) {
+                headers.insert(DENY_REASON_HEADER, reason);
+            }
+        }
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -108,6 +123,7 @@ impl From<PoolError> for ProxyError {
                 ProxyError::Connect { addr, source }
             }
             PoolError::Handshake { addr, source } => ProxyError::Handshake { addr, source },
+            PoolError::Tls { addr, reason } => ProxyError::TlsHandshake { addr, reason },
         }
     }
 }

@@ -9,10 +9,11 @@ pub mod error;
 pub mod headers;
 pub mod server;
 
-use crate::metrics::{Metrics, RequestMetrics};
+use crate::metrics::{Metrics, RequestMetrics, TlsStatus};
 use crate::orig_dst::OrigDst;
 use crate::pool::{Checkout, EndpointPool, HttpVersion, NotSent, Pools};
 use crate::route::{ClusterState, Snapshot};
+use crate::tls::Tls;
 use crate::{inbound, outbound, Direction};
 use arc_swap::ArcSwap;
 use body::ProxyBody;
@@ -33,7 +34,16 @@ pub struct Inputs {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub pools: Arc<Pools>,
     pub metrics: Arc<Metrics>,
+    /// The workload identity, when mTLS is configured.
+    pub tls: Option<Arc<Tls>>,
 }
+
+/// Carries an HTTP/1 request's version across the HTTP/2 mesh hop, so the
+/// far side restores it (as Linkerd's `l5d-orig-proto` does).
+pub const ORIG_PROTO_HEADER: &str = "strait-orig-proto";
+/// The client's mesh identity, set on inbound requests that arrived over
+/// mTLS and stripped from every other.
+pub const CLIENT_ID_HEADER: &str = "strait-client-id";
 
 /// Where a request or connection goes.
 #[derive(Debug, Clone)]
@@ -56,8 +66,17 @@ impl Target {
         }
     }
 
-    /// The HTTP version to speak upstream, given the client's.
+    /// The identity a meshed target must prove.
+    pub fn mesh_identity(&self) -> Option<&Arc<str>> {
+        self.cluster.as_ref()?.tls_identity.as_ref()
+    }
+
+    /// The HTTP version to speak upstream, given the client's. Meshed
+    /// targets always get HTTP/2: one multiplexed mTLS connection per peer.
     fn http_version(&self, client: Version) -> Result<HttpVersion, ProxyError> {
+        if self.mesh_identity().is_some() {
+            return Ok(HttpVersion::Http2);
+        }
         let same_as_client = if client == Version::HTTP_2 {
             HttpVersion::Http2
         } else {
@@ -79,6 +98,10 @@ pub struct ConnContext {
     pub inputs: Arc<Inputs>,
     pub client: SocketAddr,
     pub orig_dst: OrigDst,
+    /// The client side's TLS: inbound mesh connections know the client's identity.
+    pub tls: TlsStatus,
+    /// Inbound authorization counters for this connection's (port, identity).
+    authz: std::sync::OnceLock<(prometheus::IntCounter, prometheus::IntCounter)>,
     /// The last target's handles: keep-alive connections mostly hit the
     /// same target, so label sets and pools are looked up once.
     memo: Mutex<Option<Memo>>,
@@ -88,16 +111,24 @@ struct Memo {
     authority: Arc<str>,
     addr: SocketAddr,
     version: HttpVersion,
+    mesh: Option<Arc<str>>,
     metrics: Arc<RequestMetrics>,
     pool: Arc<EndpointPool>,
 }
 
 impl ConnContext {
-    pub fn new(inputs: Arc<Inputs>, client: SocketAddr, orig_dst: OrigDst) -> Arc<ConnContext> {
+    pub fn new(
+        inputs: Arc<Inputs>,
+        client: SocketAddr,
+        orig_dst: OrigDst,
+        tls: TlsStatus,
+    ) -> Arc<ConnContext> {
         Arc::new(ConnContext {
             inputs,
             client,
             orig_dst,
+            tls,
+            authz: std::sync::OnceLock::new(),
             memo: Mutex::new(None),
         })
     }
@@ -106,33 +137,103 @@ impl ConnContext {
         self.inputs.direction
     }
 
+    /// The TLS labels of a request to `target`: the client side's status
+    /// inbound, the target's outbound.
+    fn request_tls(&self, target: &Target) -> TlsStatus {
+        match (self.direction(), target.mesh_identity()) {
+            (Direction::Inbound, _) => self.tls.clone(),
+            (Direction::Outbound, Some(id)) => TlsStatus::Mesh {
+                client_id: None,
+                server_id: Some(id.clone()),
+            },
+            (Direction::Outbound, None) => TlsStatus::NoIdentity("not_meshed"),
+        }
+    }
+
+    /// An HTTP/1 request carried over the mesh's HTTP/2 goes on to the
+    /// app as HTTP/1 again.
+    fn restore_orig_proto(&self, req: &Request<Incoming>, version: HttpVersion) -> HttpVersion {
+        let carried_h1 = req
+            .headers()
+            .get(ORIG_PROTO_HEADER)
+            .is_some_and(|p| p.as_bytes().starts_with(b"HTTP/1"));
+        if self.direction() == Direction::Inbound && self.client_identity().is_some() && carried_h1
+        {
+            HttpVersion::Http1
+        } else {
+            version
+        }
+    }
+
+    fn client_identity(&self) -> Option<&str> {
+        match &self.tls {
+            TlsStatus::Mesh { client_id, .. } => client_id.as_deref(),
+            TlsStatus::NoIdentity(_) => None,
+        }
+    }
+
     fn handles(
         &self,
         target: &Target,
         version: HttpVersion,
     ) -> (Arc<RequestMetrics>, Arc<EndpointPool>) {
+        let mesh = target.mesh_identity();
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = memo.as_ref() {
             if Arc::ptr_eq(&m.authority, &target.authority)
                 && m.addr == target.addr
                 && m.version == version
+                && m.mesh.as_ref() == mesh
             {
                 return (m.metrics.clone(), m.pool.clone());
             }
         }
-        let metrics =
-            self.inputs
-                .metrics
-                .requests(self.direction(), &target.authority, target.addr);
-        let pool = self.inputs.pools.endpoint(target.addr, version);
+        let metrics = self.inputs.metrics.requests(
+            self.direction(),
+            &target.authority,
+            target.addr,
+            &self.request_tls(target),
+        );
+        let pool = self.inputs.pools.endpoint(target.addr, version, mesh);
         *memo = Some(Memo {
             authority: target.authority.clone(),
             addr: target.addr,
             version,
+            mesh: mesh.cloned(),
             metrics: metrics.clone(),
             pool: pool.clone(),
         });
         (metrics, pool)
+    }
+
+    /// Inbound policy for this request; outbound requests are not checked.
+    fn authorize(&self, snapshot: &Snapshot, req: &Request<Incoming>) -> Result<(), ProxyError> {
+        if self.direction() != Direction::Inbound {
+            return Ok(());
+        }
+        let policy = &snapshot.config.policy;
+        if crate::authz::is_unauthenticated_path(policy, req.uri().path()) {
+            return Ok(());
+        }
+        let port = self.orig_dst.addr.port();
+        let decision = crate::authz::check(policy, port, self.client_identity());
+        let (allow, deny) = self.authz.get_or_init(|| {
+            let metrics = &self.inputs.metrics;
+            (
+                metrics.authz_counter(true, port, self.client_identity()),
+                metrics.authz_counter(false, port, self.client_identity()),
+            )
+        });
+        match decision {
+            Ok(()) => {
+                allow.inc();
+                Ok(())
+            }
+            Err(denied) => {
+                deny.inc();
+                Err(ProxyError::Forbidden { reason: denied.0 })
+            }
+        }
     }
 
     fn resolve(&self, snapshot: &Snapshot, req: &Request<Incoming>) -> Result<Target, ProxyError> {
@@ -152,17 +253,23 @@ pub async fn handle(
     let started = Instant::now();
     let snapshot = ctx.inputs.snapshot.load_full();
     let client_version = req.version();
-    let routed = ctx
-        .resolve(&snapshot, &req)
-        .and_then(|target| Ok((target.http_version(client_version)?, target)));
+    let routed = ctx.authorize(&snapshot, &req).and_then(|()| {
+        let target = ctx.resolve(&snapshot, &req)?;
+        let version = ctx.restore_orig_proto(&req, target.http_version(client_version)?);
+        Ok((version, target))
+    });
     let (version, target) = match routed {
         Ok(routed) => routed,
         Err(err) => {
             let addr = ctx.orig_dst.addr;
+            let tls = match ctx.direction() {
+                Direction::Inbound => ctx.tls.clone(),
+                Direction::Outbound => TlsStatus::NoIdentity("not_meshed"),
+            };
             let metrics =
                 ctx.inputs
                     .metrics
-                    .requests(ctx.direction(), &snapshot.no_authority, addr);
+                    .requests(ctx.direction(), &snapshot.no_authority, addr, &tls);
             metrics.total.inc();
             let response = error_response(&ctx, addr, &err);
             metrics.response(response.status().as_u16());
@@ -204,8 +311,26 @@ async fn forward(
     let is_connect = req.method() == Method::CONNECT && req.version() < Version::HTTP_2;
     let upgrade = version == HttpVersion::Http1 && (is_connect || headers::is_upgrade(&req));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    if ctx.direction() == Direction::Inbound {
-        headers::append_forwarded_for(req.headers_mut(), ctx.client.ip());
+    match ctx.direction() {
+        Direction::Inbound => {
+            headers::append_forwarded_for(req.headers_mut(), ctx.client.ip());
+            let headers = req.headers_mut();
+            headers.remove(ORIG_PROTO_HEADER);
+            headers.remove(CLIENT_ID_HEADER);
+            if let Some(id) = ctx.client_identity() {
+                if let Ok(id) = http::HeaderValue::from_str(id) {
+                    headers.insert(CLIENT_ID_HEADER, id);
+                }
+            }
+        }
+        Direction::Outbound => {
+            if target.mesh_identity().is_some() && req.version() < Version::HTTP_2 {
+                req.headers_mut().insert(
+                    ORIG_PROTO_HEADER,
+                    http::HeaderValue::from_static("HTTP/1.1"),
+                );
+            }
+        }
     }
     headers::prepare_request(&mut req, version, upgrade, target.addr);
 
