@@ -84,10 +84,12 @@ spread() { sort -g | awk '{a[NR]=$1} END{if(NR<2){print "-"; exit} m=(NR%2)?a[(N
 HZ=$(getconf CLK_TCK)
 
 haproxy_cfg() { # mode listen_port upstream_port maxconn
+  local fds; fds=$(ulimit -Hn)
   cat <<CFG
 global
   nbthread 1
   maxconn $4
+  ulimit-n $(( $4 * 2 + 100 < fds ? $4 * 2 + 100 : fds ))
 defaults
   mode $1
   timeout connect 5s
@@ -160,26 +162,33 @@ http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
   uwsgi_temp_path $TMP/nginx/uw; scgi_temp_path $TMP/nginx/sc;
   server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
 CFG
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null
+  # HAProxy wants two descriptors per maxconn and refuses to start without
+  # them; where the hard limit is lower it holds fewer connections (the
+  # per-connection figure is what compares).
+  local hap_conns=$(( IDLE_CONNS < ($(ulimit -Hn) - 300) / 2 ? IDLE_CONNS : ($(ulimit -Hn) - 300) / 2 ))
   start_logged nginx-idle nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf"
   start_logged strait-idle "$HERE/strait-proxy.sh" "127.0.0.1:$sp" "127.0.0.1:$up" 1 "$TMP/strait-idle" http1
   local strait_pid=$LAST_PID
-  haproxy_cfg http "$hp" "$up" $((IDLE_CONNS + 1000)) > "$TMP/haproxy-idle.cfg"
+  haproxy_cfg http "$hp" "$up" $((hap_conns + 50)) > "$TMP/haproxy-idle.cfg"
   start_logged haproxy-idle haproxy -db -f "$TMP/haproxy-idle.cfg"; local haproxy_pid=$LAST_PID
-  wait_port "$up" && wait_port "$sp" && wait_port "$hp" || { echo "servers failed to start"; return; }
-  ulimit -n $((IDLE_CONNS * 2 + 1024)) 2>/dev/null
+  wait_port "$up" && wait_port "$sp" && wait_port "$hp" || { echo "servers failed to start:"; tail -3 "$TMP"/nginx-idle.log "$TMP"/strait-idle.log "$TMP"/haproxy-idle.log "$TMP"/nginx/error.log 2>/dev/null; return; }
   printf "%-9s %10s %10s %12s %14s\n" config idle_KiB held_KiB KiB/conn conns_ok
-  local name port pid before after ready
+  local name port pid before after ready n
   for name in strait haproxy; do
-    case $name in strait) port=$sp; pid=$(pgrep -P "$strait_pid" strait || echo "$strait_pid");; haproxy) port=$hp; pid=$haproxy_pid;; esac
+    case $name in
+      strait) port=$sp; n=$IDLE_CONNS; pid=$(pgrep -P "$strait_pid" strait || echo "$strait_pid");;
+      haproxy) port=$hp; n=$hap_conns; pid=$haproxy_pid;;
+    esac
     before=$(rss_kb "$pid")
-    coproc HOLD { python3 "$HERE/idle_conns.py" 127.0.0.1 "$port" "$IDLE_CONNS" --deadline 120; }
+    coproc HOLD { python3 "$HERE/idle_conns.py" 127.0.0.1 "$port" "$n" --deadline 120; }
     read -r -t 150 ready <&"${HOLD[0]}" || ready="READY 0 (timed out)"
     sleep 1
     after=$(rss_kb "$pid")
     exec {HOLD[1]}>&-
     wait "$HOLD_PID" 2>/dev/null
     printf "%-9s %10d %10d %12.2f %14s\n" "$name" "$before" "$after" \
-      "$(awk -v a="$after" -v b="$before" -v n="$IDLE_CONNS" 'BEGIN{print (a-b)/n}')" "$(cut -d' ' -f2 <<<"$ready")/$IDLE_CONNS"
+      "$(awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN{print (a-b)/n}')" "$(cut -d' ' -f2 <<<"$ready")/$n"
     sleep 1
   done
 }
