@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # strait's load benchmark: strait against direct, HAProxy and nginx on loopback.
 #
-#   benches/load/run.sh [--quick] [--cases "http tcp idle"] [--runs N] [--duration S]
+#   benches/load/run.sh [--quick] [--cases "http mesh tcp idle"] [--runs N] [--duration S]
 #                       [--idle-conns N] [--proxy 'NAME=COMMAND' ...]
 #
 # Cases (see BENCHMARKS.md for what each measures):
@@ -9,7 +9,8 @@
 #         message when oha is missing), HTTP/2 multiplexed (h2load); run by peers.sh
 #   tcp   case 5: opaque TCP throughput (iperf3) direct / strait / HAProxy mode tcp
 #   idle  case 6: RSS per idle keep-alive connection (10,000 by default)
-#   The mesh hop (case 4) needs mTLS between two strait instances: not yet built.
+#   mesh  case 4: client -> proxy -> mTLS HTTP/2 -> proxy -> upstream, strait pair vs
+#         HAProxy pair (TLS 1.3, both ends verified, h2 between them)
 #
 # Everything binds to 127.0.0.1; every load run is bounded in time; every process
 # started is torn down by PID. Installs wrk, nginx, haproxy, h2load and iperf3
@@ -18,7 +19,7 @@
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-CASES=${CASES:-"http tcp idle"}
+CASES=${CASES:-"http mesh tcp idle"}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 IDLE_CONNS=${IDLE_CONNS:-10000}
@@ -193,12 +194,134 @@ CFG
   done
 }
 
+# ------------------------------------------------------------------ case 4
+mesh_pki() { # dir : CA, server and client certificates (EC P-256) with SPIFFE URI SANs
+  local d=$1 who
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+    -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+  for who in server client; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$who.bench" \
+      -keyout "$d/$who.key" -out "$d/$who.csr" 2>/dev/null
+    printf 'subjectAltName=URI:spiffe://bench/%s,DNS:%s.bench\nextendedKeyUsage=serverAuth,clientAuth\n' "$who" "$who" > "$d/$who.ext"
+    openssl x509 -req -in "$d/$who.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+      -extfile "$d/$who.ext" -out "$d/$who.crt" 2>/dev/null
+    openssl pkcs8 -topk8 -nocrypt -in "$d/$who.key" -out "$d/$who.p8"
+    cat "$d/$who.crt" "$d/$who.key" > "$d/$who.pem"
+  done
+}
+
+case_mesh() {
+  echo; echo "## case 4: mesh hop, client -> proxy -> TLS 1.3 mutual auth, HTTP/2 -> proxy -> upstream (wrk, 50 conns, ${DURATION}s), medians of $RUNS runs"
+  local up=$((BASE_PORT + 21)) s1=$((BASE_PORT + 22)) s2=$((BASE_PORT + 23)) h1=$((BASE_PORT + 24)) h2=$((BASE_PORT + 25))
+  local d="$TMP/mesh"; mkdir -p "$d/nginx"; mesh_pki "$d"
+  cat > "$d/nginx/nginx.conf" <<CFG
+worker_processes 1; daemon off; pid $d/nginx/nginx.pid; error_log $d/nginx/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  client_body_temp_path $d/nginx/cb; proxy_temp_path $d/nginx/px; fastcgi_temp_path $d/nginx/fc;
+  uwsgi_temp_path $d/nginx/uw; scgi_temp_path $d/nginx/sc;
+  server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
+CFG
+  start_logged nginx-mesh nginx -p "$d/nginx" -c "$d/nginx/nginx.conf"
+  # strait pair: the client side's outbound meshes to the server side's inbound.
+  cat > "$d/strait-server.yaml" <<YAML
+log: {level: warn}
+runtime: {worker_threads: 1}
+identity: {certificate: $d/server.crt, private_key: $d/server.p8, trust_bundle: $d/ca.pem}
+listeners:
+  outbound: {address: 127.0.0.1, port: 0}
+  inbound: {address: 127.0.0.1, port: $s2, default_cluster: app}
+  admin: {address: 127.0.0.1, port: 0}
+clusters:
+  - name: app
+    protocol: http1
+    endpoints: [{address: "127.0.0.1:$up"}]
+YAML
+  cat > "$d/strait-client.yaml" <<YAML
+log: {level: warn}
+runtime: {worker_threads: 1}
+identity: {certificate: $d/client.crt, private_key: $d/client.p8, trust_bundle: $d/ca.pem}
+listeners:
+  outbound: {address: 127.0.0.1, port: $s1, default_cluster: server}
+  inbound: {address: 127.0.0.1, port: 0}
+  admin: {address: 127.0.0.1, port: 0}
+clusters:
+  - name: server
+    tls: {identity: "spiffe://bench/server"}
+    endpoints: [{address: "127.0.0.1:$s2"}]
+YAML
+  start_logged strait-mesh-server "$STRAIT_BIN" run --config "$d/strait-server.yaml"; local ss_pid=$LAST_PID
+  start_logged strait-mesh-client "$STRAIT_BIN" run --config "$d/strait-client.yaml"; local sc_pid=$LAST_PID
+  # HAProxy pair doing the same hop: TLS 1.3, both sides verified, HTTP/2 between them.
+  cat > "$d/haproxy-server.cfg" <<CFG
+global
+  nbthread 1
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$h2 ssl crt $d/server.pem ca-file $d/ca.pem verify required alpn h2
+  default_backend be
+backend be
+  server app 127.0.0.1:$up
+CFG
+  cat > "$d/haproxy-client.cfg" <<CFG
+global
+  nbthread 1
+  ssl-default-server-options ssl-min-ver TLSv1.3
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$h1
+  default_backend be
+backend be
+  server peer 127.0.0.1:$h2 ssl crt $d/client.pem ca-file $d/ca.pem verify required verifyhost server.bench alpn h2
+CFG
+  start_logged haproxy-mesh-server haproxy -db -f "$d/haproxy-server.cfg"; local hs_pid=$LAST_PID
+  start_logged haproxy-mesh-client haproxy -db -f "$d/haproxy-client.cfg"; local hc_pid=$LAST_PID
+  wait_port "$up" && wait_port "$s1" && wait_port "$s2" && wait_port "$h1" && wait_port "$h2" || {
+    echo "mesh case failed to start:"; tail -3 "$TMP"/strait-mesh-*.log "$TMP"/haproxy-mesh-*.log; return; }
+  local body; body=$(curl -s --max-time 3 "http://127.0.0.1:$s1/"); [[ "$body" == ok ]] || echo "WARNING: strait mesh answered '$body'"
+  body=$(curl -s --max-time 3 "http://127.0.0.1:$h1/"); [[ "$body" == ok ]] || echo "WARNING: haproxy mesh answered '$body'"
+  declare -A RPS=() US=()
+  local run name port pids c0 c1 out rps reqs p
+  for run in $(seq 1 "$RUNS"); do
+    for name in direct strait haproxy; do
+      case $name in direct) port=$up; pids="";; strait) port=$s1; pids="$sc_pid $ss_pid";; haproxy) port=$h1; pids="$hc_pid $hs_pid";; esac
+      wrk -t2 -c50 -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1
+      c0=0; for p in $pids; do c0=$((c0 + $(cpu_ticks "$p"))); done
+      out=$(wrk -t2 -c50 -d"${DURATION}s" "http://127.0.0.1:$port/" 2>&1)
+      c1=0; for p in $pids; do c1=$((c1 + $(cpu_ticks "$p"))); done
+      rps=$(awk '/^Requests\/sec/{print $2}' <<<"$out"); reqs=$(awk '/requests in/{print $1}' <<<"$out")
+      RPS[$name]+="${rps:-0} "
+      US[$name]+=$(awk -v t=$((c1 - c0)) -v hz="$HZ" -v n="${reqs:-0}" 'BEGIN{printf "%.2f ", (n>0)?t/hz*1e6/n:0}')
+    done
+  done
+  local direct hap; direct=$(tr ' ' '\n' <<<"${RPS[direct]}" | grep . | median); hap=$(tr ' ' '\n' <<<"${RPS[haproxy]}" | grep . | median)
+  printf "%-9s %9s %7s %9s %10s %22s\n" config rps spread vs_direct vs_haproxy "both proxies us/req"
+  for name in direct strait haproxy; do
+    local r sp u
+    r=$(tr ' ' '\n' <<<"${RPS[$name]}" | grep . | median); sp=$(tr ' ' '\n' <<<"${RPS[$name]}" | grep . | spread)
+    u=$(tr ' ' '\n' <<<"${US[$name]}" | grep . | median)
+    printf "%-9s %9.0f %7s %9.3f %10.3f %22s\n" "$name" "$r" "$sp" "$(awk -v a="$r" -v b="$direct" 'BEGIN{print (b>0)?a/b:0}')" \
+      "$(awk -v a="$r" -v b="$hap" 'BEGIN{print (b>0)?a/b:0}')" "$([[ $name == direct ]] && echo - || echo "$u")"
+  done
+}
+
 for c in $CASES; do
   case $c in
     http) case_http;;
     tcp) case_tcp;;
     idle) case_idle;;
-    mesh) echo; echo "## case 4: mesh hop with mTLS: not built yet (needs strait's mTLS)";;
+    mesh) case_mesh;;
     *) echo "unknown case $c" >&2;;
   esac
 done
