@@ -581,3 +581,51 @@ async fn config_reload_applies_good_files_and_refuses_bad_ones() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // A real WebSocket echo server.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let ws_addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() {
+                        break;
+                    }
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(&web_config(ws_addr, "http1"));
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://web/echo", stream)
+        .await
+        .expect("upgrade through the proxy");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..5 {
+        ws.send(Message::text(format!("text {i}")))
+            .await
+            .expect("send");
+        let back = ws.next().await.expect("frame").expect("frame ok");
+        assert_eq!(back, Message::text(format!("text {i}")));
+    }
+    let blob = vec![7u8; 100_000];
+    ws.send(Message::binary(blob.clone()))
+        .await
+        .expect("send binary");
+    let back = ws.next().await.expect("frame").expect("frame ok");
+    assert_eq!(back.into_data().as_ref(), &blob[..]);
+    ws.close(None).await.expect("close");
+}
