@@ -49,6 +49,7 @@ impl Pki {
         let ca_pem = params.self_signed(&key).expect("CA cert").pem();
         let dir = TempDir::new(name);
         std::fs::write(dir.0.join("ca.pem"), &ca_pem).expect("write CA");
+        std::fs::write(dir.0.join("ca.key"), key.serialize_pem()).expect("write CA key");
         Pki {
             issuer: Issuer::new(params, key),
             dir,
@@ -80,6 +81,67 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// Issue an RSA-2048 certificate with openssl (rcgen on ring cannot
+    /// generate RSA keys); the key is PKCS#8, as OpenSSL 3 writes it.
+    fn issue_rsa(&self, identity: &str, file: &str) -> (PathBuf, PathBuf) {
+        let d = &self.dir.0;
+        let key = d.join(format!("{file}.key"));
+        let csr = d.join(format!("{file}.csr"));
+        let crt = d.join(format!("{file}.crt"));
+        let ext = d.join(format!("{file}.ext"));
+        std::fs::write(
+            &ext,
+            format!("subjectAltName=URI:{identity}\nextendedKeyUsage=serverAuth,clientAuth\n"),
+        )
+        .expect("write ext");
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl installed");
+            assert!(
+                out.status.success(),
+                "openssl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let os = std::ffi::OsStr::new;
+        openssl(&[
+            os("req"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-subj"),
+            os("/CN=rsa-workload"),
+            os("-keyout"),
+            key.as_os_str(),
+            os("-out"),
+            csr.as_os_str(),
+        ]);
+        let ca_key = d.join("ca.key");
+        let bundle = self.bundle();
+        openssl(&[
+            os("x509"),
+            os("-req"),
+            os("-in"),
+            csr.as_os_str(),
+            os("-CA"),
+            bundle.as_os_str(),
+            os("-CAkey"),
+            ca_key.as_os_str(),
+            os("-CAcreateserial"),
+            os("-days"),
+            os("30"),
+            os("-extfile"),
+            ext.as_os_str(),
+            os("-out"),
+            crt.as_os_str(),
+        ]);
+        (crt, key)
+    }
+}
+
 fn identity_yaml(cert: &Path, key: &Path, bundle: &Path) -> String {
     format!(
         "identity:\n  certificate: {}\n  private_key: {}\n  trust_bundle: {}\n",
@@ -92,10 +154,21 @@ fn identity_yaml(cert: &Path, key: &Path, bundle: &Path) -> String {
 /// The server side: inbound mTLS, forwarding to `app`, with `policy`.
 fn server_proxy(pki: &Pki, app: SocketAddr, app_protocol: &str, policy: &str) -> Proxy {
     let (cert, key) = pki.issue(SERVER_ID, "server", 2099);
+    server_proxy_with(&cert, &key, &pki.bundle(), app, app_protocol, policy)
+}
+
+fn server_proxy_with(
+    cert: &Path,
+    key: &Path,
+    bundle: &Path,
+    app: SocketAddr,
+    app_protocol: &str,
+    policy: &str,
+) -> Proxy {
     let yaml = format!(
         "{}{}clusters:\n  - name: app\n    protocol: {app_protocol}\n    endpoints: [{{address: '{app}'}}]\n{policy}",
         EPHEMERAL_LISTENERS.replace("inbound: {address: 127.0.0.1, port: 0}", "inbound: {address: 127.0.0.1, port: 0, default_cluster: app}"),
-        identity_yaml(&cert, &key, &pki.bundle()),
+        identity_yaml(cert, key, bundle),
     );
     Proxy::start(&yaml)
 }
@@ -118,15 +191,24 @@ fn client_proxy(
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, String) {
+    get_with(addr, path, &[]).await
+}
+
+async fn get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
     tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "web")
-        .body(Full::<Bytes>::default())
-        .expect("req");
+    let mut req = Request::get(path).header("host", "web");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::<Bytes>::default()).expect("req");
     let response = sender.send_request(req).await.expect("response");
     let status = response.status();
     let headers = response.headers().clone();
@@ -320,8 +402,9 @@ fn client_proxy_with_bundle(cert: &Path, key: &Path, bundle: &Path, server: Sock
 async fn policy_allow_list_plaintext_and_probe_paths() {
     let pki = Pki::new("mesh-ca-policy");
     let app = Upstream::start().await;
-    let policy =
-        format!("policy:\n  default: ['{CLIENT_ID}']\n  unauthenticated_paths: [/healthz]\n");
+    let policy = format!(
+        "policy:\n  default: ['{CLIENT_ID}']\n  unauthenticated_paths: [/healthz, /headers]\n"
+    );
     let server = server_proxy(&pki, app.addr, "auto", &policy);
 
     let (cert, key) = pki.issue(CLIENT_ID, "client", 2099);
@@ -350,6 +433,16 @@ async fn policy_allow_list_plaintext_and_probe_paths() {
         (status, body.as_str()),
         (StatusCode::OK, "hello from upstream")
     );
+    // A plaintext client cannot claim an identity by header.
+    let body = get_with(
+        server.inbound,
+        "/headers",
+        &[("strait-client-id", "spiffe://evil")],
+    )
+    .await
+    .2;
+    assert!(body.starts_with("version: HTTP/1.1"), "{body}");
+    assert!(!body.contains("strait-client-id"), "{body}");
 
     let s = server.metrics();
     assert_eq!(
@@ -527,4 +620,153 @@ async fn openssl_needs_a_client_certificate_and_gets_tls13() {
     assert!(with.contains("TLSv1.3"), "{with}");
     assert!(with.contains("Verify return code: 0 (ok)"), "{with}");
     assert!(with.contains("ALPN protocol: h2"), "{with}");
+}
+
+#[tokio::test]
+async fn rsa_identity_works_and_a_server_from_another_ca_is_refused() {
+    let pki = Pki::new("mesh-ca-rsa");
+    let app = Upstream::start().await;
+    let (cert, key) = pki.issue_rsa(SERVER_ID, "server-rsa");
+    let server = server_proxy_with(&cert, &key, &pki.bundle(), app.addr, "auto", "");
+    let (cert, key) = pki.issue(CLIENT_ID, "client", 2099);
+    let client = client_proxy(&pki, &cert, &key, server.inbound, SERVER_ID, "auto");
+    let (status, _, body) = get(client.outbound, "/headers").await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", server.log());
+    assert!(
+        body.contains(&format!("strait-client-id: {CLIENT_ID}")),
+        "{body}"
+    );
+
+    // The right identity, signed by a CA the client does not trust.
+    let other = Pki::new("mesh-ca-foreign");
+    let (foreign_cert, foreign_key) = other.issue(SERVER_ID, "server", 2099);
+    let foreign = server_proxy_with(
+        &foreign_cert,
+        &foreign_key,
+        &pki.bundle(),
+        app.addr,
+        "auto",
+        "",
+    );
+    let client = client_proxy(&pki, &cert, &key, foreign.inbound, SERVER_ID, "auto");
+    let (status, headers, body) = get(client.outbound, "/").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+        Some(&b"tls-handshake"[..])
+    );
+    assert!(
+        body.to_lowercase().contains("unknownissuer") || body.contains("unknown issuer"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn app_tls_passes_through_and_denied_tcp_is_closed() {
+    use std::process::{Command, Stdio};
+    let pki = Pki::new("mesh-ca-passthrough");
+    // The app does its own TLS (openssl s_server) with its own certificate.
+    let (app_cert, app_key) = pki.issue(
+        "spiffe://strait.test/ns/default/sa/app-own-tls",
+        "app",
+        2099,
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut s_server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-www",
+            "-cert",
+        ])
+        .arg(&app_cert)
+        .arg("-key")
+        .arg(&app_key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let app: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(app).await.is_err() {
+        assert!(Instant::now() < deadline, "s_server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = server_proxy(&pki, app, "opaque", "");
+    // A TLS client without the mesh ALPN reaches the app's own TLS server.
+    let inbound = server.inbound;
+    let bundle = pki.bundle();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &inbound.to_string(),
+                "-quiet",
+                "-CAfile",
+            ])
+            .arg(&bundle)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl s_client");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            std::thread::sleep(Duration::from_millis(800));
+        }
+        let out = child.wait_with_output().expect("s_client output");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+    .await
+    .expect("join");
+    let _ = s_server.kill();
+    let _ = s_server.wait();
+    assert!(
+        out.contains("s_server"),
+        "the app's own TLS did not answer through the proxy:\n{out}"
+    );
+    let m = server.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "tcp_open_total",
+            &["peer=\"src\"", "no_tls_reason=\"passthrough\""]
+        ),
+        1.0,
+        "{m}"
+    );
+
+    // With an authenticated policy, plaintext TCP is closed unanswered.
+    let echo = echo_server().await;
+    let strict = server_proxy(&pki, echo, "opaque", "policy:\n  default: authenticated\n");
+    let mut stream = TcpStream::connect(strict.inbound).await.expect("connect");
+    stream
+        .write_all(b"\x00\x01 not allowed")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("closed within 10s");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "denied connection got data: {read:?}"
+    );
+    let m = strict.metrics();
+    assert_eq!(
+        metric_sum(&m, "inbound_authz_deny_total", &["identity=\"\""]),
+        1.0,
+        "{m}"
+    );
 }
