@@ -264,6 +264,9 @@ fn reload(path: &PathBuf, snapshot: &ArcSwap<Snapshot>, metrics: &Metrics) {
             {
                 warn!("listener addresses changed in the config: they take effect on restart");
             }
+            if old.identity != config.identity {
+                warn!("the identity section changed: it takes effect on restart (rotations of the files it names are picked up live)");
+            }
             snapshot.store(Arc::new(Snapshot::new(config)));
             metrics.config_reload_total.with_label_values(&["ok"]).inc();
             info!(path = %path.display(), "config reloaded");

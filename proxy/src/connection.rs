@@ -70,12 +70,7 @@ pub async fn serve(
                         .metrics
                         .tcp_connection(inputs.direction, "src", orig_dst.addr, &status);
                 tcp.read_bytes.inc_by(prefix.len() as u64);
-                let io = CountedIo::new(
-                    stream,
-                    prefix,
-                    tcp.read_bytes.clone(),
-                    tcp.write_bytes.clone(),
-                );
+                let io = tcp.counted(stream, prefix);
                 let ctx = ConnContext::new(inputs.clone(), client, orig_dst, status);
                 http::server::serve(io, protocol, ctx, drain).await;
             }
@@ -198,12 +193,7 @@ impl Accepted<'_> {
         let keepalive = self.snapshot.config.proxy.tcp_keepalive;
         let connect_timeout = self.connect_timeout(&target);
         if target.mesh_identity().is_some() {
-            let client = CountedIo::new(
-                stream,
-                prefix,
-                metrics.read_bytes.clone(),
-                metrics.write_bytes.clone(),
-            );
+            let client = metrics.counted(stream, prefix);
             tcp::forward_copied(client, &target, self.inputs, connect_timeout, keepalive).await;
         } else {
             tcp::forward(
@@ -243,12 +233,7 @@ impl Accepted<'_> {
             self.orig_dst.addr,
             &status,
         );
-        let io = CountedIo::new(
-            stream,
-            Bytes::new(),
-            metrics.read_bytes.clone(),
-            metrics.write_bytes.clone(),
-        );
+        let io = metrics.counted(stream, Bytes::new());
         if opaque {
             if !self.authorize_tcp(Some(&client_id)) {
                 return;

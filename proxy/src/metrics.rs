@@ -306,6 +306,19 @@ pub struct TcpMetrics {
     open: IntGauge,
 }
 
+impl TcpMetrics {
+    /// Wrap `inner` so its bytes count into this connection's counters;
+    /// `prefix` (already counted by whoever read it) is replayed first.
+    pub fn counted<T>(&self, inner: T, prefix: bytes::Bytes) -> crate::io::CountedIo<T> {
+        crate::io::CountedIo::new(
+            inner,
+            prefix,
+            self.read_bytes.clone(),
+            self.write_bytes.clone(),
+        )
+    }
+}
+
 impl Drop for TcpMetrics {
     fn drop(&mut self) {
         self.open.dec();

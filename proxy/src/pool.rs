@@ -285,12 +285,7 @@ impl EndpointPool {
         let tcp = self
             .metrics
             .tcp_connection(self.direction, "dst", self.addr, &status);
-        let io = CountedIo::new(
-            stream,
-            Bytes::new(),
-            tcp.read_bytes.clone(),
-            tcp.write_bytes.clone(),
-        );
+        let io = tcp.counted(stream, Bytes::new());
         Ok((TokioIo::new(io), tcp))
     }
 
@@ -367,12 +362,7 @@ impl EndpointPool {
         let tcp = self
             .metrics
             .tcp_connection(self.direction, "dst", self.addr, &status);
-        let io = CountedIo::new(
-            stream,
-            Bytes::new(),
-            tcp.read_bytes.clone(),
-            tcp.write_bytes.clone(),
-        );
+        let io = tcp.counted(stream, Bytes::new());
         Ok((TokioIo::new(io), tcp))
     }
 

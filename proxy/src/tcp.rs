@@ -5,7 +5,6 @@
 //! other), so protocols that signal "done" with a FIN work.
 
 use crate::http::{Inputs, Target};
-use crate::io::CountedIo;
 use crate::metrics::{TcpMetrics, TlsStatus};
 use crate::socket;
 use crate::tls::{self, MeshProtocol};
@@ -120,12 +119,7 @@ pub async fn forward_copied<C>(
                 inputs
                     .metrics
                     .tcp_connection(inputs.direction, "dst", target.addr, &status);
-            let mut upstream = CountedIo::new(
-                stream,
-                Bytes::new(),
-                metrics.read_bytes.clone(),
-                metrics.write_bytes.clone(),
-            );
+            let mut upstream = metrics.counted(stream, Bytes::new());
             tokio::io::copy_bidirectional(&mut client, &mut upstream).await
         }
         (Some(identity), None) => {
@@ -138,12 +132,7 @@ pub async fn forward_copied<C>(
                 inputs
                     .metrics
                     .tcp_connection(inputs.direction, "dst", target.addr, &status);
-            let mut upstream = CountedIo::new(
-                upstream,
-                Bytes::new(),
-                metrics.read_bytes.clone(),
-                metrics.write_bytes.clone(),
-            );
+            let mut upstream = metrics.counted(upstream, Bytes::new());
             tokio::io::copy_bidirectional(&mut client, &mut upstream).await
         }
     };

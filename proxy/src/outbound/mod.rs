@@ -22,17 +22,9 @@ pub fn resolve_http(
         .and_then(|a| snapshot.by_authority(a))
         .or_else(|| snapshot.by_port(orig_dst.addr.port()))
         .or(snapshot.outbound_default.as_ref());
-    match route {
-        Some(route) => to_cluster(route),
-        None if orig_dst.redirected => Ok(Target {
-            addr: orig_dst.addr,
-            authority: snapshot.no_authority.clone(),
-            cluster: None,
-        }),
-        None => Err(ProxyError::NoRoute {
-            authority: authority.unwrap_or("").to_string(),
-        }),
-    }
+    route_or_original(snapshot, orig_dst, route, || {
+        authority.unwrap_or("").to_string()
+    })
 }
 
 /// Pick the target for an outbound opaque TCP connection.
@@ -40,6 +32,20 @@ pub fn resolve_tcp(snapshot: &Snapshot, orig_dst: OrigDst) -> Result<Target, Pro
     let route = snapshot
         .by_port(orig_dst.addr.port())
         .or(snapshot.outbound_default.as_ref());
+    route_or_original(snapshot, orig_dst, route, || {
+        format!("(tcp to port {})", orig_dst.addr.port())
+    })
+}
+
+/// The route's cluster when there is one, else the original destination
+/// when iptables redirected the connection, else no route (`describe`
+/// names what was asked for).
+fn route_or_original(
+    snapshot: &Snapshot,
+    orig_dst: OrigDst,
+    route: Option<&RouteTarget>,
+    describe: impl FnOnce() -> String,
+) -> Result<Target, ProxyError> {
     match route {
         Some(route) => to_cluster(route),
         None if orig_dst.redirected => Ok(Target {
@@ -48,7 +54,7 @@ pub fn resolve_tcp(snapshot: &Snapshot, orig_dst: OrigDst) -> Result<Target, Pro
             cluster: None,
         }),
         None => Err(ProxyError::NoRoute {
-            authority: format!("(tcp to port {})", orig_dst.addr.port()),
+            authority: describe(),
         }),
     }
 }
