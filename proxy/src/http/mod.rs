@@ -151,13 +151,25 @@ impl ConnContext {
     }
 
     /// An HTTP/1 request carried over the mesh's HTTP/2 goes on to the
-    /// app as HTTP/1 again.
-    fn restore_orig_proto(&self, req: &Request<Incoming>, version: HttpVersion) -> HttpVersion {
+    /// app as HTTP/1 again, unless the target's cluster names a protocol.
+    fn restore_orig_proto(
+        &self,
+        req: &Request<Incoming>,
+        target: &Target,
+        version: HttpVersion,
+    ) -> HttpVersion {
         let carried_h1 = req
             .headers()
             .get(ORIG_PROTO_HEADER)
             .is_some_and(|p| p.as_bytes().starts_with(b"HTTP/1"));
-        if self.direction() == Direction::Inbound && self.client_identity().is_some() && carried_h1
+        let protocol_is_auto = target
+            .cluster
+            .as_ref()
+            .is_none_or(|c| c.protocol == Protocol::Auto);
+        if self.direction() == Direction::Inbound
+            && self.client_identity().is_some()
+            && carried_h1
+            && protocol_is_auto
         {
             HttpVersion::Http1
         } else {
@@ -255,7 +267,7 @@ pub async fn handle(
     let client_version = req.version();
     let routed = ctx.authorize(&snapshot, &req).and_then(|()| {
         let target = ctx.resolve(&snapshot, &req)?;
-        let version = ctx.restore_orig_proto(&req, target.http_version(client_version)?);
+        let version = ctx.restore_orig_proto(&req, &target, target.http_version(client_version)?);
         Ok((version, target))
     });
     let (version, target) = match routed {
