@@ -11,7 +11,7 @@ use strait_config::Config;
 use strait_proxy::balance::WeightedRoundRobin;
 use strait_proxy::detect::{classify, H2_PREFACE};
 use strait_proxy::http::headers::{prepare_request, strip_hop_by_hop};
-use strait_proxy::metrics::{Metrics, TlsStatus};
+use strait_proxy::metrics::{Metrics, RequestKey, TlsStatus};
 use strait_proxy::pool::HttpVersion;
 use strait_proxy::route::Snapshot;
 use strait_proxy::Direction;
@@ -94,7 +94,15 @@ fn metrics(c: &mut Criterion) {
     let authority: Arc<str> = "web.default.svc".into();
     let target: SocketAddr = "10.0.0.7:8080".parse().expect("addr");
     let tls = TlsStatus::NoIdentity("not_meshed");
-    let handles = metrics.requests(Direction::Outbound, &authority, target, &tls);
+    let key = RequestKey {
+        direction: Direction::Outbound,
+        authority: authority.clone(),
+        target,
+        tls,
+        route: Arc::from(""),
+        cluster: Arc::from("web"),
+    };
+    let handles = metrics.requests(key.clone());
     let mut group = c.benchmark_group("metrics");
     group.bench_function("record_request", |b| {
         b.iter(|| {
@@ -104,7 +112,7 @@ fn metrics(c: &mut Criterion) {
         })
     });
     group.bench_function("resolve_handles", |b| {
-        b.iter(|| metrics.requests(Direction::Outbound, &authority, black_box(target), &tls))
+        b.iter(|| metrics.requests(black_box(key.clone())))
     });
     group.finish();
 }

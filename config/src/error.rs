@@ -76,6 +76,8 @@ pub enum ConfigError {
     NeedsIdentity { at: At, what: String },
     #[error("{at}: must not be empty{}", at.line_suffix())]
     Empty { at: At },
+    #[error("{at}: {message}{}", at.line_suffix())]
+    Invalid { at: At, message: String },
     #[error("environment variable {var}='{value}': {reason}")]
     Env {
         var: &'static str,
@@ -105,7 +107,8 @@ impl ConfigError {
             | ConfigError::DuplicateRoute { at, .. }
             | ConfigError::BadAllow { at, .. }
             | ConfigError::NeedsIdentity { at, .. }
-            | ConfigError::Empty { at } => Some(at),
+            | ConfigError::Empty { at }
+            | ConfigError::Invalid { at, .. } => Some(at),
         }
     }
 }

@@ -18,6 +18,103 @@ pub struct FileConfig {
     pub routes: Vec<FileRoute>,
     pub identity: Option<FileIdentity>,
     pub policy: Option<FilePolicy>,
+    #[serde(default)]
+    pub virtual_hosts: Vec<FileVirtualHost>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileVirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<FileRouteRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouteRule {
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matches: FileRouteMatch,
+    pub cluster: Option<String>,
+    pub split: Option<Vec<FileSplit>>,
+    pub direct_response: Option<FileDirectResponse>,
+    pub redirect: Option<FileRedirect>,
+    pub request_headers: Option<FileHeaderOps>,
+    pub response_headers: Option<FileHeaderOps>,
+    pub rewrite: Option<FileRewrite>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouteMatch {
+    pub path: Option<FileStringMatch>,
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<FileNamedMatch>,
+    #[serde(default)]
+    pub query: Vec<FileNamedMatch>,
+}
+
+/// Exactly one of exact, prefix, regex (and, for headers and query
+/// parameters, present).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStringMatch {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNamedMatch {
+    pub name: String,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+    pub present: Option<bool>,
+    #[serde(default)]
+    pub invert: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSplit {
+    pub cluster: String,
+    pub weight: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDirectResponse {
+    pub status: i64,
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedirect {
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub status: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHeaderOps {
+    #[serde(default)]
+    pub add: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRewrite {
+    pub prefix: Option<String>,
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,6 +9,7 @@ pub mod file;
 pub mod lines;
 pub mod model;
 pub mod validate;
+pub mod vhosts;
 
 pub use error::{At, ConfigError};
 pub use model::*;

@@ -22,6 +22,91 @@ pub struct Config {
     /// The workload's mTLS identity; without it the proxy speaks plaintext.
     pub identity: Option<Identity>,
     pub policy: Policy,
+    /// L7 routing for outbound HTTP, consulted before `routes`.
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// Requests whose authority matches one of `domains` (exact, `*.suffix`,
+/// `prefix.*` or `*`; the most specific wins, port ignored) are routed by
+/// the first of `routes` that matches.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<RouteRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteRule {
+    /// The `route` metric label.
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: RouteMatchers,
+    pub action: RouteAction,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub rewrite: Rewrite,
+}
+
+/// Every listed condition must hold; an empty matcher matches everything.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct RouteMatchers {
+    pub path: Option<StringMatch>,
+    pub method: Option<String>,
+    pub headers: Vec<NamedMatch>,
+    pub query: Vec<NamedMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    /// A regular expression that must match the whole value.
+    Regex(String),
+    /// The header or parameter exists, whatever its value.
+    Present,
+}
+
+/// A header (lowercase name) or query parameter condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamedMatch {
+    pub name: String,
+    pub matcher: StringMatch,
+    /// Match when the condition does not hold.
+    pub invert: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAction {
+    Cluster(String),
+    /// Weighted split across clusters (canary): (cluster, weight).
+    Split(Vec<(String, u32)>),
+    DirectResponse {
+        status: u16,
+        body: String,
+    },
+    Redirect {
+        host: Option<String>,
+        path: Option<String>,
+        status: u16,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct HeaderOps {
+    /// Set (replacing any existing value).
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Rewrite {
+    /// Replaces the matched path prefix (prefix path matches only).
+    pub prefix: Option<String>,
+    /// Replaces the authority sent upstream.
+    pub host: Option<String>,
 }
 
 /// Where the workload certificate, key and trust bundle are mounted.

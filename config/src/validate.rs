@@ -346,10 +346,12 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
         }
     };
     let policy = policy(&rules, file.policy.unwrap_or_default(), identity.is_some())?;
+    let virtual_hosts = crate::vhosts::virtual_hosts(index, file.virtual_hosts, &names)?;
 
     Ok(Config {
         identity,
         policy,
+        virtual_hosts,
         log,
         runtime: Runtime { worker_threads },
         outbound,

@@ -152,3 +152,39 @@ fn env_overrides_listeners() {
         .expect_err("bad address refused");
     assert!(err.to_string().contains("STRAIT_ADMIN_ADDR"), "{err}");
 }
+
+#[test]
+fn virtual_host_rules() {
+    let base = "clusters:\n  - name: a\n    endpoints: [{address: '127.0.0.1:1'}]\nvirtual_hosts:\n  - name: web\n    domains: [web]\n    routes:\n";
+    assert_refused(
+        &format!("{base}      - match: {{path: {{regex: '/users/(['}}}}\n        cluster: a\n"),
+        "virtual_hosts[0].routes[0].match.path.regex",
+        8,
+        "is not a regular expression",
+    );
+    assert_refused(
+        &format!("{base}      - cluster: a\n        direct_response: {{status: 200}}\n"),
+        "virtual_hosts[0].routes[0]",
+        8,
+        "exactly one of cluster, split, direct_response or redirect",
+    );
+    assert_refused(
+        &format!("{base}      - split: [{{cluster: a, weight: 1}}, {{cluster: b, weight: 1}}]\n"),
+        "virtual_hosts[0].routes[0].split[1].cluster",
+        8,
+        "cluster 'b' is not defined",
+    );
+    assert_refused(
+        &format!("{base}      - redirect: {{status: 200}}\n"),
+        "virtual_hosts[0].routes[0].redirect.status",
+        8,
+        "301, 302, 303, 307 or 308",
+    );
+    let bad_domain = "clusters:\n  - name: a\n    endpoints: [{address: '127.0.0.1:1'}]\nvirtual_hosts:\n  - name: web\n    domains: [\"we*b\"]\n";
+    assert_refused(
+        bad_domain,
+        "virtual_hosts[0].domains[0]",
+        6,
+        "not a domain pattern",
+    );
+}

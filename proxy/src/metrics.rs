@@ -26,6 +26,8 @@ const REQUEST_LABELS: &[&str] = &[
     "no_tls_reason",
     "client_id",
     "server_id",
+    "route",
+    "cluster",
 ];
 const RESPONSE_LABELS: &[&str] = &[
     "direction",
@@ -35,6 +37,8 @@ const RESPONSE_LABELS: &[&str] = &[
     "no_tls_reason",
     "client_id",
     "server_id",
+    "route",
+    "cluster",
     "status_code",
     "classification",
 ];
@@ -101,12 +105,16 @@ pub struct Metrics {
     request_cache: Mutex<HashMap<RequestKey, Arc<RequestMetrics>>>,
 }
 
+/// The labels of a request family's child: who, where, how.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct RequestKey {
-    direction: Direction,
-    authority: Arc<str>,
-    target: SocketAddr,
-    tls: TlsStatus,
+pub struct RequestKey {
+    pub direction: Direction,
+    pub authority: Arc<str>,
+    pub target: SocketAddr,
+    pub tls: TlsStatus,
+    /// The L7 route's name, empty when no virtual host routed the request.
+    pub route: Arc<str>,
+    pub cluster: Arc<str>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -210,44 +218,34 @@ impl Metrics {
         }
     }
 
-    /// Request handles for a target, shared across connections.
-    pub fn requests(
-        &self,
-        direction: Direction,
-        authority: &Arc<str>,
-        target: SocketAddr,
-        tls: &TlsStatus,
-    ) -> Arc<RequestMetrics> {
-        let key = RequestKey {
-            direction,
-            authority: authority.clone(),
-            target,
-            tls: tls.clone(),
-        };
+    /// Request handles for a label set, shared across connections.
+    pub fn requests(&self, key: RequestKey) -> Arc<RequestMetrics> {
         let mut cache = self.request_cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .entry(key)
-            .or_insert_with(|| {
-                let target = target.to_string();
-                let [t, reason, client, server] = tls.labels();
-                let labels = [
-                    direction.as_str(),
-                    authority,
-                    target.as_str(),
-                    t,
-                    reason,
-                    client,
-                    server,
-                ];
-                Arc::new(RequestMetrics {
-                    total: self.request_total.with_label_values(&labels),
-                    latency_ms: self.response_latency_ms.with_label_values(&labels),
-                    labels: labels.map(str::to_string),
-                    response_vec: self.response_total.clone(),
-                    responses: Mutex::new(Vec::new()),
-                })
-            })
-            .clone()
+        if let Some(handles) = cache.get(&key) {
+            return handles.clone();
+        }
+        let target = key.target.to_string();
+        let [t, reason, client, server] = key.tls.labels();
+        let labels = [
+            key.direction.as_str(),
+            &key.authority,
+            target.as_str(),
+            t,
+            reason,
+            client,
+            server,
+            &key.route,
+            &key.cluster,
+        ];
+        let handles = Arc::new(RequestMetrics {
+            total: self.request_total.with_label_values(&labels),
+            latency_ms: self.response_latency_ms.with_label_values(&labels),
+            labels: labels.map(str::to_string),
+            response_vec: self.response_total.clone(),
+            responses: Mutex::new(Vec::new()),
+        });
+        cache.insert(key, handles.clone());
+        handles
     }
 
     /// Pool checkout counter for a target (`reused` or `new`).
@@ -330,7 +328,7 @@ impl Drop for TcpMetrics {
 pub struct RequestMetrics {
     pub total: IntCounter,
     pub latency_ms: Histogram,
-    labels: [String; 7],
+    labels: [String; 9],
     response_vec: IntCounterVec,
     /// Response counters by status code, filled as codes are first seen.
     responses: Mutex<Vec<(u16, IntCounter)>>,
@@ -346,7 +344,7 @@ impl RequestMetrics {
         }
         let class = if status >= 500 { "failure" } else { "success" };
         let code = status.to_string();
-        let [d, a, t, tls, reason, client, server] = &self.labels;
+        let [d, a, t, tls, reason, client, server, route, cluster] = &self.labels;
         let counter = self.response_vec.with_label_values(&[
             d.as_str(),
             a,
@@ -355,6 +353,8 @@ impl RequestMetrics {
             reason,
             client,
             server,
+            route,
+            cluster,
             &code,
             class,
         ]);

@@ -4,6 +4,7 @@
 //! snapshot at once and in-flight requests finish on the one they began on.
 
 use crate::balance::WeightedRoundRobin;
+use crate::http::vhost::VirtualHosts;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +22,13 @@ pub struct ClusterState {
     pub endpoints: WeightedRoundRobin,
 }
 
-/// Where a route sends traffic, with the `authority` label its requests carry.
+/// Where a route sends traffic, with the `authority` and `route` labels
+/// its requests carry.
 #[derive(Debug, Clone)]
 pub struct RouteTarget {
     pub authority: Arc<str>,
+    /// The L7 route's name; empty for `routes` entries and default clusters.
+    pub route: Arc<str>,
     pub cluster: Arc<ClusterState>,
 }
 
@@ -32,6 +36,8 @@ pub struct RouteTarget {
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
+    /// L7 routes, consulted before `by_authority`.
+    pub vhosts: VirtualHosts,
     by_authority: HashMap<String, RouteTarget>,
     by_port: HashMap<u16, RouteTarget>,
     pub outbound_default: Option<RouteTarget>,
@@ -62,6 +68,7 @@ impl Snapshot {
         let target = |authority: &str, cluster: &str| {
             clusters.get(cluster).map(|c| RouteTarget {
                 authority: authority.into(),
+                route: Arc::from(""),
                 cluster: c.clone(),
             })
         };
@@ -91,7 +98,9 @@ impl Snapshot {
             .default_cluster
             .as_deref()
             .and_then(|c| target(c, c));
+        let vhosts = VirtualHosts::compile(&config.virtual_hosts, &clusters);
         Snapshot {
+            vhosts,
             by_authority,
             by_port,
             outbound_default,
@@ -126,7 +135,7 @@ impl Snapshot {
 }
 
 /// `host:port` → `host`, leaving bracketed IPv6 literals whole.
-fn strip_port(authority: &str) -> &str {
+pub fn strip_port(authority: &str) -> &str {
     match authority.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') => {
             host

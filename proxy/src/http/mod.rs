@@ -8,9 +8,11 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod server;
+pub mod vhost;
 
-use crate::metrics::{Metrics, RequestMetrics, TlsStatus};
+use crate::metrics::{Metrics, RequestKey, RequestMetrics, TlsStatus};
 use crate::orig_dst::OrigDst;
+use crate::outbound::Routed;
 use crate::pool::{Checkout, EndpointPool, HttpVersion, NotSent, Pools};
 use crate::route::{ClusterState, Snapshot};
 use crate::tls::Tls;
@@ -52,6 +54,8 @@ pub struct Target {
     /// The `authority` metric label: the route's authority, the cluster's
     /// name, or empty for an original destination.
     pub authority: Arc<str>,
+    /// The `route` metric label: the L7 route's name, or empty.
+    pub route: Arc<str>,
     pub cluster: Option<Arc<ClusterState>>,
 }
 
@@ -109,6 +113,7 @@ pub struct ConnContext {
 
 struct Memo {
     authority: Arc<str>,
+    route: Arc<str>,
     addr: SocketAddr,
     version: HttpVersion,
     mesh: Option<Arc<str>>,
@@ -193,6 +198,7 @@ impl ConnContext {
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = memo.as_ref() {
             if Arc::ptr_eq(&m.authority, &target.authority)
+                && Arc::ptr_eq(&m.route, &target.route)
                 && m.addr == target.addr
                 && m.version == version
                 && m.mesh.as_ref() == mesh
@@ -200,15 +206,21 @@ impl ConnContext {
                 return (m.metrics.clone(), m.pool.clone());
             }
         }
-        let metrics = self.inputs.metrics.requests(
-            self.direction(),
-            &target.authority,
-            target.addr,
-            &self.request_tls(target),
-        );
+        let metrics = self.inputs.metrics.requests(RequestKey {
+            direction: self.direction(),
+            authority: target.authority.clone(),
+            target: target.addr,
+            tls: self.request_tls(target),
+            route: target.route.clone(),
+            cluster: target
+                .cluster
+                .as_ref()
+                .map_or_else(|| target.route.clone(), |c| c.name.clone()),
+        });
         let pool = self.inputs.pools.endpoint(target.addr, version, mesh);
         *memo = Some(Memo {
             authority: target.authority.clone(),
+            route: target.route.clone(),
             addr: target.addr,
             version,
             mesh: mesh.cloned(),
@@ -248,60 +260,127 @@ impl ConnContext {
         }
     }
 
-    fn resolve(&self, snapshot: &Snapshot, req: &Request<Incoming>) -> Result<Target, ProxyError> {
-        let authority = headers::authority(req);
+    fn resolve<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        req: &Request<Incoming>,
+    ) -> Result<Routed<'s>, ProxyError> {
         match self.direction() {
-            Direction::Outbound => outbound::resolve_http(snapshot, self.orig_dst, authority),
-            Direction::Inbound => inbound::resolve_http(snapshot, self.orig_dst, authority),
+            Direction::Outbound => outbound::route_http(snapshot, self.orig_dst, req),
+            Direction::Inbound => {
+                inbound::resolve_http(snapshot, self.orig_dst, headers::authority(req))
+                    .map(|target| Routed::Forward(target, None))
+            }
         }
+    }
+
+    /// Handles for a request answered without an upstream.
+    fn local_metrics(
+        &self,
+        snapshot: &Snapshot,
+        route: Option<&vhost::Route>,
+    ) -> Arc<RequestMetrics> {
+        let tls = match self.direction() {
+            Direction::Inbound => self.tls.clone(),
+            Direction::Outbound => TlsStatus::NoIdentity("not_meshed"),
+        };
+        let route = route.map_or_else(|| snapshot.no_authority.clone(), |r| r.name.clone());
+        self.inputs.metrics.requests(RequestKey {
+            direction: self.direction(),
+            authority: snapshot.no_authority.clone(),
+            target: self.orig_dst.addr,
+            tls,
+            route,
+            cluster: snapshot.no_authority.clone(),
+        })
     }
 }
 
 /// Serve one request: route it, forward it, and answer for failures.
 pub async fn handle(
     ctx: Arc<ConnContext>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let snapshot = ctx.inputs.snapshot.load_full();
     let client_version = req.version();
     let routed = ctx.authorize(&snapshot, &req).and_then(|()| {
-        let target = ctx.resolve(&snapshot, &req)?;
-        let version = ctx.restore_orig_proto(&req, &target, target.http_version(client_version)?);
-        Ok((version, target))
+        Ok(match ctx.resolve(&snapshot, &req)? {
+            Routed::Forward(target, route) => {
+                let version = target.http_version(client_version)?;
+                let version = ctx.restore_orig_proto(&req, &target, version);
+                Ok((version, target, route))
+            }
+            Routed::Local(route) => Err(route),
+        })
     });
-    let (version, target) = match routed {
-        Ok(routed) => routed,
-        Err(err) => {
-            let addr = ctx.orig_dst.addr;
-            let tls = match ctx.direction() {
-                Direction::Inbound => ctx.tls.clone(),
-                Direction::Outbound => TlsStatus::NoIdentity("not_meshed"),
-            };
-            let metrics =
-                ctx.inputs
-                    .metrics
-                    .requests(ctx.direction(), &snapshot.no_authority, addr, &tls);
+    let (version, target, route) = match routed {
+        Ok(Ok(forward)) => forward,
+        Ok(Err(route)) => {
+            let metrics = ctx.local_metrics(&snapshot, Some(route));
             metrics.total.inc();
-            let response = error_response(&ctx, addr, &err);
+            let mut response = local_response(route, &req);
+            route.edit_response(response.headers_mut());
+            metrics.response(response.status().as_u16());
+            return Ok(response);
+        }
+        Err(err) => {
+            let metrics = ctx.local_metrics(&snapshot, None);
+            metrics.total.inc();
+            let response = error_response(&ctx, ctx.orig_dst.addr, &err);
             metrics.response(response.status().as_u16());
             return Ok(response);
         }
     };
+    if let Some(route) = route {
+        route.edit_request(&mut req);
+    }
     let (metrics, pool) = ctx.handles(&target, version);
     metrics.total.inc();
-    let response = match forward(&ctx, &snapshot, &target, version, &pool, req).await {
+    let mut response = match forward(&ctx, &snapshot, &target, version, &pool, req).await {
         Ok(mut response) => {
             *response.version_mut() = client_version;
             response
         }
         Err(err) => error_response(&ctx, target.addr, &err),
     };
+    if let Some(route) = route {
+        route.edit_response(response.headers_mut());
+    }
     metrics
         .latency_ms
         .observe(started.elapsed().as_secs_f64() * 1000.0);
     metrics.response(response.status().as_u16());
     Ok(response)
+}
+
+/// A direct response or redirect configured on an L7 route.
+fn local_response<B>(route: &vhost::Route, req: &Request<B>) -> Response<ProxyBody> {
+    match &route.action {
+        vhost::Action::Direct { status, body } => {
+            let mut response = Response::new(ProxyBody::Full(Some(body.clone())));
+            *response.status_mut() = *status;
+            response
+        }
+        vhost::Action::Redirect { host, path, status } => {
+            let authority = headers::authority(req).unwrap_or("");
+            let location = vhost::redirect_location(req, authority, host, path);
+            let mut response = Response::new(ProxyBody::empty());
+            *response.status_mut() = *status;
+            if let Ok(location) = http::HeaderValue::try_from(location) {
+                response
+                    .headers_mut()
+                    .insert(http::header::LOCATION, location);
+            }
+            response
+        }
+        // Forwarding routes never reach here.
+        vhost::Action::Forward(_) => {
+            let mut response = Response::new(ProxyBody::empty());
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }
+    }
 }
 
 fn error_response(ctx: &ConnContext, addr: SocketAddr, err: &ProxyError) -> Response<ProxyBody> {

@@ -29,6 +29,7 @@ pub fn resolve_http(
     Ok(Target {
         addr: app,
         authority: snapshot.no_authority.clone(),
+        route: snapshot.no_authority.clone(),
         cluster: None,
     })
 }

@@ -1,0 +1,341 @@
+//! L7 routing for outbound HTTP: virtual hosts chosen by authority (exact,
+//! then the longest `*.suffix`, then the longest `prefix.*`, then `*`;
+//! port ignored), and within one, the first route whose path, method,
+//! header and query conditions all hold. Compiled once per config
+//! snapshot (regexes included), so matching allocates nothing.
+
+use crate::balance::WeightedRoundRobin;
+use crate::route::{ClusterState, RouteTarget};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request};
+use regex::Regex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use strait_config::{HeaderOps, NamedMatch, RouteAction, StringMatch, VirtualHost};
+
+/// Every virtual host of a snapshot, indexed for lookup.
+#[derive(Debug, Default)]
+pub struct VirtualHosts {
+    exact: HashMap<String, usize>,
+    /// `*.example.com` as `.example.com`, longest first.
+    suffixes: Vec<(String, usize)>,
+    /// `example.*` as `example.`, longest first.
+    prefixes: Vec<(String, usize)>,
+    any: Option<usize>,
+    hosts: Vec<Vec<Route>>,
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// The `route` metric label.
+    pub name: Arc<str>,
+    path: Option<Matcher>,
+    method: Option<http::Method>,
+    headers: Vec<(HeaderName, Matcher, bool)>,
+    query: Vec<(String, Matcher, bool)>,
+    pub action: Action,
+    request_headers: Ops,
+    response_headers: Ops,
+    /// (matched prefix, replacement).
+    rewrite_prefix: Option<(String, String)>,
+    rewrite_host: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    /// One cluster, or a weighted split across several.
+    Forward(WeightedRoundRobin<RouteTarget>),
+    Direct {
+        status: http::StatusCode,
+        body: Bytes,
+    },
+    Redirect {
+        host: Option<String>,
+        path: Option<String>,
+        status: http::StatusCode,
+    },
+}
+
+#[derive(Debug)]
+enum Matcher {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+    Present,
+}
+
+impl Matcher {
+    fn compile(m: &StringMatch) -> Matcher {
+        match m {
+            StringMatch::Exact(s) => Matcher::Exact(s.clone()),
+            StringMatch::Prefix(s) => Matcher::Prefix(s.clone()),
+            // Validated by the config crate; anchored to match whole values.
+            StringMatch::Regex(r) => match Regex::new(&format!("^(?:{r})$")) {
+                Ok(re) => Matcher::Regex(re),
+                Err(_) => Matcher::Exact(r.clone()),
+            },
+            StringMatch::Present => Matcher::Present,
+        }
+    }
+
+    fn matches(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (_, None) => false,
+            (Matcher::Present, Some(_)) => true,
+            (Matcher::Exact(e), Some(v)) => e == v,
+            (Matcher::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+            (Matcher::Regex(re), Some(v)) => re.is_match(v),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Ops {
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl Ops {
+    fn compile(ops: &HeaderOps) -> Ops {
+        Ops {
+            add: ops
+                .add
+                .iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        HeaderName::try_from(n).ok()?,
+                        HeaderValue::try_from(v).ok()?,
+                    ))
+                })
+                .collect(),
+            remove: ops
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::try_from(n).ok())
+                .collect(),
+        }
+    }
+
+    fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.add {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+impl VirtualHosts {
+    /// Compile `hosts`; `clusters` holds every cluster of the snapshot.
+    pub fn compile(
+        hosts: &[VirtualHost],
+        clusters: &HashMap<&str, Arc<ClusterState>>,
+    ) -> VirtualHosts {
+        let mut out = VirtualHosts::default();
+        for (i, host) in hosts.iter().enumerate() {
+            for domain in &host.domains {
+                if domain == "*" {
+                    out.any = Some(i);
+                } else if let Some(suffix) = domain.strip_prefix('*') {
+                    out.suffixes.push((suffix.to_string(), i));
+                } else if let Some(prefix) = domain.strip_suffix('*') {
+                    out.prefixes.push((prefix.to_string(), i));
+                } else {
+                    out.exact.insert(domain.clone(), i);
+                }
+            }
+            let host_name: Arc<str> = host.name.as_str().into();
+            out.hosts.push(
+                host.routes
+                    .iter()
+                    .filter_map(|r| compile_route(r, &host_name, clusters))
+                    .collect(),
+            );
+        }
+        out.suffixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        out.prefixes
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// The route for a request to `host` (lowercase, no port).
+    pub fn find<B>(&self, host: &str, req: &Request<B>) -> Option<&Route> {
+        let index = self
+            .exact
+            .get(host)
+            .copied()
+            .or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+                    .map(|(_, i)| *i)
+            })
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
+                    .map(|(_, i)| *i)
+            })
+            .or(self.any)?;
+        self.hosts
+            .get(index)?
+            .iter()
+            .find(|route| route.matches(req))
+    }
+}
+
+fn compile_route(
+    rule: &strait_config::RouteRule,
+    host: &Arc<str>,
+    clusters: &HashMap<&str, Arc<ClusterState>>,
+) -> Option<Route> {
+    let name: Arc<str> = rule.name.as_str().into();
+    let target = |cluster: &str| {
+        clusters.get(cluster).map(|c| RouteTarget {
+            authority: host.clone(),
+            route: name.clone(),
+            cluster: c.clone(),
+        })
+    };
+    let action = match &rule.action {
+        RouteAction::Cluster(c) => Action::Forward(WeightedRoundRobin::new(&[(target(c)?, 1)])),
+        RouteAction::Split(parts) => {
+            let weighted: Vec<(RouteTarget, u32)> = parts
+                .iter()
+                .filter_map(|(c, w)| Some((target(c)?, *w)))
+                .collect();
+            Action::Forward(WeightedRoundRobin::new(&weighted))
+        }
+        RouteAction::DirectResponse { status, body } => Action::Direct {
+            status: http::StatusCode::from_u16(*status).ok()?,
+            body: Bytes::from(body.clone()),
+        },
+        RouteAction::Redirect { host, path, status } => Action::Redirect {
+            host: host.clone(),
+            path: path.clone(),
+            status: http::StatusCode::from_u16(*status).ok()?,
+        },
+    };
+    let named = |list: &[NamedMatch]| -> Vec<(String, Matcher, bool)> {
+        list.iter()
+            .map(|n| (n.name.clone(), Matcher::compile(&n.matcher), n.invert))
+            .collect()
+    };
+    let rewrite_prefix = match (&rule.rewrite.prefix, &rule.matches.path) {
+        (Some(to), Some(StringMatch::Prefix(from))) => Some((from.clone(), to.clone())),
+        _ => None,
+    };
+    Some(Route {
+        path: rule.matches.path.as_ref().map(Matcher::compile),
+        method: rule
+            .matches
+            .method
+            .as_deref()
+            .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok()),
+        headers: named(&rule.matches.headers)
+            .into_iter()
+            .filter_map(|(n, m, inv)| Some((HeaderName::try_from(n).ok()?, m, inv)))
+            .collect(),
+        query: named(&rule.matches.query),
+        action,
+        request_headers: Ops::compile(&rule.request_headers),
+        response_headers: Ops::compile(&rule.response_headers),
+        rewrite_prefix,
+        rewrite_host: rule.rewrite.host.clone(),
+        name,
+    })
+}
+
+impl Route {
+    fn matches<B>(&self, req: &Request<B>) -> bool {
+        if let Some(path) = &self.path {
+            if !path.matches(Some(req.uri().path())) {
+                return false;
+            }
+        }
+        if self.method.as_ref().is_some_and(|m| m != req.method()) {
+            return false;
+        }
+        let headers_hold = self.headers.iter().all(|(name, matcher, invert)| {
+            let value = req.headers().get(name).and_then(|v| v.to_str().ok());
+            matcher.matches(value) != *invert
+        });
+        headers_hold
+            && self.query.iter().all(|(name, matcher, invert)| {
+                matcher.matches(query_param(req.uri().query(), name)) != *invert
+            })
+    }
+
+    /// Header edits and rewrites on the request going upstream.
+    pub fn edit_request<B>(&self, req: &mut Request<B>) {
+        self.request_headers.apply(req.headers_mut());
+        if let Some((from, to)) = &self.rewrite_prefix {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/");
+            if let Some(rest) = pq.strip_prefix(from.as_str()) {
+                let rewritten = format!("{to}{rest}");
+                let mut parts = std::mem::take(req.uri_mut()).into_parts();
+                parts.path_and_query = rewritten.parse().ok().or(parts.path_and_query);
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+        if let Some(host) = &self.rewrite_host {
+            if let Ok(value) = HeaderValue::try_from(host.as_str()) {
+                req.headers_mut().insert(http::header::HOST, value);
+            }
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            if parts.authority.is_some() {
+                parts.authority = host.parse().ok().or(parts.authority);
+            }
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+
+    /// Header edits on the response going back.
+    pub fn edit_response(&self, headers: &mut HeaderMap) {
+        self.response_headers.apply(headers);
+    }
+}
+
+/// The value of query parameter `name` (not percent-decoded), `Some("")`
+/// for a bare `name`.
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// The redirect's Location: its host and path, or the request's own.
+pub fn redirect_location<B>(
+    req: &Request<B>,
+    authority: &str,
+    host: &Option<String>,
+    path: &Option<String>,
+) -> String {
+    let host = host.as_deref().unwrap_or(authority);
+    let path = match path {
+        Some(p) => p.as_str(),
+        None => req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/"),
+    };
+    format!("http://{host}{path}")
+}
