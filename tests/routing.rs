@@ -323,3 +323,117 @@ async fn weighted_split_lands_within_two_percent() {
     assert!((to_b - 0.1).abs() <= 0.02, "b got {to_b}");
     assert_eq!(c.requests.load(Ordering::SeqCst), 0);
 }
+
+fn policy_config(upstream: &Upstream) -> String {
+    format!(
+        r#"{EPHEMERAL_LISTENERS}clusters:
+  - {{name: app, endpoints: [{{address: '{}'}}]}}
+virtual_hosts:
+  - name: app
+    domains: ["*"]
+    routes:
+      - name: slow
+        match: {{path: {{prefix: /hang}}}}
+        timeout: 300ms
+        cluster: app
+      - name: chaos
+        match: {{path: {{prefix: /chaos}}}}
+        fault: {{abort: {{status: 503, percent: 30}}}}
+        cluster: app
+      - name: delayed
+        match: {{path: {{prefix: /delayed}}}}
+        fault: {{delay: {{fixed: 150ms, percent: 100}}}}
+        cluster: app
+      - name: limited
+        match: {{path: {{prefix: /limited}}}}
+        rate_limit: {{requests_per_second: 1, burst: 5}}
+        cluster: app
+      - name: grpc
+        match: {{path: {{prefix: /grpc-hang}}}}
+        rewrite: {{prefix: /hang}}
+        cluster: app
+"#,
+        upstream.addr
+    )
+}
+
+#[tokio::test]
+async fn route_timeouts_and_grpc_timeout_give_504() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&policy_config(&upstream));
+    let mut client = Client::connect(&proxy).await;
+    let started = std::time::Instant::now();
+    let (status, headers, _) = client.send(Method::GET, "app", "/hang", &[]).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+        Some(&b"response-timeout"[..])
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The client's own deadline wins over the cluster's 30 s default.
+    let started = std::time::Instant::now();
+    let (status, _, _) = client
+        .send(
+            Method::GET,
+            "app",
+            "/grpc-hang",
+            &[("grpc-timeout", "200m")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn fault_injection_and_rate_limit() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&policy_config(&upstream));
+    let mut client = Client::connect(&proxy).await;
+    const N: usize = 1000;
+    let mut aborted = 0;
+    for _ in 0..N {
+        let (status, headers, _) = client.send(Method::GET, "app", "/chaos", &[]).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(
+                headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+                Some(&b"fault-injected"[..])
+            );
+            aborted += 1;
+        }
+    }
+    let share = aborted as f64 / N as f64;
+    assert!(
+        (share - 0.30).abs() < 0.05,
+        "aborted {share} of requests, configured 30%"
+    );
+    assert_eq!(upstream.requests.load(Ordering::SeqCst), N - aborted);
+
+    let started = std::time::Instant::now();
+    let (status, _, _) = client.send(Method::GET, "app", "/delayed", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+
+    // Burst of 5, then one a second: 20 back-to-back requests see 429s.
+    let mut limited = 0;
+    for _ in 0..20 {
+        let (status, headers, _) = client.send(Method::GET, "app", "/limited", &[]).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(
+                headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+                Some(&b"rate-limited"[..])
+            );
+            limited += 1;
+        }
+    }
+    assert!((14..=15).contains(&limited), "{limited} of 20 limited");
+    let m = proxy.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "response_total",
+            &["route=\"limited\"", "status_code=\"429\""]
+        ),
+        limited as f64,
+        "{m}"
+    );
+}

@@ -44,6 +44,38 @@ pub struct FileRouteRule {
     pub request_headers: Option<FileHeaderOps>,
     pub response_headers: Option<FileHeaderOps>,
     pub rewrite: Option<FileRewrite>,
+    /// Time to response headers (504 after); `grpc-timeout` may shorten it.
+    pub timeout: Option<String>,
+    pub fault: Option<FileFault>,
+    pub rate_limit: Option<FileRateLimit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFault {
+    pub delay: Option<FileFaultDelay>,
+    pub abort: Option<FileFaultAbort>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFaultDelay {
+    pub fixed: String,
+    pub percent: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFaultAbort {
+    pub status: i64,
+    pub percent: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    pub requests_per_second: f64,
+    pub burst: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

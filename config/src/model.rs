@@ -46,6 +46,30 @@ pub struct RouteRule {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub rewrite: Rewrite,
+    /// Time to response headers; the cluster's response timeout otherwise.
+    #[serde(with = "humantime_serde_opt")]
+    pub timeout: Option<Duration>,
+    pub fault: Fault,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Chaos for testing callers: delay or fail a share of requests.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Fault {
+    /// (delay, percent of requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<(String, f64)>,
+    /// (status, percent of requests).
+    pub abort: Option<(u16, f64)>,
+    #[serde(skip)]
+    pub delay_duration: Option<Duration>,
+}
+
+/// A token bucket: `requests_per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: u32,
 }
 
 /// Every listed condition must hold; an empty matcher matches everything.
@@ -285,6 +309,19 @@ pub enum RouteMatch {
     Authority(String),
     /// Connections whose original destination port is this.
     Port(u16),
+}
+
+/// Optional durations, likewise.
+mod humantime_serde_opt {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// Durations serialize the way they are written in the file.

@@ -42,6 +42,24 @@ fn check_domain(index: &LineIndex, field: &str, domain: &str) -> Result<String, 
     }
 }
 
+fn duration(
+    index: &LineIndex,
+    field: &str,
+    value: &str,
+) -> Result<std::time::Duration, ConfigError> {
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(ConfigError::ZeroDuration {
+            at: at(index, field),
+            value: value.to_string(),
+        }),
+        Err(_) => Err(ConfigError::NotADuration {
+            at: at(index, field),
+            value: value.to_string(),
+        }),
+    }
+}
+
 fn check_regex(index: &LineIndex, field: &str, re: &str) -> Result<(), ConfigError> {
     regex::Regex::new(re).map(|_| ()).map_err(|e| {
         invalid(
@@ -308,7 +326,76 @@ fn rule(
             "a prefix rewrite needs a `match.path.prefix` to replace",
         ));
     }
+    let timeout = match &route.timeout {
+        Some(t) => Some(duration(index, &format!("{rf}.timeout"), t)?),
+        None => None,
+    };
+    let percent = |field: String, p: f64| -> Result<f64, ConfigError> {
+        if (0.0..=100.0).contains(&p) {
+            Ok(p)
+        } else {
+            Err(invalid(
+                index,
+                &field,
+                format!("{p} is not a percentage (0 to 100)"),
+            ))
+        }
+    };
+    let mut fault = Fault::default();
+    if let Some(f) = route.fault {
+        if let Some(d) = f.delay {
+            fault.delay_duration = Some(duration(
+                index,
+                &format!("{rf}.fault.delay.fixed"),
+                &d.fixed,
+            )?);
+            fault.delay = Some((
+                d.fixed,
+                percent(format!("{rf}.fault.delay.percent"), d.percent)?,
+            ));
+        }
+        if let Some(a) = f.abort {
+            if !(200..=599).contains(&a.status) {
+                return Err(ConfigError::OutOfRange {
+                    at: at(index, &format!("{rf}.fault.abort.status")),
+                    value: a.status,
+                    expected: "an HTTP status, 200 to 599",
+                });
+            }
+            fault.abort = Some((
+                a.status as u16,
+                percent(format!("{rf}.fault.abort.percent"), a.percent)?,
+            ));
+        }
+    }
+    let rate_limit = match route.rate_limit {
+        Some(r) if !(r.requests_per_second > 0.0 && r.requests_per_second.is_finite()) => {
+            return Err(invalid(
+                index,
+                &format!("{rf}.rate_limit.requests_per_second"),
+                "must be a positive number",
+            ))
+        }
+        Some(r) => {
+            let burst = r.burst.unwrap_or(r.requests_per_second.ceil() as i64);
+            if !(1..=1_000_000).contains(&burst) {
+                return Err(ConfigError::OutOfRange {
+                    at: at(index, &format!("{rf}.rate_limit.burst")),
+                    value: burst,
+                    expected: "1 to 1000000",
+                });
+            }
+            Some(RateLimit {
+                requests_per_second: r.requests_per_second,
+                burst: burst as u32,
+            })
+        }
+        None => None,
+    };
     Ok(RouteRule {
+        timeout,
+        fault,
+        rate_limit,
         name: route.name.unwrap_or_else(|| format!("{host}-{position}")),
         matches: matchers,
         action,

@@ -41,6 +41,10 @@ pub enum ProxyError {
     ResponseTimeout { addr: SocketAddr, after: Duration },
     #[error("mTLS to upstream {addr} failed: {reason} (check the cluster's tls.identity and both trust bundles)")]
     TlsHandshake { addr: SocketAddr, reason: String },
+    #[error("rate limited: the route's request rate is over its limit")]
+    RateLimited,
+    #[error("fault injected by the route's configuration")]
+    FaultAbort { status: StatusCode },
     #[error("forbidden by inbound policy: {reason}")]
     Forbidden { reason: String },
     #[error("upstream {addr} failed the request: {source}")]
@@ -55,6 +59,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::FaultAbort { status } => *status,
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -80,6 +86,8 @@ impl ProxyError {
             ProxyError::Handshake { .. } => "upstream-handshake",
             ProxyError::TlsHandshake { .. } => "tls-handshake",
             ProxyError::Forbidden { .. } => "forbidden",
+            ProxyError::RateLimited => "rate-limited",
+            ProxyError::FaultAbort { .. } => "fault-injected",
             ProxyError::ResponseTimeout { .. } => "response-timeout",
             ProxyError::Upstream { .. } => "upstream-error",
         }

@@ -332,12 +332,30 @@ pub async fn handle(
             return Ok(response);
         }
     };
-    if let Some(route) = route {
-        route.edit_request(&mut req);
-    }
     let (metrics, pool) = ctx.handles(&target, version);
     metrics.total.inc();
-    let mut response = match forward(&ctx, &snapshot, &target, version, &pool, req).await {
+    let mut timeout = route.and_then(|r| r.timeout);
+    let admission = match route {
+        Some(route) => {
+            route.edit_request(&mut req);
+            route.admit()
+        }
+        None => vhost::Admission::Pass { delay: None },
+    };
+    if let Some(grpc) = grpc_timeout(&req) {
+        timeout = Some(timeout.map_or(grpc, |t| t.min(grpc)));
+    }
+    let result = match admission {
+        vhost::Admission::RateLimited => Err(ProxyError::RateLimited),
+        vhost::Admission::Abort(status) => Err(ProxyError::FaultAbort { status }),
+        vhost::Admission::Pass { delay } => {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            forward(&ctx, &snapshot, &target, version, &pool, req, timeout).await
+        }
+    };
+    let mut response = match result {
         Ok(mut response) => {
             *response.version_mut() = client_version;
             response
@@ -352,6 +370,23 @@ pub async fn handle(
         .observe(started.elapsed().as_secs_f64() * 1000.0);
     metrics.response(response.status().as_u16());
     Ok(response)
+}
+
+/// A gRPC client's deadline (`grpc-timeout: 100m`), if it sent one.
+fn grpc_timeout<B>(req: &Request<B>) -> Option<Duration> {
+    let value = req.headers().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    (!timeout.is_zero()).then_some(timeout)
 }
 
 /// A direct response or redirect configured on an L7 route.
@@ -384,7 +419,15 @@ fn local_response<B>(route: &vhost::Route, req: &Request<B>) -> Response<ProxyBo
 }
 
 fn error_response(ctx: &ConnContext, addr: SocketAddr, err: &ProxyError) -> Response<ProxyBody> {
-    warn!(target_addr = %addr, reason = err.reason(), error = %err, "request failed in the proxy");
+    match err {
+        // Configured outcomes, not failures: keep them out of the warnings.
+        ProxyError::RateLimited | ProxyError::FaultAbort { .. } => {
+            debug!(target_addr = %addr, reason = err.reason(), "request answered by the route's policy")
+        }
+        _ => {
+            warn!(target_addr = %addr, reason = err.reason(), error = %err, "request failed in the proxy")
+        }
+    }
     ctx.inputs
         .metrics
         .proxy_error(ctx.direction(), err.reason());
@@ -398,6 +441,7 @@ async fn forward(
     version: HttpVersion,
     pool: &Arc<EndpointPool>,
     mut req: Request<Incoming>,
+    timeout: Option<Duration>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let is_connect = req.method() == Method::CONNECT && req.version() < Version::HTTP_2;
     let upgrade = version == HttpVersion::Http1 && (is_connect || headers::is_upgrade(&req));
@@ -425,7 +469,8 @@ async fn forward(
     }
     headers::prepare_request(&mut req, version, upgrade, target.addr);
 
-    let (connect_timeout, response_timeout) = target.timeouts(snapshot);
+    let (connect_timeout, cluster_timeout) = target.timeouts(snapshot);
+    let response_timeout = timeout.unwrap_or(cluster_timeout);
     let exchange = async {
         let checkout = pool.checkout(connect_timeout, upgrade).await?;
         send(checkout, pool, connect_timeout, req, !upgrade).await

@@ -41,6 +41,52 @@ pub struct Route {
     /// (matched prefix, replacement).
     rewrite_prefix: Option<(String, String)>,
     rewrite_host: Option<String>,
+    /// Time to response headers, overriding the cluster's.
+    pub timeout: Option<std::time::Duration>,
+    /// (delay, fraction of requests).
+    fault_delay: Option<(std::time::Duration, f64)>,
+    /// (status, fraction of requests).
+    fault_abort: Option<(http::StatusCode, f64)>,
+    rate_limit: Option<TokenBucket>,
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: u32) -> TokenBucket {
+        TokenBucket {
+            rate,
+            burst: f64::from(burst),
+            state: std::sync::Mutex::new((f64::from(burst), std::time::Instant::now())),
+        }
+    }
+
+    fn try_take(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(state.1).as_secs_f64() * self.rate;
+        state.0 = (state.0 + refill).min(self.burst);
+        state.1 = now;
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What a route's admission checks decided.
+pub enum Admission {
+    Pass { delay: Option<std::time::Duration> },
+    RateLimited,
+    Abort(http::StatusCode),
 }
 
 #[derive(Debug)]
@@ -250,6 +296,19 @@ fn compile_route(
         response_headers: Ops::compile(&rule.response_headers),
         rewrite_prefix,
         rewrite_host: rule.rewrite.host.clone(),
+        timeout: rule.timeout,
+        fault_delay: rule
+            .fault
+            .delay_duration
+            .zip(rule.fault.delay.as_ref().map(|(_, p)| p / 100.0)),
+        fault_abort: rule
+            .fault
+            .abort
+            .and_then(|(status, p)| Some((http::StatusCode::from_u16(status).ok()?, p / 100.0))),
+        rate_limit: rule
+            .rate_limit
+            .as_ref()
+            .map(|r| TokenBucket::new(r.requests_per_second, r.burst)),
         name,
     })
 }
@@ -304,6 +363,22 @@ impl Route {
                 *req.uri_mut() = uri;
             }
         }
+    }
+
+    /// Rate limit, then fault injection, for one request.
+    pub fn admit(&self) -> Admission {
+        if self.rate_limit.as_ref().is_some_and(|b| !b.try_take()) {
+            return Admission::RateLimited;
+        }
+        if let Some((status, share)) = self.fault_abort {
+            if fastrand::f64() < share {
+                return Admission::Abort(status);
+            }
+        }
+        let delay = self
+            .fault_delay
+            .and_then(|(delay, share)| (fastrand::f64() < share).then_some(delay));
+        Admission::Pass { delay }
     }
 
     /// Header edits on the response going back.
