@@ -259,8 +259,40 @@ pub struct FileCluster {
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
     pub tls: Option<FileClusterTls>,
+    pub load_balancer: Option<FileLoadBalancer>,
+    pub circuit_breaker: Option<FileCircuitBreaker>,
+    pub outlier_detection: Option<FileOutlierDetection>,
     #[serde(default)]
     pub endpoints: Vec<FileEndpoint>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLoadBalancer {
+    /// round_robin | least_request | random | peak_ewma | ring_hash
+    pub policy: Option<String>,
+    pub default_rtt: Option<String>,
+    pub decay: Option<String>,
+    /// ring_hash: hash this request header...
+    pub hash_header: Option<String>,
+    /// ...or the client's IP address.
+    #[serde(default)]
+    pub hash_source_ip: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCircuitBreaker {
+    pub max_requests: Option<i64>,
+    pub max_pending: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlierDetection {
+    pub consecutive_failures: Option<i64>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

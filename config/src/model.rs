@@ -273,7 +273,59 @@ pub struct Cluster {
     /// Set for meshed clusters: the identity every endpoint must present;
     /// the proxy originates mTLS to them.
     pub tls_identity: Option<String>,
+    pub load_balancer: LoadBalancer,
+    pub circuit_breaker: CircuitBreaker,
+    pub outlier_detection: Option<OutlierDetection>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// How a request picks one of a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancer {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Power of two choices on requests in flight.
+    LeastRequest,
+    /// Weighted random.
+    Random,
+    /// Power of two choices on Peak-EWMA latency times load (the default).
+    PeakEwma {
+        #[serde(with = "humantime_serde")]
+        default_rtt: Duration,
+        #[serde(with = "humantime_serde")]
+        decay: Duration,
+    },
+    /// Consistent hashing (a ring of virtual nodes) for sticky sessions.
+    RingHash { key: HashKey },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    /// A request header (lowercase name).
+    Header(String),
+    SourceIp,
+}
+
+/// Per-cluster limits; overflow fails fast with 503 `overloaded`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CircuitBreaker {
+    /// Requests in flight to the cluster at once.
+    pub max_requests: usize,
+    /// Requests waiting for an upstream connection at once.
+    pub max_pending: usize,
+}
+
+/// Eject endpoints that keep failing (5xx or gateway errors).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutlierDetection {
+    pub consecutive_failures: u32,
+    /// Ejection time for a first ejection; it grows with each one.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection_time: Duration,
+    /// Never eject more than this share of the endpoints.
+    pub max_ejection_percent: u32,
 }
 
 /// The protocol spoken to a cluster's endpoints.

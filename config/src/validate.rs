@@ -29,6 +29,11 @@ pub mod defaults {
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const POOL_MAX_IDLE_PER_ENDPOINT: usize = 128;
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Peak-EWMA's assumed latency for an endpoint with no history yet.
+    pub const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(30);
+    /// How fast Peak-EWMA forgets a latency peak.
+    pub const EWMA_DECAY: Duration = Duration::from_secs(10);
+    pub const BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
 }
 
 struct Rules<'a> {
@@ -237,7 +242,84 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
             Some(tls) => Some(tls.identity),
             None => None,
         };
+        let lb_file = c.load_balancer.unwrap_or_default();
+        let lb_field = format!("{field}.load_balancer");
+        let load_balancer = match lb_file.policy.as_deref().unwrap_or("peak_ewma") {
+            "round_robin" => LoadBalancer::RoundRobin,
+            "least_request" => LoadBalancer::LeastRequest,
+            "random" => LoadBalancer::Random,
+            "peak_ewma" => LoadBalancer::PeakEwma {
+                default_rtt: rules.duration(&format!("{lb_field}.default_rtt"), lb_file.default_rtt.as_ref(), defaults::EWMA_DEFAULT_RTT)?,
+                decay: rules.duration(&format!("{lb_field}.decay"), lb_file.decay.as_ref(), defaults::EWMA_DECAY)?,
+            },
+            "ring_hash" => LoadBalancer::RingHash {
+                key: match (&lb_file.hash_header, lb_file.hash_source_ip) {
+                    (Some(h), false) => HashKey::Header(h.to_ascii_lowercase()),
+                    (None, true) => HashKey::SourceIp,
+                    _ => {
+                        return Err(ConfigError::Syntax {
+                            at: rules.at(&lb_field),
+                            message: "ring_hash needs exactly one of hash_header or hash_source_ip: true".into(),
+                        })
+                    }
+                },
+            },
+            other => {
+                return Err(ConfigError::Syntax {
+                    at: rules.at(&format!("{lb_field}.policy")),
+                    message: format!("'{other}' is not a load balancer: round_robin, least_request, random, peak_ewma or ring_hash"),
+                })
+            }
+        };
+        let cb = c.circuit_breaker.unwrap_or_default();
+        let circuit_breaker = CircuitBreaker {
+            max_requests: rules.range(
+                &format!("{field}.circuit_breaker.max_requests"),
+                cb.max_requests,
+                100_000,
+                1,
+                10_000_000,
+                "1 to 10000000",
+            )? as usize,
+            max_pending: rules.range(
+                &format!("{field}.circuit_breaker.max_pending"),
+                cb.max_pending,
+                100_000,
+                1,
+                10_000_000,
+                "1 to 10000000",
+            )? as usize,
+        };
+        let outlier_detection = match c.outlier_detection {
+            None => None,
+            Some(o) => Some(OutlierDetection {
+                consecutive_failures: rules.range(
+                    &format!("{field}.outlier_detection.consecutive_failures"),
+                    o.consecutive_failures,
+                    5,
+                    1,
+                    1000,
+                    "1 to 1000",
+                )? as u32,
+                base_ejection_time: rules.duration(
+                    &format!("{field}.outlier_detection.base_ejection_time"),
+                    o.base_ejection_time.as_ref(),
+                    defaults::BASE_EJECTION_TIME,
+                )?,
+                max_ejection_percent: rules.range(
+                    &format!("{field}.outlier_detection.max_ejection_percent"),
+                    o.max_ejection_percent,
+                    50,
+                    0,
+                    100,
+                    "0 to 100",
+                )? as u32,
+            }),
+        };
         clusters.push(Cluster {
+            load_balancer,
+            circuit_breaker,
+            outlier_detection,
             tls_identity,
             protocol: match c.protocol.unwrap_or(FileProtocol::Auto) {
                 FileProtocol::Auto => Protocol::Auto,

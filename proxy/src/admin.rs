@@ -78,11 +78,21 @@ const TEXT: &str = "text/plain; charset=utf-8";
 
 fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            state.metrics.render(),
-        ),
+        (&Method::GET, "/metrics") => {
+            for cluster in state.snapshot.load().clusters() {
+                let ejected = cluster.endpoints.ejected_now();
+                state.metrics.endpoint_states(
+                    &cluster.name,
+                    cluster.endpoints.len() - ejected,
+                    ejected,
+                );
+            }
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                state.metrics.render(),
+            )
+        }
         (&Method::GET, "/ready") => {
             if state.ready.load(Ordering::Acquire) {
                 reply(StatusCode::OK, TEXT, "ready\n")

@@ -100,6 +100,8 @@ pub struct Metrics {
     identity_refresh_total: IntCounterVec,
     authz_allow_total: IntCounterVec,
     authz_deny_total: IntCounterVec,
+    endpoint_ejections_total: IntCounterVec,
+    cluster_endpoints: IntGaugeVec,
     pub connections_refused_total: IntCounterVec,
     /// Request handles shared by every connection to the same target.
     request_cache: Mutex<HashMap<RequestKey, Arc<RequestMetrics>>>,
@@ -182,6 +184,15 @@ impl Metrics {
             identity_refresh_total: counter_vec(&registry, "identity_cert_refresh_total", "Workload certificate loads, by result.", &["result"]),
             authz_allow_total: counter_vec(&registry, "inbound_authz_allow_total", "Inbound connections or requests allowed by policy.", &["port", "identity"]),
             authz_deny_total: counter_vec(&registry, "inbound_authz_deny_total", "Inbound connections or requests denied by policy.", &["port", "identity"]),
+            endpoint_ejections_total: counter_vec(&registry, "endpoint_ejections_total", "Endpoints ejected by outlier detection.", &["cluster"]),
+            cluster_endpoints: {
+                let gauge = IntGaugeVec::new(Opts::new("cluster_endpoints", "A cluster's endpoints by state (active, ejected), as of the scrape."), &["cluster", "state"])
+                    .unwrap_or_else(|e| panic!("cluster_endpoints is malformed: {e}"));
+                registry
+                    .register(Box::new(gauge.clone()))
+                    .unwrap_or_else(|e| panic!("cluster_endpoints registered twice: {e}"));
+                gauge
+            },
             request_cache: Mutex::new(HashMap::new()),
             registry,
         })
@@ -285,6 +296,23 @@ impl Metrics {
             &self.authz_deny_total
         };
         vec.with_label_values(&[&port.to_string(), identity.unwrap_or("")])
+    }
+
+    /// Count an outlier ejection.
+    pub fn ejection(&self, cluster: &str) {
+        self.endpoint_ejections_total
+            .with_label_values(&[cluster])
+            .inc();
+    }
+
+    /// Set a cluster's endpoint-state gauges (called at scrape time).
+    pub fn endpoint_states(&self, cluster: &str, active: usize, ejected: usize) {
+        self.cluster_endpoints
+            .with_label_values(&[cluster, "active"])
+            .set(active as i64);
+        self.cluster_endpoints
+            .with_label_values(&[cluster, "ejected"])
+            .set(ejected as i64);
     }
 
     /// Prometheus text exposition of everything.

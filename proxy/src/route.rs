@@ -3,12 +3,13 @@
 //! The data path reads it through an `ArcSwap`, so a reload swaps a whole
 //! snapshot at once and in-flight requests finish on the one they began on.
 
-use crate::balance::WeightedRoundRobin;
+use crate::balance::cluster::Balancer;
 use crate::http::vhost::VirtualHosts;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
-use strait_config::{Config, Protocol, RouteMatch};
+use strait_config::{CircuitBreaker, Config, HashKey, LoadBalancer, Protocol, RouteMatch};
 
 /// A cluster ready for the data path.
 #[derive(Debug)]
@@ -19,7 +20,14 @@ pub struct ClusterState {
     pub response_timeout: Duration,
     /// Set for meshed clusters: the identity endpoints must prove over mTLS.
     pub tls_identity: Option<Arc<str>>,
-    pub endpoints: WeightedRoundRobin,
+    pub endpoints: Balancer,
+    /// What ring hash hashes, when the cluster balances by ring hash.
+    pub hash_key: Option<HashKey>,
+    pub circuit_breaker: CircuitBreaker,
+    /// Requests in flight and requests waiting for a connection, for the
+    /// circuit breaker.
+    pub active: AtomicUsize,
+    pub pending: AtomicUsize,
 }
 
 /// Where a route sends traffic, with the `authority` and `route` labels
@@ -36,6 +44,7 @@ pub struct RouteTarget {
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
+    clusters: Vec<Arc<ClusterState>>,
     /// L7 routes, consulted before `by_authority`.
     pub vhosts: VirtualHosts,
     by_authority: HashMap<String, RouteTarget>,
@@ -59,7 +68,18 @@ impl Snapshot {
                     connect_timeout: c.connect_timeout,
                     response_timeout: c.response_timeout,
                     tls_identity: c.tls_identity.as_deref().map(Arc::from),
-                    endpoints: WeightedRoundRobin::new(&endpoints),
+                    endpoints: Balancer::new(
+                        &endpoints,
+                        &c.load_balancer,
+                        c.outlier_detection.clone(),
+                    ),
+                    hash_key: match &c.load_balancer {
+                        LoadBalancer::RingHash { key } => Some(key.clone()),
+                        _ => None,
+                    },
+                    circuit_breaker: c.circuit_breaker.clone(),
+                    active: AtomicUsize::new(0),
+                    pending: AtomicUsize::new(0),
                 };
                 (c.name.as_str(), Arc::new(state))
             })
@@ -99,7 +119,9 @@ impl Snapshot {
             .as_deref()
             .and_then(|c| target(c, c));
         let vhosts = VirtualHosts::compile(&config.virtual_hosts, &clusters);
+        let cluster_list = clusters.values().cloned().collect();
         Snapshot {
+            clusters: cluster_list,
             vhosts,
             by_authority,
             by_port,
@@ -121,6 +143,11 @@ impl Snapshot {
         } else {
             self.by_authority.get(host)
         }
+    }
+
+    /// Every cluster of this snapshot.
+    pub fn clusters(&self) -> &[Arc<ClusterState>] {
+        &self.clusters
     }
 
     /// The route for a destination port.

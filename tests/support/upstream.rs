@@ -38,10 +38,29 @@ fn full(text: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// How an upstream misbehaves on every request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Behaviour {
+    /// Answer every request only after this long.
+    pub delay: Duration,
+    /// Answer every request with this status instead of by path.
+    pub status: Option<u16>,
+}
+
 async fn answer(
     req: Request<Incoming>,
     started: Arc<Notify>,
+    behaviour: Behaviour,
 ) -> Result<Response<Body>, Infallible> {
+    if !behaviour.delay.is_zero() {
+        tokio::time::sleep(behaviour.delay).await;
+    }
+    if let Some(status) = behaviour.status {
+        let mut response = Response::new(full("failing on purpose"));
+        *response.status_mut() =
+            hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(response);
+    }
     let path = req.uri().path().to_string();
     let response = match path.as_str() {
         "/headers" => {
@@ -89,6 +108,11 @@ async fn answer(
 impl Upstream {
     /// Start serving on 127.0.0.1:0 on the current tokio runtime.
     pub async fn start() -> Upstream {
+        Upstream::start_with(Behaviour::default()).await
+    }
+
+    /// Start an upstream that delays or fails every request.
+    pub async fn start_with(behaviour: Behaviour) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -109,7 +133,7 @@ impl Upstream {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         req_count.fetch_add(1, Ordering::SeqCst);
-                        answer(req, notify.clone())
+                        answer(req, notify.clone(), behaviour)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)

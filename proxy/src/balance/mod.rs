@@ -1,6 +1,9 @@
-//! Endpoint selection within a cluster. The skeleton balances by smooth
-//! weighted round robin over a precomputed schedule: one atomic increment
-//! per pick, no lock.
+//! Endpoint selection: [`cluster::Balancer`] holds a cluster's endpoints and
+//! picks one per request by the cluster's policy; [`WeightedRoundRobin`] is
+//! the lock-free weighted schedule (one atomic increment per pick) that
+//! round robin and weighted splits use.
+
+pub mod cluster;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

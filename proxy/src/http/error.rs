@@ -41,6 +41,11 @@ pub enum ProxyError {
     ResponseTimeout { addr: SocketAddr, after: Duration },
     #[error("mTLS to upstream {addr} failed: {reason} (check the cluster's tls.identity and both trust bundles)")]
     TlsHandshake { addr: SocketAddr, reason: String },
+    #[error("cluster '{cluster}' is overloaded: {limit} reached; failing fast rather than queueing (raise circuit_breaker.{limit} if the load is expected)")]
+    Overloaded {
+        cluster: String,
+        limit: &'static str,
+    },
     #[error("rate limited: the route's request rate is over its limit")]
     RateLimited,
     #[error("fault injected by the route's configuration")]
@@ -60,6 +65,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::FaultAbort { status } => *status,
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
@@ -87,6 +93,7 @@ impl ProxyError {
             ProxyError::TlsHandshake { .. } => "tls-handshake",
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::RateLimited => "rate-limited",
+            ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::FaultAbort { .. } => "fault-injected",
             ProxyError::ResponseTimeout { .. } => "response-timeout",
             ProxyError::Upstream { .. } => "upstream-error",

@@ -57,6 +57,8 @@ pub struct Target {
     /// The `route` metric label: the L7 route's name, or empty.
     pub route: Arc<str>,
     pub cluster: Option<Arc<ClusterState>>,
+    /// The endpoint's index in the cluster's balancer.
+    pub endpoint: Option<usize>,
 }
 
 impl Target {
@@ -266,7 +268,9 @@ impl ConnContext {
         req: &Request<Incoming>,
     ) -> Result<Routed<'s>, ProxyError> {
         match self.direction() {
-            Direction::Outbound => outbound::route_http(snapshot, self.orig_dst, req),
+            Direction::Outbound => {
+                outbound::route_http(snapshot, self.orig_dst, self.client.ip(), req)
+            }
             Direction::Inbound => {
                 inbound::resolve_http(snapshot, self.orig_dst, headers::authority(req))
                     .map(|target| Routed::Forward(target, None))
@@ -345,14 +349,36 @@ pub async fn handle(
     if let Some(grpc) = grpc_timeout(&req) {
         timeout = Some(timeout.map_or(grpc, |t| t.min(grpc)));
     }
-    let result = match admission {
-        vhost::Admission::RateLimited => Err(ProxyError::RateLimited),
-        vhost::Admission::Abort(status) => Err(ProxyError::FaultAbort { status }),
-        vhost::Admission::Pass { delay } => {
+    let active = match &target.cluster {
+        Some(cluster) => Limit::enter(&cluster.active, cluster.circuit_breaker.max_requests),
+        None => Some(Limit::none()),
+    };
+    let result = match (admission, active) {
+        (vhost::Admission::RateLimited, _) => Err(ProxyError::RateLimited),
+        (vhost::Admission::Abort(status), _) => Err(ProxyError::FaultAbort { status }),
+        (vhost::Admission::Pass { .. }, None) => Err(ProxyError::Overloaded {
+            cluster: target
+                .cluster
+                .as_ref()
+                .map_or_else(String::new, |c| c.name.to_string()),
+            limit: "max_requests",
+        }),
+        (vhost::Admission::Pass { delay }, Some(_active)) => {
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
-            forward(&ctx, &snapshot, &target, version, &pool, req, timeout).await
+            let mut attempt = EndpointAttempt::start(&target);
+            let result = forward(&ctx, &snapshot, &target, version, &pool, req, timeout).await;
+            let failed = match &result {
+                Ok(response) => response.status().is_server_error(),
+                Err(e) => e.status().is_server_error(),
+            };
+            if attempt.finish(failed) {
+                let cluster = target.cluster.as_ref().map_or("", |c| &*c.name);
+                warn!(target_addr = %target.addr, %cluster, "endpoint ejected by outlier detection");
+                ctx.inputs.metrics.ejection(cluster);
+            }
+            result
         }
     };
     let mut response = match result {
@@ -370,6 +396,79 @@ pub async fn handle(
         .observe(started.elapsed().as_secs_f64() * 1000.0);
     metrics.response(response.status().as_u16());
     Ok(response)
+}
+
+/// A slot under a circuit-breaker limit, released on drop.
+struct Limit<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
+
+impl<'a> Limit<'a> {
+    /// Take a slot of `counter`, unless `max` are taken.
+    fn enter(counter: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<Limit<'a>> {
+        use std::sync::atomic::Ordering;
+        if counter.fetch_add(1, Ordering::AcqRel) >= max {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Limit(Some(counter)))
+    }
+
+    fn none() -> Limit<'a> {
+        Limit(None)
+    }
+}
+
+impl Drop for Limit<'_> {
+    fn drop(&mut self) {
+        if let Some(counter) = self.0 {
+            counter.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
+/// One request to a cluster endpoint, for its balancer: in flight from
+/// `start`, latency and outcome at `finish`; a request abandoned on the
+/// way (the client left) only leaves the in-flight count.
+struct EndpointAttempt<'a> {
+    target: &'a Target,
+    started: Instant,
+    finished: bool,
+}
+
+impl<'a> EndpointAttempt<'a> {
+    fn start(target: &'a Target) -> EndpointAttempt<'a> {
+        if let (Some(cluster), Some(i)) = (&target.cluster, target.endpoint) {
+            cluster.endpoints.start(i);
+        }
+        EndpointAttempt {
+            target,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    /// Record the outcome; true when it ejected the endpoint.
+    fn finish(&mut self, failed: bool) -> bool {
+        self.finished = true;
+        let (Some(cluster), Some(i)) = (&self.target.cluster, self.target.endpoint) else {
+            return false;
+        };
+        let outcome = if failed {
+            crate::balance::cluster::Outcome::Failure
+        } else {
+            crate::balance::cluster::Outcome::Success
+        };
+        cluster.endpoints.finish(i, self.started.elapsed(), outcome)
+    }
+}
+
+impl Drop for EndpointAttempt<'_> {
+    fn drop(&mut self) {
+        if let (false, Some(cluster), Some(i)) =
+            (self.finished, &self.target.cluster, self.target.endpoint)
+        {
+            cluster.endpoints.abandon(i);
+        }
+    }
 }
 
 /// A gRPC client's deadline (`grpc-timeout: 100m`), if it sent one.
@@ -472,7 +571,21 @@ async fn forward(
     let (connect_timeout, cluster_timeout) = target.timeouts(snapshot);
     let response_timeout = timeout.unwrap_or(cluster_timeout);
     let exchange = async {
+        let pending = match &target.cluster {
+            Some(cluster) => Limit::enter(&cluster.pending, cluster.circuit_breaker.max_pending),
+            None => Some(Limit::none()),
+        };
+        let Some(pending) = pending else {
+            return Err(ProxyError::Overloaded {
+                cluster: target
+                    .cluster
+                    .as_ref()
+                    .map_or_else(String::new, |c| c.name.to_string()),
+                limit: "max_pending",
+            });
+        };
         let checkout = pool.checkout(connect_timeout, upgrade).await?;
+        drop(pending);
         send(checkout, pool, connect_timeout, req, !upgrade).await
     };
     let mut response = match tokio::time::timeout(response_timeout, exchange).await {

@@ -18,7 +18,7 @@ pub fn resolve_http(
     authority: Option<&str>,
 ) -> Result<Target, ProxyError> {
     if let Some(route) = snapshot.inbound_default.as_ref() {
-        return to_cluster(route);
+        return to_cluster(route, None);
     }
     if !orig_dst.redirected {
         return Err(ProxyError::NoRoute {
@@ -31,6 +31,7 @@ pub fn resolve_http(
         authority: snapshot.no_authority.clone(),
         route: snapshot.no_authority.clone(),
         cluster: None,
+        endpoint: None,
     })
 }
 

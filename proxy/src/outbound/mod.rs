@@ -7,11 +7,13 @@
 //! destination → detect → HTTP ([`crate::http`]: route → balance → pool)
 //! or opaque ([`crate::tcp`]: route → connect → copy).
 
+use crate::balance::cluster::request_hash;
 use crate::http::error::ProxyError;
 use crate::http::vhost::{Action, Route};
 use crate::http::{headers, Target};
 use crate::orig_dst::OrigDst;
-use crate::route::{RouteTarget, Snapshot};
+use crate::route::{ClusterState, RouteTarget, Snapshot};
+use strait_config::HashKey;
 
 /// How an outbound HTTP request is answered.
 pub enum Routed<'s> {
@@ -26,8 +28,18 @@ pub enum Routed<'s> {
 pub fn route_http<'s, B>(
     snapshot: &'s Snapshot,
     orig_dst: OrigDst,
+    client: std::net::IpAddr,
     req: &http::Request<B>,
 ) -> Result<Routed<'s>, ProxyError> {
+    let hash = |cluster: &ClusterState| -> Option<u64> {
+        match cluster.hash_key.as_ref()? {
+            HashKey::Header(name) => req
+                .headers()
+                .get(name.as_str())
+                .map(|v| request_hash(v.as_bytes())),
+            HashKey::SourceIp => Some(request_hash(client)),
+        }
+    };
     let authority = headers::authority(req);
     if let (false, Some(authority)) = (snapshot.vhosts.is_empty(), authority) {
         let host = crate::route::strip_port(authority);
@@ -42,28 +54,24 @@ pub fn route_http<'s, B>(
                     let chosen = split.pick().ok_or_else(|| ProxyError::NoEndpoints {
                         cluster: route.name.to_string(),
                     })?;
-                    Ok(Routed::Forward(to_cluster(chosen)?, Some(route)))
+                    Ok(Routed::Forward(
+                        to_cluster(chosen, hash(&chosen.cluster))?,
+                        Some(route),
+                    ))
                 }
                 Action::Direct { .. } | Action::Redirect { .. } => Ok(Routed::Local(route)),
             };
         }
     }
-    resolve_http(snapshot, orig_dst, authority).map(|target| Routed::Forward(target, None))
-}
-
-/// Pick the target for an outbound HTTP request without L7 routes.
-pub fn resolve_http(
-    snapshot: &Snapshot,
-    orig_dst: OrigDst,
-    authority: Option<&str>,
-) -> Result<Target, ProxyError> {
     let route = authority
         .and_then(|a| snapshot.by_authority(a))
         .or_else(|| snapshot.by_port(orig_dst.addr.port()))
         .or(snapshot.outbound_default.as_ref());
-    route_or_original(snapshot, orig_dst, route, || {
+    let key = route.and_then(|r| hash(&r.cluster));
+    route_or_original(snapshot, orig_dst, route, key, || {
         authority.unwrap_or("").to_string()
     })
+    .map(|target| Routed::Forward(target, None))
 }
 
 /// Pick the target for an outbound opaque TCP connection.
@@ -71,7 +79,7 @@ pub fn resolve_tcp(snapshot: &Snapshot, orig_dst: OrigDst) -> Result<Target, Pro
     let route = snapshot
         .by_port(orig_dst.addr.port())
         .or(snapshot.outbound_default.as_ref());
-    route_or_original(snapshot, orig_dst, route, || {
+    route_or_original(snapshot, orig_dst, route, None, || {
         format!("(tcp to port {})", orig_dst.addr.port())
     })
 }
@@ -83,15 +91,17 @@ fn route_or_original(
     snapshot: &Snapshot,
     orig_dst: OrigDst,
     route: Option<&RouteTarget>,
+    hash: Option<u64>,
     describe: impl FnOnce() -> String,
 ) -> Result<Target, ProxyError> {
     match route {
-        Some(route) => to_cluster(route),
+        Some(route) => to_cluster(route, hash),
         None if orig_dst.redirected => Ok(Target {
             addr: orig_dst.addr,
             authority: snapshot.no_authority.clone(),
             route: snapshot.no_authority.clone(),
             cluster: None,
+            endpoint: None,
         }),
         None => Err(ProxyError::NoRoute {
             authority: describe(),
@@ -99,20 +109,18 @@ fn route_or_original(
     }
 }
 
-/// A route's cluster, balanced to one endpoint.
-pub fn to_cluster(route: &RouteTarget) -> Result<Target, ProxyError> {
-    let addr = route
-        .cluster
-        .endpoints
-        .pick()
-        .copied()
-        .ok_or_else(|| ProxyError::NoEndpoints {
-            cluster: route.cluster.name.to_string(),
-        })?;
+/// A route's cluster, balanced to one endpoint (`hash` is the request's
+/// ring-hash key, for clusters that balance by one).
+pub fn to_cluster(route: &RouteTarget, hash: Option<u64>) -> Result<Target, ProxyError> {
+    let balancer = &route.cluster.endpoints;
+    let index = balancer.pick(hash).ok_or_else(|| ProxyError::NoEndpoints {
+        cluster: route.cluster.name.to_string(),
+    })?;
     Ok(Target {
-        addr,
+        addr: balancer.endpoint(index).addr,
         authority: route.authority.clone(),
         route: route.route.clone(),
         cluster: Some(route.cluster.clone()),
+        endpoint: Some(index),
     })
 }

@@ -1,0 +1,237 @@
+//! Load balancing, circuit breaking and outlier ejection through the real
+//! proxy, proven by counting what real upstreams received: weighted round
+//! robin splits by weight; Peak-EWMA steers away from a slow endpoint;
+//! least-request and ring hash behave; over the circuit breaker's limit
+//! requests fail fast with 503 `overloaded`; an endpoint returning 5xx is
+//! ejected, and returns after its ejection time.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use support::upstream::{Behaviour, Upstream};
+use support::{metric_sum, Proxy, EPHEMERAL_LISTENERS};
+use tokio::net::TcpStream;
+
+fn cluster_config(lb: &str, extra: &str, endpoints: &[(SocketAddr, u32)]) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|(a, w)| format!("{{address: '{a}', weight: {w}}}"))
+        .collect();
+    format!(
+        "{}clusters:\n  - name: svc\n    load_balancer: {lb}\n{extra}    endpoints: [{}]\n",
+        EPHEMERAL_LISTENERS.replace(
+            "outbound: {address: 127.0.0.1, port: 0}",
+            "outbound: {address: 127.0.0.1, port: 0, default_cluster: svc}"
+        ),
+        eps.join(", ")
+    )
+}
+
+async fn client(proxy: &Proxy) -> http1::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get(
+    sender: &mut http1::SendRequest<Full<Bytes>>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap) {
+    let mut req = Request::get(path).header("host", "svc");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    sender.ready().await.expect("ready");
+    let response = sender
+        .send_request(req.body(Full::default()).expect("request"))
+        .await
+        .expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let _ = response.into_body().collect().await;
+    (status, headers)
+}
+
+#[tokio::test]
+async fn weighted_round_robin_follows_weights_within_two_percent() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let proxy = Proxy::start(&cluster_config(
+        "{policy: round_robin}",
+        "",
+        &[(a.addr, 3), (b.addr, 1)],
+    ));
+    let mut c = client(&proxy).await;
+    const N: usize = 10_000;
+    for _ in 0..N {
+        assert_eq!(get(&mut c, "/", &[]).await.0, StatusCode::OK);
+    }
+    let share = a.requests.load(Ordering::SeqCst) as f64 / N as f64;
+    assert!((share - 0.75).abs() <= 0.02, "a got {share}");
+}
+
+#[tokio::test]
+async fn peak_ewma_sends_most_traffic_to_the_fast_endpoint() {
+    let fast = Upstream::start().await;
+    let slow = Upstream::start_with(Behaviour {
+        delay: Duration::from_millis(50),
+        status: None,
+    })
+    .await;
+    let proxy = Proxy::start(&cluster_config(
+        "{policy: peak_ewma}",
+        "",
+        &[(fast.addr, 1), (slow.addr, 1)],
+    ));
+    // Eight concurrent clients, 40 requests each.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut c = client(&proxy).await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                assert_eq!(get(&mut c, "/", &[]).await.0, StatusCode::OK);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let (f, s) = (
+        fast.requests.load(Ordering::SeqCst),
+        slow.requests.load(Ordering::SeqCst),
+    );
+    let share = f as f64 / (f + s) as f64;
+    assert!(share >= 0.8, "fast endpoint got {share} ({f} vs {s})");
+}
+
+#[tokio::test]
+async fn ring_hash_keeps_a_key_on_one_endpoint() {
+    let ups = [
+        Upstream::start().await,
+        Upstream::start().await,
+        Upstream::start().await,
+    ];
+    let eps: Vec<(SocketAddr, u32)> = ups.iter().map(|u| (u.addr, 1)).collect();
+    let proxy = Proxy::start(&cluster_config(
+        "{policy: ring_hash, hash_header: x-user}",
+        "",
+        &eps,
+    ));
+    let mut c = client(&proxy).await;
+    for _ in 0..30 {
+        get(&mut c, "/", &[("x-user", "alice")]).await;
+    }
+    let counts: Vec<usize> = ups
+        .iter()
+        .map(|u| u.requests.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(counts.iter().filter(|n| **n > 0).count(), 1, "{counts:?}");
+    for i in 0..60 {
+        get(&mut c, "/", &[("x-user", &format!("user-{i}"))]).await;
+    }
+    let spread: Vec<usize> = ups
+        .iter()
+        .map(|u| u.requests.load(Ordering::SeqCst))
+        .collect();
+    assert!(
+        spread.iter().all(|n| *n > 0),
+        "60 keys should reach every endpoint: {spread:?}"
+    );
+}
+
+#[tokio::test]
+async fn circuit_breaker_overflow_fails_fast() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&cluster_config(
+        "{policy: least_request}",
+        "    circuit_breaker: {max_requests: 2}\n",
+        &[(up.addr, 1)],
+    ));
+    let mut hanging = Vec::new();
+    for _ in 0..2 {
+        let mut c = client(&proxy).await;
+        hanging.push(tokio::spawn(async move { get(&mut c, "/hang", &[]).await }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.requests.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "hanging requests never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = client(&proxy).await;
+    let started = Instant::now();
+    let (status, headers) = get(&mut c, "/", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+        Some(&b"overloaded"[..])
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    for h in hanging {
+        h.abort();
+    }
+}
+
+#[tokio::test]
+async fn failing_endpoint_is_ejected_and_returns() {
+    let good = Upstream::start().await;
+    let bad = Upstream::start_with(Behaviour {
+        delay: Duration::ZERO,
+        status: Some(503),
+    })
+    .await;
+    let proxy = Proxy::start(&cluster_config(
+        "{policy: round_robin}",
+        "    outlier_detection: {consecutive_failures: 3, base_ejection_time: 1s, max_ejection_percent: 50}\n",
+        &[(good.addr, 1), (bad.addr, 1)],
+    ));
+    let mut c = client(&proxy).await;
+    for _ in 0..40 {
+        get(&mut c, "/", &[]).await;
+    }
+    // Round robin: the bad endpoint saw 3 requests, then was ejected.
+    assert_eq!(bad.requests.load(Ordering::SeqCst), 3);
+    let m = proxy.metrics();
+    assert_eq!(
+        metric_sum(&m, "endpoint_ejections_total", &["cluster=\"svc\""]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "cluster_endpoints",
+            &["cluster=\"svc\"", "state=\"ejected\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    // After the ejection time it is picked again (and, still failing, ejected for longer).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let m = proxy.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "cluster_endpoints",
+            &["cluster=\"svc\"", "state=\"active\""]
+        ),
+        2.0,
+        "{m}"
+    );
+    for _ in 0..10 {
+        get(&mut c, "/", &[]).await;
+    }
+    assert!(
+        bad.requests.load(Ordering::SeqCst) > 3,
+        "the endpoint never came back"
+    );
+}
