@@ -85,7 +85,7 @@ async fn peak_ewma_sends_most_traffic_to_the_fast_endpoint() {
     let fast = Upstream::start().await;
     let slow = Upstream::start_with(Behaviour {
         delay: Duration::from_millis(50),
-        status: None,
+        ..Behaviour::default()
     })
     .await;
     let proxy = Proxy::start(&cluster_config(
@@ -185,8 +185,8 @@ async fn circuit_breaker_overflow_fails_fast() {
 async fn failing_endpoint_is_ejected_and_returns() {
     let good = Upstream::start().await;
     let bad = Upstream::start_with(Behaviour {
-        delay: Duration::ZERO,
         status: Some(503),
+        ..Behaviour::default()
     })
     .await;
     let proxy = Proxy::start(&cluster_config(

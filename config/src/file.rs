@@ -48,6 +48,18 @@ pub struct FileRouteRule {
     pub timeout: Option<String>,
     pub fault: Option<FileFault>,
     pub rate_limit: Option<FileRateLimit>,
+    pub retry: Option<FileRetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetry {
+    pub attempts: Option<i64>,
+    pub on: Vec<String>,
+    pub per_try_timeout: Option<String>,
+    pub backoff_base: Option<String>,
+    pub backoff_max: Option<String>,
+    pub max_body: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -260,6 +272,7 @@ pub struct FileCluster {
     pub response_timeout: Option<String>,
     pub tls: Option<FileClusterTls>,
     pub load_balancer: Option<FileLoadBalancer>,
+    pub retry_budget: Option<FileRetryBudget>,
     pub circuit_breaker: Option<FileCircuitBreaker>,
     pub outlier_detection: Option<FileOutlierDetection>,
     #[serde(default)]
@@ -278,6 +291,14 @@ pub struct FileLoadBalancer {
     /// ...or the client's IP address.
     #[serde(default)]
     pub hash_source_ip: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetryBudget {
+    pub percent: Option<f64>,
+    pub min_per_second: Option<i64>,
+    pub window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -51,6 +51,51 @@ pub struct RouteRule {
     pub timeout: Option<Duration>,
     pub fault: Fault,
     pub rate_limit: Option<RateLimit>,
+    pub retry: Option<RetryPolicy>,
+}
+
+/// When and how often a route retries a request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub attempts: u32,
+    pub on: Vec<RetryOn>,
+    #[serde(with = "humantime_serde_opt")]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Request bodies up to this size are buffered so they can be replayed.
+    pub max_body: usize,
+}
+
+/// A retry condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// The connection to the endpoint could not be made.
+    ConnectFailure,
+    /// The upstream reset or refused the stream before any response.
+    Reset,
+    /// Any 5xx response.
+    ServerError,
+    /// 502, 503 or 504.
+    GatewayError,
+    /// One status code.
+    Status(u16),
+    /// A gRPC status in the response headers (trailers-only responses).
+    Grpc(u32),
+}
+
+/// A cluster's retry budget: retries may add `percent` of recent requests,
+/// plus `min_per_second` regardless, over `window`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryBudget {
+    pub percent: f64,
+    pub min_per_second: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
 }
 
 /// Chaos for testing callers: delay or fail a share of requests.
@@ -274,6 +319,7 @@ pub struct Cluster {
     /// the proxy originates mTLS to them.
     pub tls_identity: Option<String>,
     pub load_balancer: LoadBalancer,
+    pub retry_budget: RetryBudget,
     pub circuit_breaker: CircuitBreaker,
     pub outlier_detection: Option<OutlierDetection>,
     pub endpoints: Vec<Endpoint>,

@@ -316,7 +316,32 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
                 )? as u32,
             }),
         };
+        let rb = c.retry_budget.unwrap_or_default();
+        let percent = rb.percent.unwrap_or(20.0);
+        if !(0.0..=1000.0).contains(&percent) {
+            return Err(ConfigError::Syntax {
+                at: rules.at(&format!("{field}.retry_budget.percent")),
+                message: format!("{percent} is out of range: 0 to 1000"),
+            });
+        }
+        let retry_budget = RetryBudget {
+            percent,
+            min_per_second: rules.range(
+                &format!("{field}.retry_budget.min_per_second"),
+                rb.min_per_second,
+                10,
+                0,
+                100_000,
+                "0 to 100000",
+            )? as u32,
+            window: rules.duration(
+                &format!("{field}.retry_budget.window"),
+                rb.window.as_ref(),
+                std::time::Duration::from_secs(10),
+            )?,
+        };
         clusters.push(Cluster {
+            retry_budget,
             load_balancer,
             circuit_breaker,
             outlier_detection,

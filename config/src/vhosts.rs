@@ -392,7 +392,12 @@ fn rule(
         }
         None => None,
     };
+    let retry = match route.retry {
+        None => None,
+        Some(r) => Some(retry_policy(index, &format!("{rf}.retry"), r)?),
+    };
     Ok(RouteRule {
+        retry,
         timeout,
         fault,
         rate_limit,
@@ -413,5 +418,75 @@ fn rule(
             prefix: rewrite.prefix,
             host: rewrite.host,
         },
+    })
+}
+
+fn retry_policy(index: &LineIndex, field: &str, r: FileRetry) -> Result<RetryPolicy, ConfigError> {
+    let attempts = r.attempts.unwrap_or(2);
+    if !(1..=10).contains(&attempts) {
+        return Err(ConfigError::OutOfRange {
+            at: at(index, &format!("{field}.attempts")),
+            value: attempts,
+            expected: "1 to 10",
+        });
+    }
+    let mut on = Vec::new();
+    for (i, cond) in r.on.iter().enumerate() {
+        let f = format!("{field}.on[{i}]");
+        let parsed = match cond.as_str() {
+            "connect-failure" => RetryOn::ConnectFailure,
+            "reset" | "refused-stream" => RetryOn::Reset,
+            "5xx" => RetryOn::ServerError,
+            "gateway-error" => RetryOn::GatewayError,
+            other => {
+                if let Some(code) = other.strip_prefix("grpc-") {
+                    let code = match code {
+                        "cancelled" => 1,
+                        "deadline-exceeded" => 4,
+                        "resource-exhausted" => 8,
+                        "internal" => 13,
+                        "unavailable" => 14,
+                        _ => return Err(invalid(index, &f, format!("'{other}' is not a gRPC status this proxy retries on (grpc-cancelled, grpc-deadline-exceeded, grpc-resource-exhausted, grpc-internal, grpc-unavailable)"))),
+                    };
+                    RetryOn::Grpc(code)
+                } else {
+                    match other.parse::<u16>() {
+                        Ok(code) if (500..=599).contains(&code) || code == 429 => RetryOn::Status(code),
+                        _ => return Err(invalid(index, &f, format!("'{other}' is not a retry condition (connect-failure, reset, 5xx, gateway-error, a status like 503, grpc-unavailable)"))),
+                    }
+                }
+            }
+        };
+        on.push(parsed);
+    }
+    if on.is_empty() {
+        return Err(ConfigError::Empty {
+            at: at(index, &format!("{field}.on")),
+        });
+    }
+    let max_body = r.max_body.unwrap_or(64 * 1024);
+    if !(0..=16 * 1024 * 1024).contains(&max_body) {
+        return Err(ConfigError::OutOfRange {
+            at: at(index, &format!("{field}.max_body")),
+            value: max_body,
+            expected: "0 to 16777216 bytes",
+        });
+    }
+    Ok(RetryPolicy {
+        attempts: attempts as u32,
+        on,
+        per_try_timeout: match &r.per_try_timeout {
+            Some(t) => Some(duration(index, &format!("{field}.per_try_timeout"), t)?),
+            None => None,
+        },
+        backoff_base: match &r.backoff_base {
+            Some(t) => duration(index, &format!("{field}.backoff_base"), t)?,
+            None => std::time::Duration::from_millis(25),
+        },
+        backoff_max: match &r.backoff_max {
+            Some(t) => duration(index, &format!("{field}.backoff_max"), t)?,
+            None => std::time::Duration::from_millis(250),
+        },
+        max_body: max_body as usize,
     })
 }

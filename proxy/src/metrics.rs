@@ -101,6 +101,8 @@ pub struct Metrics {
     authz_allow_total: IntCounterVec,
     authz_deny_total: IntCounterVec,
     endpoint_ejections_total: IntCounterVec,
+    retry_total: IntCounterVec,
+    retry_budget_exhausted_total: IntCounterVec,
     cluster_endpoints: IntGaugeVec,
     pub connections_refused_total: IntCounterVec,
     /// Request handles shared by every connection to the same target.
@@ -184,6 +186,8 @@ impl Metrics {
             identity_refresh_total: counter_vec(&registry, "identity_cert_refresh_total", "Workload certificate loads, by result.", &["result"]),
             authz_allow_total: counter_vec(&registry, "inbound_authz_allow_total", "Inbound connections or requests allowed by policy.", &["port", "identity"]),
             authz_deny_total: counter_vec(&registry, "inbound_authz_deny_total", "Inbound connections or requests denied by policy.", &["port", "identity"]),
+            retry_total: counter_vec(&registry, "retry_total", "Requests sent again after a failed try.", &["cluster"]),
+            retry_budget_exhausted_total: counter_vec(&registry, "retry_budget_exhausted_total", "Retries not made because the cluster's retry budget was spent.", &["cluster"]),
             endpoint_ejections_total: counter_vec(&registry, "endpoint_ejections_total", "Endpoints ejected by outlier detection.", &["cluster"]),
             cluster_endpoints: {
                 let gauge = IntGaugeVec::new(Opts::new("cluster_endpoints", "A cluster's endpoints by state (active, ejected), as of the scrape."), &["cluster", "state"])
@@ -296,6 +300,18 @@ impl Metrics {
             &self.authz_deny_total
         };
         vec.with_label_values(&[&port.to_string(), identity.unwrap_or("")])
+    }
+
+    /// Count a retry.
+    pub fn retry(&self, cluster: &str) {
+        self.retry_total.with_label_values(&[cluster]).inc();
+    }
+
+    /// Count a retry the budget did not allow.
+    pub fn retry_budget_exhausted(&self, cluster: &str) {
+        self.retry_budget_exhausted_total
+            .with_label_values(&[cluster])
+            .inc();
     }
 
     /// Count an outlier ejection.

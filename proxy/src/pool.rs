@@ -141,7 +141,7 @@ impl Pools {
 }
 
 struct IdleH1 {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<UpstreamBody>,
     since: Instant,
 }
 
@@ -158,7 +158,7 @@ pub struct EndpointPool {
     reused: IntCounter,
     opened: IntCounter,
     idle: Mutex<Vec<IdleH1>>,
-    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
     /// Held while an HTTP/2 connect is in flight, so callers share one.
     h2_connect: tokio::sync::Mutex<()>,
 }
@@ -171,12 +171,12 @@ pub struct Checkout {
 }
 
 enum Sender {
-    H1(http1::SendRequest<Incoming>),
-    H2(http2::SendRequest<Incoming>),
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
 }
 
 /// A request that failed before it was written, handed back for a retry.
-pub struct NotSent(pub Request<Incoming>);
+pub struct NotSent(pub Request<UpstreamBody>);
 
 impl EndpointPool {
     pub fn addr(&self) -> SocketAddr {
@@ -259,12 +259,12 @@ impl EndpointPool {
         self.idle.lock().ok()?.pop()
     }
 
-    fn shared_h2(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn shared_h2(&self) -> Option<http2::SendRequest<UpstreamBody>> {
         let h2 = self.h2.lock().ok()?;
         h2.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    fn checkin(&self, sender: http1::SendRequest<Incoming>) {
+    fn checkin(&self, sender: http1::SendRequest<UpstreamBody>) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.settings.max_idle_per_endpoint {
                 idle.push(IdleH1 {
@@ -292,7 +292,7 @@ impl EndpointPool {
     async fn connect_h1(
         &self,
         connect_timeout: Duration,
-    ) -> Result<http1::SendRequest<Incoming>, PoolError> {
+    ) -> Result<http1::SendRequest<UpstreamBody>, PoolError> {
         // The metrics guard lives as long as the connection task.
         let (io, guard) = self.open(connect_timeout).await?;
         let (sender, conn) = http1::Builder::new()
@@ -315,7 +315,7 @@ impl EndpointPool {
     async fn connect_h2(
         &self,
         connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<Incoming>, PoolError> {
+    ) -> Result<http2::SendRequest<UpstreamBody>, PoolError> {
         match (&self.mesh, &self.tls) {
             (Some(identity), Some(tls)) => {
                 let (io, guard) = self.open_mesh(connect_timeout, tls, identity).await?;
@@ -370,7 +370,7 @@ impl EndpointPool {
         &self,
         io: I,
         guard: TcpMetrics,
-    ) -> Result<http2::SendRequest<Incoming>, PoolError>
+    ) -> Result<http2::SendRequest<UpstreamBody>, PoolError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -408,7 +408,7 @@ impl Checkout {
     /// pool when it ends (`pool_on_end`).
     pub async fn send(
         self,
-        request: Request<Incoming>,
+        request: Request<UpstreamBody>,
         pool_on_end: bool,
     ) -> Result<Response<PooledBody>, (hyper::Error, Option<NotSent>)> {
         match self.sender {
@@ -433,17 +433,55 @@ impl Checkout {
     }
 }
 
+/// A request body going upstream: the client's stream as it arrives, or
+/// bytes buffered so the request can be replayed on a retry.
+pub enum UpstreamBody {
+    Streaming(Incoming),
+    Buffered(Option<Bytes>),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Streaming(body) => body.is_end_stream(),
+            UpstreamBody::Buffered(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Streaming(body) => body.size_hint(),
+            UpstreamBody::Buffered(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
 /// An upstream response body that puts its HTTP/1 connection back in the
 /// pool once the body has been read to its end.
 pub struct PooledBody {
     inner: Incoming,
-    checkin: Option<(http1::SendRequest<Incoming>, Arc<EndpointPool>)>,
+    checkin: Option<(http1::SendRequest<UpstreamBody>, Arc<EndpointPool>)>,
 }
 
 impl PooledBody {
     fn new(
         inner: Incoming,
-        checkin: Option<(http1::SendRequest<Incoming>, Arc<EndpointPool>)>,
+        checkin: Option<(http1::SendRequest<UpstreamBody>, Arc<EndpointPool>)>,
     ) -> Self {
         let mut body = PooledBody { inner, checkin };
         if body.inner.is_end_stream() {

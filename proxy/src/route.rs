@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use strait_config::{CircuitBreaker, Config, HashKey, LoadBalancer, Protocol, RouteMatch};
+use tower::retry::budget::TpsBudget;
 
 /// A cluster ready for the data path.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct ClusterState {
     /// circuit breaker.
     pub active: AtomicUsize,
     pub pending: AtomicUsize,
+    /// Every request deposits, every retry withdraws.
+    pub retry_budget: TpsBudget,
 }
 
 /// Where a route sends traffic, with the `authority` and `route` labels
@@ -80,6 +83,11 @@ impl Snapshot {
                     circuit_breaker: c.circuit_breaker.clone(),
                     active: AtomicUsize::new(0),
                     pending: AtomicUsize::new(0),
+                    retry_budget: TpsBudget::new(
+                        c.retry_budget.window,
+                        c.retry_budget.min_per_second,
+                        (c.retry_budget.percent / 100.0) as f32,
+                    ),
                 };
                 (c.name.as_str(), Arc::new(state))
             })

@@ -45,13 +45,23 @@ pub struct Behaviour {
     pub delay: Duration,
     /// Answer every request with this status instead of by path.
     pub status: Option<u16>,
+    /// (n, k): of every n requests, the first k get 503.
+    pub fail_pattern: Option<(usize, usize)>,
 }
 
 async fn answer(
     req: Request<Incoming>,
     started: Arc<Notify>,
     behaviour: Behaviour,
+    seen: usize,
 ) -> Result<Response<Body>, Infallible> {
+    if let Some((n, k)) = behaviour.fail_pattern {
+        if seen % n < k {
+            let mut response = Response::new(full("failing on purpose"));
+            *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+            return Ok(response);
+        }
+    }
     if !behaviour.delay.is_zero() {
         tokio::time::sleep(behaviour.delay).await;
     }
@@ -132,8 +142,8 @@ impl Upstream {
                 let notify = notify.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        req_count.fetch_add(1, Ordering::SeqCst);
-                        answer(req, notify.clone(), behaviour)
+                        let seen = req_count.fetch_add(1, Ordering::SeqCst);
+                        answer(req, notify.clone(), behaviour, seen)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)

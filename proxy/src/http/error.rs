@@ -46,6 +46,8 @@ pub enum ProxyError {
         cluster: String,
         limit: &'static str,
     },
+    #[error("the request body could not be read from the client")]
+    RequestBody,
     #[error("rate limited: the route's request rate is over its limit")]
     RateLimited,
     #[error("fault injected by the route's configuration")]
@@ -65,6 +67,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RequestBody => StatusCode::BAD_REQUEST,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::FaultAbort { status } => *status,
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,6 +96,7 @@ impl ProxyError {
             ProxyError::TlsHandshake { .. } => "tls-handshake",
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::RateLimited => "rate-limited",
+            ProxyError::RequestBody => "request-body",
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::FaultAbort { .. } => "fault-injected",
             ProxyError::ResponseTimeout { .. } => "response-timeout",

@@ -4,6 +4,7 @@
 //! [`crate::pool`] supplies a connection, [`error`] turns failures into
 //! responses, and [`server`] runs hyper on the accepted connection.
 
+mod attempt;
 pub mod body;
 pub mod error;
 pub mod headers;
@@ -13,7 +14,7 @@ pub mod vhost;
 use crate::metrics::{Metrics, RequestKey, RequestMetrics, TlsStatus};
 use crate::orig_dst::OrigDst;
 use crate::outbound::Routed;
-use crate::pool::{Checkout, EndpointPool, HttpVersion, NotSent, Pools};
+use crate::pool::{Checkout, EndpointPool, HttpVersion, NotSent, Pools, UpstreamBody};
 use crate::route::{ClusterState, Snapshot};
 use crate::tls::Tls;
 use crate::{inbound, outbound, Direction};
@@ -350,8 +351,12 @@ pub async fn handle(
         timeout = Some(timeout.map_or(grpc, |t| t.min(grpc)));
     }
     let active = match &target.cluster {
-        Some(cluster) => Limit::enter(&cluster.active, cluster.circuit_breaker.max_requests),
-        None => Some(Limit::none()),
+        Some(cluster) => {
+            use tower::retry::budget::Budget;
+            cluster.retry_budget.deposit();
+            attempt::Limit::enter(&cluster.active, cluster.circuit_breaker.max_requests)
+        }
+        None => Some(attempt::Limit::none()),
     };
     let result = match (admission, active) {
         (vhost::Admission::RateLimited, _) => Err(ProxyError::RateLimited),
@@ -367,18 +372,11 @@ pub async fn handle(
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
-            let mut attempt = EndpointAttempt::start(&target);
-            let result = forward(&ctx, &snapshot, &target, version, &pool, req, timeout).await;
-            let failed = match &result {
-                Ok(response) => response.status().is_server_error(),
-                Err(e) => e.status().is_server_error(),
-            };
-            if attempt.finish(failed) {
-                let cluster = target.cluster.as_ref().map_or("", |c| &*c.name);
-                warn!(target_addr = %target.addr, %cluster, "endpoint ejected by outlier detection");
-                ctx.inputs.metrics.ejection(cluster);
-            }
-            result
+            let retry = route.and_then(|r| r.retry.as_ref());
+            attempt::run(
+                &ctx, &snapshot, &target, version, &pool, req, timeout, retry,
+            )
+            .await
         }
     };
     let mut response = match result {
@@ -396,79 +394,6 @@ pub async fn handle(
         .observe(started.elapsed().as_secs_f64() * 1000.0);
     metrics.response(response.status().as_u16());
     Ok(response)
-}
-
-/// A slot under a circuit-breaker limit, released on drop.
-struct Limit<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
-
-impl<'a> Limit<'a> {
-    /// Take a slot of `counter`, unless `max` are taken.
-    fn enter(counter: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<Limit<'a>> {
-        use std::sync::atomic::Ordering;
-        if counter.fetch_add(1, Ordering::AcqRel) >= max {
-            counter.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Limit(Some(counter)))
-    }
-
-    fn none() -> Limit<'a> {
-        Limit(None)
-    }
-}
-
-impl Drop for Limit<'_> {
-    fn drop(&mut self) {
-        if let Some(counter) = self.0 {
-            counter.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        }
-    }
-}
-
-/// One request to a cluster endpoint, for its balancer: in flight from
-/// `start`, latency and outcome at `finish`; a request abandoned on the
-/// way (the client left) only leaves the in-flight count.
-struct EndpointAttempt<'a> {
-    target: &'a Target,
-    started: Instant,
-    finished: bool,
-}
-
-impl<'a> EndpointAttempt<'a> {
-    fn start(target: &'a Target) -> EndpointAttempt<'a> {
-        if let (Some(cluster), Some(i)) = (&target.cluster, target.endpoint) {
-            cluster.endpoints.start(i);
-        }
-        EndpointAttempt {
-            target,
-            started: Instant::now(),
-            finished: false,
-        }
-    }
-
-    /// Record the outcome; true when it ejected the endpoint.
-    fn finish(&mut self, failed: bool) -> bool {
-        self.finished = true;
-        let (Some(cluster), Some(i)) = (&self.target.cluster, self.target.endpoint) else {
-            return false;
-        };
-        let outcome = if failed {
-            crate::balance::cluster::Outcome::Failure
-        } else {
-            crate::balance::cluster::Outcome::Success
-        };
-        cluster.endpoints.finish(i, self.started.elapsed(), outcome)
-    }
-}
-
-impl Drop for EndpointAttempt<'_> {
-    fn drop(&mut self) {
-        if let (false, Some(cluster), Some(i)) =
-            (self.finished, &self.target.cluster, self.target.endpoint)
-        {
-            cluster.endpoints.abandon(i);
-        }
-    }
 }
 
 /// A gRPC client's deadline (`grpc-timeout: 100m`), if it sent one.
@@ -539,7 +464,7 @@ async fn forward(
     target: &Target,
     version: HttpVersion,
     pool: &Arc<EndpointPool>,
-    mut req: Request<Incoming>,
+    mut req: Request<UpstreamBody>,
     timeout: Option<Duration>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let is_connect = req.method() == Method::CONNECT && req.version() < Version::HTTP_2;
@@ -572,8 +497,10 @@ async fn forward(
     let response_timeout = timeout.unwrap_or(cluster_timeout);
     let exchange = async {
         let pending = match &target.cluster {
-            Some(cluster) => Limit::enter(&cluster.pending, cluster.circuit_breaker.max_pending),
-            None => Some(Limit::none()),
+            Some(cluster) => {
+                attempt::Limit::enter(&cluster.pending, cluster.circuit_breaker.max_pending)
+            }
+            None => Some(attempt::Limit::none()),
         };
         let Some(pending) = pending else {
             return Err(ProxyError::Overloaded {
@@ -615,7 +542,7 @@ async fn send(
     checkout: Checkout,
     pool: &Arc<EndpointPool>,
     connect_timeout: Duration,
-    req: Request<Incoming>,
+    req: Request<UpstreamBody>,
     pool_on_end: bool,
 ) -> Result<Response<crate::pool::PooledBody>, ProxyError> {
     let reused = checkout.reused();

@@ -43,6 +43,7 @@ pub struct Route {
     rewrite_host: Option<String>,
     /// Time to response headers, overriding the cluster's.
     pub timeout: Option<std::time::Duration>,
+    pub retry: Option<strait_config::RetryPolicy>,
     /// (delay, fraction of requests).
     fault_delay: Option<(std::time::Duration, f64)>,
     /// (status, fraction of requests).
@@ -297,6 +298,7 @@ fn compile_route(
         rewrite_prefix,
         rewrite_host: rule.rewrite.host.clone(),
         timeout: rule.timeout,
+        retry: rule.retry.clone(),
         fault_delay: rule
             .fault
             .delay_duration

@@ -1,0 +1,283 @@
+//! One request's tries at its upstream: the circuit-breaker slots it holds,
+//! the balancer's view of each try (in flight, latency, outcome, outlier
+//! ejection), and retries: when the route's policy says a result is worth
+//! another try, the request is safe to replay (an idempotent method, or a
+//! body small enough to have been buffered), and the cluster's retry
+//! budget has room, it goes again to a freshly picked endpoint after an
+//! exponential, jittered backoff. Nothing is retried once the response
+//! headers have gone to the client: the decision is made before that.
+
+use super::body::ProxyBody;
+use super::error::ProxyError;
+use super::{forward, ConnContext, Target};
+use crate::pool::{EndpointPool, HttpVersion, UpstreamBody};
+use crate::route::Snapshot;
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strait_config::{RetryOn, RetryPolicy};
+use tower::retry::budget::Budget;
+use tracing::{debug, warn};
+
+/// A slot under a circuit-breaker limit, released on drop.
+pub(super) struct Limit<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
+
+impl<'a> Limit<'a> {
+    /// Take a slot of `counter`, unless `max` are taken.
+    pub(super) fn enter(
+        counter: &'a std::sync::atomic::AtomicUsize,
+        max: usize,
+    ) -> Option<Limit<'a>> {
+        use std::sync::atomic::Ordering;
+        if counter.fetch_add(1, Ordering::AcqRel) >= max {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Limit(Some(counter)))
+    }
+
+    pub(super) fn none() -> Limit<'a> {
+        Limit(None)
+    }
+}
+
+impl Drop for Limit<'_> {
+    fn drop(&mut self) {
+        if let Some(counter) = self.0 {
+            counter.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
+/// One request to a cluster endpoint, for its balancer: in flight from
+/// `start`, latency and outcome at `finish`; a request abandoned on the
+/// way (the client left) only leaves the in-flight count.
+struct EndpointAttempt<'a> {
+    target: &'a Target,
+    started: Instant,
+    finished: bool,
+}
+
+impl<'a> EndpointAttempt<'a> {
+    fn start(target: &'a Target) -> EndpointAttempt<'a> {
+        if let (Some(cluster), Some(i)) = (&target.cluster, target.endpoint) {
+            cluster.endpoints.start(i);
+        }
+        EndpointAttempt {
+            target,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    /// Record the outcome; true when it ejected the endpoint.
+    fn finish(&mut self, failed: bool) -> bool {
+        self.finished = true;
+        let (Some(cluster), Some(i)) = (&self.target.cluster, self.target.endpoint) else {
+            return false;
+        };
+        let outcome = if failed {
+            crate::balance::cluster::Outcome::Failure
+        } else {
+            crate::balance::cluster::Outcome::Success
+        };
+        cluster.endpoints.finish(i, self.started.elapsed(), outcome)
+    }
+}
+
+impl Drop for EndpointAttempt<'_> {
+    fn drop(&mut self) {
+        if let (false, Some(cluster), Some(i)) =
+            (self.finished, &self.target.cluster, self.target.endpoint)
+        {
+            cluster.endpoints.abandon(i);
+        }
+    }
+}
+
+/// Forward `req` to `target`, retrying per `retry` when it allows.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run(
+    ctx: &ConnContext,
+    snapshot: &Snapshot,
+    target: &Target,
+    version: HttpVersion,
+    pool: &Arc<EndpointPool>,
+    req: Request<Incoming>,
+    timeout: Option<Duration>,
+    retry: Option<&RetryPolicy>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let replayable = retry.is_some_and(|policy| can_replay(&req, policy));
+    let (Some(policy), true) = (retry, replayable) else {
+        return once(
+            ctx,
+            snapshot,
+            target,
+            version,
+            pool,
+            req.map(UpstreamBody::Streaming),
+            timeout,
+        )
+        .await;
+    };
+    let (parts, body) = req.into_parts();
+    // Bounded by content-length (checked in can_replay) and by the limit.
+    let body = match http_body_util::Limited::new(body, policy.max_body)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            debug!(error = %e, "request body could not be buffered for retries");
+            return Err(ProxyError::RequestBody);
+        }
+    };
+    let per_try = policy.per_try_timeout.or(timeout);
+    let mut current = target.clone();
+    let mut attempt = 0;
+    loop {
+        let endpoint_pool = if attempt == 0 {
+            pool.clone()
+        } else {
+            ctx.inputs
+                .pools
+                .endpoint(current.addr, version, current.mesh_identity())
+        };
+        let request = rebuild(&parts, &body);
+        let result = once(
+            ctx,
+            snapshot,
+            &current,
+            version,
+            &endpoint_pool,
+            request,
+            per_try,
+        )
+        .await;
+        if attempt >= policy.attempts || !should_retry(&result, &policy.on) {
+            return result;
+        }
+        let cluster = match &current.cluster {
+            Some(cluster) => cluster.clone(),
+            None => return result,
+        };
+        if !cluster.retry_budget.withdraw() {
+            ctx.inputs.metrics.retry_budget_exhausted(&cluster.name);
+            debug!(cluster = %cluster.name, "retry budget exhausted; returning the failure");
+            return result;
+        }
+        ctx.inputs.metrics.retry(&cluster.name);
+        tokio::time::sleep(backoff(policy, attempt)).await;
+        attempt += 1;
+        // Another endpoint, picked afresh (the failed one is likelier to fail).
+        if let Some(index) = cluster.endpoints.pick(None) {
+            current.addr = cluster.endpoints.endpoint(index).addr;
+            current.endpoint = Some(index);
+        }
+    }
+}
+
+/// One try, with its balancer bookkeeping.
+async fn once(
+    ctx: &ConnContext,
+    snapshot: &Snapshot,
+    target: &Target,
+    version: HttpVersion,
+    pool: &Arc<EndpointPool>,
+    req: Request<UpstreamBody>,
+    timeout: Option<Duration>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut attempt = EndpointAttempt::start(target);
+    let result = forward(ctx, snapshot, target, version, pool, req, timeout).await;
+    let failed = match &result {
+        Ok(response) => response.status().is_server_error(),
+        Err(e) => e.status().is_server_error(),
+    };
+    if attempt.finish(failed) {
+        let cluster = target.cluster.as_ref().map_or("", |c| &*c.name);
+        warn!(target_addr = %target.addr, %cluster, "endpoint ejected by outlier detection");
+        ctx.inputs.metrics.ejection(cluster);
+    }
+    result
+}
+
+/// Idempotent and bodiless, or a body small enough to buffer.
+fn can_replay(req: &Request<Incoming>, policy: &RetryPolicy) -> bool {
+    if req.headers().contains_key(http::header::UPGRADE) || req.method() == Method::CONNECT {
+        return false;
+    }
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    if req.body().is_end_stream() {
+        return idempotent || req.method() == Method::POST || req.method() == Method::PATCH;
+    }
+    let length = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    matches!(length, Some(n) if n <= policy.max_body)
+}
+
+fn rebuild(parts: &http::request::Parts, body: &Bytes) -> Request<UpstreamBody> {
+    let body = (!body.is_empty()).then(|| body.clone());
+    let mut req = Request::new(UpstreamBody::Buffered(body));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+/// Whether a try's result meets one of the policy's retry conditions.
+fn should_retry(result: &Result<Response<ProxyBody>, ProxyError>, on: &[RetryOn]) -> bool {
+    let (status, connect_failure, reset, grpc) = match result {
+        Ok(response) => {
+            let grpc = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok());
+            (response.status(), false, false, grpc)
+        }
+        Err(e) => {
+            let connect = matches!(
+                e,
+                ProxyError::ConnectRefused(_)
+                    | ProxyError::ConnectTimeout { .. }
+                    | ProxyError::Connect { .. }
+                    | ProxyError::Handshake { .. }
+                    | ProxyError::TlsHandshake { .. }
+            );
+            let reset = matches!(e, ProxyError::Upstream { .. });
+            // Local decisions are never worth another try.
+            if matches!(e, ProxyError::Overloaded { .. } | ProxyError::RequestBody) {
+                return false;
+            }
+            (e.status(), connect, reset, None)
+        }
+    };
+    on.iter().any(|cond| match cond {
+        RetryOn::ConnectFailure => connect_failure,
+        RetryOn::Reset => reset,
+        RetryOn::ServerError => status.is_server_error(),
+        RetryOn::GatewayError => matches!(status.as_u16(), 502..=504),
+        RetryOn::Status(code) => status.as_u16() == *code,
+        RetryOn::Grpc(code) => grpc == Some(*code),
+    })
+}
+
+/// Exponential backoff with full jitter between half and all of it.
+fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let exp = policy
+        .backoff_base
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(policy.backoff_max);
+    exp.mul_f64(0.5 + fastrand::f64() / 2.0)
+}

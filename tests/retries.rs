@@ -1,0 +1,156 @@
+//! Retries through the real proxy, counted at a real upstream: a service
+//! failing 30% of requests looks healthy to the client with retries on; a
+//! service failing all of them sees no more retries than the budget
+//! allows; a small POST body is replayed, a large one is not.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::Ordering;
+use support::upstream::{Behaviour, Upstream};
+use support::{metric_sum, Proxy, EPHEMERAL_LISTENERS};
+use tokio::net::TcpStream;
+
+fn config(upstream: &Upstream, budget: &str, retry: &str) -> String {
+    format!(
+        r#"{EPHEMERAL_LISTENERS}clusters:
+  - name: svc
+    retry_budget: {budget}
+    endpoints: [{{address: '{}'}}]
+virtual_hosts:
+  - name: svc
+    domains: ["*"]
+    routes:
+      - name: retried
+        cluster: svc
+        retry: {retry}
+"#,
+        upstream.addr
+    )
+}
+
+async fn client(proxy: &Proxy) -> http1::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+async fn send(
+    c: &mut http1::SendRequest<Full<Bytes>>,
+    method: http::Method,
+    body: Bytes,
+) -> StatusCode {
+    c.ready().await.expect("ready");
+    let req = Request::builder()
+        .method(method)
+        .uri("/")
+        .header("host", "svc")
+        .header("content-length", body.len())
+        .body(Full::new(body))
+        .expect("request");
+    let response = c.send_request(req).await.expect("response");
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+#[tokio::test]
+async fn thirty_percent_failures_are_hidden_by_retries() {
+    let upstream = Upstream::start_with(Behaviour {
+        fail_pattern: Some((10, 3)),
+        ..Behaviour::default()
+    })
+    .await;
+    let proxy = Proxy::start(&config(
+        &upstream,
+        "{percent: 100, min_per_second: 100}",
+        "{attempts: 3, on: ['503'], backoff_base: 1ms, backoff_max: 5ms}",
+    ));
+    let mut c = client(&proxy).await;
+    const N: usize = 1000;
+    let mut ok = 0;
+    for _ in 0..N {
+        if send(&mut c, http::Method::GET, Bytes::new()).await == StatusCode::OK {
+            ok += 1;
+        }
+    }
+    assert!(ok as f64 / N as f64 >= 0.999, "{ok} of {N} succeeded");
+    let m = proxy.metrics();
+    assert!(
+        metric_sum(&m, "retry_total", &["cluster=\"svc\""]) >= 300.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn retries_stay_within_the_budget() {
+    let upstream = Upstream::start_with(Behaviour {
+        status: Some(503),
+        ..Behaviour::default()
+    })
+    .await;
+    let proxy = Proxy::start(&config(
+        &upstream,
+        "{percent: 20, min_per_second: 1, window: 10s}",
+        "{attempts: 3, on: [5xx], backoff_base: 1ms, backoff_max: 2ms}",
+    ));
+    let mut c = client(&proxy).await;
+    const N: usize = 200;
+    for _ in 0..N {
+        assert_eq!(
+            send(&mut c, http::Method::GET, Bytes::new()).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    let seen = upstream.requests.load(Ordering::SeqCst);
+    // 20% of the requests plus one a second over the 10 s window.
+    assert!(
+        seen <= N + N / 5 + 10,
+        "{seen} requests reached the failing upstream"
+    );
+    assert!(seen > N, "no retry was made at all");
+    let m = proxy.metrics();
+    assert!(
+        metric_sum(&m, "retry_budget_exhausted_total", &["cluster=\"svc\""]) > 0.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn small_bodies_are_replayed_large_ones_are_not() {
+    let upstream = Upstream::start_with(Behaviour {
+        status: Some(503),
+        ..Behaviour::default()
+    })
+    .await;
+    let proxy = Proxy::start(&config(
+        &upstream,
+        "{percent: 1000, min_per_second: 1000}",
+        "{attempts: 2, on: [503], backoff_base: 1ms, backoff_max: 2ms}",
+    ));
+    let mut c = client(&proxy).await;
+    send(&mut c, http::Method::POST, Bytes::from(vec![b'x'; 1024])).await;
+    assert_eq!(
+        upstream.requests.load(Ordering::SeqCst),
+        3,
+        "a 1 KiB POST is tried three times"
+    );
+    send(
+        &mut c,
+        http::Method::POST,
+        Bytes::from(vec![b'x'; 1024 * 1024]),
+    )
+    .await;
+    assert_eq!(
+        upstream.requests.load(Ordering::SeqCst),
+        4,
+        "a 1 MiB POST is tried once"
+    );
+}
