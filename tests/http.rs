@@ -520,13 +520,14 @@ async fn config_reload_applies_good_files_and_refuses_bad_ones() {
     let proxy = Proxy::start(&web_config(a.addr, "auto"));
     let path = proxy.config_path();
     let mut client = h1(proxy.outbound).await;
-    let _ = text(
+    let (status, _, body) = text(
         client
             .send_request(get("web", "/"))
             .await
             .expect("response"),
     )
     .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", proxy.log());
     assert_eq!(a.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
 
     // A broken file is refused with its line; the old config keeps serving.
