@@ -154,3 +154,32 @@ async fn small_bodies_are_replayed_large_ones_are_not() {
         "a 1 MiB POST is tried once"
     );
 }
+
+#[tokio::test]
+async fn the_route_timeout_bounds_all_tries_together() {
+    let upstream = Upstream::start().await;
+    let yaml = config(
+        &upstream,
+        "{percent: 1000, min_per_second: 1000}",
+        "{attempts: 5, on: [gateway-error], per_try_timeout: 200ms, backoff_base: 1ms, backoff_max: 2ms}",
+    )
+    .replace("        cluster: svc\n        retry:", "        cluster: svc\n        timeout: 500ms\n        retry:");
+    let proxy = Proxy::start(&yaml);
+    let mut c = client(&proxy).await;
+    c.ready().await.expect("ready");
+    let started = std::time::Instant::now();
+    let req = Request::get("/hang")
+        .header("host", "svc")
+        .body(Full::default())
+        .expect("request");
+    let response = c.send_request(req).await.expect("response");
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_millis(1500),
+        "took {elapsed:?}"
+    );
+    // Tries of 200 ms within a 500 ms budget: the third one is cut short.
+    let tries = upstream.requests.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&tries), "{tries} tries");
+}

@@ -137,47 +137,61 @@ pub(super) async fn run(
         }
     };
     let per_try = policy.per_try_timeout.or(timeout);
-    let mut current = target.clone();
-    let mut attempt = 0;
-    loop {
-        let endpoint_pool = if attempt == 0 {
-            pool.clone()
-        } else {
-            ctx.inputs
-                .pools
-                .endpoint(current.addr, version, current.mesh_identity())
-        };
-        let request = rebuild(&parts, &body);
-        let result = once(
-            ctx,
-            snapshot,
-            &current,
-            version,
-            &endpoint_pool,
-            request,
-            per_try,
-        )
-        .await;
-        if attempt >= policy.attempts || !should_retry(&result, &policy.on) {
-            return result;
+    let tries = async {
+        let mut current = target.clone();
+        let mut attempt = 0;
+        loop {
+            let endpoint_pool = if attempt == 0 {
+                pool.clone()
+            } else {
+                ctx.inputs
+                    .pools
+                    .endpoint(current.addr, version, current.mesh_identity())
+            };
+            let request = rebuild(&parts, &body);
+            let result = once(
+                ctx,
+                snapshot,
+                &current,
+                version,
+                &endpoint_pool,
+                request,
+                per_try,
+            )
+            .await;
+            if attempt >= policy.attempts || !should_retry(&result, &policy.on) {
+                return result;
+            }
+            let cluster = match &current.cluster {
+                Some(cluster) => cluster.clone(),
+                None => return result,
+            };
+            if !cluster.retry_budget.withdraw() {
+                ctx.inputs.metrics.retry_budget_exhausted(&cluster.name);
+                debug!(cluster = %cluster.name, "retry budget exhausted; returning the failure");
+                return result;
+            }
+            ctx.inputs.metrics.retry(&cluster.name);
+            tokio::time::sleep(backoff(policy, attempt)).await;
+            attempt += 1;
+            // Another endpoint, picked afresh (the failed one is likelier to fail).
+            if let Some(index) = cluster.endpoints.pick(None) {
+                current.addr = cluster.endpoints.endpoint(index).addr;
+                current.endpoint = Some(index);
+            }
         }
-        let cluster = match &current.cluster {
-            Some(cluster) => cluster.clone(),
-            None => return result,
-        };
-        if !cluster.retry_budget.withdraw() {
-            ctx.inputs.metrics.retry_budget_exhausted(&cluster.name);
-            debug!(cluster = %cluster.name, "retry budget exhausted; returning the failure");
-            return result;
+    };
+    // The route's timeout bounds every try together, backoffs included.
+    match timeout {
+        Some(overall) => {
+            tokio::time::timeout(overall, tries)
+                .await
+                .unwrap_or(Err(ProxyError::ResponseTimeout {
+                    addr: target.addr,
+                    after: overall,
+                }))
         }
-        ctx.inputs.metrics.retry(&cluster.name);
-        tokio::time::sleep(backoff(policy, attempt)).await;
-        attempt += 1;
-        // Another endpoint, picked afresh (the failed one is likelier to fail).
-        if let Some(index) = cluster.endpoints.pick(None) {
-            current.addr = cluster.endpoints.endpoint(index).addr;
-            current.endpoint = Some(index);
-        }
+        None => tries.await,
     }
 }
 
