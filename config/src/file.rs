@@ -306,6 +306,7 @@ pub struct FileRetryBudget {
 pub struct FileCircuitBreaker {
     pub max_requests: Option<i64>,
     pub max_pending: Option<i64>,
+    pub max_retries: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

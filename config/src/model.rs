@@ -361,6 +361,8 @@ pub struct CircuitBreaker {
     pub max_requests: usize,
     /// Requests waiting for an upstream connection at once.
     pub max_pending: usize,
+    /// Retries in progress at once.
+    pub max_retries: usize,
 }
 
 /// Eject endpoints that keep failing (5xx or gateway errors).

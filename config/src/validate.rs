@@ -289,6 +289,14 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
                 10_000_000,
                 "1 to 10000000",
             )? as usize,
+            max_retries: rules.range(
+                &format!("{field}.circuit_breaker.max_retries"),
+                cb.max_retries,
+                1_000,
+                0,
+                10_000_000,
+                "0 to 10000000",
+            )? as usize,
         };
         let outlier_detection = match c.outlier_detection {
             None => None,

@@ -29,6 +29,8 @@ pub struct ClusterState {
     /// circuit breaker.
     pub active: AtomicUsize,
     pub pending: AtomicUsize,
+    /// Retries in progress, for the circuit breaker's max_retries.
+    pub retrying: AtomicUsize,
     /// Every request deposits, every retry withdraws.
     pub retry_budget: TpsBudget,
 }
@@ -83,6 +85,7 @@ impl Snapshot {
                     circuit_breaker: c.circuit_breaker.clone(),
                     active: AtomicUsize::new(0),
                     pending: AtomicUsize::new(0),
+                    retrying: AtomicUsize::new(0),
                     retry_budget: TpsBudget::new(
                         c.retry_budget.window,
                         c.retry_budget.min_per_second,

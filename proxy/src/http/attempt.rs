@@ -140,6 +140,8 @@ pub(super) async fn run(
     let tries = async {
         let mut current = target.clone();
         let mut attempt = 0;
+        // Held (not read): dropping it frees the circuit-breaker slot.
+        let mut _retry_slot: Option<Limit<'_>> = None;
         loop {
             let endpoint_pool = if attempt == 0 {
                 pool.clone()
@@ -166,6 +168,16 @@ pub(super) async fn run(
                 Some(cluster) => cluster.clone(),
                 None => return result,
             };
+            // The slot is held through the retry's own try, until the next one.
+            let slot = target
+                .cluster
+                .as_deref()
+                .and_then(|c| Limit::enter(&c.retrying, c.circuit_breaker.max_retries));
+            if slot.is_none() {
+                debug!(cluster = %cluster.name, "circuit breaker: max_retries in progress; returning the failure");
+                return result;
+            }
+            _retry_slot = slot;
             if !cluster.retry_budget.withdraw() {
                 ctx.inputs.metrics.retry_budget_exhausted(&cluster.name);
                 debug!(cluster = %cluster.name, "retry budget exhausted; returning the failure");
