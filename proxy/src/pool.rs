@@ -4,6 +4,7 @@
 //! keeps one multiplexed connection per endpoint, with one connect in
 //! flight at a time. Idle connections past their timeout are reaped.
 
+use crate::http::body::UpstreamBody;
 use crate::io::CountedIo;
 use crate::metrics::{Metrics, TcpMetrics, TlsStatus};
 use crate::socket::{self, ConnectError};
@@ -428,44 +429,6 @@ impl Checkout {
                         Err((e.into_error(), unsent))
                     }
                 }
-            }
-        }
-    }
-}
-
-/// A request body going upstream: the client's stream as it arrives, or
-/// bytes buffered so the request can be replayed on a retry.
-pub enum UpstreamBody {
-    Streaming(Incoming),
-    Buffered(Option<Bytes>),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Streaming(body) => Pin::new(body).poll_frame(cx),
-            UpstreamBody::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Streaming(body) => body.is_end_stream(),
-            UpstreamBody::Buffered(data) => data.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Streaming(body) => body.size_hint(),
-            UpstreamBody::Buffered(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
     }

@@ -8,9 +8,10 @@
 //! headers have gone to the client: the decision is made before that.
 
 use super::body::ProxyBody;
+use super::body::UpstreamBody;
 use super::error::ProxyError;
 use super::{forward, ConnContext, Target};
-use crate::pool::{EndpointPool, HttpVersion, UpstreamBody};
+use crate::pool::{EndpointPool, HttpVersion};
 use crate::route::Snapshot;
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -119,7 +120,7 @@ pub(super) async fn run(
             target,
             version,
             pool,
-            req.map(UpstreamBody::Streaming),
+            req.map(UpstreamBody::Stream),
             timeout,
         )
         .await;
@@ -253,7 +254,7 @@ fn can_replay(req: &Request<Incoming>, policy: &RetryPolicy) -> bool {
 
 fn rebuild(parts: &http::request::Parts, body: &Bytes) -> Request<UpstreamBody> {
     let body = (!body.is_empty()).then(|| body.clone());
-    let mut req = Request::new(UpstreamBody::Buffered(body));
+    let mut req = Request::new(UpstreamBody::Full(body));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;

@@ -1,30 +1,43 @@
-//! The body type of every response strait sends: either the upstream's
-//! body, streamed frame by frame (trailers included), or a small body the
-//! proxy wrote itself. An enum rather than a boxed trait object, so the
-//! hot path allocates nothing for it.
+//! The body types strait sends: a body streamed from the other side
+//! (frame by frame, trailers included), or a few bytes held in memory (a
+//! response the proxy writes itself, or a request body buffered so it can
+//! be replayed on a retry). An enum rather than a boxed trait object, so
+//! the hot path allocates nothing for it.
 
 use crate::pool::PooledBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-pub enum ProxyBody {
-    Upstream(PooledBody),
+/// A streamed body `B`, or bytes in memory.
+pub enum StreamOrBytes<B> {
+    Stream(B),
     Full(Option<Bytes>),
 }
 
-impl ProxyBody {
-    pub fn text(text: impl Into<Bytes>) -> ProxyBody {
-        ProxyBody::Full(Some(text.into()))
+/// Every response body: the upstream's, or one the proxy wrote.
+pub type ProxyBody = StreamOrBytes<PooledBody>;
+
+/// Every request body sent upstream: the client's stream, or bytes
+/// buffered for replay.
+pub type UpstreamBody = StreamOrBytes<Incoming>;
+
+impl<B> StreamOrBytes<B> {
+    pub fn text(text: impl Into<Bytes>) -> Self {
+        StreamOrBytes::Full(Some(text.into()))
     }
 
-    pub fn empty() -> ProxyBody {
-        ProxyBody::Full(None)
+    pub fn empty() -> Self {
+        StreamOrBytes::Full(None)
     }
 }
 
-impl Body for ProxyBody {
+impl<B> Body for StreamOrBytes<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -33,22 +46,22 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
-            ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            StreamOrBytes::Stream(body) => Pin::new(body).poll_frame(cx),
+            StreamOrBytes::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(body) => body.is_end_stream(),
-            ProxyBody::Full(data) => data.is_none(),
+            StreamOrBytes::Stream(body) => body.is_end_stream(),
+            StreamOrBytes::Full(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(body) => body.size_hint(),
-            ProxyBody::Full(data) => {
+            StreamOrBytes::Stream(body) => body.size_hint(),
+            StreamOrBytes::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }

@@ -14,12 +14,12 @@ pub mod vhost;
 use crate::metrics::{Metrics, RequestKey, RequestMetrics, TlsStatus};
 use crate::orig_dst::OrigDst;
 use crate::outbound::Routed;
-use crate::pool::{Checkout, EndpointPool, HttpVersion, NotSent, Pools, UpstreamBody};
+use crate::pool::{Checkout, EndpointPool, HttpVersion, NotSent, Pools};
 use crate::route::{ClusterState, Snapshot};
 use crate::tls::Tls;
 use crate::{inbound, outbound, Direction};
 use arc_swap::ArcSwap;
-use body::ProxyBody;
+use body::{ProxyBody, UpstreamBody};
 use error::ProxyError;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -532,7 +532,7 @@ async fn forward(
         tokio::spawn(tunnel(client_upgrade, upstream_upgrade, target.addr));
     }
     headers::strip_hop_by_hop(response.headers_mut(), switched);
-    Ok(response.map(ProxyBody::Upstream))
+    Ok(response.map(ProxyBody::Stream))
 }
 
 /// Send on a checked-out connection. A pooled HTTP/1 connection the
