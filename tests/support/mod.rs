@@ -25,13 +25,14 @@ pub struct Proxy {
 pub struct TempDir(pub std::path::PathBuf);
 
 impl TempDir {
+    /// A fresh directory, unique across the tests of this process (a
+    /// counter, not the clock: tests start in parallel).
     pub fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path =
-            std::env::temp_dir().join(format!("strait-{tag}-{}-{nanos}", std::process::id()));
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("strait-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
     }
