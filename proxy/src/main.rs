@@ -180,6 +180,27 @@ fn check(path: &PathBuf) -> ExitCode {
             endpoints.join(", ")
         );
     }
+    for host in &config.virtual_hosts {
+        println!(
+            "  vhost     {} [{}]: {} route(s): {}",
+            host.name,
+            host.domains.join(", "),
+            host.routes.len(),
+            host.routes
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(identity) = &config.identity {
+        println!(
+            "  identity  {} (key {}, trust {})",
+            identity.certificate.display(),
+            identity.private_key.display(),
+            identity.trust_bundle.display()
+        );
+    }
     for r in &config.routes {
         match &r.matches {
             RouteMatch::Authority(a) => println!("  route     authority {a} -> {}", r.cluster),
