@@ -43,10 +43,10 @@ fn check_names_field_and_line_of_each_error() {
         &["proxy.detect_timeot", "unknown field", "(line 2)"],
     );
     assert_check_fails(
-        "clusters:\n  - name: web\n    endpoints:\n      - address: web:80\n",
+        "clusters:\n  - name: web\n    endpoints:\n      - address: web_1:80\n",
         &[
             "clusters[0].endpoints[0].address",
-            "'web:80' is not an IP:port",
+            "'web_1:80' is not an IP:port",
             "(line 4)",
         ],
     );

@@ -44,7 +44,7 @@ pub enum ConfigError {
     NotAPort { at: At, value: i64 },
     #[error("{at}: '{value}' is not an IP address{}", at.line_suffix())]
     NotAnIp { at: At, value: String },
-    #[error("{at}: '{value}' is not an IP:port address (e.g. 10.0.0.7:8080 or [::1]:8080){}", at.line_suffix())]
+    #[error("{at}: '{value}' is not an IP:port or name:port address (e.g. 10.0.0.7:8080, [::1]:8080, web.default.svc:8080){}", at.line_suffix())]
     NotASocketAddr { at: At, value: String },
     #[error("{at}: '{value}' is not a duration (e.g. 500ms, 2s, 1m){}", at.line_suffix())]
     NotADuration { at: At, value: String },

@@ -20,6 +20,17 @@ pub struct FileConfig {
     pub policy: Option<FilePolicy>,
     #[serde(default)]
     pub virtual_hosts: Vec<FileVirtualHost>,
+    pub dns: Option<FileDns>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDns {
+    /// Name servers (IP:port); the system's resolv.conf otherwise.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    pub min_refresh: Option<String>,
+    pub max_refresh: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

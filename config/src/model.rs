@@ -24,6 +24,20 @@ pub struct Config {
     pub policy: Policy,
     /// L7 routing for outbound HTTP, consulted before `routes`.
     pub virtual_hosts: Vec<VirtualHost>,
+    pub dns: Dns,
+}
+
+/// How endpoint names are resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Dns {
+    /// Name servers; empty means the system's configuration.
+    pub servers: Vec<SocketAddr>,
+    /// Re-resolve no sooner than this, whatever the record's TTL says...
+    #[serde(with = "humantime_serde")]
+    pub min_refresh: Duration,
+    /// ...and no later than this.
+    #[serde(with = "humantime_serde")]
+    pub max_refresh: Duration,
 }
 
 /// Requests whose authority matches one of `domains` (exact, `*.suffix`,
@@ -322,7 +336,17 @@ pub struct Cluster {
     pub retry_budget: RetryBudget,
     pub circuit_breaker: CircuitBreaker,
     pub outlier_detection: Option<OutlierDetection>,
+    /// Endpoints given as IP:port.
     pub endpoints: Vec<Endpoint>,
+    /// Endpoints given as name:port, resolved by DNS and re-resolved.
+    pub dns_endpoints: Vec<DnsEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct DnsEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
 }
 
 /// How a request picks one of a cluster's endpoints.

@@ -213,19 +213,27 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
             });
         }
         let mut endpoints = Vec::with_capacity(c.endpoints.len());
+        let mut dns_endpoints = Vec::new();
         for (j, e) in c.endpoints.iter().enumerate() {
             let ep = format!("{field}.endpoints[{j}]");
-            endpoints.push(Endpoint {
-                addr: rules.socket_addr(&format!("{ep}.address"), &e.address)?,
-                weight: rules.range(
-                    &format!("{ep}.weight"),
-                    e.weight,
-                    1,
-                    1,
-                    10_000,
-                    "1 to 10000",
-                )? as u32,
-            });
+            let weight = rules.range(
+                &format!("{ep}.weight"),
+                e.weight,
+                1,
+                1,
+                10_000,
+                "1 to 10000",
+            )? as u32;
+            match e.address.parse::<SocketAddr>() {
+                Ok(_) => endpoints.push(Endpoint {
+                    addr: rules.socket_addr(&format!("{ep}.address"), &e.address)?,
+                    weight,
+                }),
+                Err(_) => {
+                    let (host, port) = dns_name(&rules, &format!("{ep}.address"), &e.address)?;
+                    dns_endpoints.push(DnsEndpoint { host, port, weight });
+                }
+            }
         }
         let tls_identity = match c.tls {
             Some(tls) if tls.identity.trim().is_empty() => {
@@ -349,6 +357,7 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
             )?,
         };
         clusters.push(Cluster {
+            dns_endpoints,
             retry_budget,
             load_balancer,
             circuit_breaker,
@@ -462,8 +471,28 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
     };
     let policy = policy(&rules, file.policy.unwrap_or_default(), identity.is_some())?;
     let virtual_hosts = crate::vhosts::virtual_hosts(index, file.virtual_hosts, &names)?;
+    let dns_file = file.dns.unwrap_or_default();
+    let dns = Dns {
+        servers: dns_file
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| rules.socket_addr(&format!("dns.servers[{i}]"), s))
+            .collect::<Result<_, _>>()?,
+        min_refresh: rules.duration(
+            "dns.min_refresh",
+            dns_file.min_refresh.as_ref(),
+            std::time::Duration::from_secs(1),
+        )?,
+        max_refresh: rules.duration(
+            "dns.max_refresh",
+            dns_file.max_refresh.as_ref(),
+            std::time::Duration::from_secs(30),
+        )?,
+    };
 
     Ok(Config {
+        dns,
         identity,
         policy,
         virtual_hosts,
@@ -611,6 +640,29 @@ fn proxy_settings(rules: &Rules<'_>, p: FileProxy) -> Result<ProxySettings, Conf
             "0 to 100000",
         )? as usize,
     })
+}
+
+/// `name:port` with a DNS name (letters, digits, `-`, `.`).
+fn dns_name(rules: &Rules<'_>, field: &str, value: &str) -> Result<(String, u16), ConfigError> {
+    let bad = || ConfigError::NotASocketAddr {
+        at: rules.at(field),
+        value: value.to_string(),
+    };
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().any(|c| c.is_ascii_alphabetic())
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if port == 0 || !host_ok {
+        return Err(bad());
+    }
+    Ok((host.to_ascii_lowercase(), port))
 }
 
 /// Authorities compare case-insensitively and without a port.

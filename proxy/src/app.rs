@@ -66,6 +66,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let max_connections = config.proxy.max_connections;
     let grace = config.proxy.shutdown_grace;
+    let discovery = crate::discovery::Discovery::new();
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::new(config)));
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
@@ -83,6 +84,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let snapshot = snapshot.clone();
         let metrics = metrics.clone();
         let tls = tls.clone();
+        let discovery = discovery.clone();
         std::thread::Builder::new()
             .name("strait-admin".into())
             .spawn(move || -> anyhow::Result<()> {
@@ -96,8 +98,15 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                     if let Some(tls) = tls {
                         tokio::spawn(tls.watch(stop.clone()));
                     }
+                    tokio::spawn(discovery.clone().run(snapshot.clone(), stop.clone()));
                     if let Some(path) = config_path {
-                        tokio::spawn(watch_config(path, snapshot, metrics, stop.clone()));
+                        tokio::spawn(watch_config(
+                            path,
+                            snapshot,
+                            metrics,
+                            discovery,
+                            stop.clone(),
+                        ));
                     }
                     admin::serve(listener, admin_state, stop).await;
                     Ok(())
@@ -216,6 +225,7 @@ async fn watch_config(
     path: PathBuf,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
+    discovery: Arc<crate::discovery::Discovery>,
     stop: CancellationToken,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -245,11 +255,16 @@ async fn watch_config(
                 info!(path = %path.display(), "config file changed: reloading");
             }
         }
-        reload(&path, &snapshot, &metrics);
+        reload(&path, &snapshot, &metrics, &discovery);
     }
 }
 
-fn reload(path: &PathBuf, snapshot: &ArcSwap<Snapshot>, metrics: &Metrics) {
+fn reload(
+    path: &PathBuf,
+    snapshot: &ArcSwap<Snapshot>,
+    metrics: &Metrics,
+    discovery: &crate::discovery::Discovery,
+) {
     let loaded = Config::from_path(path).and_then(|mut c| {
         c.apply_env(|k| std::env::var(k).ok())?;
         Ok(c)
@@ -267,7 +282,10 @@ fn reload(path: &PathBuf, snapshot: &ArcSwap<Snapshot>, metrics: &Metrics) {
             if old.identity != config.identity {
                 warn!("the identity section changed: it takes effect on restart (rotations of the files it names are picked up live)");
             }
-            snapshot.store(Arc::new(Snapshot::new(config)));
+            snapshot.store(Arc::new(Snapshot::with_resolved(
+                config,
+                &discovery.resolved(),
+            )));
             metrics.config_reload_total.with_label_values(&["ok"]).inc();
             info!(path = %path.display(), "config reloaded");
         }

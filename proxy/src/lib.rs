@@ -14,6 +14,7 @@ pub mod authz;
 pub mod balance;
 pub mod connection;
 pub mod detect;
+pub mod discovery;
 pub mod http;
 pub mod inbound;
 pub mod io;

@@ -12,6 +12,9 @@ use std::time::Duration;
 use strait_config::{CircuitBreaker, Config, HashKey, LoadBalancer, Protocol, RouteMatch};
 use tower::retry::budget::TpsBudget;
 
+/// Addresses of DNS endpoints, by (name, port).
+pub type Resolved = HashMap<(String, u16), Vec<std::net::SocketAddr>>;
+
 /// A cluster ready for the data path.
 #[derive(Debug)]
 pub struct ClusterState {
@@ -61,12 +64,24 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A snapshot with no DNS names resolved (static endpoints only).
     pub fn new(config: Config) -> Snapshot {
+        Snapshot::with_resolved(config, &Resolved::new())
+    }
+
+    /// A snapshot whose DNS endpoints take the addresses in `resolved`.
+    pub fn with_resolved(config: Config, resolved: &Resolved) -> Snapshot {
         let clusters: HashMap<&str, Arc<ClusterState>> = config
             .clusters
             .iter()
             .map(|c| {
-                let endpoints: Vec<_> = c.endpoints.iter().map(|e| (e.addr, e.weight)).collect();
+                let mut endpoints: Vec<_> =
+                    c.endpoints.iter().map(|e| (e.addr, e.weight)).collect();
+                for dns in &c.dns_endpoints {
+                    if let Some(addrs) = resolved.get(&(dns.host.clone(), dns.port)) {
+                        endpoints.extend(addrs.iter().map(|a| (*a, dns.weight)));
+                    }
+                }
                 let state = ClusterState {
                     name: c.name.as_str().into(),
                     protocol: c.protocol,

@@ -123,7 +123,12 @@ impl Upstream {
 
     /// Start an upstream that delays or fails every request.
     pub async fn start_with(behaviour: Behaviour) -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Upstream::start_at("127.0.0.1:0", behaviour).await
+    }
+
+    /// Start an upstream on a given address.
+    pub async fn start_at(addr: &str, behaviour: Behaviour) -> Upstream {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");

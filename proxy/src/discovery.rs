@@ -1,0 +1,143 @@
+//! Endpoint discovery by DNS: cluster endpoints given as `name:port` are
+//! resolved (hickory-resolver, the system's resolv.conf or the configured
+//! servers) and re-resolved when their records' TTL runs out, within the
+//! configured bounds. A changed address set swaps in a new snapshot, the
+//! way a config reload does, so requests in flight finish on the old one;
+//! a failed resolution keeps the last good set. Runs on the control
+//! thread, never on the data path.
+
+use crate::route::{Resolved, Snapshot};
+use arc_swap::ArcSwap;
+use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::TokioResolver;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The resolved addresses, shared with config reloads.
+#[derive(Default)]
+pub struct Discovery {
+    resolved: Mutex<Resolved>,
+}
+
+impl Discovery {
+    pub fn new() -> Arc<Discovery> {
+        Arc::new(Discovery::default())
+    }
+
+    /// The addresses known now, for building a snapshot.
+    pub fn resolved(&self) -> Resolved {
+        self.resolved.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Resolve the current config's DNS endpoints until `stop`.
+    pub async fn run(self: Arc<Self>, snapshot: Arc<ArcSwap<Snapshot>>, stop: CancellationToken) {
+        let mut due: HashMap<(String, u16), Instant> = HashMap::new();
+        let mut resolver: Option<(Vec<SocketAddr>, TokioResolver)> = None;
+        loop {
+            let current = snapshot.load_full();
+            let config = &current.config;
+            let servers = config.dns.servers.clone();
+            if resolver.as_ref().is_none_or(|(s, _)| *s != servers) {
+                match build_resolver(&servers) {
+                    Ok(r) => resolver = Some((servers, r)),
+                    Err(e) => {
+                        warn!(error = %e, "cannot set up DNS resolution; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(config.dns.max_refresh) => continue,
+                        }
+                    }
+                }
+            }
+            let Some((_, dns)) = resolver.as_ref() else {
+                continue;
+            };
+            let names: Vec<(String, u16)> = config
+                .clusters
+                .iter()
+                .flat_map(|c| c.dns_endpoints.iter().map(|d| (d.host.clone(), d.port)))
+                .collect();
+            let now = Instant::now();
+            let mut changed = false;
+            for name in &names {
+                if due.get(name).is_some_and(|at| *at > now) {
+                    continue;
+                }
+                let (min, max) = (config.dns.min_refresh, config.dns.max_refresh);
+                match dns.lookup_ip(name.0.as_str()).await {
+                    Ok(lookup) => {
+                        let mut addrs: Vec<SocketAddr> = lookup
+                            .iter()
+                            .map(|ip| SocketAddr::new(ip, name.1))
+                            .collect();
+                        addrs.sort();
+                        addrs.dedup();
+                        let ttl = lookup
+                            .valid_until()
+                            .saturating_duration_since(std::time::Instant::now());
+                        due.insert(name.clone(), now + ttl.clamp(min, max));
+                        if let Ok(mut resolved) = self.resolved.lock() {
+                            if resolved.get(name) != Some(&addrs) {
+                                info!(host = %name.0, port = name.1, ?addrs, "DNS endpoints changed");
+                                resolved.insert(name.clone(), addrs);
+                                changed = true;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Keep the last good set; try again soon.
+                        warn!(host = %name.0, error = %e, "DNS resolution failed; keeping the last known endpoints");
+                        due.insert(name.clone(), now + min);
+                    }
+                }
+            }
+            if changed {
+                let resolved = self.resolved();
+                // rcu: a config reload racing with us keeps its config.
+                snapshot.rcu(|latest| Snapshot::with_resolved((*latest.config).clone(), &resolved));
+            }
+            let next = due
+                .values()
+                .min()
+                .copied()
+                .unwrap_or(now + Duration::from_secs(1));
+            let wake = next
+                .max(now + Duration::from_millis(100))
+                .min(now + Duration::from_secs(1));
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}
+
+/// How long one lookup may take: a silent server must not hold the
+/// loop (and every other name) for long.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn build_resolver(servers: &[SocketAddr]) -> Result<TokioResolver, hickory_resolver::ResolveError> {
+    let mut builder = if servers.is_empty() {
+        TokioResolver::builder_tokio()?
+    } else {
+        let mut group = NameServerConfigGroup::new();
+        for server in servers {
+            group.merge(NameServerConfigGroup::from_ips_clear(
+                &[server.ip()],
+                server.port(),
+                true,
+            ));
+        }
+        let config = ResolverConfig::from_parts(None, vec![], group);
+        TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+    };
+    builder.options_mut().timeout = LOOKUP_TIMEOUT;
+    builder.options_mut().attempts = 1;
+    Ok(builder.build())
+}

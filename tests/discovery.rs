@@ -1,0 +1,142 @@
+//! DNS endpoint discovery through the real proxy, against a real DNS
+//! server the test runs on 127.0.0.1 (a minimal responder: A records with
+//! a 1 s TTL). Requests follow the name to its address; when the record
+//! changes they move to the new address without one failing; when the
+//! server stops answering, the last good address keeps serving.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::upstream::{Behaviour, Upstream};
+use support::{Proxy, EPHEMERAL_LISTENERS};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// What the DNS server answers: an address, or silence.
+type Answer = Arc<Mutex<Option<Ipv4Addr>>>;
+
+/// Answer A queries for any name with the current address (TTL 1 s) and
+/// other types with no records; say nothing while the answer is None.
+async fn dns_server(answer: Answer) -> std::net::SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
+    let addr = socket.local_addr().expect("dns addr");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let query = &buf[..n];
+            let Some(ip) = *answer.lock().expect("answer") else {
+                continue;
+            };
+            // Question: after the 12-byte header, labels up to a zero byte, then type and class.
+            let mut end = 12;
+            while end < n && query[end] != 0 {
+                end += 1 + query[end] as usize;
+            }
+            let qend = end + 5;
+            if qend > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
+            let mut reply = Vec::with_capacity(qend + 16);
+            reply.extend_from_slice(&query[..2]); // id
+            reply.extend_from_slice(&[0x81, 0x80]); // response, recursion desired+available
+            reply.extend_from_slice(&[0, 1]); // one question
+            reply.extend_from_slice(&[0, u8::from(qtype == 1)]); // answers
+            reply.extend_from_slice(&[0, 0, 0, 0]);
+            reply.extend_from_slice(&query[12..qend]);
+            if qtype == 1 {
+                reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                reply.extend_from_slice(&ip.octets());
+            }
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    });
+    addr
+}
+
+async fn get(proxy: &Proxy) -> StatusCode {
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", "svc")
+        .body(Full::<Bytes>::default())
+        .expect("req");
+    let response = sender.send_request(req).await.expect("response");
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+#[tokio::test]
+async fn endpoints_follow_dns_and_survive_its_outage() {
+    let answer: Answer = Arc::new(Mutex::new(Some(Ipv4Addr::new(127, 0, 0, 1))));
+    let dns = dns_server(answer.clone()).await;
+    let a = Upstream::start().await;
+    let port = a.addr.port();
+    let b = Upstream::start_at(&format!("127.0.0.2:{port}"), Behaviour::default()).await;
+    let proxy = Proxy::start(&format!(
+        "{}dns: {{servers: ['{dns}'], min_refresh: 200ms, max_refresh: 1s}}\nclusters:\n  - name: svc\n    load_balancer: {{policy: round_robin}}\n    endpoints: [{{address: 'svc.strait.test:{port}'}}]\n",
+        EPHEMERAL_LISTENERS.replace(
+            "outbound: {address: 127.0.0.1, port: 0}",
+            "outbound: {address: 127.0.0.1, port: 0, default_cluster: svc}"
+        )
+    ));
+    // Resolved: requests reach the first address.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&proxy).await != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "name never resolved:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.requests.load(Ordering::SeqCst) >= 1);
+
+    // The record changes: traffic moves, no request fails on the way.
+    *answer.lock().expect("answer") = Some(Ipv4Addr::new(127, 0, 0, 2));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.requests.load(Ordering::SeqCst) == 0 {
+        assert_eq!(get(&proxy).await, StatusCode::OK);
+        assert!(
+            Instant::now() < deadline,
+            "never moved to the new address:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The DNS server goes silent: the last good address keeps serving.
+    *answer.lock().expect("answer") = None;
+    let before = b.requests.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !proxy
+        .log()
+        .contains("DNS resolution failed; keeping the last known endpoints")
+    {
+        assert_eq!(get(&proxy).await, StatusCode::OK);
+        assert!(
+            Instant::now() < deadline,
+            "the failed lookup was never reported:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(get(&proxy).await, StatusCode::OK);
+    }
+    assert!(b.requests.load(Ordering::SeqCst) > before);
+}
