@@ -152,3 +152,23 @@ fn version_answers() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("strait "));
 }
+
+#[test]
+fn readme_config_examples_are_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md next to the workspace");
+    let blocks: Vec<&str> = readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    assert!(blocks.len() >= 3, "README lost its config examples");
+    for block in blocks {
+        let out = check(block);
+        assert!(
+            out.status.success(),
+            "README example does not validate: {}\n{block}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
