@@ -369,6 +369,15 @@ async fn route_timeouts_and_grpc_timeout_give_504() {
         headers.get("strait-proxy-error").map(|v| v.as_bytes()),
         Some(&b"response-timeout"[..])
     );
+    // The upstream sees the request given up, not left running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while upstream.cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream never saw the cancellation"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     // The client's own deadline wins over the cluster's 30 s default.
     let started = std::time::Instant::now();

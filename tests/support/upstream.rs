@@ -30,6 +30,8 @@ pub struct Upstream {
     pub connections: Arc<AtomicUsize>,
     /// Notified when a `/slow` or `/hang` request arrives.
     pub started: Arc<Notify>,
+    /// `/hang` requests whose handling was abandoned (the proxy gave up).
+    pub cancelled: Arc<AtomicUsize>,
 }
 
 fn full(text: impl Into<Bytes>) -> Body {
@@ -54,6 +56,7 @@ async fn answer(
     started: Arc<Notify>,
     behaviour: Behaviour,
     seen: usize,
+    cancelled: Arc<AtomicUsize>,
 ) -> Result<Response<Body>, Infallible> {
     if let Some((n, k)) = behaviour.fail_pattern {
         if seen % n < k {
@@ -92,6 +95,14 @@ async fn answer(
             Response::new(full("slow"))
         }
         "/hang" => {
+            /// Counts the request as cancelled when its handler is dropped.
+            struct OnDrop(Arc<AtomicUsize>);
+            impl Drop for OnDrop {
+                fn drop(&mut self) {
+                    self.0.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            let _guard = OnDrop(cancelled);
             started.notify_one();
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Response::new(full("late"))
@@ -135,6 +146,8 @@ impl Upstream {
         let requests = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(Notify::new());
+        let cancelled = Arc::new(AtomicUsize::new(0));
+        let cancelled_count = cancelled.clone();
         let (req_count, conn_count, notify) =
             (requests.clone(), connections.clone(), started.clone());
         tokio::spawn(async move {
@@ -145,10 +158,11 @@ impl Upstream {
                 conn_count.fetch_add(1, Ordering::SeqCst);
                 let req_count = req_count.clone();
                 let notify = notify.clone();
+                let cancelled = cancelled_count.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let seen = req_count.fetch_add(1, Ordering::SeqCst);
-                        answer(req, notify.clone(), behaviour, seen)
+                        answer(req, notify.clone(), behaviour, seen, cancelled.clone())
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -161,6 +175,7 @@ impl Upstream {
             requests,
             connections,
             started,
+            cancelled,
         }
     }
 }
