@@ -235,3 +235,31 @@ async fn failing_endpoint_is_ejected_and_returns() {
         "the endpoint never came back"
     );
 }
+
+#[tokio::test]
+async fn endpoints_refusing_connections_leave_rotation_without_configuration() {
+    let good = Upstream::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let proxy = Proxy::start(&cluster_config(
+        "{policy: round_robin}",
+        "",
+        &[(good.addr, 1), (closed, 1)],
+    ));
+    let mut c = client(&proxy).await;
+    let mut refused = 0;
+    for _ in 0..30 {
+        let (status, headers) = get(&mut c, "/", &[]).await;
+        if status == StatusCode::BAD_GATEWAY {
+            assert_eq!(
+                headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+                Some(&b"connect-refused"[..])
+            );
+            refused += 1;
+        }
+    }
+    // Three refusals take it out; the other 27 requests all succeed.
+    assert_eq!(refused, 3);
+    assert_eq!(good.requests.load(Ordering::SeqCst), 27);
+}

@@ -46,7 +46,17 @@ pub enum Outcome {
     Success,
     /// A 5xx from the endpoint or a gateway failure reaching it.
     Failure,
+    /// No connection could be made to the endpoint at all.
+    ConnectFailure,
 }
+
+/// Without configured outlier detection, endpoints that refuse
+/// connections are still taken out of rotation until they recover.
+const CONNECT_FAILURE_EJECTION: OutlierDetection = OutlierDetection {
+    consecutive_failures: 3,
+    base_ejection_time: Duration::from_secs(5),
+    max_ejection_percent: 50,
+};
 
 /// The endpoints of a cluster and its balancing policy.
 #[derive(Debug)]
@@ -283,6 +293,15 @@ impl Balancer {
                 false
             }
             (Outcome::Failure, Some(od)) => {
+                let failures = e.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                failures >= od.consecutive_failures && self.eject(i, od)
+            }
+            (Outcome::ConnectFailure, Some(od)) => {
+                let failures = e.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                failures >= od.consecutive_failures && self.eject(i, od)
+            }
+            (Outcome::ConnectFailure, None) => {
+                let od = &CONNECT_FAILURE_EJECTION;
                 let failures = e.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 failures >= od.consecutive_failures && self.eject(i, od)
             }

@@ -11,6 +11,7 @@ use super::body::ProxyBody;
 use super::body::UpstreamBody;
 use super::error::ProxyError;
 use super::{forward, ConnContext, Target};
+use crate::balance::cluster::Outcome;
 use crate::pool::{EndpointPool, HttpVersion};
 use crate::route::Snapshot;
 use bytes::Bytes;
@@ -76,15 +77,10 @@ impl<'a> EndpointAttempt<'a> {
     }
 
     /// Record the outcome; true when it ejected the endpoint.
-    fn finish(&mut self, failed: bool) -> bool {
+    fn finish(&mut self, outcome: Outcome) -> bool {
         self.finished = true;
         let (Some(cluster), Some(i)) = (&self.target.cluster, self.target.endpoint) else {
             return false;
-        };
-        let outcome = if failed {
-            crate::balance::cluster::Outcome::Failure
-        } else {
-            crate::balance::cluster::Outcome::Success
         };
         cluster.endpoints.finish(i, self.started.elapsed(), outcome)
     }
@@ -220,11 +216,18 @@ async fn once(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut attempt = EndpointAttempt::start(target);
     let result = forward(ctx, snapshot, target, version, pool, req, timeout).await;
-    let failed = match &result {
-        Ok(response) => response.status().is_server_error(),
-        Err(e) => e.status().is_server_error(),
+    let outcome = match &result {
+        Ok(response) if response.status().is_server_error() => Outcome::Failure,
+        Ok(_) => Outcome::Success,
+        Err(
+            ProxyError::ConnectRefused(_)
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Connect { .. },
+        ) => Outcome::ConnectFailure,
+        Err(e) if e.status().is_server_error() => Outcome::Failure,
+        Err(_) => Outcome::Success,
     };
-    if attempt.finish(failed) {
+    if attempt.finish(outcome) {
         let cluster = target.cluster.as_ref().map_or("", |c| &*c.name);
         warn!(target_addr = %target.addr, %cluster, "endpoint ejected by outlier detection");
         ctx.inputs.metrics.ejection(cluster);
