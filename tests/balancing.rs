@@ -263,3 +263,45 @@ async fn endpoints_refusing_connections_leave_rotation_without_configuration() {
     assert_eq!(refused, 3);
     assert_eq!(good.requests.load(Ordering::SeqCst), 27);
 }
+
+#[tokio::test]
+async fn connection_limit_fails_fast_and_frees_on_close() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&cluster_config(
+        "{policy: round_robin}",
+        "    protocol: http1\n    circuit_breaker: {max_connections: 1}\n",
+        &[(up.addr, 1)],
+    ));
+    // One request holds the only upstream connection.
+    let mut first = client(&proxy).await;
+    let hanging = tokio::spawn(async move { get(&mut first, "/hang", &[]).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.requests.load(Ordering::SeqCst) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the hanging request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut second = client(&proxy).await;
+    let (status, headers) = get(&mut second, "/", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+        Some(&b"overloaded"[..])
+    );
+    hanging.abort();
+    // Once the client gives up, the connection (and its slot) goes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = get(&mut second, "/", &[]).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the connection slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -318,6 +318,7 @@ pub struct FileCircuitBreaker {
     pub max_requests: Option<i64>,
     pub max_pending: Option<i64>,
     pub max_retries: Option<i64>,
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -387,6 +387,8 @@ pub struct CircuitBreaker {
     pub max_pending: usize,
     /// Retries in progress at once.
     pub max_retries: usize,
+    /// Upstream connections open at once.
+    pub max_connections: usize,
 }
 
 /// Eject endpoints that keep failing (5xx or gateway errors).

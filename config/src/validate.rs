@@ -297,6 +297,14 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
                 10_000_000,
                 "1 to 10000000",
             )? as usize,
+            max_connections: rules.range(
+                &format!("{field}.circuit_breaker.max_connections"),
+                cb.max_connections,
+                100_000,
+                1,
+                10_000_000,
+                "1 to 10000000",
+            )? as usize,
             max_retries: rules.range(
                 &format!("{field}.circuit_breaker.max_retries"),
                 cb.max_retries,

@@ -31,6 +31,42 @@ pub enum HttpVersion {
     Http2,
 }
 
+/// A cluster's cap on open upstream connections (circuit breaker).
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
+    pub max: usize,
+}
+
+/// One open connection under a [`ConnectionLimit`]; freed when dropped
+/// (with the connection task that holds it).
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> ConnectionLimit {
+        ConnectionLimit {
+            open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    fn acquire(&self) -> Option<ConnectionSlot> {
+        use std::sync::atomic::Ordering;
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(self.open.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Pool-wide settings, from the proxy config.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
@@ -51,6 +87,8 @@ pub enum PoolError {
     },
     #[error("mTLS handshake with {addr} failed: {reason}")]
     Tls { addr: SocketAddr, reason: String },
+    #[error("the cluster's circuit_breaker.max_connections is reached")]
+    TooManyConnections,
 }
 
 /// All endpoint pools of one direction.
@@ -208,9 +246,10 @@ impl EndpointPool {
         self: &Arc<Self>,
         connect_timeout: Duration,
         dedicated: bool,
+        limit: Option<&ConnectionLimit>,
     ) -> Result<Checkout, PoolError> {
         if dedicated {
-            let sender = self.connect_h1(connect_timeout).await?;
+            let sender = self.connect_h1(connect_timeout, limit).await?;
             return Ok(self.checked_out(Sender::H1(sender), false));
         }
         match self.version {
@@ -223,7 +262,7 @@ impl EndpointPool {
                         return Ok(self.checked_out(Sender::H1(idle.sender), true));
                     }
                 }
-                let sender = self.connect_h1(connect_timeout).await?;
+                let sender = self.connect_h1(connect_timeout, limit).await?;
                 Ok(self.checked_out(Sender::H1(sender), false))
             }
             HttpVersion::Http2 => {
@@ -234,12 +273,23 @@ impl EndpointPool {
                 if let Some(sender) = self.shared_h2() {
                     return Ok(self.checked_out(Sender::H2(sender), true));
                 }
-                let sender = self.connect_h2(connect_timeout).await?;
+                let sender = self.connect_h2(connect_timeout, limit).await?;
                 if let Ok(mut h2) = self.h2.lock() {
                     *h2 = Some(sender.clone());
                 }
                 Ok(self.checked_out(Sender::H2(sender), false))
             }
+        }
+    }
+
+    /// A connection slot under `limit`, when there is one.
+    fn slot(&self, limit: Option<&ConnectionLimit>) -> Result<Option<ConnectionSlot>, PoolError> {
+        match limit {
+            None => Ok(None),
+            Some(limit) => limit
+                .acquire()
+                .map(Some)
+                .ok_or(PoolError::TooManyConnections),
         }
     }
 
@@ -293,9 +343,12 @@ impl EndpointPool {
     async fn connect_h1(
         &self,
         connect_timeout: Duration,
+        limit: Option<&ConnectionLimit>,
     ) -> Result<http1::SendRequest<UpstreamBody>, PoolError> {
-        // The metrics guard lives as long as the connection task.
-        let (io, guard) = self.open(connect_timeout).await?;
+        let slot = self.slot(limit)?;
+        // The metrics guard (and the slot) live as long as the connection task.
+        let (io, tcp) = self.open(connect_timeout).await?;
+        let guard = (tcp, slot);
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -316,11 +369,13 @@ impl EndpointPool {
     async fn connect_h2(
         &self,
         connect_timeout: Duration,
+        limit: Option<&ConnectionLimit>,
     ) -> Result<http2::SendRequest<UpstreamBody>, PoolError> {
+        let slot = self.slot(limit)?;
         match (&self.mesh, &self.tls) {
             (Some(identity), Some(tls)) => {
-                let (io, guard) = self.open_mesh(connect_timeout, tls, identity).await?;
-                self.handshake_h2(io, guard).await
+                let (io, tcp) = self.open_mesh(connect_timeout, tls, identity).await?;
+                self.handshake_h2(io, (tcp, slot)).await
             }
             (Some(identity), None) => Err(PoolError::Tls {
                 addr: self.addr,
@@ -329,8 +384,8 @@ impl EndpointPool {
                 ),
             }),
             (None, _) => {
-                let (io, guard) = self.open(connect_timeout).await?;
-                self.handshake_h2(io, guard).await
+                let (io, tcp) = self.open(connect_timeout).await?;
+                self.handshake_h2(io, (tcp, slot)).await
             }
         }
     }
@@ -370,7 +425,7 @@ impl EndpointPool {
     async fn handshake_h2<I>(
         &self,
         io: I,
-        guard: TcpMetrics,
+        guard: (TcpMetrics, Option<ConnectionSlot>),
     ) -> Result<http2::SendRequest<UpstreamBody>, PoolError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,

@@ -34,6 +34,8 @@ pub struct ClusterState {
     pub pending: AtomicUsize,
     /// Retries in progress, for the circuit breaker's max_retries.
     pub retrying: AtomicUsize,
+    /// Upstream connections this cluster opened, for max_connections.
+    pub connections: crate::pool::ConnectionLimit,
     /// Every request deposits, every retry withdraws.
     pub retry_budget: TpsBudget,
 }
@@ -101,6 +103,9 @@ impl Snapshot {
                     active: AtomicUsize::new(0),
                     pending: AtomicUsize::new(0),
                     retrying: AtomicUsize::new(0),
+                    connections: crate::pool::ConnectionLimit::new(
+                        c.circuit_breaker.max_connections,
+                    ),
                     retry_budget: TpsBudget::new(
                         c.retry_budget.window,
                         c.retry_budget.min_per_second,

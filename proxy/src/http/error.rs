@@ -143,6 +143,10 @@ impl From<PoolError> for ProxyError {
             }
             PoolError::Handshake { addr, source } => ProxyError::Handshake { addr, source },
             PoolError::Tls { addr, reason } => ProxyError::TlsHandshake { addr, reason },
+            PoolError::TooManyConnections => ProxyError::Overloaded {
+                cluster: String::new(),
+                limit: "max_connections",
+            },
         }
     }
 }

@@ -511,9 +511,23 @@ async fn forward(
                 limit: "max_pending",
             });
         };
-        let checkout = pool.checkout(connect_timeout, upgrade).await?;
+        let limit = target.cluster.as_ref().map(|c| &c.connections);
+        let cluster_name = target.cluster.as_ref().map_or("", |c| &*c.name);
+        let checkout = pool
+            .checkout(connect_timeout, upgrade, limit)
+            .await
+            .map_err(|e| overloaded_or(e, cluster_name))?;
         drop(pending);
-        send(checkout, pool, connect_timeout, req, !upgrade).await
+        send(
+            checkout,
+            pool,
+            connect_timeout,
+            limit,
+            cluster_name,
+            req,
+            !upgrade,
+        )
+        .await
     };
     let mut response = match tokio::time::timeout(response_timeout, exchange).await {
         Ok(result) => result?,
@@ -542,6 +556,8 @@ async fn send(
     checkout: Checkout,
     pool: &Arc<EndpointPool>,
     connect_timeout: Duration,
+    limit: Option<&crate::pool::ConnectionLimit>,
+    cluster: &str,
     req: Request<UpstreamBody>,
     pool_on_end: bool,
 ) -> Result<Response<crate::pool::PooledBody>, ProxyError> {
@@ -551,13 +567,28 @@ async fn send(
         Ok(response) => Ok(response),
         Err((_, Some(NotSent(req)))) if reused => {
             debug!(%addr, "pooled connection was closed; sending on a new one");
-            let fresh = pool.checkout(connect_timeout, true).await?;
+            let fresh = pool
+                .checkout(connect_timeout, true, limit)
+                .await
+                .map_err(|e| overloaded_or(e, cluster))?;
             fresh
                 .send(req, pool_on_end)
                 .await
                 .map_err(|(source, _)| ProxyError::Upstream { addr, source })
         }
         Err((source, _)) => Err(ProxyError::Upstream { addr, source }),
+    }
+}
+
+/// A pool error as the proxy's error, naming the cluster when its
+/// connection limit was the cause.
+fn overloaded_or(e: crate::pool::PoolError, cluster: &str) -> ProxyError {
+    match e {
+        crate::pool::PoolError::TooManyConnections => ProxyError::Overloaded {
+            cluster: cluster.to_string(),
+            limit: "max_connections",
+        },
+        e => e.into(),
     }
 }
 
