@@ -14,6 +14,7 @@ use strait_config::{LoadBalancer, OutlierDetection};
 
 /// Virtual nodes per unit of weight on the hash ring.
 const RING_NODES_PER_WEIGHT: u32 = 64;
+const MAX_RING_NODES_PER_ENDPOINT: u32 = 64 * 100;
 
 /// One endpoint and what the balancer knows about it.
 #[derive(Debug)]
@@ -101,7 +102,9 @@ impl Balancer {
                     .iter()
                     .enumerate()
                     .flat_map(|(i, (addr, w))| {
-                        (0..w * RING_NODES_PER_WEIGHT).map(move |n| (hash_of((addr, n)), i))
+                        // Capped, so a large weight cannot blow the ring up.
+                        (0..(w * RING_NODES_PER_WEIGHT).min(MAX_RING_NODES_PER_ENDPOINT))
+                            .map(move |n| (hash_of((addr, n)), i))
                     })
                     .collect();
                 ring.sort_unstable();
