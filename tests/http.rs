@@ -630,3 +630,44 @@ async fn websocket_upgrade_is_tunnelled() {
     assert_eq!(back.into_data().as_ref(), &blob[..]);
     ws.close(None).await.expect("close");
 }
+
+#[tokio::test]
+async fn idle_connections_and_stalled_streams_are_closed() {
+    let upstream = Upstream::start().await;
+    let yaml = web_config(upstream.addr, "auto") + "proxy: {idle_timeout: 300ms}\n";
+    let proxy = Proxy::start(&yaml);
+
+    // A keep-alive connection left idle after a request is closed.
+    let mut raw = TcpStream::connect(proxy.outbound).await.expect("connect");
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = raw.read(&mut buf).await.expect("response");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    let eof = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+        .await
+        .expect("idle connection closed within 5 s");
+    assert!(matches!(eof, Ok(0) | Err(_)), "{eof:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // A request whose response never comes is cut off, and the upstream
+    // sees it cancelled.
+    let mut raw = TcpStream::connect(proxy.outbound).await.expect("connect");
+    raw.write_all(b"GET /hang HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .expect("write");
+    let closed = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+        .await
+        .expect("stalled stream closed within 5 s");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream never saw the cancellation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -262,6 +262,7 @@ pub struct FileProxy {
     pub opaque_ports: Option<Vec<i64>>,
     pub shutdown_grace: Option<String>,
     pub tcp_keepalive: Option<String>,
+    pub idle_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
     pub pool: Option<FilePool>,

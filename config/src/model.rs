@@ -312,6 +312,10 @@ pub struct ProxySettings {
     pub shutdown_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
+    /// An HTTP connection, or a stream on it, with no bytes either way for
+    /// this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]

@@ -24,6 +24,7 @@ pub mod defaults {
     pub const OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
     pub const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -618,6 +619,11 @@ fn proxy_settings(rules: &Rules<'_>, p: FileProxy) -> Result<ProxySettings, Conf
             "proxy.shutdown_grace",
             p.shutdown_grace.as_ref(),
             defaults::SHUTDOWN_GRACE,
+        )?,
+        idle_timeout: rules.duration(
+            "proxy.idle_timeout",
+            p.idle_timeout.as_ref(),
+            defaults::IDLE_TIMEOUT,
         )?,
         tcp_keepalive: rules.duration(
             "proxy.tcp_keepalive",

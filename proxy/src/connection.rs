@@ -14,6 +14,7 @@ use crate::route::Snapshot;
 use crate::{authz, inbound, orig_dst, outbound, tcp, tls, Direction};
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -70,9 +71,11 @@ pub async fn serve(
                         .metrics
                         .tcp_connection(inputs.direction, "src", orig_dst.addr, &status);
                 tcp.read_bytes.inc_by(prefix.len() as u64);
-                let io = tcp.counted(stream, prefix);
+                let activity = Arc::new(AtomicU64::new(0));
+                let io = tcp.counted(stream, prefix).with_activity(activity.clone());
                 let ctx = ConnContext::new(inputs.clone(), client, orig_dst, status);
-                http::server::serve(io, protocol, ctx, drain).await;
+                let idle = (activity, settings.idle_timeout);
+                http::server::serve(io, protocol, ctx, drain, idle).await;
             }
             Protocol::Tls if inputs.direction == Direction::Inbound && inputs.tls.is_some() => {
                 let prefix =
@@ -245,8 +248,11 @@ impl Accepted<'_> {
             let keepalive = self.snapshot.config.proxy.tcp_keepalive;
             tcp::forward_copied(io, &target, self.inputs, connect_timeout, keepalive).await;
         } else {
+            let activity = Arc::new(AtomicU64::new(0));
+            let io = io.with_activity(activity.clone());
             let ctx = ConnContext::new(self.inputs.clone(), self.client, self.orig_dst, status);
-            http::server::serve(io, Protocol::Http2, ctx, drain).await;
+            let idle = (activity, self.snapshot.config.proxy.idle_timeout);
+            http::server::serve(io, Protocol::Http2, ctx, drain, idle).await;
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct CountedIo<T> {
     inner: T,
     /// Read and written byte counters; `None` replays the prefix only.
     counters: Option<(IntCounter, IntCounter)>,
+    /// Bumped on every read or write that moved bytes, for idle timeouts.
+    activity: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl<T> CountedIo<T> {
@@ -25,6 +27,19 @@ impl<T> CountedIo<T> {
             prefix,
             inner,
             counters: Some((read_bytes, write_bytes)),
+            activity: None,
+        }
+    }
+
+    /// Also bump `activity` whenever bytes move (see the idle timeout).
+    pub fn with_activity(mut self, activity: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.activity = Some(activity);
+        self
+    }
+
+    fn active(&self) {
+        if let Some(activity) = &self.activity {
+            activity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -35,6 +50,7 @@ impl<T> CountedIo<T> {
             prefix,
             inner,
             counters: None,
+            activity: None,
         }
     }
 
@@ -63,8 +79,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
-        if let (true, Some((read, _))) = (n > 0, &this.counters) {
-            read.inc_by(n as u64);
+        if n > 0 {
+            this.active();
+            if let Some((read, _)) = &this.counters {
+                read.inc_by(n as u64);
+            }
         }
         result
     }
@@ -78,8 +97,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let (Poll::Ready(Ok(n)), Some((_, written))) = (&result, &this.counters) {
-            written.inc_by(*n as u64);
+        if let Poll::Ready(Ok(n)) = &result {
+            this.active();
+            if let Some((_, written)) = &this.counters {
+                written.inc_by(*n as u64);
+            }
         }
         result
     }
@@ -91,8 +113,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let (Poll::Ready(Ok(n)), Some((_, written))) = (&result, &this.counters) {
-            written.inc_by(*n as u64);
+        if let Poll::Ready(Ok(n)) = &result {
+            this.active();
+            if let Some((_, written)) = &this.counters {
+                written.inc_by(*n as u64);
+            }
         }
         result
     }

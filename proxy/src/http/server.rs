@@ -8,6 +8,7 @@ use crate::detect::Protocol;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,25 +17,55 @@ use tokio_util::sync::CancellationToken;
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Drive a hyper connection to completion, starting its graceful shutdown
-/// when `drain` fires.
+/// Drive a hyper connection to completion. When the proxy drains, or the
+/// connection moves no bytes for the idle timeout, it shuts down
+/// gracefully (HTTP/1: after the request in flight; HTTP/2: GOAWAY); a
+/// connection still idle one more timeout later (a stalled stream) is
+/// closed outright.
 macro_rules! drive {
-    ($conn:expr, $drain:expr) => {{
+    ($conn:expr, $drain:expr, $idle:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
+        let (activity, timeout) = $idle;
         tokio::select! {
             result = conn.as_mut() => result,
             _ = $drain.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
+            _ = idle(activity.clone(), timeout) => {
+                tracing::debug!(?timeout, "closing an idle client connection");
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = conn.as_mut() => result,
+                    _ = idle(activity, timeout) => Ok(()),
+                }
+            }
         }
     }};
 }
 
+/// Completes once `activity` has not moved for a whole `timeout`.
+async fn idle(activity: Arc<AtomicU64>, timeout: Duration) {
+    let mut seen = activity.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(timeout).await;
+        let now = activity.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
 /// Serve HTTP on `io` until the client closes or the proxy drains.
-pub async fn serve<I>(io: I, protocol: Protocol, ctx: Arc<ConnContext>, drain: CancellationToken)
-where
+pub async fn serve<I>(
+    io: I,
+    protocol: Protocol,
+    ctx: Arc<ConnContext>,
+    drain: CancellationToken,
+    idle_timeout: (Arc<AtomicU64>, Duration),
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| super::handle(ctx.clone(), req));
@@ -42,13 +73,17 @@ where
     let result = if protocol == Protocol::Http2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
-        drive!(builder.serve_connection(io, service), drain)
+        drive!(builder.serve_connection(io, service), drain, idle_timeout)
     } else {
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
-        drive!(builder.serve_connection(io, service).with_upgrades(), drain)
+        drive!(
+            builder.serve_connection(io, service).with_upgrades(),
+            drain,
+            idle_timeout
+        )
     };
     if let Err(e) = result {
         // Malformed requests get hyper's 400 and a close; a client reset is routine.
