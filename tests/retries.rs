@@ -183,3 +183,46 @@ async fn the_route_timeout_bounds_all_tries_together() {
     let tries = upstream.requests.load(Ordering::SeqCst);
     assert!((2..=3).contains(&tries), "{tries} tries");
 }
+
+#[tokio::test]
+async fn grpc_status_in_trailers_is_retried() {
+    let upstream = Upstream::start().await;
+    let yaml = config(
+        &upstream,
+        "{percent: 100, min_per_second: 100}",
+        "{attempts: 3, on: [grpc-unavailable], backoff_base: 1ms, backoff_max: 2ms}",
+    )
+    .replace("    endpoints:", "    protocol: http2\n    endpoints:");
+    let proxy = Proxy::start(&yaml);
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    const N: usize = 50;
+    for _ in 0..N {
+        let req = Request::post("http://svc/grpc-flaky")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+            .expect("request");
+        let response = h2.send_request(req).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let collected = response.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"0"[..])
+        );
+        assert_eq!(
+            collected.to_bytes().len(),
+            5,
+            "the message is replayed intact"
+        );
+    }
+    // Every third-in-ten failure was retried away.
+    assert!(upstream.requests.load(Ordering::SeqCst) > N);
+}

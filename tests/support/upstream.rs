@@ -121,6 +121,26 @@ async fn answer(
             Response::new(StreamBody::new(stream).boxed())
         }
         "/echo" => Response::new(req.into_body().boxed()),
+        // gRPC-shaped: one empty message, then the status in the trailers;
+        // of every ten requests the first three are UNAVAILABLE.
+        "/grpc-flaky" => {
+            let status = if seen % 10 < 3 { "14" } else { "0" };
+            let frames = vec![
+                Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                Ok(Frame::trailers({
+                    let mut t = http::HeaderMap::new();
+                    t.insert("grpc-status", http::HeaderValue::from_static(status));
+                    t
+                })),
+            ];
+            let mut response =
+                Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            response
+        }
         _ => Response::new(full("hello from upstream")),
     };
     Ok(response)

@@ -158,7 +158,20 @@ pub(super) async fn run(
                 per_try,
             )
             .await;
-            if attempt >= policy.attempts || !should_retry(&result, &policy.on) {
+            let last = attempt >= policy.attempts;
+            // A gRPC status may only come in the trailers: read ahead for it.
+            let (result, trailer_status) = match result {
+                Ok(response)
+                    if !last && wants_grpc(&policy.on) && is_grpc_awaiting_trailers(&response) =>
+                {
+                    match read_ahead_for_trailers(response, policy.max_body).await {
+                        Ok((response, status)) => (Ok(response), status),
+                        Err(()) => (Err(ProxyError::UpstreamReset { addr: current.addr }), None),
+                    }
+                }
+                other => (other, None),
+            };
+            if last || !should_retry(&result, trailer_status, &policy.on) {
                 return result;
             }
             let cluster = match &current.cluster {
@@ -265,15 +278,73 @@ fn rebuild(parts: &http::request::Parts, body: &Bytes) -> Request<UpstreamBody> 
     req
 }
 
+fn wants_grpc(on: &[RetryOn]) -> bool {
+    on.iter().any(|c| matches!(c, RetryOn::Grpc(_)))
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A gRPC response whose status is still to come in its trailers.
+fn is_grpc_awaiting_trailers(response: &Response<ProxyBody>) -> bool {
+    response.status() == http::StatusCode::OK
+        && grpc_status(response.headers()).is_none()
+        && response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Read a response's frames until its trailers, holding at most
+/// `max_body` bytes; past that, or at a body error, stop looking and let
+/// the rest stream. Nothing read is lost: the frames are replayed first.
+async fn read_ahead_for_trailers(
+    response: Response<ProxyBody>,
+    max_body: usize,
+) -> Result<(Response<ProxyBody>, Option<u32>), ()> {
+    let (parts, mut body) = response.into_parts();
+    let mut frames = std::collections::VecDeque::new();
+    let mut held = 0usize;
+    let mut status = None;
+    let mut finished = false;
+    while held <= max_body && status.is_none() {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    status = grpc_status(trailers);
+                }
+                held += frame.data_ref().map_or(0, |d| d.len());
+                frames.push_back(frame);
+            }
+            // A broken body is the upstream resetting the stream.
+            Some(Err(_)) => return Err(()),
+            None => {
+                finished = true;
+                break;
+            }
+        }
+    }
+    let rest = match body {
+        ProxyBody::Stream(stream) if !finished => Some(stream),
+        _ => None,
+    };
+    let body = ProxyBody::Replayed { frames, rest };
+    Ok((Response::from_parts(parts, body), status))
+}
+
 /// Whether a try's result meets one of the policy's retry conditions.
-fn should_retry(result: &Result<Response<ProxyBody>, ProxyError>, on: &[RetryOn]) -> bool {
+fn should_retry(
+    result: &Result<Response<ProxyBody>, ProxyError>,
+    trailer_status: Option<u32>,
+    on: &[RetryOn],
+) -> bool {
     let (status, connect_failure, reset, grpc) = match result {
         Ok(response) => {
-            let grpc = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u32>().ok());
+            let grpc = grpc_status(response.headers()).or(trailer_status);
             (response.status(), false, false, grpc)
         }
         Err(e) => {
@@ -285,7 +356,10 @@ fn should_retry(result: &Result<Response<ProxyBody>, ProxyError>, on: &[RetryOn]
                     | ProxyError::Handshake { .. }
                     | ProxyError::TlsHandshake { .. }
             );
-            let reset = matches!(e, ProxyError::Upstream { .. });
+            let reset = matches!(
+                e,
+                ProxyError::Upstream { .. } | ProxyError::UpstreamReset { .. }
+            );
             // Local decisions are never worth another try.
             if matches!(e, ProxyError::Overloaded { .. } | ProxyError::RequestBody) {
                 return false;

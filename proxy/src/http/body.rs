@@ -11,10 +11,15 @@ use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// A streamed body `B`, or bytes in memory.
+/// A streamed body `B`, or bytes in memory, or frames already read from
+/// a stream (held back for a retry decision) replayed before the rest of it.
 pub enum StreamOrBytes<B> {
     Stream(B),
     Full(Option<Bytes>),
+    Replayed {
+        frames: std::collections::VecDeque<Frame<Bytes>>,
+        rest: Option<B>,
+    },
 }
 
 /// Every response body: the upstream's, or one the proxy wrote.
@@ -48,6 +53,13 @@ where
         match self.get_mut() {
             StreamOrBytes::Stream(body) => Pin::new(body).poll_frame(cx),
             StreamOrBytes::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            StreamOrBytes::Replayed { frames, rest } => match frames.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => match rest {
+                    Some(body) => Pin::new(body).poll_frame(cx),
+                    None => Poll::Ready(None),
+                },
+            },
         }
     }
 
@@ -55,6 +67,9 @@ where
         match self {
             StreamOrBytes::Stream(body) => body.is_end_stream(),
             StreamOrBytes::Full(data) => data.is_none(),
+            StreamOrBytes::Replayed { frames, rest } => {
+                frames.is_empty() && rest.as_ref().is_none_or(|b| b.is_end_stream())
+            }
         }
     }
 
@@ -64,6 +79,7 @@ where
             StreamOrBytes::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            StreamOrBytes::Replayed { .. } => SizeHint::default(),
         }
     }
 }

@@ -54,6 +54,8 @@ pub enum ProxyError {
     FaultAbort { status: StatusCode },
     #[error("forbidden by inbound policy: {reason}")]
     Forbidden { reason: String },
+    #[error("upstream {addr} reset the response stream before it ended")]
+    UpstreamReset { addr: SocketAddr },
     #[error("upstream {addr} failed the request: {source}")]
     Upstream {
         addr: SocketAddr,
@@ -79,6 +81,7 @@ impl ProxyError {
             | ProxyError::Connect { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::TlsHandshake { .. }
+            | ProxyError::UpstreamReset { .. }
             | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -94,6 +97,7 @@ impl ProxyError {
             ProxyError::Connect { .. } => "connect-failed",
             ProxyError::Handshake { .. } => "upstream-handshake",
             ProxyError::TlsHandshake { .. } => "tls-handshake",
+            ProxyError::UpstreamReset { .. } => "upstream-reset",
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::RateLimited => "rate-limited",
             ProxyError::RequestBody => "request-body",
@@ -108,7 +112,9 @@ impl ProxyError {
     pub fn before_send(&self) -> bool {
         !matches!(
             self,
-            ProxyError::ResponseTimeout { .. } | ProxyError::Upstream { .. }
+            ProxyError::ResponseTimeout { .. }
+                | ProxyError::Upstream { .. }
+                | ProxyError::UpstreamReset { .. }
         )
     }
 
