@@ -305,3 +305,28 @@ async fn connection_limit_fails_fast_and_frees_on_close() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn ring_hash_on_source_ip_is_sticky_per_client() {
+    let ups = [
+        Upstream::start().await,
+        Upstream::start().await,
+        Upstream::start().await,
+    ];
+    let eps: Vec<(SocketAddr, u32)> = ups.iter().map(|u| (u.addr, 1)).collect();
+    let proxy = Proxy::start(&cluster_config(
+        "{policy: ring_hash, hash_source_ip: true}",
+        "",
+        &eps,
+    ));
+    // Fresh connections each time, all from 127.0.0.1: one endpoint takes them all.
+    for _ in 0..20 {
+        let mut c = client(&proxy).await;
+        assert_eq!(get(&mut c, "/", &[]).await.0, StatusCode::OK);
+    }
+    let counts: Vec<usize> = ups
+        .iter()
+        .map(|u| u.requests.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(counts.iter().filter(|n| **n > 0).count(), 1, "{counts:?}");
+}
