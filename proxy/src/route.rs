@@ -36,7 +36,7 @@ pub struct ClusterState {
     pub retrying: AtomicUsize,
     /// Upstream connections this cluster opened, for max_connections.
     pub connections: crate::pool::ConnectionLimit,
-    /// Every request deposits, every retry withdraws.
+    /// Every request on a route with retries deposits, every retry withdraws.
     pub retry_budget: TpsBudget,
 }
 

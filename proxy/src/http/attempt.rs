@@ -108,6 +108,11 @@ pub(super) async fn run(
     timeout: Option<Duration>,
     retry: Option<&RetryPolicy>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    // The budget is a share of the requests that could be retried: only
+    // they deposit (the clock read and lock stay off other requests).
+    if let (Some(_), Some(cluster)) = (retry, target.cluster.as_ref()) {
+        cluster.retry_budget.deposit();
+    }
     let replayable = retry.is_some_and(|policy| can_replay(&req, policy));
     let (Some(policy), true) = (retry, replayable) else {
         return once(

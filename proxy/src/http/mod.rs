@@ -352,8 +352,6 @@ pub async fn handle(
     }
     let active = match &target.cluster {
         Some(cluster) => {
-            use tower::retry::budget::Budget;
-            cluster.retry_budget.deposit();
             attempt::Limit::enter(&cluster.active, cluster.circuit_breaker.max_requests)
         }
         None => Some(attempt::Limit::none()),
