@@ -83,7 +83,7 @@ fn balancing(c: &mut Criterion) {
             )
         })
         .collect();
-    let rr = WeightedRoundRobin::new(&endpoints);
+    let rr = WeightedRoundRobin::new(endpoints.iter().copied());
     c.bench_function("balance_1000/weighted_round_robin", |b| {
         b.iter(|| black_box(rr.pick()))
     });

@@ -80,12 +80,11 @@ fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Respon
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             for cluster in state.snapshot.load().clusters() {
-                let ejected = cluster.endpoints.ejected_now();
-                state.metrics.endpoint_states(
-                    &cluster.name,
-                    cluster.endpoints.len() - ejected,
-                    ejected,
-                );
+                let balancer = cluster.balancer();
+                let ejected = balancer.ejected_now();
+                state
+                    .metrics
+                    .endpoint_states(&cluster.name, balancer.len() - ejected, ejected);
             }
             reply(
                 StatusCode::OK,

@@ -10,6 +10,7 @@ use crate::http::Inputs;
 use crate::listen::{self, AcceptContext};
 use crate::metrics::Metrics;
 use crate::pool::{PoolSettings, Pools};
+use crate::registry::{Registry, Resolved};
 use crate::route::Snapshot;
 use crate::{socket, Direction};
 use anyhow::Context;
@@ -67,7 +68,9 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let max_connections = config.proxy.max_connections;
     let grace = config.proxy.shutdown_grace;
     let discovery = crate::discovery::Discovery::new();
-    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::new(config)));
+    let registry = Registry::new(metrics.clone());
+    let clusters = registry.update(&config, &Resolved::new());
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, &clusters)));
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
 
@@ -85,6 +88,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let metrics = metrics.clone();
         let tls = tls.clone();
         let discovery = discovery.clone();
+        let registry = registry.clone();
         std::thread::Builder::new()
             .name("strait-admin".into())
             .spawn(move || -> anyhow::Result<()> {
@@ -98,13 +102,18 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                     if let Some(tls) = tls {
                         tokio::spawn(tls.watch(stop.clone()));
                     }
-                    tokio::spawn(discovery.clone().run(snapshot.clone(), stop.clone()));
+                    tokio::spawn(discovery.clone().run(
+                        snapshot.clone(),
+                        registry.clone(),
+                        stop.clone(),
+                    ));
                     if let Some(path) = config_path {
                         tokio::spawn(watch_config(
                             path,
                             snapshot,
                             metrics,
                             discovery,
+                            registry,
                             stop.clone(),
                         ));
                     }
@@ -226,6 +235,7 @@ async fn watch_config(
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     discovery: Arc<crate::discovery::Discovery>,
+    registry: Arc<Registry>,
     stop: CancellationToken,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -255,7 +265,7 @@ async fn watch_config(
                 info!(path = %path.display(), "config file changed: reloading");
             }
         }
-        reload(&path, &snapshot, &metrics, &discovery);
+        reload(&path, &snapshot, &metrics, &discovery, &registry);
     }
 }
 
@@ -264,6 +274,7 @@ fn reload(
     snapshot: &ArcSwap<Snapshot>,
     metrics: &Metrics,
     discovery: &crate::discovery::Discovery,
+    registry: &Registry,
 ) {
     let loaded = Config::from_path(path).and_then(|mut c| {
         c.apply_env(|k| std::env::var(k).ok())?;
@@ -282,10 +293,9 @@ fn reload(
             if old.identity != config.identity {
                 warn!("the identity section changed: it takes effect on restart (rotations of the files it names are picked up live)");
             }
-            snapshot.store(Arc::new(Snapshot::with_resolved(
-                config,
-                &discovery.resolved(),
-            )));
+            // Clusters and endpoints that stay keep their state.
+            let clusters = registry.update(&config, &discovery.resolved());
+            snapshot.store(Arc::new(Snapshot::build(config, &clusters)));
             metrics.config_reload_total.with_label_values(&["ok"]).inc();
             info!(path = %path.display(), "config reloaded");
         }

@@ -172,7 +172,7 @@ impl Accepted<'_> {
 
     fn connect_timeout(&self, target: &http::Target) -> std::time::Duration {
         match &target.cluster {
-            Some(c) => c.connect_timeout,
+            Some(c) => c.settings().connect_timeout,
             None => self.snapshot.config.proxy.connect_timeout,
         }
     }

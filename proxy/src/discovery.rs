@@ -1,12 +1,14 @@
 //! Endpoint discovery by DNS: cluster endpoints given as `name:port` are
 //! resolved (hickory-resolver, the system's resolv.conf or the configured
 //! servers) and re-resolved when their records' TTL runs out, within the
-//! configured bounds. A changed address set swaps in a new snapshot, the
-//! way a config reload does, so requests in flight finish on the old one;
-//! a failed resolution keeps the last good set. Runs on the control
+//! configured bounds. A changed address set is applied to the registry as
+//! a diff: endpoints that stay keep their state, routes are untouched, and
+//! requests in flight finish on the set they picked from; a failed
+//! resolution keeps the last good set. Runs on the control
 //! thread, never on the data path.
 
-use crate::route::{Resolved, Snapshot};
+use crate::registry::{Registry, Resolved};
+use crate::route::Snapshot;
 use arc_swap::ArcSwap;
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
@@ -36,7 +38,12 @@ impl Discovery {
     }
 
     /// Resolve the current config's DNS endpoints until `stop`.
-    pub async fn run(self: Arc<Self>, snapshot: Arc<ArcSwap<Snapshot>>, stop: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        registry: Arc<Registry>,
+        stop: CancellationToken,
+    ) {
         let mut due: HashMap<(String, u16), Instant> = HashMap::new();
         let mut resolver: Option<(Vec<SocketAddr>, TokioResolver)> = None;
         loop {
@@ -99,8 +106,9 @@ impl Discovery {
             }
             if changed {
                 let resolved = self.resolved();
-                // rcu: a config reload racing with us keeps its config.
-                snapshot.rcu(|latest| Snapshot::with_resolved((*latest.config).clone(), &resolved));
+                // Reloads run on this same thread, so the config read here
+                // is the latest one.
+                registry.update_endpoints(&snapshot.load().config, &resolved);
             }
             let next = due
                 .values()

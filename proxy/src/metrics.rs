@@ -105,8 +105,12 @@ pub struct Metrics {
     retry_budget_exhausted_total: IntCounterVec,
     cluster_endpoints: IntGaugeVec,
     pub connections_refused_total: IntCounterVec,
-    /// Request handles shared by every connection to the same target.
+    /// Request handles of targets outside any cluster (original
+    /// destinations, the local app), shared by every connection to them.
     request_cache: Mutex<HashMap<RequestKey, Arc<RequestMetrics>>>,
+    /// How many cluster endpoints hold each label set: the last one to
+    /// let go removes the set from the exposition.
+    owned_requests: Mutex<HashMap<RequestKey, usize>>,
 }
 
 /// The labels of a request family's child: who, where, how.
@@ -198,6 +202,7 @@ impl Metrics {
                 gauge
             },
             request_cache: Mutex::new(HashMap::new()),
+            owned_requests: Mutex::new(HashMap::new()),
             registry,
         })
     }
@@ -233,12 +238,58 @@ impl Metrics {
         }
     }
 
-    /// Request handles for a label set, shared across connections.
+    /// Request handles for a label set, shared across connections and
+    /// kept for the process's life (targets outside any cluster).
     pub fn requests(&self, key: RequestKey) -> Arc<RequestMetrics> {
         let mut cache = self.request_cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(handles) = cache.get(&key) {
             return handles.clone();
         }
+        let handles = self.request_handles(key.clone());
+        cache.insert(key, handles.clone());
+        handles
+    }
+
+    /// Request handles for a cluster endpoint's label set; give them back
+    /// with [`Metrics::release_requests`] when the endpoint goes.
+    pub fn owned_requests(&self, key: RequestKey) -> Arc<RequestMetrics> {
+        let mut owned = self
+            .owned_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *owned.entry(key.clone()).or_insert(0) += 1;
+        self.request_handles(key)
+    }
+
+    /// An endpoint let go of its handles: when no endpoint holds the
+    /// label set any more, its series leave the exposition.
+    pub fn release_requests(&self, handles: Arc<RequestMetrics>) {
+        let mut owned = self
+            .owned_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(count) = owned.get_mut(&handles.key) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        owned.remove(&handles.key);
+        let labels = handles.labels.each_ref().map(String::as_str);
+        let _ = self.request_total.remove_label_values(&labels);
+        let _ = self.response_latency_ms.remove_label_values(&labels);
+        let responses = handles.responses.lock().unwrap_or_else(|p| p.into_inner());
+        for (status, _) in responses.iter() {
+            let code = status.to_string();
+            let class = classification(*status);
+            let mut all: Vec<&str> = labels.to_vec();
+            all.extend([code.as_str(), class]);
+            let _ = self.response_total.remove_label_values(&all);
+        }
+    }
+
+    fn request_handles(&self, key: RequestKey) -> Arc<RequestMetrics> {
         let target = key.target.to_string();
         let [t, reason, client, server] = key.tls.labels();
         let labels = [
@@ -252,15 +303,14 @@ impl Metrics {
             &key.route,
             &key.cluster,
         ];
-        let handles = Arc::new(RequestMetrics {
+        Arc::new(RequestMetrics {
             total: self.request_total.with_label_values(&labels),
             latency_ms: self.response_latency_ms.with_label_values(&labels),
             labels: labels.map(str::to_string),
+            key,
             response_vec: self.response_total.clone(),
             responses: Mutex::new(Vec::new()),
-        });
-        cache.insert(key, handles.clone());
-        handles
+        })
     }
 
     /// Pool checkout counter for a target (`reused` or `new`).
@@ -373,12 +423,27 @@ pub struct RequestMetrics {
     pub total: IntCounter,
     pub latency_ms: Histogram,
     labels: [String; 9],
+    key: RequestKey,
     response_vec: IntCounterVec,
     /// Response counters by status code, filled as codes are first seen.
     responses: Mutex<Vec<(u16, IntCounter)>>,
 }
 
+/// Linkerd's classification: a 5xx is a failure.
+fn classification(status: u16) -> &'static str {
+    if status >= 500 {
+        "failure"
+    } else {
+        "success"
+    }
+}
+
 impl RequestMetrics {
+    /// The label set these handles count under.
+    pub fn key(&self) -> &RequestKey {
+        &self.key
+    }
+
     /// Count a response; 5xx is a failure, as Linkerd classifies.
     pub fn response(&self, status: u16) {
         let mut responses = self.responses.lock().unwrap_or_else(|p| p.into_inner());
@@ -386,7 +451,7 @@ impl RequestMetrics {
             counter.inc();
             return;
         }
-        let class = if status >= 500 { "failure" } else { "success" };
+        let class = classification(status);
         let code = status.to_string();
         let [d, a, t, tls, reason, client, server, route, cluster] = &self.labels;
         let counter = self.response_vec.with_label_values(&[

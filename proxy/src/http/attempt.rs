@@ -11,7 +11,7 @@ use super::body::ProxyBody;
 use super::body::UpstreamBody;
 use super::error::ProxyError;
 use super::{forward, ConnContext, Target};
-use crate::balance::cluster::Outcome;
+use crate::balance::endpoint::Outcome;
 use crate::pool::{EndpointPool, HttpVersion};
 use crate::route::Snapshot;
 use bytes::Bytes;
@@ -66,8 +66,8 @@ struct EndpointAttempt<'a> {
 
 impl<'a> EndpointAttempt<'a> {
     fn start(target: &'a Target) -> EndpointAttempt<'a> {
-        if let (Some(cluster), Some(i)) = (&target.cluster, target.endpoint) {
-            cluster.endpoints.start(i);
+        if let Some(endpoint) = &target.endpoint {
+            endpoint.start();
         }
         EndpointAttempt {
             target,
@@ -79,19 +79,22 @@ impl<'a> EndpointAttempt<'a> {
     /// Record the outcome; true when it ejected the endpoint.
     fn finish(&mut self, outcome: Outcome) -> bool {
         self.finished = true;
-        let (Some(cluster), Some(i)) = (&self.target.cluster, self.target.endpoint) else {
+        let (Some(cluster), Some(endpoint)) = (&self.target.cluster, &self.target.endpoint) else {
+            if let Some(endpoint) = &self.target.endpoint {
+                endpoint.abandon();
+            }
             return false;
         };
-        cluster.endpoints.finish(i, self.started.elapsed(), outcome)
+        cluster
+            .balancer()
+            .finish(endpoint, self.started.elapsed(), outcome)
     }
 }
 
 impl Drop for EndpointAttempt<'_> {
     fn drop(&mut self) {
-        if let (false, Some(cluster), Some(i)) =
-            (self.finished, &self.target.cluster, self.target.endpoint)
-        {
-            cluster.endpoints.abandon(i);
+        if let (false, Some(endpoint)) = (self.finished, &self.target.endpoint) {
+            endpoint.abandon();
         }
     }
 }
@@ -111,7 +114,7 @@ pub(super) async fn run(
     // The budget is a share of the requests that could be retried: only
     // they deposit (the clock read and lock stay off other requests).
     if let (Some(_), Some(cluster)) = (retry, target.cluster.as_ref()) {
-        cluster.retry_budget.deposit();
+        cluster.retry_budget().1.deposit();
     }
     let replayable = retry.is_some_and(|policy| can_replay(&req, policy));
     let (Some(policy), true) = (retry, replayable) else {
@@ -145,12 +148,16 @@ pub(super) async fn run(
         // Held (not read): dropping it frees the circuit-breaker slot.
         let mut _retry_slot: Option<Limit<'_>> = None;
         loop {
-            let endpoint_pool = if attempt == 0 {
-                pool.clone()
-            } else {
-                ctx.inputs
-                    .pools
-                    .endpoint(current.addr, version, current.mesh_identity())
+            let endpoint_pool = match (attempt, &current.endpoint) {
+                (0, _) => pool.clone(),
+                (_, Some(endpoint)) => endpoint
+                    .pool(&ctx.inputs.pools, ctx.direction(), version)
+                    .clone(),
+                (_, None) => {
+                    ctx.inputs
+                        .pools
+                        .endpoint(current.addr, version, current.mesh_identity())
+                }
             };
             let request = rebuild(&parts, &body);
             let result = once(
@@ -187,13 +194,13 @@ pub(super) async fn run(
             let slot = target
                 .cluster
                 .as_deref()
-                .and_then(|c| Limit::enter(&c.retrying, c.circuit_breaker.max_retries));
+                .and_then(|c| Limit::enter(&c.retrying, c.settings().circuit_breaker.max_retries));
             if slot.is_none() {
                 debug!(cluster = %cluster.name, "circuit breaker: max_retries in progress; returning the failure");
                 return result;
             }
             _retry_slot = slot;
-            if !cluster.retry_budget.withdraw() {
+            if !cluster.retry_budget().1.withdraw() {
                 ctx.inputs.metrics.retry_budget_exhausted(&cluster.name);
                 debug!(cluster = %cluster.name, "retry budget exhausted; returning the failure");
                 return result;
@@ -202,9 +209,9 @@ pub(super) async fn run(
             tokio::time::sleep(backoff(policy, attempt)).await;
             attempt += 1;
             // Another endpoint, picked afresh (the failed one is likelier to fail).
-            if let Some(index) = cluster.endpoints.pick(None) {
-                current.addr = cluster.endpoints.endpoint(index).addr;
-                current.endpoint = Some(index);
+            if let Some(endpoint) = cluster.balancer().pick(None) {
+                current.addr = endpoint.addr;
+                current.endpoint = Some(endpoint.clone());
             }
         }
     };

@@ -58,14 +58,17 @@ pub struct Target {
     /// The `route` metric label: the L7 route's name, or empty.
     pub route: Arc<str>,
     pub cluster: Option<Arc<ClusterState>>,
-    /// The endpoint's index in the cluster's balancer.
-    pub endpoint: Option<usize>,
+    /// The cluster endpoint picked, when the target is one.
+    pub endpoint: Option<Arc<crate::balance::endpoint::Endpoint>>,
 }
 
 impl Target {
     fn timeouts(&self, snapshot: &Snapshot) -> (Duration, Duration) {
         match &self.cluster {
-            Some(c) => (c.connect_timeout, c.response_timeout),
+            Some(c) => {
+                let settings = c.settings();
+                (settings.connect_timeout, settings.response_timeout)
+            }
             None => (
                 snapshot.config.proxy.connect_timeout,
                 snapshot.config.proxy.response_timeout,
@@ -75,7 +78,7 @@ impl Target {
 
     /// The identity a meshed target must prove.
     pub fn mesh_identity(&self) -> Option<&Arc<str>> {
-        self.cluster.as_ref()?.tls_identity.as_ref()
+        self.endpoint.as_ref()?.mesh.as_ref()
     }
 
     /// The HTTP version to speak upstream, given the client's. Meshed
@@ -89,7 +92,7 @@ impl Target {
         } else {
             HttpVersion::Http1
         };
-        match self.cluster.as_ref().map(|c| (c.protocol, c)) {
+        match self.cluster.as_ref().map(|c| (c.settings().protocol, c)) {
             None | Some((Protocol::Auto, _)) => Ok(same_as_client),
             Some((Protocol::Http1, _)) => Ok(HttpVersion::Http1),
             Some((Protocol::Http2, _)) => Ok(HttpVersion::Http2),
@@ -173,7 +176,7 @@ impl ConnContext {
         let protocol_is_auto = target
             .cluster
             .as_ref()
-            .is_none_or(|c| c.protocol == Protocol::Auto);
+            .is_none_or(|c| c.settings().protocol == Protocol::Auto);
         if self.direction() == Direction::Inbound
             && self.client_identity().is_some()
             && carried_h1
@@ -209,7 +212,7 @@ impl ConnContext {
                 return (m.metrics.clone(), m.pool.clone());
             }
         }
-        let metrics = self.inputs.metrics.requests(RequestKey {
+        let key = RequestKey {
             direction: self.direction(),
             authority: target.authority.clone(),
             target: target.addr,
@@ -219,8 +222,19 @@ impl ConnContext {
                 .cluster
                 .as_ref()
                 .map_or_else(|| target.route.clone(), |c| c.name.clone()),
-        });
-        let pool = self.inputs.pools.endpoint(target.addr, version, mesh);
+        };
+        // A cluster endpoint owns its label sets (evicted with it); other
+        // targets share the process-wide cache.
+        let metrics = match &target.endpoint {
+            Some(endpoint) => endpoint.request_metrics(key),
+            None => self.inputs.metrics.requests(key),
+        };
+        let pool = match &target.endpoint {
+            Some(endpoint) => endpoint
+                .pool(&self.inputs.pools, self.direction(), version)
+                .clone(),
+            None => self.inputs.pools.endpoint(target.addr, version, mesh),
+        };
         *memo = Some(Memo {
             authority: target.authority.clone(),
             route: target.route.clone(),
@@ -351,9 +365,10 @@ pub async fn handle(
         timeout = Some(timeout.map_or(grpc, |t| t.min(grpc)));
     }
     let active = match &target.cluster {
-        Some(cluster) => {
-            attempt::Limit::enter(&cluster.active, cluster.circuit_breaker.max_requests)
-        }
+        Some(cluster) => attempt::Limit::enter(
+            &cluster.active,
+            cluster.settings().circuit_breaker.max_requests,
+        ),
         None => Some(attempt::Limit::none()),
     };
     let result = match (admission, active) {
@@ -495,9 +510,10 @@ async fn forward(
     let response_timeout = timeout.unwrap_or(cluster_timeout);
     let exchange = async {
         let pending = match &target.cluster {
-            Some(cluster) => {
-                attempt::Limit::enter(&cluster.pending, cluster.circuit_breaker.max_pending)
-            }
+            Some(cluster) => attempt::Limit::enter(
+                &cluster.pending,
+                cluster.settings().circuit_breaker.max_pending,
+            ),
             None => Some(attempt::Limit::none()),
         };
         let Some(pending) = pending else {
