@@ -108,7 +108,7 @@ fn metrics(c: &mut Criterion) {
         b.iter(|| {
             handles.total.inc();
             handles.latency_ms.observe(black_box(3.2));
-            handles.response(black_box(200));
+            handles.response(black_box(200), false);
         })
     });
     group.bench_function("resolve_handles", |b| {

@@ -2,7 +2,8 @@
 //! proxy, proven by counting what real upstreams received: weighted round
 //! robin splits by weight; Peak-EWMA steers away from a slow endpoint;
 //! least-request and ring hash behave; over the circuit breaker's limit
-//! requests fail fast with 503 `overloaded`; an endpoint returning 5xx is
+//! requests fail fast with 503 `overloaded` (a streaming response holds its
+//! slot until it ends); an endpoint returning 5xx is
 //! ejected, and returns after its ejection time.
 
 mod support;
@@ -329,4 +330,72 @@ async fn ring_hash_on_source_ip_is_sticky_per_client() {
         .map(|u| u.requests.load(Ordering::SeqCst))
         .collect();
     assert_eq!(counts.iter().filter(|n| **n > 0).count(), 1, "{counts:?}");
+}
+
+/// An upstream that sends a response's headers at once and holds its body
+/// back until the connection closes.
+async fn headers_then_stall() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes()).await;
+                // Hold the body: read until the proxy gives up on us.
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_streaming_response_holds_its_circuit_breaker_slot_until_it_ends() {
+    let up = headers_then_stall().await;
+    let proxy = Proxy::start(&cluster_config(
+        "{policy: round_robin}",
+        "    circuit_breaker: {max_requests: 1}\n",
+        &[(up, 1)],
+    ));
+    // The first response's headers arrive; its body is still streaming.
+    let mut first = client(&proxy).await;
+    first.ready().await.expect("ready");
+    let req = Request::get("/")
+        .header("host", "svc")
+        .body(Full::default())
+        .expect("request");
+    let streaming = first.send_request(req).await.expect("response headers");
+    assert_eq!(streaming.status(), StatusCode::OK);
+    // So the cluster is at its limit: the next request fails fast.
+    let mut second = client(&proxy).await;
+    let (status, headers) = get(&mut second, "/", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", proxy.log());
+    assert_eq!(
+        headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+        Some(&b"overloaded"[..])
+    );
+    // Dropping the unfinished stream frees the slot.
+    drop(streaming);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = client(&proxy).await;
+        c.ready().await.expect("ready");
+        let req = Request::get("/")
+            .header("host", "svc")
+            .body(Full::default())
+            .expect("request");
+        let response = c.send_request(req).await.expect("response");
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

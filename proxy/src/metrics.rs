@@ -280,9 +280,9 @@ impl Metrics {
         let _ = self.request_total.remove_label_values(&labels);
         let _ = self.response_latency_ms.remove_label_values(&labels);
         let responses = handles.responses.lock().unwrap_or_else(|p| p.into_inner());
-        for (status, _) in responses.iter() {
+        for (status, failure, _) in responses.iter() {
             let code = status.to_string();
-            let class = classification(*status);
+            let class = classification(*failure);
             let mut all: Vec<&str> = labels.to_vec();
             all.extend([code.as_str(), class]);
             let _ = self.response_total.remove_label_values(&all);
@@ -425,13 +425,13 @@ pub struct RequestMetrics {
     labels: [String; 9],
     key: RequestKey,
     response_vec: IntCounterVec,
-    /// Response counters by status code, filled as codes are first seen.
-    responses: Mutex<Vec<(u16, IntCounter)>>,
+    /// Response counters by (status code, failure), filled as first seen.
+    responses: Mutex<Vec<(u16, bool, IntCounter)>>,
 }
 
-/// Linkerd's classification: a 5xx is a failure.
-fn classification(status: u16) -> &'static str {
-    if status >= 500 {
+/// The `classification` label.
+fn classification(failure: bool) -> &'static str {
+    if failure {
         "failure"
     } else {
         "success"
@@ -444,14 +444,18 @@ impl RequestMetrics {
         &self.key
     }
 
-    /// Count a response; 5xx is a failure, as Linkerd classifies.
-    pub fn response(&self, status: u16) {
+    /// Count a response that ended, as a failure or not (a 5xx, a gRPC
+    /// status other than OK, a stream broken midway, as Linkerd classifies).
+    pub fn response(&self, status: u16, failure: bool) {
         let mut responses = self.responses.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, counter)) = responses.iter().find(|(code, _)| *code == status) {
+        if let Some((_, _, counter)) = responses
+            .iter()
+            .find(|(code, f, _)| *code == status && *f == failure)
+        {
             counter.inc();
             return;
         }
-        let class = classification(status);
+        let class = classification(failure);
         let code = status.to_string();
         let [d, a, t, tls, reason, client, server, route, cluster] = &self.labels;
         let counter = self.response_vec.with_label_values(&[
@@ -468,6 +472,6 @@ impl RequestMetrics {
             class,
         ]);
         counter.inc();
-        responses.push((status, counter));
+        responses.push((status, failure, counter));
     }
 }

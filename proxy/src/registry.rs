@@ -89,7 +89,28 @@ fn budget(b: &RetryBudget) -> (RetryBudget, TpsBudget) {
     (b.clone(), tps)
 }
 
+/// One request in flight to a cluster, under its circuit breaker's
+/// `max_requests`; freed when dropped (with the response stream).
+#[derive(Debug)]
+pub struct RequestSlot(Arc<ClusterState>);
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl ClusterState {
+    /// Take a request slot, unless `max_requests` are in flight.
+    pub fn try_request(self: &Arc<Self>) -> Option<RequestSlot> {
+        let max = self.settings().circuit_breaker.max_requests;
+        if self.active.fetch_add(1, Ordering::AcqRel) >= max {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(RequestSlot(self.clone()))
+    }
+
     /// The cluster's current settings.
     pub fn settings(&self) -> Guard<Arc<ClusterSettings>> {
         self.settings.load()

@@ -9,6 +9,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod server;
+pub mod stream_end;
 pub mod vhost;
 
 use crate::metrics::{Metrics, RequestKey, RequestMetrics, TlsStatus};
@@ -340,14 +341,15 @@ pub async fn handle(
             metrics.total.inc();
             let mut response = local_response(route, &req);
             route.edit_response(response.headers_mut());
-            metrics.response(response.status().as_u16());
+            let status = response.status().as_u16();
+            metrics.response(status, status >= 500);
             return Ok(response);
         }
         Err(err) => {
             let metrics = ctx.local_metrics(&snapshot, None);
             metrics.total.inc();
             let response = error_response(&ctx, ctx.orig_dst.addr, &err);
-            metrics.response(response.status().as_u16());
+            metrics.response(response.status().as_u16(), true);
             return Ok(response);
         }
     };
@@ -364,32 +366,36 @@ pub async fn handle(
     if let Some(grpc) = grpc_timeout(&req) {
         timeout = Some(timeout.map_or(grpc, |t| t.min(grpc)));
     }
-    let active = match &target.cluster {
-        Some(cluster) => attempt::Limit::enter(
-            &cluster.active,
-            cluster.settings().circuit_breaker.max_requests,
-        ),
-        None => Some(attempt::Limit::none()),
-    };
-    let result = match (admission, active) {
-        (vhost::Admission::RateLimited, _) => Err(ProxyError::RateLimited),
-        (vhost::Admission::Abort(status), _) => Err(ProxyError::FaultAbort { status }),
-        (vhost::Admission::Pass { .. }, None) => Err(ProxyError::Overloaded {
-            cluster: target
-                .cluster
-                .as_ref()
-                .map_or_else(String::new, |c| c.name.to_string()),
-            limit: "max_requests",
-        }),
-        (vhost::Admission::Pass { delay }, Some(_active)) => {
+    // A fault delay holds no circuit-breaker slot; the request's slot is
+    // held until its response stream ends.
+    let mut slot = None;
+    let result = match admission {
+        vhost::Admission::RateLimited => Err(ProxyError::RateLimited),
+        vhost::Admission::Abort(status) => Err(ProxyError::FaultAbort { status }),
+        vhost::Admission::Pass { delay } => {
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
-            let retry = route.and_then(|r| r.retry.as_ref());
-            attempt::run(
-                &ctx, &snapshot, &target, version, &pool, req, timeout, retry,
-            )
-            .await
+            match &target.cluster {
+                Some(cluster) => slot = cluster.try_request().map(Some),
+                None => slot = Some(None),
+            }
+            match slot {
+                None => Err(ProxyError::Overloaded {
+                    cluster: target
+                        .cluster
+                        .as_ref()
+                        .map_or_else(String::new, |c| c.name.to_string()),
+                    limit: "max_requests",
+                }),
+                Some(_) => {
+                    let retry = route.and_then(|r| r.retry.as_ref());
+                    attempt::run(
+                        &ctx, &snapshot, &target, version, &pool, req, timeout, retry,
+                    )
+                    .await
+                }
+            }
         }
     };
     let mut response = match result {
@@ -405,8 +411,32 @@ pub async fn handle(
     metrics
         .latency_ms
         .observe(started.elapsed().as_secs_f64() * 1000.0);
-    metrics.response(response.status().as_u16());
+    let end = stream_end::ResponseEnd::new(
+        metrics,
+        response.status().as_u16(),
+        response.headers(),
+        slot.flatten(),
+    );
+    track(&mut response, end);
     Ok(response)
+}
+
+/// Record `end` when the response stream ends: the upstream's stream,
+/// or (after a retry's read-ahead) the frames held back and the rest.
+fn track(response: &mut Response<ProxyBody>, mut end: stream_end::ResponseEnd) {
+    match response.body_mut() {
+        ProxyBody::Stream(body) => body.track(end),
+        ProxyBody::Replayed { frames, rest } => {
+            for trailers in frames.iter().filter_map(|f| f.trailers_ref()) {
+                end.trailers(trailers);
+            }
+            match rest {
+                Some(body) => body.track(end),
+                None => end.finish(false),
+            }
+        }
+        ProxyBody::Full(_) => end.finish(false),
+    }
 }
 
 /// A gRPC client's deadline (`grpc-timeout: 100m`), if it sent one.
@@ -560,7 +590,7 @@ async fn forward(
         tokio::spawn(tunnel(client_upgrade, upstream_upgrade, target.addr));
     }
     headers::strip_hop_by_hop(response.headers_mut(), switched);
-    Ok(response.map(ProxyBody::Stream))
+    Ok(response.map(|body| ProxyBody::Stream(stream_end::Tracked::new(body))))
 }
 
 /// Send on a checked-out connection. A pooled HTTP/1 connection the
