@@ -99,6 +99,25 @@ impl Drop for EndpointAttempt<'_> {
     }
 }
 
+/// A failed try, with the request handed back when it never reached the
+/// upstream (no connection could be had), so it can go elsewhere.
+pub(super) struct TryError {
+    pub error: ProxyError,
+    pub unsent: Option<Request<UpstreamBody>>,
+}
+
+impl From<ProxyError> for TryError {
+    fn from(error: ProxyError) -> TryError {
+        TryError {
+            error,
+            unsent: None,
+        }
+    }
+}
+
+/// How many endpoints a request that could not be sent anywhere tries.
+const MAX_UNSENT_TRIES: usize = 3;
+
 /// Forward `req` to `target`, retrying per `retry` when it allows.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
@@ -118,16 +137,7 @@ pub(super) async fn run(
     }
     let replayable = retry.is_some_and(|policy| can_replay(&req, policy));
     let (Some(policy), true) = (retry, replayable) else {
-        return once(
-            ctx,
-            snapshot,
-            target,
-            version,
-            pool,
-            req.map(UpstreamBody::Stream),
-            timeout,
-        )
-        .await;
+        return unless_unsent(ctx, snapshot, target, version, pool, req, timeout).await;
     };
     let (parts, body) = req.into_parts();
     // Bounded by content-length (checked in can_replay) and by the limit.
@@ -169,7 +179,8 @@ pub(super) async fn run(
                 request,
                 per_try,
             )
-            .await;
+            .await
+            .map_err(|e| e.error);
             let last = attempt >= policy.attempts;
             // A gRPC status may only come in the trailers: read ahead for it.
             let (result, trailer_status) = match result {
@@ -229,6 +240,68 @@ pub(super) async fn run(
     }
 }
 
+/// Forward once, with no retry policy; but a request that could not be
+/// sent at all (the endpoint refused or timed out the connection) goes to
+/// another of the cluster's endpoints: nothing reached the upstream, so
+/// any method is safe to send again.
+async fn unless_unsent(
+    ctx: &ConnContext,
+    snapshot: &Snapshot,
+    target: &Target,
+    version: HttpVersion,
+    pool: &Arc<EndpointPool>,
+    req: Request<Incoming>,
+    timeout: Option<Duration>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut req = req.map(UpstreamBody::Stream);
+    let mut current = target.clone();
+    let mut pool = pool.clone();
+    let mut tried = vec![target.addr];
+    loop {
+        let error = match once(ctx, snapshot, &current, version, &pool, req, timeout).await {
+            Ok(response) => return Ok(response),
+            Err(TryError {
+                error,
+                unsent: Some(unsent),
+            }) if is_connect_failure(&error) && tried.len() < MAX_UNSENT_TRIES => {
+                req = unsent;
+                error
+            }
+            Err(e) => return Err(e.error),
+        };
+        let Some(cluster) = current.cluster.clone() else {
+            return Err(error);
+        };
+        let balancer = cluster.balancer();
+        // Another endpoint than those tried, if the balancer offers one.
+        let next = (0..balancer.len() * 2)
+            .filter_map(|_| balancer.pick(None))
+            .find(|e| !tried.contains(&e.addr))
+            .cloned();
+        let Some(endpoint) = next else {
+            return Err(error);
+        };
+        debug!(failed = %current.addr, next = %endpoint.addr, error = %error, "request not sent; trying another endpoint");
+        tried.push(endpoint.addr);
+        pool = endpoint
+            .pool(&ctx.inputs.pools, ctx.direction(), version)
+            .clone();
+        current.addr = endpoint.addr;
+        current.endpoint = Some(endpoint);
+    }
+}
+
+fn is_connect_failure(e: &ProxyError) -> bool {
+    matches!(
+        e,
+        ProxyError::ConnectRefused(_)
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Connect { .. }
+            | ProxyError::Handshake { .. }
+            | ProxyError::TlsHandshake { .. }
+    )
+}
+
 /// One try, with its balancer bookkeeping.
 async fn once(
     ctx: &ConnContext,
@@ -238,18 +311,20 @@ async fn once(
     pool: &Arc<EndpointPool>,
     req: Request<UpstreamBody>,
     timeout: Option<Duration>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Response<ProxyBody>, TryError> {
     let mut attempt = EndpointAttempt::start(target);
     let result = forward(ctx, snapshot, target, version, pool, req, timeout).await;
     let outcome = match &result {
         Ok(response) if response.status().is_server_error() => Outcome::Failure,
         Ok(_) => Outcome::Success,
-        Err(
-            ProxyError::ConnectRefused(_)
-            | ProxyError::ConnectTimeout { .. }
-            | ProxyError::Connect { .. },
-        ) => Outcome::ConnectFailure,
-        Err(e) if e.status().is_server_error() => Outcome::Failure,
+        Err(TryError {
+            error:
+                ProxyError::ConnectRefused(_)
+                | ProxyError::ConnectTimeout { .. }
+                | ProxyError::Connect { .. },
+            ..
+        }) => Outcome::ConnectFailure,
+        Err(e) if e.error.status().is_server_error() => Outcome::Failure,
         Err(_) => Outcome::Success,
     };
     if attempt.finish(outcome) {

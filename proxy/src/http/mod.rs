@@ -509,7 +509,7 @@ async fn forward(
     pool: &Arc<EndpointPool>,
     mut req: Request<UpstreamBody>,
     timeout: Option<Duration>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Response<ProxyBody>, attempt::TryError> {
     let is_connect = req.method() == Method::CONNECT && req.version() < Version::HTTP_2;
     let upgrade = version == HttpVersion::Http1 && (is_connect || headers::is_upgrade(&req));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -547,20 +547,28 @@ async fn forward(
             None => Some(attempt::Limit::none()),
         };
         let Some(pending) = pending else {
-            return Err(ProxyError::Overloaded {
+            return Err(attempt::TryError::from(ProxyError::Overloaded {
                 cluster: target
                     .cluster
                     .as_ref()
                     .map_or_else(String::new, |c| c.name.to_string()),
                 limit: "max_pending",
-            });
+            }));
         };
         let limit = target.cluster.as_ref().map(|c| &c.connections);
         let cluster_name = target.cluster.as_ref().map_or("", |c| &*c.name);
-        let checkout = pool
-            .checkout(connect_timeout, upgrade, limit)
-            .await
-            .map_err(|e| overloaded_or(e, cluster_name))?;
+        let checkout = match pool.checkout(connect_timeout, upgrade, limit).await {
+            Ok(checkout) => checkout,
+            // No connection: the request was never sent, and (unless it
+            // is an upgrade, whose client side is already taken) it can
+            // go to another endpoint.
+            Err(e) => {
+                return Err(attempt::TryError {
+                    error: overloaded_or(e, cluster_name),
+                    unsent: (!upgrade).then_some(req),
+                })
+            }
+        };
         drop(pending);
         send(
             checkout,
@@ -572,14 +580,15 @@ async fn forward(
             !upgrade,
         )
         .await
+        .map_err(attempt::TryError::from)
     };
     let mut response = match tokio::time::timeout(response_timeout, exchange).await {
         Ok(result) => result?,
         Err(_) => {
-            return Err(ProxyError::ResponseTimeout {
+            return Err(attempt::TryError::from(ProxyError::ResponseTimeout {
                 addr: target.addr,
                 after: response_timeout,
-            })
+            }))
         }
     };
 
