@@ -116,6 +116,17 @@ fn env_overrides_listener_addresses() {
     assert_eq!(support::http_get(proxy.admin, "/ready").0, 200);
 }
 
+/// The `listening` line is the harness's (and scripts') signal to start:
+/// by the time it is printed, `/ready` must already answer 200. Repeated
+/// because the race it guards against lost one start in forty.
+#[test]
+fn ready_as_soon_as_the_listening_line_is_printed() {
+    for _ in 0..10 {
+        let proxy = support::Proxy::start(support::EPHEMERAL_LISTENERS);
+        assert_eq!(support::http_get(proxy.admin, "/ready").0, 200);
+    }
+}
+
 #[test]
 fn iptables_prints_redirect_rules() {
     let out = strait(&[
