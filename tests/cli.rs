@@ -204,6 +204,10 @@ fn iptables_prints_redirect_rules() {
         script.contains("-t nat -A OUTPUT -p tcp -j STRAIT_OUTBOUND"),
         "{script}"
     );
+    let help = strait(&["iptables", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("inbound listener port"), "{help}");
+    assert!(help.contains("outbound listener port"), "{help}");
     let v6 = strait(&["iptables", "--ipv6"]);
     assert!(String::from_utf8_lossy(&v6.stdout).contains("ip6tables -t nat"));
 }

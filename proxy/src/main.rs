@@ -57,9 +57,19 @@ enum Command {
         /// Emit ip6tables rules.
         #[arg(long)]
         ipv6: bool,
-        /// Install the rules instead of printing them.
-        #[arg(long)]
+        /// Install the rules instead of printing them. Safe to repeat: a
+        /// second run leaves one copy of every rule.
+        #[arg(long, conflicts_with = "clean")]
         apply: bool,
+        /// Remove what --apply installed (strait's chains and the jumps to
+        /// them), and nothing else.
+        #[arg(long)]
+        clean: bool,
+        /// Which iptables to run: default (the iptables on PATH), nft
+        /// (iptables-nft) or legacy (iptables-legacy); use the one the
+        /// node's kube-proxy uses.
+        #[arg(long, default_value = "default")]
+        mode: iptables::Mode,
     },
     /// Print the version.
     Version,
@@ -84,6 +94,8 @@ fn main() -> ExitCode {
             skip_outbound_ports,
             ipv6,
             apply,
+            clean,
+            mode,
         } => {
             let redirect = iptables::Redirect {
                 proxy_uid,
@@ -92,12 +104,17 @@ fn main() -> ExitCode {
                 skip_inbound_ports,
                 skip_outbound_ports,
                 ipv6,
+                mode,
             };
-            if !apply {
+            let result = if apply {
+                iptables::apply(&redirect)
+            } else if clean {
+                iptables::clean(&redirect)
+            } else {
                 print!("{}", iptables::script(&redirect));
                 return ExitCode::SUCCESS;
-            }
-            match iptables::apply(&redirect) {
+            };
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("strait iptables: {e}");
