@@ -4,6 +4,7 @@
 //! [`ConfigError`] naming the field and line, so the caller can keep
 //! serving the previous one.
 
+pub mod dump;
 pub mod error;
 pub mod file;
 pub mod lines;
