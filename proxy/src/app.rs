@@ -168,6 +168,9 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         }
         tokio::spawn(wait_for_signal(shutdown.clone()));
 
+        // Ready first, then say so: whoever reads the line below may ask
+        // /ready at once and must get 200.
+        ready.store(true, Ordering::Release);
         info!(%outbound_addr, %inbound_addr, %admin_addr, workers, "strait is ready");
         // One machine-readable line on stdout for scripts and tests.
         let mut stdout = std::io::stdout();
@@ -176,7 +179,6 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             "strait listening outbound={outbound_addr} inbound={inbound_addr} admin={admin_addr}"
         );
         let _ = stdout.flush();
-        ready.store(true, Ordering::Release);
 
         shutdown.cancelled().await;
         ready.store(false, Ordering::Release);

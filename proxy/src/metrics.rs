@@ -97,6 +97,8 @@ pub struct Metrics {
     proxy_errors_total: IntCounterVec,
     pub config_reload_total: IntCounterVec,
     identity_expiration: IntGauge,
+    /// Registers `identity_expiration` once, when an identity first loads.
+    identity_registered: std::sync::Once,
     identity_refresh_total: IntCounterVec,
     authz_allow_total: IntCounterVec,
     authz_deny_total: IntCounterVec,
@@ -164,9 +166,8 @@ impl Metrics {
             "When the workload certificate expires, in seconds since the epoch.",
         )
         .unwrap_or_else(|e| panic!("identity gauge is malformed: {e}"));
-        registry
-            .register(Box::new(identity_expiration.clone()))
-            .unwrap_or_else(|e| panic!("identity gauge registered twice: {e}"));
+        // Registered on the first identity load, not here: without an
+        // identity a 0 would read as "expired in 1970" and fire alerts.
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
@@ -187,6 +188,7 @@ impl Metrics {
             config_reload_total: counter_vec(&registry, "config_reload_total", "Configuration reloads, by result.", &["result"]),
             connections_refused_total: counter_vec(&registry, "tcp_accept_refused_total", "Connections refused at accept, by reason.", &["direction", "reason"]),
             identity_expiration,
+            identity_registered: std::sync::Once::new(),
             identity_refresh_total: counter_vec(&registry, "identity_cert_refresh_total", "Workload certificate loads, by result.", &["result"]),
             authz_allow_total: counter_vec(&registry, "inbound_authz_allow_total", "Inbound connections or requests allowed by policy.", &["port", "identity"]),
             authz_deny_total: counter_vec(&registry, "inbound_authz_deny_total", "Inbound connections or requests denied by policy.", &["port", "identity"]),
@@ -337,6 +339,11 @@ impl Metrics {
     /// Record a workload certificate load attempt.
     pub fn identity_loaded(&self, loaded: &crate::tls::Loaded, ok: bool) {
         self.identity_expiration.set(loaded.not_after);
+        self.identity_registered.call_once(|| {
+            self.registry
+                .register(Box::new(self.identity_expiration.clone()))
+                .unwrap_or_else(|e| panic!("identity gauge registered twice: {e}"));
+        });
         self.identity_refresh_total
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();

@@ -266,6 +266,11 @@ impl EndpointPool {
         self.addr
     }
 
+    /// Plain (not meshed) HTTP/2: a failure may be an HTTP/1-only upstream.
+    pub fn plain_http2(&self) -> bool {
+        self.version == HttpVersion::Http2 && self.mesh.is_none()
+    }
+
     fn is_empty(&self) -> bool {
         self.idle.lock().map(|i| i.is_empty()).unwrap_or(true)
             && self.h2.lock().map(|h| h.is_none()).unwrap_or(true)

@@ -56,11 +56,25 @@ pub enum ProxyError {
     Forbidden { reason: String },
     #[error("upstream {addr} reset the response stream before it ended")]
     UpstreamReset { addr: SocketAddr },
-    #[error("upstream {addr} failed the request: {source}")]
+    #[error("upstream {addr} failed the request: {source}{}", http2_hint(*plain_http2))]
     Upstream {
         addr: SocketAddr,
         source: hyper::Error,
+        /// Sent as plain HTTP/2 (not the mesh hop): say what to check.
+        plain_http2: bool,
     },
+}
+
+/// A plain HTTP/2 request that fails is, more often than not, an
+/// upstream that speaks only HTTP/1: a `protocol: auto` cluster forwards
+/// an HTTP/2 client as HTTP/2, and the HTTP/1 server's reply to the
+/// preface breaks the connection (seen as an http2, I/O or cancel error).
+fn http2_hint(plain_http2: bool) -> &'static str {
+    if plain_http2 {
+        " (it was sent as HTTP/2: if the upstream speaks only HTTP/1, set the cluster's `protocol: http1`; with `protocol: auto` an HTTP/2 client's requests go upstream as HTTP/2)"
+    } else {
+        ""
+    }
 }
 
 impl ProxyError {

@@ -627,9 +627,17 @@ async fn send(
             fresh
                 .send(req, pool_on_end)
                 .await
-                .map_err(|(source, _)| ProxyError::Upstream { addr, source })
+                .map_err(|(source, _)| ProxyError::Upstream {
+                    addr,
+                    source,
+                    plain_http2: pool.plain_http2(),
+                })
         }
-        Err((source, _)) => Err(ProxyError::Upstream { addr, source }),
+        Err((source, _)) => Err(ProxyError::Upstream {
+            addr,
+            source,
+            plain_http2: pool.plain_http2(),
+        }),
     }
 }
 
