@@ -128,3 +128,33 @@ async fn truncated_and_half_written_config_files_are_refused_under_load() {
     let m = proxy.metrics();
     assert!(metric_sum(&m, "config_reload_total", &["result=\"error\""]) >= 2.0);
 }
+
+#[tokio::test]
+async fn a_flood_of_failures_logs_one_line_and_counts_every_one() {
+    // A port nobody listens on: every request fails with connect-refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = closed.local_addr().expect("addr");
+    drop(closed);
+    let proxy = Proxy::start(&web_config(dead));
+    let mut client = h1(proxy.outbound).await;
+    const N: usize = 300;
+    for _ in 0..N {
+        client.ready().await.expect("ready");
+        let response = client.send_request(get("web", "/")).await.expect("502");
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let _ = response.into_body().collect().await;
+    }
+    let m = proxy.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "http_proxy_errors_total",
+            &["reason=\"connect-refused\""]
+        ),
+        N as f64,
+        "{m}"
+    );
+    let lines = proxy.log().matches("request failed in the proxy").count();
+    assert!(lines <= 2, "{lines} log lines for {N} failures");
+    assert!(lines >= 1, "the first failure is logged");
+}

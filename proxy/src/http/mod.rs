@@ -446,9 +446,7 @@ fn error_response(ctx: &ConnContext, addr: SocketAddr, err: &ProxyError) -> Resp
         ProxyError::RateLimited | ProxyError::FaultAbort { .. } => {
             debug!(target_addr = %addr, reason = err.reason(), "request answered by the route's policy")
         }
-        _ => {
-            warn!(target_addr = %addr, reason = err.reason(), error = %err, "request failed in the proxy")
-        }
+        _ => crate::log_limit::request_failed(addr, err),
     }
     ctx.inputs
         .metrics
