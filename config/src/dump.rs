@@ -269,6 +269,16 @@ impl Config {
                     idle_timeout: duration(p.pool_idle_timeout),
                     max_idle_per_endpoint: Some(p.pool_max_idle_per_endpoint as i64),
                 }),
+                http: Some(FileHttp {
+                    normalize_path: Some(p.http.normalize_path),
+                    merge_slashes: Some(p.http.merge_slashes),
+                    decode_unreserved: Some(p.http.decode_unreserved),
+                    max_request_headers_bytes: Some(p.http.max_request_headers_bytes as i64),
+                    max_request_headers: Some(p.http.max_request_headers as i64),
+                    max_uri_bytes: Some(p.http.max_uri_bytes as i64),
+                    max_request_body_bytes: p.http.max_request_body_bytes.map(|n| n as i64),
+                    max_concurrent_streams: Some(i64::from(p.http.max_concurrent_streams)),
+                }),
             }),
             clusters: self.clusters.iter().map(cluster).collect(),
             routes: self

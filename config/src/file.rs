@@ -266,6 +266,21 @@ pub struct FileProxy {
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
     pub pool: Option<FilePool>,
+    pub http: Option<FileHttp>,
+}
+
+/// `proxy.http`: request limits and path normalisation.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp {
+    pub normalize_path: Option<bool>,
+    pub merge_slashes: Option<bool>,
+    pub decode_unreserved: Option<bool>,
+    pub max_request_headers_bytes: Option<i64>,
+    pub max_request_headers: Option<i64>,
+    pub max_uri_bytes: Option<i64>,
+    pub max_request_body_bytes: Option<i64>,
+    pub max_concurrent_streams: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

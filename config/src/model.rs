@@ -323,6 +323,30 @@ pub struct ProxySettings {
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_endpoint: usize,
+    /// Request limits and path normalisation for HTTP clients.
+    pub http: HttpSettings,
+}
+
+/// What the proxy accepts from an HTTP client, and how it canonicalises
+/// a request's path before routing it (and forwards it so).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpSettings {
+    /// Remove `.` and `..` segments (RFC 3986 §5.2.4).
+    pub normalize_path: bool,
+    /// Collapse runs of `/` into one.
+    pub merge_slashes: bool,
+    /// Decode percent-encoded unreserved characters (`%41` → `A`).
+    pub decode_unreserved: bool,
+    /// The request line and headers together, in bytes: 431 over it.
+    pub max_request_headers_bytes: usize,
+    /// Header fields in one request: 431 over it.
+    pub max_request_headers: usize,
+    /// The request target, in bytes: 414 over it.
+    pub max_uri_bytes: usize,
+    /// A request body's declared length, in bytes: 413 over it (`None`: no limit).
+    pub max_request_body_bytes: Option<u64>,
+    /// Streams one HTTP/2 client may have open at once.
+    pub max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -17,7 +17,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,7 +25,7 @@ use strait_config::Config;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How often the config file is checked for changes.
 const CONFIG_POLL: Duration = Duration::from_secs(2);
@@ -34,6 +34,12 @@ const CONFIG_POLL: Duration = Duration::from_secs(2);
 /// changes when given.
 pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     raise_fd_limit();
+    // The file as it was read at startup: a change after this is a change,
+    // however late the watcher task starts.
+    let config_file = config_path.map(|path| {
+        let stamp = file_stamp(&path);
+        (path, stamp)
+    });
     let backlog = config.proxy.backlog;
     let bind = |name: &str, addr: SocketAddr| {
         socket::bind_listener(addr, backlog).with_context(|| {
@@ -107,9 +113,10 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                         registry.clone(),
                         stop.clone(),
                     ));
-                    if let Some(path) = config_path {
+                    if let Some((path, stamp)) = config_file {
                         tokio::spawn(watch_config(
                             path,
+                            stamp,
                             snapshot,
                             metrics,
                             discovery,
@@ -232,8 +239,14 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 
 /// Reload the config when the file changes or on SIGHUP. A file that does
 /// not validate is refused with its error, and the running config stays.
+///
+/// Editors and tools truncate a file before they write it, so a change
+/// seen by polling is read only once the file's size and mtime have held
+/// still across two polls; and on reload an empty file is refused rather
+/// than taken as the embedded default (see [`read_for_reload`]).
 async fn watch_config(
     path: PathBuf,
+    mut seen: Option<FileStamp>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     discovery: Arc<crate::discovery::Discovery>,
@@ -242,11 +255,8 @@ async fn watch_config(
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).ok();
-    let stamp = |path: &PathBuf| -> Option<(SystemTime, u64)> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
-    };
-    let mut seen = stamp(&path);
+    // A change seen on the last poll, waiting to hold still for one more.
+    let mut settling: Option<FileStamp> = None;
     let mut tick = tokio::time::interval(CONFIG_POLL);
     loop {
         let hup_recv = async {
@@ -259,11 +269,20 @@ async fn watch_config(
             _ = stop.cancelled() => return,
             _ = hup_recv => info!(path = %path.display(), "SIGHUP: reloading config"),
             _ = tick.tick() => {
-                let now = stamp(&path);
-                if now == seen || now.is_none() {
+                let Some(now) = file_stamp(&path) else {
+                    continue;
+                };
+                if Some(now) == seen {
+                    settling = None;
                     continue;
                 }
-                seen = now;
+                if settling != Some(now) {
+                    debug!(path = %path.display(), "config file changed: waiting for it to hold still");
+                    settling = Some(now);
+                    continue;
+                }
+                settling = None;
+                seen = Some(now);
                 info!(path = %path.display(), "config file changed: reloading");
             }
         }
@@ -271,18 +290,48 @@ async fn watch_config(
     }
 }
 
+/// A file's (mtime, size): when either moves, the file changed.
+type FileStamp = (SystemTime, u64);
+
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Why a file was not even parsed on reload.
+#[derive(Debug, thiserror::Error)]
+enum ReloadRefused {
+    #[error("the file is empty (truncated, or still being written?); an empty file means the embedded default only at startup")]
+    Empty,
+    #[error(transparent)]
+    Invalid(#[from] strait_config::ConfigError),
+}
+
+/// Read the config file for a reload. An empty (or whitespace-only) file
+/// is refused: at startup it means the embedded default, but on a reload
+/// it is far likelier a file caught between truncate and write.
+fn read_for_reload(path: &Path) -> Result<Config, ReloadRefused> {
+    let source =
+        std::fs::read_to_string(path).map_err(|source| strait_config::ConfigError::Read {
+            path: path.display().to_string(),
+            error: source,
+        })?;
+    if source.trim().is_empty() {
+        return Err(ReloadRefused::Empty);
+    }
+    let mut config = Config::from_yaml(&source)?;
+    config.apply_env(|k| std::env::var(k).ok())?;
+    Ok(config)
+}
+
 fn reload(
-    path: &PathBuf,
+    path: &Path,
     snapshot: &ArcSwap<Snapshot>,
     metrics: &Metrics,
     discovery: &crate::discovery::Discovery,
     registry: &Registry,
 ) {
-    let loaded = Config::from_path(path).and_then(|mut c| {
-        c.apply_env(|k| std::env::var(k).ok())?;
-        Ok(c)
-    });
-    match loaded {
+    match read_for_reload(path) {
         Ok(config) => {
             let current = snapshot.load();
             let old = &current.config;

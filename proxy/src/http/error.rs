@@ -63,6 +63,51 @@ pub enum ProxyError {
         /// Sent as plain HTTP/2 (not the mesh hop): say what to check.
         plain_http2: bool,
     },
+    #[error(transparent)]
+    BadRequest(#[from] BadRequest),
+}
+
+/// A request refused before routing: the client's fault, never the
+/// upstream's (4xx, never retried, never counted against an endpoint).
+#[derive(Debug, thiserror::Error)]
+pub enum BadRequest {
+    #[error("an HTTP/1.1 request must carry a Host header")]
+    MissingHost,
+    #[error("the request carries more than one Host header")]
+    DuplicateHost,
+    #[error("the Host header is not a valid host[:port]")]
+    InvalidHost,
+    #[error("the request names two authorities: '{uri}' in its target and '{host}' in Host")]
+    AuthorityMismatch { uri: String, host: String },
+    #[error("the request target is {len} bytes; proxy.http.max_uri_bytes allows {max}")]
+    UriTooLong { len: usize, max: usize },
+    #[error("the request has {count} header fields; proxy.http.max_request_headers allows {max}")]
+    TooManyHeaders { count: usize, max: usize },
+    #[error("the request body is {len} bytes; proxy.http.max_request_body_bytes allows {max}")]
+    BodyTooLarge { len: u64, max: u64 },
+}
+
+impl BadRequest {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BadRequest::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            BadRequest::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            BadRequest::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BadRequest::MissingHost => "missing-host",
+            BadRequest::DuplicateHost => "duplicate-host",
+            BadRequest::InvalidHost => "invalid-host",
+            BadRequest::AuthorityMismatch { .. } => "authority-mismatch",
+            BadRequest::UriTooLong { .. } => "uri-too-long",
+            BadRequest::TooManyHeaders { .. } => "too-many-headers",
+            BadRequest::BodyTooLarge { .. } => "body-too-large",
+        }
+    }
 }
 
 /// A plain HTTP/2 request that fails is, more often than not, an
@@ -84,6 +129,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::RequestBody => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(bad) => bad.status(),
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::FaultAbort { status } => *status,
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -119,6 +165,7 @@ impl ProxyError {
             ProxyError::FaultAbort { .. } => "fault-injected",
             ProxyError::ResponseTimeout { .. } => "response-timeout",
             ProxyError::Upstream { .. } => "upstream-error",
+            ProxyError::BadRequest(bad) => bad.reason(),
         }
     }
 
@@ -147,6 +194,11 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        // A malformed request leaves the connection's framing in doubt:
+        // an HTTP/1 client is told to start afresh.
+        if matches!(self, ProxyError::BadRequest(_) | ProxyError::RequestBody) {
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }

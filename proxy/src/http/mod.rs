@@ -5,6 +5,7 @@
 //! responses, and [`server`] runs hyper on the accepted connection.
 
 mod attempt;
+pub mod authority;
 pub mod body;
 pub mod error;
 pub mod headers;
@@ -324,6 +325,9 @@ pub async fn handle(
     let started = Instant::now();
     let snapshot = ctx.inputs.snapshot.load_full();
     let client_version = req.version();
+    if let Err(err) = authority::admit(&mut req, &snapshot.config.proxy.http) {
+        return Ok(authority::refused(&ctx, &snapshot, &err));
+    }
     let routed = ctx.authorize(&snapshot, &req).and_then(|()| {
         Ok(match ctx.resolve(&snapshot, &req)? {
             Routed::Forward(target, route) => {
@@ -491,9 +495,7 @@ fn error_response(ctx: &ConnContext, addr: SocketAddr, err: &ProxyError) -> Resp
         ProxyError::RateLimited | ProxyError::FaultAbort { .. } => {
             debug!(target_addr = %addr, reason = err.reason(), "request answered by the route's policy")
         }
-        _ => {
-            warn!(target_addr = %addr, reason = err.reason(), error = %err, "request failed in the proxy")
-        }
+        _ => crate::log_limit::request_failed(addr, err),
     }
     ctx.inputs
         .metrics

@@ -17,6 +17,14 @@ use tokio_util::sync::CancellationToken;
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// HTTP/2 streams a client may open and reset before the proxy accepts
+/// them (the "rapid reset" flood, CVE-2023-44487): past it, GOAWAY.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 50;
+
+/// HTTP/2 streams the proxy may reset for a client's protocol errors on
+/// one connection: past it, GOAWAY (CVE-2024-27316-style floods).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+
 /// Drive a hyper connection to completion. When the proxy drains, or the
 /// connection moves no bytes for the idle timeout, it shuts down
 /// gracefully (HTTP/1: after the request in flight; HTTP/2: GOAWAY); a
@@ -68,17 +76,32 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = ctx.inputs.snapshot.load().config.proxy.http.clone();
     let service = service_fn(move |req| super::handle(ctx.clone(), req));
     let io = TokioIo::new(io);
     let result = if protocol == Protocol::Http2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
+        // h2 answers a header block over the list size with 431; streams a
+        // client resets before we accept them, and streams we reset for its
+        // errors, are bounded so neither flood costs more than a GOAWAY.
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(
+                u32::try_from(limits.max_request_headers_bytes).unwrap_or(u32::MAX),
+            )
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
         drive!(builder.serve_connection(io, service), drain, idle_timeout)
     } else {
         let mut builder = http1::Builder::new();
+        // hyper answers a head over the buffer size, or with more headers
+        // than allowed, with 431 (and an over-long target with 414).
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(limits.max_request_headers_bytes)
+            .max_headers(limits.max_request_headers);
         drive!(
             builder.serve_connection(io, service).with_upgrades(),
             drain,
