@@ -473,6 +473,23 @@ async fn a_killed_endpoint_costs_no_request_without_a_retry_policy() {
     }
     assert!(a.requests.load(Ordering::SeqCst) > 0 && b.requests.load(Ordering::SeqCst) > 0);
     b.kill();
+    // Wait until the proxy has seen its pooled connections to the dead
+    // endpoint close: a request written into a connection at the very
+    // moment it dies was sent, and without a retry policy may fail.
+    let dead = format!("target_addr=\"{}\"", b.addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_sum(
+        &proxy.metrics(),
+        "tcp_open_connections",
+        &["peer=\"dst\"", &dead],
+    ) > 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never saw the connections close"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Every request after the kill still succeeds, pooled connections to
     // the dead endpoint and refused connects notwithstanding.
     let mut tasks = Vec::new();

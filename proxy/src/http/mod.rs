@@ -582,7 +582,6 @@ async fn forward(
             !upgrade,
         )
         .await
-        .map_err(attempt::TryError::from)
     };
     let mut response = match tokio::time::timeout(response_timeout, exchange).await {
         Ok(result) => result?,
@@ -615,31 +614,36 @@ async fn send(
     cluster: &str,
     req: Request<UpstreamBody>,
     pool_on_end: bool,
-) -> Result<Response<crate::pool::PooledBody>, ProxyError> {
+) -> Result<Response<crate::pool::PooledBody>, attempt::TryError> {
     let reused = checkout.reused();
     let addr = pool.addr();
     match checkout.send(req, pool_on_end).await {
         Ok(response) => Ok(response),
         Err((_, Some(NotSent(req)))) if reused => {
             debug!(%addr, "pooled connection was closed; sending on a new one");
-            let fresh = pool
-                .checkout(connect_timeout, true, limit)
-                .await
-                .map_err(|e| overloaded_or(e, cluster))?;
-            fresh
-                .send(req, pool_on_end)
-                .await
-                .map_err(|(source, _)| ProxyError::Upstream {
+            let fresh = match pool.checkout(connect_timeout, true, limit).await {
+                Ok(fresh) => fresh,
+                // Still unsent: the caller may try another endpoint.
+                Err(e) => {
+                    return Err(attempt::TryError {
+                        error: overloaded_or(e, cluster),
+                        unsent: Some(req),
+                    })
+                }
+            };
+            fresh.send(req, pool_on_end).await.map_err(|(source, _)| {
+                attempt::TryError::from(ProxyError::Upstream {
                     addr,
                     source,
                     plain_http2: pool.plain_http2(),
                 })
+            })
         }
-        Err((source, _)) => Err(ProxyError::Upstream {
+        Err((source, _)) => Err(attempt::TryError::from(ProxyError::Upstream {
             addr,
             source,
             plain_http2: pool.plain_http2(),
-        }),
+        })),
     }
 }
 
