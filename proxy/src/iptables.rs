@@ -175,6 +175,9 @@ impl Iptables {
     fn try_run(&self, line: &str) -> Result<Result<(), String>, String> {
         let output = Command::new(self.program)
             .args(args(line))
+            // Not /dev/null (what `output` would open): the init image
+            // may have no /dev, and iptables reads nothing.
+            .stdin(std::process::Stdio::inherit())
             .output()
             .map_err(|e| {
                 format!(
