@@ -1,10 +1,11 @@
-//! The upstream registry through the real proxy: a config reload is
-//! applied as a diff, so what the proxy has learnt about a cluster and its
-//! endpoints outlives it.
+//! The upstream registry through the real proxy: a config reload or a DNS
+//! change is applied as a diff, so what the proxy has learnt about a
+//! cluster and its endpoints outlives it.
 //!
 //! - an endpoint ejected by outlier detection stays ejected across a
 //!   reload (one that changes its cluster's settings, and one that only
-//!   adds an unrelated cluster).
+//!   adds an unrelated cluster) and across a DNS answer that replaces
+//!   another endpoint of its cluster.
 //!
 //! Each test is built so that rebuilding the state on every update (the
 //! proxy's behaviour before the registry) fails it: the ejected endpoint
@@ -17,11 +18,13 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::upstream::{Behaviour, Upstream};
 use support::{metric_sum, Proxy, EPHEMERAL_LISTENERS};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 
 /// The proxy's listeners, with unrouted outbound traffic sent to `svc`,
 /// then `sections` (other top-level sections, or nothing), then
@@ -201,4 +204,131 @@ async fn an_ejected_endpoint_stays_ejected_across_a_reload() {
         assert_eq!(endpoints_in_state(&m, "active"), 1.0, "{m}");
     }
     assert_eq!(count(&good.requests), 9 + 40);
+}
+
+/// What the test DNS server answers: an address for every A query.
+type Answer = Arc<Mutex<Ipv4Addr>>;
+
+/// A minimal DNS server on 127.0.0.1: A queries for any name get the
+/// current answer (TTL 1 s), other types an empty answer.
+async fn dns_server(answer: Answer) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
+    let addr = socket.local_addr().expect("dns addr");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let query = &buf[..n];
+            let ip = *answer.lock().expect("answer");
+            // The question: after the 12-byte header, labels up to a zero
+            // byte, then type and class.
+            let mut end = 12;
+            while end < n && query[end] != 0 {
+                end += 1 + query[end] as usize;
+            }
+            let qend = end + 5;
+            if qend > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
+            let mut reply = Vec::with_capacity(qend + 16);
+            reply.extend_from_slice(&query[..2]); // id
+            reply.extend_from_slice(&[0x81, 0x80]); // response, recursion desired+available
+            reply.extend_from_slice(&[0, 1]); // one question
+            reply.extend_from_slice(&[0, u8::from(qtype == 1)]); // answers
+            reply.extend_from_slice(&[0, 0, 0, 0]);
+            reply.extend_from_slice(&query[12..qend]);
+            if qtype == 1 {
+                reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                reply.extend_from_slice(&ip.octets());
+            }
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    });
+    addr
+}
+
+/// A port free on both 127.0.0.2 and 127.0.0.3 (a DNS endpoint has one
+/// port for all its addresses).
+fn port_free_on_two_addresses() -> u16 {
+    for _ in 0..20 {
+        let first = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+        let port = first.local_addr().expect("local addr").port();
+        if std::net::TcpListener::bind(("127.0.0.3", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free on both 127.0.0.2 and 127.0.0.3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_endpoint_stays_ejected_across_a_dns_change() {
+    let answer: Answer = Arc::new(Mutex::new(Ipv4Addr::new(127, 0, 0, 2)));
+    let dns = dns_server(answer.clone()).await;
+    let bad = Upstream::start_with(Behaviour {
+        status: Some(500),
+        ..Behaviour::default()
+    })
+    .await;
+    let port = port_free_on_two_addresses();
+    let first = Upstream::start_at(&format!("127.0.0.2:{port}"), Behaviour::default()).await;
+    let second = Upstream::start_at(&format!("127.0.0.3:{port}"), Behaviour::default()).await;
+    let proxy = Proxy::start(&config(
+        &format!("dns: {{servers: ['{dns}'], min_refresh: 200ms, max_refresh: 1s}}\n"),
+        &svc(
+            "{policy: round_robin}",
+            OUTLIER,
+            &[bad.addr.to_string(), format!("svc.strait.test:{port}")],
+        ),
+    ));
+
+    // Wait for the name to resolve without sending traffic: until then the
+    // bad endpoint is alone, and the last endpoint is never ejected.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while endpoints_in_state(&scrape(&proxy), "active") != 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the name never resolved:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = client(&proxy).await;
+    for _ in 0..12 {
+        get(&mut c).await;
+    }
+    assert_eq!(count(&bad.requests), 3, "{}", proxy.log());
+    assert_eq!(count(&first.requests), 9);
+    let m = scrape(&proxy);
+    assert_eq!(ejections(&m), 1.0, "{m}");
+
+    // The name moves to another address: the cluster's endpoint set is
+    // rebuilt, the static endpoint in it stays ejected. Every request on
+    // the way succeeds; none reaches the bad endpoint.
+    *answer.lock().expect("answer") = Ipv4Addr::new(127, 0, 0, 3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&second.requests) == 0 {
+        assert_eq!(get(&mut c).await.0, StatusCode::OK, "{}", proxy.log());
+        assert!(
+            Instant::now() < deadline,
+            "traffic never moved to the new address:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..20 {
+        assert_eq!(get(&mut c).await.0, StatusCode::OK, "request {i}");
+    }
+    assert_eq!(
+        count(&bad.requests),
+        3,
+        "the ejected endpoint was picked after the DNS change"
+    );
+    assert!(count(&second.requests) >= 21);
+    let m = scrape(&proxy);
+    assert_eq!(ejections(&m), 1.0, "{m}");
+    assert_eq!(endpoints_in_state(&m, "ejected"), 1.0, "{m}");
+    assert_eq!(endpoints_in_state(&m, "active"), 1.0, "{m}");
 }
