@@ -5,11 +5,14 @@
 //! - an endpoint ejected by outlier detection stays ejected across a
 //!   reload (one that changes its cluster's settings, and one that only
 //!   adds an unrelated cluster) and across a DNS answer that replaces
-//!   another endpoint of its cluster.
+//!   another endpoint of its cluster;
+//! - Peak-EWMA keeps steering a burst of concurrent requests to the fast
+//!   endpoint right after a reload, instead of spreading it as over two
+//!   unknown endpoints.
 //!
 //! Each test is built so that rebuilding the state on every update (the
 //! proxy's behaviour before the registry) fails it: the ejected endpoint
-//! would be picked again.
+//! would be picked again, and the burst would be split about evenly.
 
 mod support;
 
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 use support::upstream::{Behaviour, Upstream};
 use support::{metric_sum, Proxy, EPHEMERAL_LISTENERS};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
 
 /// The proxy's listeners, with unrouted outbound traffic sent to `svc`,
 /// then `sections` (other top-level sections, or nothing), then
@@ -331,4 +335,82 @@ async fn an_ejected_endpoint_stays_ejected_across_a_dns_change() {
     assert_eq!(ejections(&m), 1.0, "{m}");
     assert_eq!(endpoints_in_state(&m, "ejected"), 1.0, "{m}");
     assert_eq!(endpoints_in_state(&m, "active"), 1.0, "{m}");
+}
+
+/// Open `n` client connections first, then send one request on each at
+/// once; the handles resolve to each response's status and headers.
+async fn spawn_burst(proxy: &Proxy, n: usize) -> Vec<JoinHandle<(StatusCode, HeaderMap)>> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(client(proxy).await);
+    }
+    clients
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { get(&mut c).await }))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_keeps_preferring_the_fast_endpoint_across_a_reload() {
+    // Both are slower than default_rtt, so a fresh Peak-EWMA has no reason
+    // to prefer the fast one until the slow one has answered once (2 s).
+    let fast = Upstream::start_with(Behaviour {
+        delay: Duration::from_millis(50),
+        ..Behaviour::default()
+    })
+    .await;
+    let slow = Upstream::start_with(Behaviour {
+        delay: Duration::from_secs(2),
+        ..Behaviour::default()
+    })
+    .await;
+    let endpoints = [fast.addr.to_string(), slow.addr.to_string()];
+    let cluster = |timeout: &str| {
+        config(
+            "",
+            &svc(
+                "{policy: peak_ewma, default_rtt: 30ms, decay: 30s}",
+                &format!("    response_timeout: {timeout}\n"),
+                &endpoints,
+            ),
+        )
+    };
+    let proxy = Proxy::start(&cluster("30s"));
+
+    // Warm up: a burst over two unknown endpoints is spread by load, so
+    // both get requests and the EWMA learns both latencies.
+    for request in spawn_burst(&proxy, 10).await {
+        assert_eq!(request.await.expect("warm-up request").0, StatusCode::OK);
+    }
+    assert!(
+        count(&fast.requests) >= 1 && count(&slow.requests) >= 1,
+        "the warm-up reached only one endpoint: fast {}, slow {}",
+        count(&fast.requests),
+        count(&slow.requests)
+    );
+
+    // A reload that changes svc's settings: its balancer is rebuilt over
+    // the same endpoints.
+    reload(&proxy, &cluster("20s"), 1).await;
+    let (fast_before, slow_before) = (count(&fast.requests), count(&slow.requests));
+
+    // The first twenty requests after it: a burst of ten at once, then ten
+    // one by one. The learnt estimates (50 ms vs 2 s) send them all to the
+    // fast endpoint; ten at once cost 10 x 50 ms there, still less than one
+    // at the slow one. Forgotten estimates (both at default_rtt) would
+    // split the burst by load, about five to each.
+    for request in spawn_burst(&proxy, 10).await {
+        assert_eq!(request.await.expect("burst request").0, StatusCode::OK);
+    }
+    let mut c = client(&proxy).await;
+    for i in 0..10 {
+        assert_eq!(get(&mut c).await.0, StatusCode::OK, "request {i}");
+    }
+    let to_fast = count(&fast.requests) - fast_before;
+    let to_slow = count(&slow.requests) - slow_before;
+    assert_eq!(to_fast + to_slow, 20);
+    assert!(
+        to_fast >= 18,
+        "right after the reload the fast endpoint got {to_fast} of 20 (slow {to_slow})"
+    );
 }
