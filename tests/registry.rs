@@ -8,26 +8,32 @@
 //!   another endpoint of its cluster;
 //! - Peak-EWMA keeps steering a burst of concurrent requests to the fast
 //!   endpoint right after a reload, instead of spreading it as over two
-//!   unknown endpoints.
+//!   unknown endpoints;
+//! - the circuit breaker's `max_requests` counts the requests in flight
+//!   across a reload: the upstream never holds more than the limit, and the
+//!   excess fails fast with 503 `overloaded`.
 //!
 //! Each test is built so that rebuilding the state on every update (the
 //! proxy's behaviour before the registry) fails it: the ejected endpoint
-//! would be picked again, and the burst would be split about evenly.
+//! would be picked again, the burst would be split about evenly, and the
+//! limit would briefly double.
 
 mod support;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::upstream::{Behaviour, Upstream};
 use support::{metric_sum, Proxy, EPHEMERAL_LISTENERS};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The proxy's listeners, with unrouted outbound traffic sent to `svc`,
@@ -413,4 +419,195 @@ async fn peak_ewma_keeps_preferring_the_fast_endpoint_across_a_reload() {
         to_fast >= 18,
         "right after the reload the fast endpoint got {to_fast} of 20 (slow {to_slow})"
     );
+}
+
+/// Poll `condition` every 20 ms until it holds; fail after `limit`.
+async fn until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An upstream that holds every request until released and counts how
+/// many it holds at once: the circuit breaker seen from the far side.
+struct HoldingUpstream {
+    addr: SocketAddr,
+    arrived: Arc<AtomicUsize>,
+    held: Arc<AtomicUsize>,
+    max_held: Arc<AtomicUsize>,
+    /// `true` lets held and new requests through; `false` holds again.
+    release: watch::Sender<bool>,
+}
+
+/// Counts a held request out when its handler ends or is dropped.
+struct HeldGuard(Arc<AtomicUsize>);
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl HoldingUpstream {
+    async fn start() -> HoldingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the holding upstream");
+        let addr = listener.local_addr().expect("holding upstream addr");
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let held = Arc::new(AtomicUsize::new(0));
+        let max_held = Arc::new(AtomicUsize::new(0));
+        let (release, released) = watch::channel(false);
+        let (a, h, m) = (arrived.clone(), held.clone(), max_held.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (a, h, m, released) = (a.clone(), h.clone(), m.clone(), released.clone());
+                let service = hyper::service::service_fn(move |_req| {
+                    let (h, mut released) = (h.clone(), released.clone());
+                    a.fetch_add(1, Ordering::SeqCst);
+                    let now = h.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    async move {
+                        let _guard = HeldGuard(h);
+                        let _ = released.wait_for(|go| *go).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            b"released",
+                        ))))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        HoldingUpstream {
+            addr,
+            arrived,
+            held,
+            max_held,
+            release,
+        }
+    }
+}
+
+/// Split `requests` into those already answered (awaited) and the rest.
+async fn answered(
+    requests: Vec<JoinHandle<(StatusCode, HeaderMap)>>,
+) -> (
+    Vec<(StatusCode, HeaderMap)>,
+    Vec<JoinHandle<(StatusCode, HeaderMap)>>,
+) {
+    let (done, pending): (Vec<_>, Vec<_>) = requests.into_iter().partition(|r| r.is_finished());
+    let mut responses = Vec::with_capacity(done.len());
+    for r in done {
+        responses.push(r.await.expect("request task"));
+    }
+    (responses, pending)
+}
+
+fn assert_overloaded(responses: &[(StatusCode, HeaderMap)], what: &str) {
+    for (status, headers) in responses {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{what}");
+        assert_eq!(
+            headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+            Some(&b"overloaded"[..]),
+            "{what}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_limit_holds_across_a_reload_under_load() {
+    const LIMIT: usize = 4;
+    let up = HoldingUpstream::start().await;
+    let endpoints = [up.addr.to_string()];
+    let cluster = |timeout: &str| {
+        config(
+            "",
+            &svc(
+                "{policy: round_robin}",
+                &format!(
+                    "    response_timeout: {timeout}\n    circuit_breaker: {{max_requests: {LIMIT}}}\n"
+                ),
+                &endpoints,
+            ),
+        )
+    };
+    let proxy = Proxy::start(&cluster("30s"));
+
+    // Twice the limit at once: LIMIT are held upstream, the rest fail fast.
+    let requests = spawn_burst(&proxy, 2 * LIMIT).await;
+    until(
+        "LIMIT requests held upstream and LIMIT answered",
+        Duration::from_secs(10),
+        || count(&up.held) == LIMIT && requests.iter().filter(|r| r.is_finished()).count() == LIMIT,
+    )
+    .await;
+    let (refused, held) = answered(requests).await;
+    assert_overloaded(&refused, "over the limit before the reload");
+
+    // Reload while they are held (svc's settings change, its limit does
+    // not), then LIMIT more: the held requests still count, so every new
+    // one fails fast. With the counter rebuilt at zero they would all be
+    // let through, doubling what the upstream holds.
+    reload(&proxy, &cluster("20s"), 1).await;
+    let more = spawn_burst(&proxy, LIMIT).await;
+    until(
+        "the requests after the reload answered (or let through)",
+        Duration::from_secs(10),
+        || more.iter().all(|r| r.is_finished()) || count(&up.arrived) > LIMIT,
+    )
+    .await;
+    assert_eq!(
+        count(&up.arrived),
+        LIMIT,
+        "requests over the limit reached the upstream after the reload"
+    );
+    assert_eq!(count(&up.max_held), LIMIT);
+    let (refused, pending) = answered(more).await;
+    assert!(pending.is_empty());
+    assert_overloaded(&refused, "over the limit after the reload");
+
+    // Released, the held requests succeed, and the slots they took before
+    // the reload are given back: the limit is exactly LIMIT again.
+    up.release.send_replace(true);
+    for r in held {
+        let (status, _) = tokio::time::timeout(Duration::from_secs(10), r)
+            .await
+            .expect("a released request finishes")
+            .expect("request task");
+        assert_eq!(status, StatusCode::OK);
+    }
+    until(
+        "the upstream holds nothing",
+        Duration::from_secs(10),
+        || count(&up.held) == 0,
+    )
+    .await;
+    up.release.send_replace(false);
+    let again = spawn_burst(&proxy, 2 * LIMIT).await;
+    until(
+        "LIMIT requests held again and LIMIT answered",
+        Duration::from_secs(10),
+        || count(&up.held) == LIMIT && again.iter().filter(|r| r.is_finished()).count() == LIMIT,
+    )
+    .await;
+    let (refused, held) = answered(again).await;
+    assert_overloaded(&refused, "over the limit once the first ones ended");
+    assert_eq!(count(&up.max_held), LIMIT);
+    up.release.send_replace(true);
+    for r in held {
+        let (status, _) = tokio::time::timeout(Duration::from_secs(10), r)
+            .await
+            .expect("a released request finishes")
+            .expect("request task");
+        assert_eq!(status, StatusCode::OK);
+    }
 }
