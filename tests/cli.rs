@@ -178,6 +178,23 @@ fn ready_as_soon_as_the_listening_line_is_printed() {
     }
 }
 
+/// SIGHUP means "reload", and its default action kills a process: the
+/// handler must be in place before the proxy says it is up, or a reload
+/// right after start (a config management run, a test) kills the proxy.
+#[test]
+fn sighup_right_after_the_listening_line_does_not_kill_the_proxy() {
+    for _ in 0..10 {
+        let mut proxy = support::Proxy::start(support::EPHEMERAL_LISTENERS);
+        proxy.signal("HUP");
+        assert_eq!(support::http_get(proxy.admin, "/ready").0, 200);
+        assert!(
+            proxy.child.try_wait().expect("wait").is_none(),
+            "SIGHUP killed the proxy:\n{}",
+            proxy.log()
+        );
+    }
+}
+
 #[test]
 fn iptables_prints_redirect_rules() {
     let out = strait(&[

@@ -88,6 +88,9 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
     });
     let admin_stop = CancellationToken::new();
+    // The control thread says when its signal handling is in place; the
+    // proxy is not "up" (ready, listening line) before that.
+    let (control_up, control_started) = std::sync::mpsc::sync_channel::<()>(1);
     let control = {
         let stop = admin_stop.clone();
         let snapshot = snapshot.clone();
@@ -105,6 +108,10 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 rt.block_on(async move {
                     let listener = socket::into_tokio(admin_listener)
                         .context("cannot register the admin listener")?;
+                    // SIGHUP means "reload", and its default action kills
+                    // the process: take it over before the proxy is up.
+                    let hup =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
                     if let Some(tls) = tls {
                         tokio::spawn(tls.watch(stop.clone()));
                     }
@@ -115,8 +122,11 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                     ));
                     if let Some((path, stamp)) = config_file {
                         tokio::spawn(watch_config(
-                            path,
-                            stamp,
+                            Watched {
+                                path,
+                                seen: stamp,
+                                hup,
+                            },
                             snapshot,
                             metrics,
                             discovery,
@@ -124,12 +134,15 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                             stop.clone(),
                         ));
                     }
+                    let _ = control_up.send(());
                     admin::serve(listener, admin_state, stop).await;
                     Ok(())
                 })
             })
             .context("cannot start the admin thread")?
     };
+    // Err: the control thread failed first; joining it below says why.
+    let _ = control_started.recv();
 
     // One worker runs on a current-thread runtime: no work-stealing queues
     // or cross-thread wakeups, which the load benchmark shows is cheaper.
@@ -237,6 +250,14 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+/// The config file `watch_config` follows: its path, its stamp when it
+/// was read, and the SIGHUP stream, registered before the proxy is up.
+struct Watched {
+    path: PathBuf,
+    seen: Option<FileStamp>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
 /// Reload the config when the file changes or on SIGHUP. A file that does
 /// not validate is refused with its error, and the running config stays.
 ///
@@ -245,16 +266,18 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 /// still across two polls; and on reload an empty file is refused rather
 /// than taken as the embedded default (see [`read_for_reload`]).
 async fn watch_config(
-    path: PathBuf,
-    mut seen: Option<FileStamp>,
+    watched: Watched,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     discovery: Arc<crate::discovery::Discovery>,
     registry: Arc<Registry>,
     stop: CancellationToken,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).ok();
+    let Watched {
+        path,
+        mut seen,
+        mut hup,
+    } = watched;
     // A change seen on the last poll, waiting to hold still for one more.
     let mut settling: Option<FileStamp> = None;
     let mut tick = tokio::time::interval(CONFIG_POLL);
