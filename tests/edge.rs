@@ -354,3 +354,130 @@ async fn header_uri_and_body_limits_answer_with_their_statuses() {
         proxy.log()
     );
 }
+
+/// A TCP server that counts connections and never answers: where the
+/// opaque path would have taken the bytes.
+async fn opaque_sink() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// Everything unrouted goes to `sink` (protocol `protocol`), so anything
+/// forwarded as opaque TCP would land there.
+fn default_cluster_config(sink: SocketAddr, protocol: &str, extra: &str) -> String {
+    format!(
+        "{EPHEMERAL_LISTENERS}clusters:\n  - name: sink\n    protocol: {protocol}\n    endpoints: [{{address: '{sink}'}}]\n{extra}"
+    )
+    .replace(
+        "  outbound: {address: 127.0.0.1, port: 0}\n",
+        "  outbound: {address: 127.0.0.1, port: 0, default_cluster: sink}\n",
+    )
+}
+
+#[tokio::test]
+async fn http_that_does_not_parse_never_takes_the_opaque_path() {
+    let (sink, connections) = opaque_sink().await;
+    let proxy = Proxy::start(&default_cluster_config(sink, "auto", ""));
+    let within = Duration::from_secs(5);
+    for (bytes, status) in [
+        ("GET / HTTP/1.2\r\nHost: web\r\n\r\n".to_string(), 400),
+        ("GET /admin\r\n\r\n".to_string(), 400),
+        ("POST / HTTP/2.0\r\nHost: web\r\n\r\n".to_string(), 400),
+        (
+            format!(
+                "GET /{} HTTP/1.1\r\nHost: web\r\n\r\n",
+                "a".repeat(9 * 1024)
+            ),
+            414,
+        ),
+    ] {
+        let response = raw_exchange(proxy.outbound, &bytes, within).await;
+        assert_eq!(
+            status_of(&response),
+            status,
+            "{:.60} got:\n{response}",
+            bytes
+        );
+    }
+    // A broken HTTP/2 preface: SETTINGS, then GOAWAY(PROTOCOL_ERROR).
+    let reply = raw_exchange(proxy.outbound, "PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", within)
+        .await
+        .into_bytes();
+    assert!(reply.len() >= 26, "{reply:?}");
+    assert_eq!(reply[3], 0x4, "SETTINGS first: {reply:?}");
+    assert_eq!(reply[12], 0x7, "then GOAWAY: {reply:?}");
+    assert_eq!(&reply[22..26], &[0, 0, 0, 1], "PROTOCOL_ERROR: {reply:?}");
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "{}", proxy.log());
+
+    // Bytes that are not HTTP at all still go through as opaque TCP.
+    let mut other = TcpStream::connect(proxy.outbound).await.expect("connect");
+    other
+        .write_all(b"hello, not http\r\n")
+        .await
+        .expect("write");
+    let deadline = Instant::now() + within;
+    while connections.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "opaque TCP no longer forwarded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_request_line_stalled_past_the_detect_timeout_is_still_http() {
+    let (sink, connections) = opaque_sink().await;
+    let proxy = Proxy::start(&default_cluster_config(
+        sink,
+        "auto",
+        "proxy: {detect_timeout: 200ms}\nvirtual_hosts:\n  - name: web\n    domains: [web]\n    routes:\n      - {name: deny, direct_response: {status: 403, body: no}}\n",
+    ));
+    let mut stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    stream.write_all(b"GET /adm").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stream
+        .write_all(b"in HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut response = String::new();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response)).await;
+    assert_eq!(status_of(&response), 403, "{response}");
+    assert_eq!(connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn declared_protocols_never_fall_back_to_opaque() {
+    let (sink, connections) = opaque_sink().await;
+    let within = Duration::from_secs(5);
+    // The default cluster speaks HTTP/1: non-HTTP bytes get hyper's 400.
+    let proxy = Proxy::start(&default_cluster_config(sink, "http1", ""));
+    let response = raw_exchange(proxy.outbound, "hello, not http\r\n\r\n", within).await;
+    assert_eq!(status_of(&response), 400, "{response}");
+    drop(proxy);
+    // The listener speaks HTTP/2: a client without the preface is cut off.
+    let yaml = default_cluster_config(sink, "auto", "").replace(
+        "default_cluster: sink}",
+        "default_cluster: sink, protocol: http2}",
+    );
+    let proxy = Proxy::start(&yaml);
+    let started = Instant::now();
+    let response = raw_exchange(proxy.outbound, "INVALID CONNECTION PREFACE\r\n\r\n", within).await;
+    assert!(
+        started.elapsed() < within,
+        "connection left open: {response}"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "{}", proxy.log());
+}
