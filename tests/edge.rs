@@ -481,3 +481,50 @@ async fn declared_protocols_never_fall_back_to_opaque() {
     );
     assert_eq!(connections.load(Ordering::SeqCst), 0, "{}", proxy.log());
 }
+
+#[tokio::test]
+async fn a_clients_broken_chunked_body_is_its_own_fault() {
+    let upstream = Upstream::start().await;
+    // One failure would eject the only endpoint, were it blamed.
+    let yaml = web_config(upstream.addr).replace(
+        "    endpoints:",
+        "    outlier_detection: {consecutive_failures: 1}\n    endpoints:",
+    );
+    let proxy = Proxy::start(&yaml);
+    let within = Duration::from_secs(5);
+    for broken in [
+        // A chunk size that is not hex, and one that overflows.
+        "POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        "POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+        // Chunk data without its CRLF.
+        "POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX3\r\nabc\r\n0\r\n\r\n",
+    ] {
+        let response = raw_exchange(proxy.outbound, broken, within).await;
+        assert_eq!(status_of(&response), 400, "{broken:?} got:\n{response}");
+        assert!(response.contains("strait-proxy-error: request-body"), "{response}");
+    }
+    let m = proxy.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "http_proxy_errors_total",
+            &["reason=\"upstream-error\""]
+        ),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(metric_sum(&m, "endpoint_ejections_total", &[]), 0.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "response_total", &["status_code=\"502\""]),
+        0.0,
+        "{m}"
+    );
+    // The endpoint still serves.
+    let response = raw_exchange(
+        proxy.outbound,
+        "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+        within,
+    )
+    .await;
+    assert_eq!(status_of(&response), 200, "{response}\n{}", proxy.log());
+}

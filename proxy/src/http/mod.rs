@@ -574,9 +574,9 @@ async fn send(
             fresh
                 .send(req, pool_on_end)
                 .await
-                .map_err(|(source, _)| ProxyError::Upstream { addr, source })
+                .map_err(|(source, _)| ProxyError::exchange(addr, source))
         }
-        Err((source, _)) => Err(ProxyError::Upstream { addr, source }),
+        Err((source, _)) => Err(ProxyError::exchange(addr, source)),
     }
 }
 
