@@ -528,3 +528,96 @@ async fn a_clients_broken_chunked_body_is_its_own_fault() {
     .await;
     assert_eq!(status_of(&response), 200, "{response}\n{}", proxy.log());
 }
+
+/// The `q`th quantile of `samples` (sorted in place).
+fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    samples[i.min(samples.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_bodies_only_slow_themselves() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&web_config(upstream.addr));
+    const SLOW: usize = 200;
+    const BODY: usize = 30;
+    // 200 POSTs, one every 10 ms, whose bodies trickle in at one byte per
+    // 100 ms (3 s each); the upstream answers each before reading it.
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let addr = proxy.outbound;
+    let counter = answered.clone();
+    let launcher = tokio::spawn(async move {
+        let mut slow = Vec::new();
+        for _ in 0..SLOW {
+            slow.push(tokio::spawn(slow_post(addr, BODY, counter.clone())));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for task in slow {
+            let _ = task.await;
+        }
+    });
+
+    // Normal GETs through the same proxy meanwhile, one every 10 ms.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut client = h1(proxy.outbound).await;
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while latencies.len() < 200 && Instant::now() < deadline {
+        let started = Instant::now();
+        let ok = tokio::time::timeout(Duration::from_secs(1), async {
+            client.ready().await.ok()?;
+            let response = client.send_request(get("web", "/")).await.ok()?;
+            response.into_body().collect().await.ok()
+        })
+        .await;
+        latencies.push(started.elapsed());
+        if !matches!(ok, Ok(Some(_))) {
+            client = h1(proxy.outbound).await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let n = latencies.len();
+    let p50 = quantile(&mut latencies, 0.5);
+    let p99 = quantile(&mut latencies, 0.99);
+    let max = quantile(&mut latencies, 1.0);
+    println!("slow-body: {n} GETs: p50 {p50:?}, p99 {p99:?}, max {max:?}; {SLOW} slow POSTs");
+    launcher.await.expect("slow POSTs");
+    assert!(
+        p99 < Duration::from_millis(50),
+        "GET p99 {p99:?} (p50 {p50:?}, max {max:?}, {n} GETs)"
+    );
+    // And no slow POST waited for another's body either.
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        SLOW,
+        "POSTs answered early"
+    );
+}
+
+/// A POST to `/early` whose `body`-byte body is sent one byte per 100 ms;
+/// counts in `answered` when a response arrives within 1 s of the head.
+async fn slow_post(addr: SocketAddr, body: usize, answered: Arc<std::sync::atomic::AtomicUsize>) {
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return;
+    };
+    let (mut read, mut write) = stream.into_split();
+    let head = format!("POST /early HTTP/1.1\r\nHost: web\r\nContent-Length: {body}\r\n\r\n");
+    if write.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(1), read.read(&mut buf)).await;
+        if matches!(read, Ok(Ok(n)) if n > 0) {
+            answered.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    for _ in 0..body {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if write.write_all(b"x").await.is_err() {
+            break;
+        }
+    }
+    let _ = reader.await;
+}
