@@ -621,3 +621,89 @@ async fn slow_post(addr: SocketAddr, body: usize, answered: Arc<std::sync::atomi
     }
     let _ = reader.await;
 }
+
+#[tokio::test]
+async fn drain_says_close_on_http1_and_goaway_on_http2() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&web_config(upstream.addr));
+
+    // HTTP/1: a request in flight when the drain starts is answered with
+    // `Connection: close`.
+    let mut inflight = TcpStream::connect(proxy.outbound).await.expect("connect");
+    inflight
+        .write_all(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .expect("write");
+    // HTTP/2: a stream in flight; the client hears GOAWAY before its answer.
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let slow = h2.send_request(
+        Request::get("http://web/slow?ms=1000")
+            .body(Full::<Bytes>::default())
+            .expect("req"),
+    );
+    let slow = tokio::spawn(slow);
+    // A connection still being detected when the drain starts.
+    let mut late = TcpStream::connect(proxy.outbound).await.expect("connect");
+    late.write_all(b"GE").await.expect("write");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.requests.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "{}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.signal("TERM");
+    wait_for_log(&proxy, "shutting down", Duration::from_secs(5)).await;
+
+    // HTTP/2: no new stream once GOAWAY came, while the old one finishes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let refused = h2
+            .send_request(
+                Request::get("http://web/")
+                    .body(Full::<Bytes>::default())
+                    .expect("req"),
+            )
+            .await;
+        if refused.is_err() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "HTTP/2 streams still accepted while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = slow
+        .await
+        .expect("join")
+        .expect("the in-flight stream finishes");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let mut answer = String::new();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), inflight.read_to_string(&mut answer)).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+
+    // The request that was still being detected is served, and told to close.
+    late.write_all(b"T / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), late.read_to_string(&mut answer)).await;
+    assert_eq!(status_of(&answer), 200, "{answer}\n{}", proxy.log());
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+}
