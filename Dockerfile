@@ -1,12 +1,30 @@
-# strait sidecar image: one static binary, nothing else, non-root.
+# strait's two images, both from local files only (no registry needed):
+#   strait:dev       the sidecar: one static binary, nothing else, non-root
+#                    (the last stage, what a plain build produces);
+#   strait-init:dev  the init step (--target init): the same binary plus
+#                    iptables in nft and legacy modes, run as root with
+#                    NET_ADMIN to install the redirect.
 #
-# Build the static binary first (glibc linked statically; no DNS resolution
-# happens through NSS, so nothing is lost):
-#   RUSTFLAGS="-C target-feature=+crt-static" \
+# Build the static, stripped binary first (glibc linked statically; no DNS
+# resolution happens through NSS, so nothing is lost):
+#   RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=symbols \
 #     cargo build --release --locked --target x86_64-unknown-linux-gnu --bin strait
-# then the image (Docker, or buildah as deploy/build-image.sh does):
+# and the init image's file tree (iptables and its libraries, from this
+# Debian host's iptables package):
+#   deploy/init-rootfs.sh
+# then the images (Docker, or buildah as deploy/build-image.sh does):
+#   buildah bud --storage-driver vfs --isolation chroot --target init -t strait-init:dev .
 #   buildah bud --storage-driver vfs --isolation chroot -t strait:dev .
-FROM scratch
+
+FROM scratch AS init
+COPY target/init-rootfs/ /
+COPY target/x86_64-unknown-linux-gnu/release/strait /strait
+ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin
+USER 0:0
+ENTRYPOINT ["/strait"]
+CMD ["iptables", "--apply"]
+
+FROM scratch AS sidecar
 COPY target/x86_64-unknown-linux-gnu/release/strait /strait
 COPY config/default.yaml /etc/strait/strait.yaml
 # The uid `strait iptables` exempts from redirection (--proxy-uid).

@@ -83,7 +83,7 @@ fn balancing(c: &mut Criterion) {
             )
         })
         .collect();
-    let rr = WeightedRoundRobin::new(&endpoints);
+    let rr = WeightedRoundRobin::new(endpoints.iter().copied());
     c.bench_function("balance_1000/weighted_round_robin", |b| {
         b.iter(|| black_box(rr.pick()))
     });
@@ -108,7 +108,7 @@ fn metrics(c: &mut Criterion) {
         b.iter(|| {
             handles.total.inc();
             handles.latency_ms.observe(black_box(3.2));
-            handles.response(black_box(200));
+            handles.response(black_box(200), false);
         })
     });
     group.bench_function("resolve_handles", |b| {

@@ -2,7 +2,8 @@
 //! proxy, proven by counting what real upstreams received: weighted round
 //! robin splits by weight; Peak-EWMA steers away from a slow endpoint;
 //! least-request and ring hash behave; over the circuit breaker's limit
-//! requests fail fast with 503 `overloaded`; an endpoint returning 5xx is
+//! requests fail fast with 503 `overloaded` (a streaming response holds its
+//! slot until it ends); an endpoint returning 5xx is
 //! ejected, and returns after its ejection time.
 
 mod support;
@@ -248,20 +249,19 @@ async fn endpoints_refusing_connections_leave_rotation_without_configuration() {
         &[(good.addr, 1), (closed, 1)],
     ));
     let mut c = client(&proxy).await;
-    let mut refused = 0;
     for _ in 0..30 {
-        let (status, headers) = get(&mut c, "/", &[]).await;
-        if status == StatusCode::BAD_GATEWAY {
-            assert_eq!(
-                headers.get("strait-proxy-error").map(|v| v.as_bytes()),
-                Some(&b"connect-refused"[..])
-            );
-            refused += 1;
-        }
+        // A refused connect sent nothing, so the request goes to the
+        // other endpoint: the client never sees the refusal.
+        assert_eq!(get(&mut c, "/", &[]).await.0, StatusCode::OK);
     }
-    // Three refusals take it out; the other 27 requests all succeed.
-    assert_eq!(refused, 3);
-    assert_eq!(good.requests.load(Ordering::SeqCst), 27);
+    assert_eq!(good.requests.load(Ordering::SeqCst), 30);
+    // Three refusals took the endpoint out of rotation.
+    let m = proxy.metrics();
+    assert_eq!(
+        metric_sum(&m, "endpoint_ejections_total", &["cluster=\"svc\""]),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -329,4 +329,184 @@ async fn ring_hash_on_source_ip_is_sticky_per_client() {
         .map(|u| u.requests.load(Ordering::SeqCst))
         .collect();
     assert_eq!(counts.iter().filter(|n| **n > 0).count(), 1, "{counts:?}");
+}
+
+/// An upstream that sends a response's headers at once and holds its body
+/// back until the connection closes.
+async fn headers_then_stall() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes()).await;
+                // Hold the body: read until the proxy gives up on us.
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_streaming_response_holds_its_circuit_breaker_slot_until_it_ends() {
+    let up = headers_then_stall().await;
+    let proxy = Proxy::start(&cluster_config(
+        "{policy: round_robin}",
+        "    circuit_breaker: {max_requests: 1}\n",
+        &[(up, 1)],
+    ));
+    // The first response's headers arrive; its body is still streaming.
+    let mut first = client(&proxy).await;
+    first.ready().await.expect("ready");
+    let req = Request::get("/")
+        .header("host", "svc")
+        .body(Full::default())
+        .expect("request");
+    let streaming = first.send_request(req).await.expect("response headers");
+    assert_eq!(streaming.status(), StatusCode::OK);
+    // So the cluster is at its limit: the next request fails fast.
+    let mut second = client(&proxy).await;
+    let (status, headers) = get(&mut second, "/", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", proxy.log());
+    assert_eq!(
+        headers.get("strait-proxy-error").map(|v| v.as_bytes()),
+        Some(&b"overloaded"[..])
+    );
+    // Dropping the unfinished stream frees the slot.
+    drop(streaming);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = client(&proxy).await;
+        c.ready().await.expect("ready");
+        let req = Request::get("/")
+            .header("host", "svc")
+            .body(Full::default())
+            .expect("request");
+        let response = c.send_request(req).await.expect("response");
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A hello-world upstream that can be killed outright: its listener and
+/// every connection are dropped at once, as when its process dies.
+struct Killable {
+    addr: SocketAddr,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Killable {
+    async fn start() -> Killable {
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (seen, held) = (requests.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                let service = hyper::service::service_fn(move |_req| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::from(
+                            "hi",
+                        )))
+                    }
+                });
+                let conn = tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+                held.lock().expect("tasks").push(conn.abort_handle());
+            }
+        });
+        tasks.lock().expect("tasks").push(accept.abort_handle());
+        Killable {
+            addr,
+            requests,
+            tasks,
+        }
+    }
+
+    fn kill(&self) {
+        for task in self.tasks.lock().expect("tasks").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_killed_endpoint_costs_no_request_without_a_retry_policy() {
+    let (a, b) = (Killable::start().await, Killable::start().await);
+    // No retry policy and no outlier detection: only the rule that a
+    // request never sent may go to another endpoint keeps these whole.
+    let proxy = Proxy::start(&cluster_config(
+        "{policy: round_robin}",
+        "    protocol: http1\n",
+        &[(a.addr, 1), (b.addr, 1)],
+    ));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(client(&proxy).await);
+    }
+    // Warm: both endpoints serve, and the proxy pools connections to each.
+    for c in clients.iter_mut() {
+        for _ in 0..10 {
+            assert_eq!(get(c, "/", &[]).await.0, StatusCode::OK);
+        }
+    }
+    assert!(a.requests.load(Ordering::SeqCst) > 0 && b.requests.load(Ordering::SeqCst) > 0);
+    b.kill();
+    // Wait until the proxy has seen its pooled connections to the dead
+    // endpoint close: a request written into a connection at the very
+    // moment it dies was sent, and without a retry policy may fail.
+    let dead = format!("target_addr=\"{}\"", b.addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_sum(
+        &proxy.metrics(),
+        "tcp_open_connections",
+        &["peer=\"dst\"", &dead],
+    ) > 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never saw the connections close"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Every request after the kill still succeeds, pooled connections to
+    // the dead endpoint and refused connects notwithstanding.
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for _ in 0..50 {
+                if get(&mut c, "/", &[]).await.0 != StatusCode::OK {
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await.expect("client task");
+    }
+    assert_eq!(failed, 0, "{}", proxy.log());
 }

@@ -2,7 +2,8 @@
 //! server the test runs on 127.0.0.1 (a minimal responder: A records with
 //! a 1 s TTL). Requests follow the name to its address; when the record
 //! changes they move to the new address without one failing; when the
-//! server stops answering, the last good address keeps serving.
+//! server stops answering, the last good address keeps serving. A name
+//! that does not exist is reported once, not once per retry.
 
 mod support;
 
@@ -12,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::net::Ipv4Addr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::upstream::{Behaviour, Upstream};
@@ -125,7 +126,7 @@ async fn endpoints_follow_dns_and_survive_its_outage() {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !proxy
         .log()
-        .contains("DNS resolution failed; keeping the last known endpoints")
+        .contains("cannot resolve svc.strait.test (A and AAAA)")
     {
         assert_eq!(get(&proxy).await, StatusCode::OK);
         assert!(
@@ -139,4 +140,60 @@ async fn endpoints_follow_dns_and_survive_its_outage() {
         assert_eq!(get(&proxy).await, StatusCode::OK);
     }
     assert!(b.requests.load(Ordering::SeqCst) > before);
+}
+
+/// Answer every query with NXDOMAIN, counting them.
+async fn nxdomain_server(queries: Arc<AtomicUsize>) -> std::net::SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
+    let addr = socket.local_addr().expect("dns addr");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            if n < 12 {
+                continue;
+            }
+            queries.fetch_add(1, Ordering::SeqCst);
+            let mut reply = buf[..n].to_vec();
+            // Response, recursion desired+available, rcode 3 (NXDOMAIN);
+            // the question stays, no answers.
+            reply[2] = 0x81;
+            reply[3] = 0x83;
+            reply[6..12].fill(0);
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_unresolvable_name_is_reported_once_with_both_families_and_the_retry() {
+    let queries = Arc::new(AtomicUsize::new(0));
+    let dns = nxdomain_server(queries.clone()).await;
+    let proxy = Proxy::start(&format!(
+        "{EPHEMERAL_LISTENERS}dns: {{servers: ['{dns}'], min_refresh: 100ms, max_refresh: 200ms}}\nclusters:\n  - name: svc\n    endpoints: [{{address: 'nowhere.strait.test:80'}}]\n"
+    ));
+    // Many failed lookups (each asks for A and AAAA)...
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while queries.load(Ordering::SeqCst) < 12 {
+        assert!(
+            Instant::now() < deadline,
+            "too few lookups:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and one warning, naming the host, both families and the retry.
+    let log = proxy.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("nowhere.strait.test"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0]
+            .contains("cannot resolve nowhere.strait.test (A and AAAA): no such name (NXDOMAIN)")
+            && warnings[0].contains("retrying in 100ms"),
+        "{}",
+        warnings[0]
+    );
 }

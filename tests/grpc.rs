@@ -209,4 +209,19 @@ async fn unary_and_bidi_streaming_through_the_proxy() {
         3.0,
         "{m}"
     );
+    // Classified by grpc-status when each stream ended: the failed call
+    // answered HTTP 200 with FAILED_PRECONDITION in its trailers.
+    let responses = |class: &str| {
+        metric_sum(
+            &m,
+            "response_total",
+            &[
+                "direction=\"outbound\"",
+                "status_code=\"200\"",
+                &format!("classification=\"{class}\""),
+            ],
+        )
+    };
+    assert_eq!(responses("success"), 2.0, "{m}");
+    assert_eq!(responses("failure"), 1.0, "{m}");
 }

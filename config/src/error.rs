@@ -32,11 +32,10 @@ impl At {
 /// Every way a configuration can be refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message, not a `source`: a chain
+    /// printer (anyhow's `{:#}`) would otherwise print it twice.
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     /// The YAML itself, an unknown field or a value of the wrong type.
     #[error("{at}: {message}{}", at.line_suffix())]
     Syntax { at: At, message: String },
@@ -70,6 +69,19 @@ pub enum ConfigError {
     RouteMatch { at: At },
     #[error("{at}: authority '{value}' is already routed by an earlier route{}", at.line_suffix())]
     DuplicateRoute { at: At, value: String },
+    #[error("{at}: {what} '{name}' is already used by {first}; names must be unique{}", at.line_suffix())]
+    DuplicateName {
+        at: At,
+        what: &'static str,
+        name: String,
+        first: String,
+    },
+    #[error("{at}: {addr} is also the {other} address; two listeners cannot share an address and port{}", at.line_suffix())]
+    SameAddress {
+        at: At,
+        addr: std::net::SocketAddr,
+        other: String,
+    },
     #[error("{at}: '{value}' is not a policy (unauthenticated, authenticated, deny, or a list of identities){}", at.line_suffix())]
     BadAllow { at: At, value: String },
     #[error("{at}: {what} needs an `identity` section (certificate, private_key, trust_bundle){}", at.line_suffix())]
@@ -105,6 +117,8 @@ impl ConfigError {
             | ConfigError::UnknownCluster { at, .. }
             | ConfigError::RouteMatch { at }
             | ConfigError::DuplicateRoute { at, .. }
+            | ConfigError::DuplicateName { at, .. }
+            | ConfigError::SameAddress { at, .. }
             | ConfigError::BadAllow { at, .. }
             | ConfigError::NeedsIdentity { at, .. }
             | ConfigError::Empty { at }

@@ -3,9 +3,9 @@
 //! ignored setting. These types never reach the data path: `validate`
 //! turns them into the model.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub log: Option<FileLog>,
@@ -23,7 +23,7 @@ pub struct FileConfig {
     pub dns: Option<FileDns>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileDns {
     /// Name servers (IP:port); the system's resolv.conf otherwise.
@@ -33,7 +33,7 @@ pub struct FileDns {
     pub max_refresh: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileVirtualHost {
     pub name: String,
@@ -42,7 +42,7 @@ pub struct FileVirtualHost {
     pub routes: Vec<FileRouteRule>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRouteRule {
     pub name: Option<String>,
@@ -62,7 +62,7 @@ pub struct FileRouteRule {
     pub retry: Option<FileRetry>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRetry {
     pub attempts: Option<i64>,
@@ -73,35 +73,35 @@ pub struct FileRetry {
     pub max_body: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileFault {
     pub delay: Option<FileFaultDelay>,
     pub abort: Option<FileFaultAbort>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileFaultDelay {
     pub fixed: String,
     pub percent: f64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileFaultAbort {
     pub status: i64,
     pub percent: f64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRateLimit {
     pub requests_per_second: f64,
     pub burst: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRouteMatch {
     pub path: Option<FileStringMatch>,
@@ -114,7 +114,7 @@ pub struct FileRouteMatch {
 
 /// Exactly one of exact, prefix, regex (and, for headers and query
 /// parameters, present).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileStringMatch {
     pub exact: Option<String>,
@@ -122,7 +122,7 @@ pub struct FileStringMatch {
     pub regex: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileNamedMatch {
     pub name: String,
@@ -134,21 +134,21 @@ pub struct FileNamedMatch {
     pub invert: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSplit {
     pub cluster: String,
     pub weight: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileDirectResponse {
     pub status: i64,
     pub body: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRedirect {
     pub host: Option<String>,
@@ -156,7 +156,7 @@ pub struct FileRedirect {
     pub status: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileHeaderOps {
     #[serde(default)]
@@ -165,14 +165,14 @@ pub struct FileHeaderOps {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRewrite {
     pub prefix: Option<String>,
     pub host: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileIdentity {
     pub certificate: String,
@@ -182,7 +182,7 @@ pub struct FileIdentity {
     pub handshake_timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilePolicy {
     pub default: Option<FileAllow>,
@@ -192,7 +192,7 @@ pub struct FilePolicy {
     pub unauthenticated_paths: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilePortPolicy {
     pub port: i64,
@@ -200,41 +200,41 @@ pub struct FilePortPolicy {
 }
 
 /// `unauthenticated`, `authenticated`, `deny`, or a list of identities.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum FileAllow {
     Keyword(String),
     Identities(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileClusterTls {
     /// The identity the endpoints must present (SPIFFE ID or DNS name).
     pub identity: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLog {
     pub level: Option<String>,
     pub format: Option<FileLogFormat>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileLogFormat {
     Plain,
     Json,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRuntime {
     pub worker_threads: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileListeners {
     pub outbound: Option<FileListener>,
@@ -242,7 +242,7 @@ pub struct FileListeners {
     pub admin: Option<FileListener>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileListener {
     pub address: Option<String>,
@@ -255,7 +255,7 @@ pub struct FileListener {
     pub protocol: Option<FileProtocol>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileProxy {
     pub max_connections: Option<i64>,
@@ -272,7 +272,7 @@ pub struct FileProxy {
 }
 
 /// `proxy.http`: request limits and path normalisation.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileHttp {
     pub normalize_path: Option<bool>,
@@ -285,14 +285,14 @@ pub struct FileHttp {
     pub max_concurrent_streams: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilePool {
     pub idle_timeout: Option<String>,
     pub max_idle_per_endpoint: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCluster {
     pub name: String,
@@ -308,7 +308,7 @@ pub struct FileCluster {
     pub endpoints: Vec<FileEndpoint>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLoadBalancer {
     /// round_robin | least_request | random | peak_ewma | ring_hash
@@ -322,7 +322,7 @@ pub struct FileLoadBalancer {
     pub hash_source_ip: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRetryBudget {
     pub percent: Option<f64>,
@@ -330,7 +330,7 @@ pub struct FileRetryBudget {
     pub window: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCircuitBreaker {
     pub max_requests: Option<i64>,
@@ -339,7 +339,7 @@ pub struct FileCircuitBreaker {
     pub max_connections: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileOutlierDetection {
     pub consecutive_failures: Option<i64>,
@@ -347,7 +347,7 @@ pub struct FileOutlierDetection {
     pub max_ejection_percent: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileProtocol {
     Auto,
@@ -356,14 +356,14 @@ pub enum FileProtocol {
     Opaque,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEndpoint {
     pub address: String,
     pub weight: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRoute {
     pub authority: Option<String>,

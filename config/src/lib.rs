@@ -4,6 +4,7 @@
 //! [`ConfigError`] naming the field and line, so the caller can keep
 //! serving the previous one.
 
+pub mod dump;
 pub mod error;
 pub mod file;
 pub mod lines;
@@ -45,7 +46,7 @@ impl Config {
                         },
                         line,
                     },
-                    message: strip_location(&inner.to_string()),
+                    message: friendly(&strip_location(&inner.to_string()), source, line),
                 }
             })?
         };
@@ -55,9 +56,9 @@ impl Config {
     /// Read, parse and validate a YAML file.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let source = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Config::from_yaml(&source)
     }
@@ -94,6 +95,7 @@ impl Config {
         if let Some(a) = addr("STRAIT_ADMIN_ADDR")? {
             self.admin = a;
         }
+        validate::distinct_listeners(self, None)?;
         if let Some(level) = lookup("STRAIT_LOG") {
             self.log.level = level;
         }
@@ -130,4 +132,53 @@ fn strip_location(message: &str) -> String {
         Some(i) => message[..i].to_string(),
         None => message.to_string(),
     }
+}
+
+/// serde and the YAML scanner speak Rust and parser; say the same things
+/// in the operator's words: YAML forbids tabs in indentation, `i64` is a
+/// whole number, a struct is a mapping.
+fn friendly(message: &str, source: &str, line: Option<usize>) -> String {
+    let indented_with_tab = line
+        .and_then(|l| source.lines().nth(l.saturating_sub(1)))
+        .is_some_and(|text| {
+            text.chars()
+                .take_while(|c| c.is_whitespace())
+                .any(|c| c == '\t')
+        });
+    if indented_with_tab && message.contains("cannot start any token") {
+        return "a tab in the indentation: YAML forbids tabs there, indent with spaces".into();
+    }
+    const WORDS: &[(&str, &str)] = &[
+        ("expected i64", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected usize", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected a mapping (key: value)"),
+        (
+            "data did not match any variant of untagged enum FileAllow",
+            "expected unauthenticated, authenticated, deny or a list of identities",
+        ),
+    ];
+    let mut out = message.to_string();
+    for (from, to) in WORDS {
+        out = out.replace(from, to);
+    }
+    // "expected struct FileListener" -> "expected a mapping (key: value)".
+    while let Some(i) = out.find("expected struct ") {
+        let rest = &out[i + "expected struct ".len()..];
+        let end = rest
+            .find(|c: char| !c.is_alphanumeric() && c != '_')
+            .unwrap_or(rest.len());
+        out = format!(
+            "{}expected a mapping (key: value){}",
+            &out[..i],
+            &rest[end..]
+        );
+    }
+    out
 }

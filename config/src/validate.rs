@@ -507,7 +507,7 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
         )?,
     };
 
-    Ok(Config {
+    let config = Config {
         dns,
         identity,
         policy,
@@ -520,7 +520,42 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
         proxy,
         clusters,
         routes,
-    })
+    };
+    distinct_listeners(&config, Some(index))?;
+    Ok(config)
+}
+
+/// Two of the three listeners on one address and port would make `run`
+/// fail to bind the second; refuse that here, where the error can name
+/// the field. A wildcard address (`0.0.0.0`, `[::]`) overlaps every
+/// address of its family on the same port; port 0 (any free port) never
+/// clashes. `index` gives lines when the addresses came from a file.
+pub fn distinct_listeners(config: &Config, index: Option<&LineIndex>) -> Result<(), ConfigError> {
+    let listeners = [
+        ("listeners.outbound", config.outbound.addr),
+        ("listeners.inbound", config.inbound.addr),
+        ("listeners.admin", config.admin),
+    ];
+    let overlap = |a: SocketAddr, b: SocketAddr| {
+        a.port() != 0
+            && a.port() == b.port()
+            && a.is_ipv4() == b.is_ipv4()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    for (i, (field, addr)) in listeners.iter().enumerate() {
+        if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| overlap(*a, *addr)) {
+            let port_field = format!("{field}.port");
+            return Err(ConfigError::SameAddress {
+                at: At {
+                    line: index.and_then(|ix| ix.line_of(&port_field)),
+                    field: port_field,
+                },
+                addr: *addr,
+                other: format!("{other} listener's"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn allow(

@@ -7,7 +7,7 @@ use crate::error::{At, ConfigError};
 use crate::file::*;
 use crate::lines::LineIndex;
 use crate::model::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 fn at(index: &LineIndex, field: &str) -> At {
     At {
@@ -153,9 +153,21 @@ pub fn virtual_hosts(
     clusters: &HashSet<String>,
 ) -> Result<Vec<VirtualHost>, ConfigError> {
     let mut seen_domains = HashSet::new();
+    // Name -> the field that used it first. Route names are the `route`
+    // metric label, which does not carry the host: unique across hosts.
+    let mut host_names: HashMap<String, String> = HashMap::new();
+    let mut route_names: HashMap<String, String> = HashMap::new();
     let mut out = Vec::with_capacity(hosts.len());
     for (h, host) in hosts.into_iter().enumerate() {
         let hf = format!("virtual_hosts[{h}]");
+        if let Some(first) = host_names.insert(host.name.clone(), format!("{hf}.name")) {
+            return Err(ConfigError::DuplicateName {
+                at: at(index, &format!("{hf}.name")),
+                what: "virtual host name",
+                name: host.name,
+                first,
+            });
+        }
         if host.domains.is_empty() {
             return Err(ConfigError::Empty {
                 at: at(index, &format!("{hf}.domains")),
@@ -176,14 +188,17 @@ pub fn virtual_hosts(
         }
         let mut routes = Vec::with_capacity(host.routes.len());
         for (r, route) in host.routes.into_iter().enumerate() {
-            routes.push(rule(
-                index,
-                &format!("{hf}.routes[{r}]"),
-                &host.name,
-                r,
-                route,
-                clusters,
-            )?);
+            let rf = format!("{hf}.routes[{r}]");
+            let rule = rule(index, &rf, &host.name, r, route, clusters)?;
+            if let Some(first) = route_names.insert(rule.name.clone(), format!("{rf}.name")) {
+                return Err(ConfigError::DuplicateName {
+                    at: at(index, &format!("{rf}.name")),
+                    what: "route name (the `route` metric label)",
+                    name: rule.name,
+                    first,
+                });
+            }
+            routes.push(rule);
         }
         out.push(VirtualHost {
             name: host.name,

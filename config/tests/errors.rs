@@ -188,3 +188,105 @@ fn virtual_host_rules() {
         "not a domain pattern",
     );
 }
+
+#[test]
+fn wrong_type_says_whole_number() {
+    let yaml = "proxy:\n  backlog: lots\n";
+    let text = refuse(yaml).to_string();
+    assert!(text.contains("expected a whole number"), "{text}");
+    assert!(!text.contains("i64"), "{text}");
+    let yaml = "listeners:\n  admin: 4191\n";
+    let text = refuse(yaml).to_string();
+    assert!(text.contains("expected a mapping"), "{text}");
+    assert!(!text.contains("struct"), "{text}");
+}
+
+#[test]
+fn tab_in_indentation_says_yaml_forbids_tabs() {
+    let yaml = "proxy:\n\tbacklog: 10\n";
+    let err = refuse(yaml);
+    let text = err.to_string();
+    assert!(text.contains("YAML forbids tabs"), "{text}");
+    assert!(text.contains("(line 2)"), "{text}");
+}
+
+#[test]
+fn listeners_on_one_address_are_refused() {
+    let yaml = "listeners:\n  outbound: {address: 127.0.0.1, port: 4000}\n  inbound:\n    address: 127.0.0.1\n    port: 4000\n";
+    assert_refused(
+        yaml,
+        "listeners.inbound.port",
+        5,
+        "127.0.0.1:4000 is also the listeners.outbound listener's address",
+    );
+    // The default inbound address is 0.0.0.0: every IPv4 address on its port.
+    let yaml = "listeners:\n  admin:\n    port: 4143\n";
+    assert_refused(
+        yaml,
+        "listeners.admin.port",
+        3,
+        "also the listeners.inbound listener's address",
+    );
+    // Port 0 (any free port) never clashes; other families never clash.
+    let fine = "listeners:\n  outbound: {address: 127.0.0.1, port: 0}\n  inbound: {address: 127.0.0.1, port: 0}\n  admin: {address: '::1', port: 4140}\n";
+    assert!(Config::from_yaml(fine).is_ok());
+}
+
+#[test]
+fn environment_cannot_put_two_listeners_on_one_address() {
+    let mut config = Config::from_yaml("").expect("default");
+    let err = config
+        .apply_env(|k| (k == "STRAIT_ADMIN_ADDR").then(|| "127.0.0.1:4140".to_string()))
+        .expect_err("admin on the outbound address");
+    assert!(
+        err.to_string()
+            .contains("listeners.admin.port: 127.0.0.1:4140 is also the listeners.outbound"),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_virtual_host_and_route_names_are_refused() {
+    let base = "clusters:\n  - {name: a, endpoints: [{address: 127.0.0.1:80}]}\nvirtual_hosts:\n";
+    let hosts = format!(
+        "{base}  - name: api\n    domains: [a.example]\n    routes: [{{cluster: a}}]\n  - name: api\n    domains: [b.example]\n    routes: [{{cluster: a}}]\n"
+    );
+    assert_refused(
+        &hosts,
+        "virtual_hosts[1].name",
+        7,
+        "virtual host name 'api' is already used by virtual_hosts[0].name",
+    );
+    let routes = format!(
+        "{base}  - name: api\n    domains: [a.example]\n    routes:\n      - name: r\n        cluster: a\n  - name: web\n    domains: [b.example]\n    routes:\n      - name: r\n        cluster: a\n"
+    );
+    assert_refused(
+        &routes,
+        "virtual_hosts[1].routes[0].name",
+        12,
+        "route name (the `route` metric label) 'r' is already used by virtual_hosts[0].routes[0].name",
+    );
+}
+
+#[test]
+fn unreadable_file_names_the_os_error_once() {
+    let err = Config::from_path("/nonexistent/strait.yaml").expect_err("no such file");
+    let text = anyhow_like(&err);
+    assert_eq!(
+        text.matches("No such file or directory").count(),
+        1,
+        "{text}"
+    );
+}
+
+/// The message and every source below it, joined the way anyhow's `{:#}`
+/// prints a chain.
+fn anyhow_like(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}

@@ -1,7 +1,8 @@
 //! The admin server, on its own port and its own thread's runtime so a
 //! busy data plane never starves a Prometheus scrape or a kubelet probe:
 //! `/metrics`, `/ready` (200 once every listener is bound and a config
-//! is loaded), `/live`, `/config_dump` (the running config as JSON) and
+//! is loaded), `/live`, `/config_dump` (the running config as JSON in
+//! the config file's shape, so a saved dump is a config file) and
 //! `POST /shutdown` (from loopback only).
 
 use crate::metrics::Metrics;
@@ -80,12 +81,11 @@ fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Respon
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             for cluster in state.snapshot.load().clusters() {
-                let ejected = cluster.endpoints.ejected_now();
-                state.metrics.endpoint_states(
-                    &cluster.name,
-                    cluster.endpoints.len() - ejected,
-                    ejected,
-                );
+                let balancer = cluster.balancer();
+                let ejected = balancer.ejected_now();
+                state
+                    .metrics
+                    .endpoint_states(&cluster.name, balancer.len() - ejected, ejected);
             }
             reply(
                 StatusCode::OK,
@@ -103,7 +103,7 @@ fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Respon
         (&Method::GET, "/live") => reply(StatusCode::OK, TEXT, "live\n"),
         (&Method::GET, "/config_dump") => {
             let snapshot = state.snapshot.load();
-            match serde_json::to_vec_pretty(&*snapshot.config) {
+            match snapshot.config.dump_json() {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -10,6 +10,7 @@ use crate::http::Inputs;
 use crate::listen::{self, AcceptContext};
 use crate::metrics::Metrics;
 use crate::pool::{PoolSettings, Pools};
+use crate::registry::{Registry, Resolved};
 use crate::route::Snapshot;
 use crate::{socket, Direction};
 use anyhow::Context;
@@ -73,7 +74,9 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let max_connections = config.proxy.max_connections;
     let grace = config.proxy.shutdown_grace;
     let discovery = crate::discovery::Discovery::new();
-    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::new(config)));
+    let registry = Registry::new(metrics.clone());
+    let clusters = registry.update(&config, &Resolved::new());
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, &clusters)));
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
 
@@ -91,6 +94,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let metrics = metrics.clone();
         let tls = tls.clone();
         let discovery = discovery.clone();
+        let registry = registry.clone();
         std::thread::Builder::new()
             .name("strait-admin".into())
             .spawn(move || -> anyhow::Result<()> {
@@ -104,7 +108,11 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                     if let Some(tls) = tls {
                         tokio::spawn(tls.watch(stop.clone()));
                     }
-                    tokio::spawn(discovery.clone().run(snapshot.clone(), stop.clone()));
+                    tokio::spawn(discovery.clone().run(
+                        snapshot.clone(),
+                        registry.clone(),
+                        stop.clone(),
+                    ));
                     if let Some((path, stamp)) = config_file {
                         tokio::spawn(watch_config(
                             path,
@@ -112,6 +120,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                             snapshot,
                             metrics,
                             discovery,
+                            registry,
                             stop.clone(),
                         ));
                     }
@@ -166,6 +175,9 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         }
         tokio::spawn(wait_for_signal(shutdown.clone()));
 
+        // Ready first, then say so: whoever reads the line below may ask
+        // /ready at once and must get 200.
+        ready.store(true, Ordering::Release);
         info!(%outbound_addr, %inbound_addr, %admin_addr, workers, "strait is ready");
         // One machine-readable line on stdout for scripts and tests.
         let mut stdout = std::io::stdout();
@@ -174,7 +186,6 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             "strait listening outbound={outbound_addr} inbound={inbound_addr} admin={admin_addr}"
         );
         let _ = stdout.flush();
-        ready.store(true, Ordering::Release);
 
         shutdown.cancelled().await;
         ready.store(false, Ordering::Release);
@@ -239,6 +250,7 @@ async fn watch_config(
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     discovery: Arc<crate::discovery::Discovery>,
+    registry: Arc<Registry>,
     stop: CancellationToken,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -274,7 +286,7 @@ async fn watch_config(
                 info!(path = %path.display(), "config file changed: reloading");
             }
         }
-        reload(&path, &snapshot, &metrics, &discovery);
+        reload(&path, &snapshot, &metrics, &discovery, &registry);
     }
 }
 
@@ -302,7 +314,7 @@ fn read_for_reload(path: &Path) -> Result<Config, ReloadRefused> {
     let source =
         std::fs::read_to_string(path).map_err(|source| strait_config::ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error: source,
         })?;
     if source.trim().is_empty() {
         return Err(ReloadRefused::Empty);
@@ -317,6 +329,7 @@ fn reload(
     snapshot: &ArcSwap<Snapshot>,
     metrics: &Metrics,
     discovery: &crate::discovery::Discovery,
+    registry: &Registry,
 ) {
     match read_for_reload(path) {
         Ok(config) => {
@@ -331,10 +344,9 @@ fn reload(
             if old.identity != config.identity {
                 warn!("the identity section changed: it takes effect on restart (rotations of the files it names are picked up live)");
             }
-            snapshot.store(Arc::new(Snapshot::with_resolved(
-                config,
-                &discovery.resolved(),
-            )));
+            // Clusters and endpoints that stay keep their state.
+            let clusters = registry.update(&config, &discovery.resolved());
+            snapshot.store(Arc::new(Snapshot::build(config, &clusters)));
             metrics.config_reload_total.with_label_values(&["ok"]).inc();
             info!(path = %path.display(), "config reloaded");
         }

@@ -131,7 +131,7 @@ fn declared_protocol(snapshot: &Snapshot, direction: Direction, port: u16) -> Op
         Direction::Inbound => (config.inbound.protocol, snapshot.inbound_default.as_ref()),
     };
     let protocol = match listener {
-        strait_config::Protocol::Auto => route?.cluster.protocol,
+        strait_config::Protocol::Auto => route?.cluster.settings().protocol,
         declared => declared,
     };
     match protocol {
@@ -216,7 +216,7 @@ impl Accepted<'_> {
 
     fn connect_timeout(&self, target: &http::Target) -> std::time::Duration {
         match &target.cluster {
-            Some(c) => c.connect_timeout,
+            Some(c) => c.settings().connect_timeout,
             None => self.snapshot.config.proxy.connect_timeout,
         }
     }

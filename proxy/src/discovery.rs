@@ -1,12 +1,14 @@
 //! Endpoint discovery by DNS: cluster endpoints given as `name:port` are
 //! resolved (hickory-resolver, the system's resolv.conf or the configured
 //! servers) and re-resolved when their records' TTL runs out, within the
-//! configured bounds. A changed address set swaps in a new snapshot, the
-//! way a config reload does, so requests in flight finish on the old one;
-//! a failed resolution keeps the last good set. Runs on the control
+//! configured bounds. A changed address set is applied to the registry as
+//! a diff: endpoints that stay keep their state, routes are untouched, and
+//! requests in flight finish on the set they picked from; a failed
+//! resolution keeps the last good set. Runs on the control
 //! thread, never on the data path.
 
-use crate::route::{Resolved, Snapshot};
+use crate::registry::{Registry, Resolved};
+use crate::route::Snapshot;
 use arc_swap::ArcSwap;
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
@@ -17,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The resolved addresses, shared with config reloads.
 #[derive(Default)]
@@ -36,8 +38,15 @@ impl Discovery {
     }
 
     /// Resolve the current config's DNS endpoints until `stop`.
-    pub async fn run(self: Arc<Self>, snapshot: Arc<ArcSwap<Snapshot>>, stop: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        registry: Arc<Registry>,
+        stop: CancellationToken,
+    ) {
         let mut due: HashMap<(String, u16), Instant> = HashMap::new();
+        // Names failing now: what was last logged, and the retry delay.
+        let mut failing: HashMap<(String, u16), Failing> = HashMap::new();
         let mut resolver: Option<(Vec<SocketAddr>, TokioResolver)> = None;
         loop {
             let current = snapshot.load_full();
@@ -82,6 +91,9 @@ impl Discovery {
                             .valid_until()
                             .saturating_duration_since(std::time::Instant::now());
                         due.insert(name.clone(), now + ttl.clamp(min, max));
+                        if failing.remove(name).is_some() {
+                            info!(host = %name.0, port = name.1, "DNS name resolves again");
+                        }
                         if let Ok(mut resolved) = self.resolved.lock() {
                             if resolved.get(name) != Some(&addrs) {
                                 info!(host = %name.0, port = name.1, ?addrs, "DNS endpoints changed");
@@ -91,16 +103,34 @@ impl Discovery {
                         }
                     }
                     Err(e) => {
-                        // Keep the last good set; try again soon.
-                        warn!(host = %name.0, error = %e, "DNS resolution failed; keeping the last known endpoints");
-                        due.insert(name.clone(), now + min);
+                        // Keep the last good set; retry with backoff, and
+                        // say so once per change, not once per try.
+                        let problem = describe(&e);
+                        let retry = failing
+                            .get(name)
+                            .map_or(min, |f| (f.retry * 2).clamp(min, max));
+                        let changed = failing.get(name).is_none_or(|f| f.problem != problem);
+                        if changed {
+                            warn!(
+                                host = %name.0,
+                                port = name.1,
+                                error = %e,
+                                "cannot resolve {} (A and AAAA): {problem}; keeping the last known endpoints, retrying in {retry:?} and backing off to {max:?} (logged again when this changes)",
+                                name.0
+                            );
+                        } else {
+                            debug!(host = %name.0, error = %e, next_retry = ?retry, "DNS name still unresolvable");
+                        }
+                        failing.insert(name.clone(), Failing { problem, retry });
+                        due.insert(name.clone(), now + retry);
                     }
                 }
             }
             if changed {
                 let resolved = self.resolved();
-                // rcu: a config reload racing with us keeps its config.
-                snapshot.rcu(|latest| Snapshot::with_resolved((*latest.config).clone(), &resolved));
+                // Reloads run on this same thread, so the config read here
+                // is the latest one.
+                registry.update_endpoints(&snapshot.load().config, &resolved);
             }
             let next = due
                 .values()
@@ -115,6 +145,25 @@ impl Discovery {
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
+    }
+}
+
+/// A name whose lookups fail: the problem last logged and the delay
+/// before the next try.
+struct Failing {
+    problem: String,
+    retry: Duration,
+}
+
+/// The failure in a few words: hickory's own message names only the
+/// last query it made (usually AAAA), not the name and both families.
+fn describe(e: &hickory_resolver::ResolveError) -> String {
+    if e.is_nx_domain() {
+        "no such name (NXDOMAIN)".into()
+    } else if e.is_no_records_found() {
+        "the name has no A or AAAA record".into()
+    } else {
+        e.to_string()
     }
 }
 

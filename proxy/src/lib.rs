@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pool;
+pub mod registry;
 pub mod route;
 pub mod socket;
 pub mod tcp;

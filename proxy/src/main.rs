@@ -6,7 +6,8 @@ use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use strait_config::{Config, LogFormat, RouteMatch};
+use strait_config::{Config, ConfigError, LogFormat, RouteMatch};
+use strait_proxy::metrics::Metrics;
 use strait_proxy::{app, iptables};
 use tracing_subscriber::EnvFilter;
 
@@ -39,8 +40,12 @@ enum Command {
         /// The uid strait runs as; its own traffic is not redirected.
         #[arg(long, default_value_t = 2102)]
         proxy_uid: u32,
+        /// The proxy's inbound listener port: inbound TCP (nat PREROUTING)
+        /// is redirected here.
         #[arg(long, default_value_t = 4143)]
         inbound_port: u16,
+        /// The proxy's outbound listener port: the pod's outgoing TCP (nat
+        /// OUTPUT) is redirected here.
         #[arg(long, default_value_t = 4140)]
         outbound_port: u16,
         /// Inbound ports left alone (comma separated).
@@ -52,9 +57,19 @@ enum Command {
         /// Emit ip6tables rules.
         #[arg(long)]
         ipv6: bool,
-        /// Install the rules instead of printing them.
-        #[arg(long)]
+        /// Install the rules instead of printing them. Safe to repeat: a
+        /// second run leaves one copy of every rule.
+        #[arg(long, conflicts_with = "clean")]
         apply: bool,
+        /// Remove what --apply installed (strait's chains and the jumps to
+        /// them), and nothing else.
+        #[arg(long)]
+        clean: bool,
+        /// Which iptables to run: default (the iptables on PATH), nft
+        /// (iptables-nft) or legacy (iptables-legacy); use the one the
+        /// node's kube-proxy uses.
+        #[arg(long, default_value = "default")]
+        mode: iptables::Mode,
     },
     /// Print the version.
     Version,
@@ -79,6 +94,8 @@ fn main() -> ExitCode {
             skip_outbound_ports,
             ipv6,
             apply,
+            clean,
+            mode,
         } => {
             let redirect = iptables::Redirect {
                 proxy_uid,
@@ -87,12 +104,17 @@ fn main() -> ExitCode {
                 skip_inbound_ports,
                 skip_outbound_ports,
                 ipv6,
+                mode,
             };
-            if !apply {
+            let result = if apply {
+                iptables::apply(&redirect)
+            } else if clean {
+                iptables::clean(&redirect)
+            } else {
                 print!("{}", iptables::script(&redirect));
                 return ExitCode::SUCCESS;
-            }
-            match iptables::apply(&redirect) {
+            };
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("strait iptables: {e}");
@@ -109,7 +131,12 @@ fn main() -> ExitCode {
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     let mut config = match path {
-        Some(path) => Config::from_path(path).with_context(|| format!("{}", path.display()))?,
+        // A read error names the path itself; a field error gets it prefixed.
+        Some(path) => match Config::from_path(path) {
+            Ok(config) => config,
+            Err(e @ ConfigError::Read { .. }) => return Err(e.into()),
+            Err(e) => return Err(anyhow::Error::new(e).context(path.display().to_string())),
+        },
         None => Config::embedded_default().context("embedded default config")?,
     };
     config
@@ -152,6 +179,13 @@ fn check(path: &PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(identity) = &config.identity {
+        // `run` refuses to start without a loadable identity; so does check.
+        if let Err(e) = strait_proxy::tls::Tls::load(identity, Metrics::new()) {
+            eprintln!("{}: {}", path.display(), identity_error(path, identity, &e));
+            return ExitCode::FAILURE;
+        }
+    }
     println!("{}: ok", path.display());
     println!(
         "  outbound  {}{}",
@@ -214,5 +248,27 @@ fn default_note(default: &Option<String>) -> String {
     match default {
         Some(c) => format!(" (unrouted traffic -> cluster {c})"),
         None => " (unrouted traffic -> original destination)".into(),
+    }
+}
+
+/// `identity.<field>: <error> (line N)` for an identity that does not
+/// load, naming the field whose file is at fault.
+fn identity_error(
+    path: &PathBuf,
+    identity: &strait_config::Identity,
+    error: &strait_proxy::tls::TlsError,
+) -> String {
+    let field = match error.path() {
+        Some(p) if p == identity.certificate => "identity.certificate",
+        Some(p) if p == identity.private_key => "identity.private_key",
+        Some(p) if p == identity.trust_bundle => "identity.trust_bundle",
+        _ => "identity",
+    };
+    let line = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|source| strait_config::lines::LineIndex::build(&source).line_of(field));
+    match line {
+        Some(line) => format!("{field}: {error} (line {line})"),
+        None => format!("{field}: {error}"),
     }
 }

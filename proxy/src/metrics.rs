@@ -97,6 +97,8 @@ pub struct Metrics {
     proxy_errors_total: IntCounterVec,
     pub config_reload_total: IntCounterVec,
     identity_expiration: IntGauge,
+    /// Registers `identity_expiration` once, when an identity first loads.
+    identity_registered: std::sync::Once,
     identity_refresh_total: IntCounterVec,
     authz_allow_total: IntCounterVec,
     authz_deny_total: IntCounterVec,
@@ -105,8 +107,12 @@ pub struct Metrics {
     retry_budget_exhausted_total: IntCounterVec,
     cluster_endpoints: IntGaugeVec,
     pub connections_refused_total: IntCounterVec,
-    /// Request handles shared by every connection to the same target.
+    /// Request handles of targets outside any cluster (original
+    /// destinations, the local app), shared by every connection to them.
     request_cache: Mutex<HashMap<RequestKey, Arc<RequestMetrics>>>,
+    /// How many cluster endpoints hold each label set: the last one to
+    /// let go removes the set from the exposition.
+    owned_requests: Mutex<HashMap<RequestKey, usize>>,
 }
 
 /// The labels of a request family's child: who, where, how.
@@ -160,9 +166,8 @@ impl Metrics {
             "When the workload certificate expires, in seconds since the epoch.",
         )
         .unwrap_or_else(|e| panic!("identity gauge is malformed: {e}"));
-        registry
-            .register(Box::new(identity_expiration.clone()))
-            .unwrap_or_else(|e| panic!("identity gauge registered twice: {e}"));
+        // Registered on the first identity load, not here: without an
+        // identity a 0 would read as "expired in 1970" and fire alerts.
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
@@ -183,6 +188,7 @@ impl Metrics {
             config_reload_total: counter_vec(&registry, "config_reload_total", "Configuration reloads, by result.", &["result"]),
             connections_refused_total: counter_vec(&registry, "tcp_accept_refused_total", "Connections refused at accept, by reason.", &["direction", "reason"]),
             identity_expiration,
+            identity_registered: std::sync::Once::new(),
             identity_refresh_total: counter_vec(&registry, "identity_cert_refresh_total", "Workload certificate loads, by result.", &["result"]),
             authz_allow_total: counter_vec(&registry, "inbound_authz_allow_total", "Inbound connections or requests allowed by policy.", &["port", "identity"]),
             authz_deny_total: counter_vec(&registry, "inbound_authz_deny_total", "Inbound connections or requests denied by policy.", &["port", "identity"]),
@@ -198,6 +204,7 @@ impl Metrics {
                 gauge
             },
             request_cache: Mutex::new(HashMap::new()),
+            owned_requests: Mutex::new(HashMap::new()),
             registry,
         })
     }
@@ -233,12 +240,58 @@ impl Metrics {
         }
     }
 
-    /// Request handles for a label set, shared across connections.
+    /// Request handles for a label set, shared across connections and
+    /// kept for the process's life (targets outside any cluster).
     pub fn requests(&self, key: RequestKey) -> Arc<RequestMetrics> {
         let mut cache = self.request_cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(handles) = cache.get(&key) {
             return handles.clone();
         }
+        let handles = self.request_handles(key.clone());
+        cache.insert(key, handles.clone());
+        handles
+    }
+
+    /// Request handles for a cluster endpoint's label set; give them back
+    /// with [`Metrics::release_requests`] when the endpoint goes.
+    pub fn owned_requests(&self, key: RequestKey) -> Arc<RequestMetrics> {
+        let mut owned = self
+            .owned_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *owned.entry(key.clone()).or_insert(0) += 1;
+        self.request_handles(key)
+    }
+
+    /// An endpoint let go of its handles: when no endpoint holds the
+    /// label set any more, its series leave the exposition.
+    pub fn release_requests(&self, handles: Arc<RequestMetrics>) {
+        let mut owned = self
+            .owned_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(count) = owned.get_mut(&handles.key) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        owned.remove(&handles.key);
+        let labels = handles.labels.each_ref().map(String::as_str);
+        let _ = self.request_total.remove_label_values(&labels);
+        let _ = self.response_latency_ms.remove_label_values(&labels);
+        let responses = handles.responses.lock().unwrap_or_else(|p| p.into_inner());
+        for (status, failure, _) in responses.iter() {
+            let code = status.to_string();
+            let class = classification(*failure);
+            let mut all: Vec<&str> = labels.to_vec();
+            all.extend([code.as_str(), class]);
+            let _ = self.response_total.remove_label_values(&all);
+        }
+    }
+
+    fn request_handles(&self, key: RequestKey) -> Arc<RequestMetrics> {
         let target = key.target.to_string();
         let [t, reason, client, server] = key.tls.labels();
         let labels = [
@@ -252,15 +305,14 @@ impl Metrics {
             &key.route,
             &key.cluster,
         ];
-        let handles = Arc::new(RequestMetrics {
+        Arc::new(RequestMetrics {
             total: self.request_total.with_label_values(&labels),
             latency_ms: self.response_latency_ms.with_label_values(&labels),
             labels: labels.map(str::to_string),
+            key,
             response_vec: self.response_total.clone(),
             responses: Mutex::new(Vec::new()),
-        });
-        cache.insert(key, handles.clone());
-        handles
+        })
     }
 
     /// Pool checkout counter for a target (`reused` or `new`).
@@ -287,6 +339,11 @@ impl Metrics {
     /// Record a workload certificate load attempt.
     pub fn identity_loaded(&self, loaded: &crate::tls::Loaded, ok: bool) {
         self.identity_expiration.set(loaded.not_after);
+        self.identity_registered.call_once(|| {
+            self.registry
+                .register(Box::new(self.identity_expiration.clone()))
+                .unwrap_or_else(|e| panic!("identity gauge registered twice: {e}"));
+        });
         self.identity_refresh_total
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
@@ -373,20 +430,39 @@ pub struct RequestMetrics {
     pub total: IntCounter,
     pub latency_ms: Histogram,
     labels: [String; 9],
+    key: RequestKey,
     response_vec: IntCounterVec,
-    /// Response counters by status code, filled as codes are first seen.
-    responses: Mutex<Vec<(u16, IntCounter)>>,
+    /// Response counters by (status code, failure), filled as first seen.
+    responses: Mutex<Vec<(u16, bool, IntCounter)>>,
+}
+
+/// The `classification` label.
+fn classification(failure: bool) -> &'static str {
+    if failure {
+        "failure"
+    } else {
+        "success"
+    }
 }
 
 impl RequestMetrics {
-    /// Count a response; 5xx is a failure, as Linkerd classifies.
-    pub fn response(&self, status: u16) {
+    /// The label set these handles count under.
+    pub fn key(&self) -> &RequestKey {
+        &self.key
+    }
+
+    /// Count a response that ended, as a failure or not (a 5xx, a gRPC
+    /// status other than OK, a stream broken midway, as Linkerd classifies).
+    pub fn response(&self, status: u16, failure: bool) {
         let mut responses = self.responses.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, counter)) = responses.iter().find(|(code, _)| *code == status) {
+        if let Some((_, _, counter)) = responses
+            .iter()
+            .find(|(code, f, _)| *code == status && *f == failure)
+        {
             counter.inc();
             return;
         }
-        let class = if status >= 500 { "failure" } else { "success" };
+        let class = classification(failure);
         let code = status.to_string();
         let [d, a, t, tls, reason, client, server, route, cluster] = &self.labels;
         let counter = self.response_vec.with_label_values(&[
@@ -403,6 +479,6 @@ impl RequestMetrics {
             class,
         ]);
         counter.inc();
-        responses.push((status, counter));
+        responses.push((status, failure, counter));
     }
 }

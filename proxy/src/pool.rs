@@ -24,8 +24,8 @@ use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -36,29 +36,37 @@ pub enum HttpVersion {
     Http2,
 }
 
-/// A cluster's cap on open upstream connections (circuit breaker).
+/// A cluster's cap on open upstream connections (circuit breaker). The
+/// count outlives config reloads; a reload changes only the cap.
 #[derive(Debug)]
 pub struct ConnectionLimit {
-    pub open: Arc<std::sync::atomic::AtomicUsize>,
-    pub max: usize,
+    pub open: Arc<AtomicUsize>,
+    max: AtomicUsize,
 }
 
 /// One open connection under a [`ConnectionLimit`]; freed when dropped
 /// (with the connection task that holds it).
 #[derive(Debug)]
-pub struct ConnectionSlot(Arc<std::sync::atomic::AtomicUsize>);
+pub struct ConnectionSlot(Arc<AtomicUsize>);
 
 impl ConnectionLimit {
     pub fn new(max: usize) -> ConnectionLimit {
         ConnectionLimit {
-            open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            max,
+            open: Arc::new(AtomicUsize::new(0)),
+            max: AtomicUsize::new(max),
         }
     }
 
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
     fn acquire(&self) -> Option<ConnectionSlot> {
-        use std::sync::atomic::Ordering;
-        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max() {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -68,7 +76,7 @@ impl ConnectionLimit {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -103,7 +111,11 @@ pub struct Pools {
     metrics: Arc<Metrics>,
     /// The workload identity, for endpoints reached over mTLS.
     tls: Option<Arc<Tls>>,
+    /// Pools of targets outside any cluster (original destinations, the
+    /// local app), looked up by key.
     endpoints: Mutex<HashMap<PoolKey, Arc<EndpointPool>>>,
+    /// Pools owned by cluster endpoints, for the idle reaper.
+    owned: Mutex<Vec<Weak<EndpointPool>>>,
 }
 
 /// Connections are shared only between requests to the same address, in
@@ -123,6 +135,7 @@ impl Pools {
             metrics,
             tls,
             endpoints: Mutex::new(HashMap::new()),
+            owned: Mutex::new(Vec::new()),
         })
     }
 
@@ -137,23 +150,44 @@ impl Pools {
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         endpoints
             .entry((addr, version, mesh.cloned()))
-            .or_insert_with(|| {
-                Arc::new(EndpointPool {
-                    addr,
-                    version,
-                    mesh: mesh.cloned(),
-                    tls: self.tls.clone(),
-                    direction: self.direction,
-                    settings: self.settings,
-                    metrics: self.metrics.clone(),
-                    reused: self.metrics.pool_checkout(self.direction, addr, "reused"),
-                    opened: self.metrics.pool_checkout(self.direction, addr, "new"),
-                    idle: Mutex::new(Vec::new()),
-                    h2: Mutex::new(None),
-                    h2_connect: tokio::sync::Mutex::new(()),
-                })
-            })
+            .or_insert_with(|| self.new_pool(addr, version, mesh))
             .clone()
+    }
+
+    /// A pool owned by a cluster endpoint (which keeps it for its life);
+    /// the reaper still closes its idle connections.
+    pub fn create(
+        &self,
+        addr: SocketAddr,
+        version: HttpVersion,
+        mesh: Option<&Arc<str>>,
+    ) -> Arc<EndpointPool> {
+        let pool = self.new_pool(addr, version, mesh);
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        owned.push(Arc::downgrade(&pool));
+        pool
+    }
+
+    fn new_pool(
+        &self,
+        addr: SocketAddr,
+        version: HttpVersion,
+        mesh: Option<&Arc<str>>,
+    ) -> Arc<EndpointPool> {
+        Arc::new(EndpointPool {
+            addr,
+            version,
+            mesh: mesh.cloned(),
+            tls: self.tls.clone(),
+            direction: self.direction,
+            settings: self.settings,
+            metrics: self.metrics.clone(),
+            reused: self.metrics.pool_checkout(self.direction, addr, "reused"),
+            opened: self.metrics.pool_checkout(self.direction, addr, "new"),
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            h2_connect: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Close idle connections past the idle timeout and forget pools that
@@ -163,6 +197,15 @@ impl Pools {
         endpoints.retain(|_, pool| {
             pool.reap();
             Arc::strong_count(pool) > 1 || !pool.is_empty()
+        });
+        drop(endpoints);
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        owned.retain(|weak| match weak.upgrade() {
+            Some(pool) => {
+                pool.reap();
+                true
+            }
+            None => false,
         });
     }
 
@@ -225,6 +268,11 @@ pub struct NotSent(pub Request<UpstreamBody>);
 impl EndpointPool {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Plain (not meshed) HTTP/2: a failure may be an HTTP/1-only upstream.
+    pub fn plain_http2(&self) -> bool {
+        self.version == HttpVersion::Http2 && self.mesh.is_none()
     }
 
     fn is_empty(&self) -> bool {

@@ -1,44 +1,18 @@
 //! The routing snapshot built from one validated config: which cluster an
-//! authority or destination port goes to, and each cluster's balancer.
+//! authority or destination port goes to; the clusters themselves come
+//! from the [`crate::registry`] and outlive the snapshot.
 //! The data path reads it through an `ArcSwap`, so a reload swaps a whole
 //! snapshot at once and in-flight requests finish on the one they began on.
 
-use crate::balance::cluster::Balancer;
 use crate::http::vhost::VirtualHosts;
+use crate::registry::Registry;
+pub use crate::registry::{ClusterState, Resolved};
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Duration;
-use strait_config::{CircuitBreaker, Config, HashKey, LoadBalancer, Protocol, RouteMatch};
-use tower::retry::budget::TpsBudget;
+use strait_config::{Config, RouteMatch};
 
-/// Addresses of DNS endpoints, by (name, port).
-pub type Resolved = HashMap<(String, u16), Vec<std::net::SocketAddr>>;
-
-/// A cluster ready for the data path.
-#[derive(Debug)]
-pub struct ClusterState {
-    pub name: Arc<str>,
-    pub protocol: Protocol,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    /// Set for meshed clusters: the identity endpoints must prove over mTLS.
-    pub tls_identity: Option<Arc<str>>,
-    pub endpoints: Balancer,
-    /// What ring hash hashes, when the cluster balances by ring hash.
-    pub hash_key: Option<HashKey>,
-    pub circuit_breaker: CircuitBreaker,
-    /// Requests in flight and requests waiting for a connection, for the
-    /// circuit breaker.
-    pub active: AtomicUsize,
-    pub pending: AtomicUsize,
-    /// Retries in progress, for the circuit breaker's max_retries.
-    pub retrying: AtomicUsize,
-    /// Upstream connections this cluster opened, for max_connections.
-    pub connections: crate::pool::ConnectionLimit,
-    /// Every request on a route with retries deposits, every retry withdraws.
-    pub retry_budget: TpsBudget,
-}
+/// Clusters by name, as the registry hands them out.
+pub type Clusters = HashMap<Arc<str>, Arc<ClusterState>>;
 
 /// Where a route sends traffic, with the `authority` and `route` labels
 /// its requests carry.
@@ -66,55 +40,17 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// A snapshot with no DNS names resolved (static endpoints only).
+    /// A snapshot of `config` with its own registry and no DNS names
+    /// resolved (static endpoints only): for tests and tools.
     pub fn new(config: Config) -> Snapshot {
-        Snapshot::with_resolved(config, &Resolved::new())
+        let registry = Registry::new(crate::metrics::Metrics::new());
+        let clusters = registry.update(&config, &Resolved::new());
+        Snapshot::build(config, &clusters)
     }
 
-    /// A snapshot whose DNS endpoints take the addresses in `resolved`.
-    pub fn with_resolved(config: Config, resolved: &Resolved) -> Snapshot {
-        let clusters: HashMap<&str, Arc<ClusterState>> = config
-            .clusters
-            .iter()
-            .map(|c| {
-                let mut endpoints: Vec<_> =
-                    c.endpoints.iter().map(|e| (e.addr, e.weight)).collect();
-                for dns in &c.dns_endpoints {
-                    if let Some(addrs) = resolved.get(&(dns.host.clone(), dns.port)) {
-                        endpoints.extend(addrs.iter().map(|a| (*a, dns.weight)));
-                    }
-                }
-                let state = ClusterState {
-                    name: c.name.as_str().into(),
-                    protocol: c.protocol,
-                    connect_timeout: c.connect_timeout,
-                    response_timeout: c.response_timeout,
-                    tls_identity: c.tls_identity.as_deref().map(Arc::from),
-                    endpoints: Balancer::new(
-                        &endpoints,
-                        &c.load_balancer,
-                        c.outlier_detection.clone(),
-                    ),
-                    hash_key: match &c.load_balancer {
-                        LoadBalancer::RingHash { key } => Some(key.clone()),
-                        _ => None,
-                    },
-                    circuit_breaker: c.circuit_breaker.clone(),
-                    active: AtomicUsize::new(0),
-                    pending: AtomicUsize::new(0),
-                    retrying: AtomicUsize::new(0),
-                    connections: crate::pool::ConnectionLimit::new(
-                        c.circuit_breaker.max_connections,
-                    ),
-                    retry_budget: TpsBudget::new(
-                        c.retry_budget.window,
-                        c.retry_budget.min_per_second,
-                        (c.retry_budget.percent / 100.0) as f32,
-                    ),
-                };
-                (c.name.as_str(), Arc::new(state))
-            })
-            .collect();
+    /// A snapshot of `config` routing to `clusters` (from the registry,
+    /// already brought up to date with this config).
+    pub fn build(config: Config, clusters: &Clusters) -> Snapshot {
         // Validation guarantees every named cluster exists.
         let target = |authority: &str, cluster: &str| {
             clusters.get(cluster).map(|c| RouteTarget {
@@ -149,7 +85,7 @@ impl Snapshot {
             .default_cluster
             .as_deref()
             .and_then(|c| target(c, c));
-        let vhosts = VirtualHosts::compile(&config.virtual_hosts, &clusters);
+        let vhosts = VirtualHosts::compile(&config.virtual_hosts, clusters);
         let cluster_list = clusters.values().cloned().collect();
         Snapshot {
             clusters: cluster_list,

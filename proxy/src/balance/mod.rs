@@ -1,54 +1,98 @@
-//! Endpoint selection: [`cluster::Balancer`] holds a cluster's endpoints and
-//! picks one per request by the cluster's policy; [`WeightedRoundRobin`] is
-//! the lock-free weighted schedule (one atomic increment per pick) that
+//! Endpoint selection. [`endpoint::Endpoint`] is one upstream address and
+//! the state balancing keeps about it (load, Peak-EWMA, outlier ejection);
+//! it lives in the [`crate::registry`] and survives config updates.
+//! [`cluster::Balancer`] is one version of a cluster's endpoint set with
+//! its policy; [`WeightedRoundRobin`] is the smooth weighted schedule that
 //! round robin and weighted splits use.
+//!
+//! Depends on: the config model only.
 
 pub mod cluster;
+pub mod endpoint;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-/// Items (a cluster's endpoints, a split's clusters) and the order they
-/// are picked in.
+/// Items (a cluster's endpoints, a split's clusters) picked in weighted
+/// round robin. Equal weights take one atomic increment per pick; unequal
+/// weights use smooth weighted round robin (as nginx does): each pick adds
+/// every item's weight to its running score and takes the highest, which
+/// spreads a heavy item's turns evenly and costs O(items), not O(weight).
 #[derive(Debug)]
 pub struct WeightedRoundRobin<T = SocketAddr> {
-    endpoints: Vec<T>,
-    /// Endpoint indices, each appearing `weight` times, spread evenly.
-    schedule: Vec<u32>,
-    next: AtomicUsize,
+    items: Vec<T>,
+    schedule: Schedule,
 }
 
-impl<T: Clone> WeightedRoundRobin<T> {
-    /// `endpoints` as (item, weight); weights are at least 1.
-    pub fn new(endpoints: &[(T, u32)]) -> Self {
-        // Interleave: endpoint i's k-th slot sits at (k + 0.5) / weight_i.
-        let mut slots: Vec<(f64, u32)> = endpoints
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (_, weight))| {
-                let w = f64::from((*weight).max(1));
-                (0..(*weight).max(1)).map(move |k| ((f64::from(k) + 0.5) / w, i as u32))
-            })
-            .collect();
-        slots.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        WeightedRoundRobin {
-            endpoints: endpoints.iter().map(|(item, _)| item.clone()).collect(),
-            schedule: slots.into_iter().map(|(_, i)| i).collect(),
-            next: AtomicUsize::new(0),
+#[derive(Debug)]
+enum Schedule {
+    /// Every weight is the same: plain rotation.
+    Equal { next: AtomicUsize },
+    /// Smooth WRR: weights and the running scores.
+    Smooth {
+        weights: Vec<i64>,
+        total: i64,
+        scores: Mutex<Vec<i64>>,
+    },
+}
+
+impl<T> WeightedRoundRobin<T> {
+    /// `items` as (item, weight); a weight of 0 counts as 1.
+    pub fn new(items: impl IntoIterator<Item = (T, u32)>) -> Self {
+        let (items, weights): (Vec<T>, Vec<i64>) = items
+            .into_iter()
+            .map(|(item, w)| (item, i64::from(w.max(1))))
+            .unzip();
+        let schedule = if weights.windows(2).all(|w| w[0] == w[1]) {
+            Schedule::Equal {
+                next: AtomicUsize::new(0),
+            }
+        } else {
+            Schedule::Smooth {
+                total: weights.iter().sum(),
+                scores: Mutex::new(vec![0; weights.len()]),
+                weights,
+            }
+        };
+        WeightedRoundRobin { items, schedule }
+    }
+
+    /// The index of the next item, or `None` for an empty set.
+    pub fn pick_index(&self) -> Option<usize> {
+        if self.items.is_empty() {
+            return None;
+        }
+        match &self.schedule {
+            Schedule::Equal { next } => {
+                Some(next.fetch_add(1, Ordering::Relaxed) % self.items.len())
+            }
+            Schedule::Smooth {
+                weights,
+                total,
+                scores,
+            } => {
+                let mut scores = scores.lock().unwrap_or_else(|p| p.into_inner());
+                for (score, weight) in scores.iter_mut().zip(weights) {
+                    *score += weight;
+                }
+                // The highest score wins; ties go to the first item.
+                let best = (0..scores.len())
+                    .max_by_key(|&i| (scores[i], std::cmp::Reverse(i)))
+                    .unwrap_or(0);
+                scores[best] -= total;
+                Some(best)
+            }
         }
     }
 
     /// The next item, or `None` for an empty set.
     pub fn pick(&self) -> Option<&T> {
-        if self.schedule.is_empty() {
-            return None;
-        }
-        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
-        self.endpoints.get(self.schedule[n] as usize)
+        self.pick_index().and_then(|i| self.items.get(i))
     }
 
-    pub fn endpoints(&self) -> &[T] {
-        &self.endpoints
+    pub fn items(&self) -> &[T] {
+        &self.items
     }
 }
 
@@ -56,15 +100,40 @@ impl<T: Clone> WeightedRoundRobin<T> {
 mod tests {
     use super::*;
 
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
     #[test]
-    fn follows_weights() {
-        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
-        let rr = WeightedRoundRobin::new(&[(a, 3), (b, 1)]);
+    fn follows_weights_and_spreads_the_heavy_item() {
+        let (a, b) = (addr(1), addr(2));
+        let rr = WeightedRoundRobin::new([(a, 3), (b, 1)]);
         let picks: Vec<_> = (0..400).filter_map(|_| rr.pick().copied()).collect();
         assert_eq!(picks.iter().filter(|p| **p == a).count(), 300);
         // Spread, not bunched: b never appears twice in a row.
         assert!(picks.windows(2).all(|w| !(w[0] == b && w[1] == b)));
-        assert_eq!(WeightedRoundRobin::<SocketAddr>::new(&[]).pick(), None);
+        assert_eq!(WeightedRoundRobin::<SocketAddr>::new([]).pick(), None);
+    }
+
+    #[test]
+    fn huge_weights_cost_no_memory() {
+        // A schedule expanded one slot per unit would hold 2^32 entries.
+        let rr = WeightedRoundRobin::new([(addr(1), u32::MAX), (addr(2), 1)]);
+        assert_eq!(rr.pick(), Some(&addr(1)));
+    }
+
+    #[test]
+    fn smooth_order_for_5_1_1() {
+        // The classic nginx example: a a b a c a a.
+        let rr = WeightedRoundRobin::new([('a', 5), ('b', 1), ('c', 1)]);
+        let order: String = (0..7).filter_map(|_| rr.pick().copied()).collect();
+        assert_eq!(order, "aabacaa");
+    }
+
+    #[test]
+    fn equal_weights_rotate() {
+        let rr = WeightedRoundRobin::new([(1, 2), (2, 2), (3, 2)]);
+        let order: Vec<_> = (0..6).filter_map(|_| rr.pick().copied()).collect();
+        assert_eq!(order, [1, 2, 3, 1, 2, 3]);
     }
 }

@@ -11,7 +11,7 @@ use super::body::ProxyBody;
 use super::body::UpstreamBody;
 use super::error::ProxyError;
 use super::{forward, ConnContext, Target};
-use crate::balance::cluster::Outcome;
+use crate::balance::endpoint::Outcome;
 use crate::pool::{EndpointPool, HttpVersion};
 use crate::route::Snapshot;
 use bytes::Bytes;
@@ -66,8 +66,8 @@ struct EndpointAttempt<'a> {
 
 impl<'a> EndpointAttempt<'a> {
     fn start(target: &'a Target) -> EndpointAttempt<'a> {
-        if let (Some(cluster), Some(i)) = (&target.cluster, target.endpoint) {
-            cluster.endpoints.start(i);
+        if let Some(endpoint) = &target.endpoint {
+            endpoint.start();
         }
         EndpointAttempt {
             target,
@@ -79,22 +79,44 @@ impl<'a> EndpointAttempt<'a> {
     /// Record the outcome; true when it ejected the endpoint.
     fn finish(&mut self, outcome: Outcome) -> bool {
         self.finished = true;
-        let (Some(cluster), Some(i)) = (&self.target.cluster, self.target.endpoint) else {
+        let (Some(cluster), Some(endpoint)) = (&self.target.cluster, &self.target.endpoint) else {
+            if let Some(endpoint) = &self.target.endpoint {
+                endpoint.abandon();
+            }
             return false;
         };
-        cluster.endpoints.finish(i, self.started.elapsed(), outcome)
+        cluster
+            .balancer()
+            .finish(endpoint, self.started.elapsed(), outcome)
     }
 }
 
 impl Drop for EndpointAttempt<'_> {
     fn drop(&mut self) {
-        if let (false, Some(cluster), Some(i)) =
-            (self.finished, &self.target.cluster, self.target.endpoint)
-        {
-            cluster.endpoints.abandon(i);
+        if let (false, Some(endpoint)) = (self.finished, &self.target.endpoint) {
+            endpoint.abandon();
         }
     }
 }
+
+/// A failed try, with the request handed back when it never reached the
+/// upstream (no connection could be had), so it can go elsewhere.
+pub(super) struct TryError {
+    pub error: ProxyError,
+    pub unsent: Option<Request<UpstreamBody>>,
+}
+
+impl From<ProxyError> for TryError {
+    fn from(error: ProxyError) -> TryError {
+        TryError {
+            error,
+            unsent: None,
+        }
+    }
+}
+
+/// How many endpoints a request that could not be sent anywhere tries.
+const MAX_UNSENT_TRIES: usize = 3;
 
 /// Forward `req` to `target`, retrying per `retry` when it allows.
 #[allow(clippy::too_many_arguments)]
@@ -111,20 +133,11 @@ pub(super) async fn run(
     // The budget is a share of the requests that could be retried: only
     // they deposit (the clock read and lock stay off other requests).
     if let (Some(_), Some(cluster)) = (retry, target.cluster.as_ref()) {
-        cluster.retry_budget.deposit();
+        cluster.retry_budget().1.deposit();
     }
     let replayable = retry.is_some_and(|policy| can_replay(&req, policy));
     let (Some(policy), true) = (retry, replayable) else {
-        return once(
-            ctx,
-            snapshot,
-            target,
-            version,
-            pool,
-            req.map(UpstreamBody::Stream),
-            timeout,
-        )
-        .await;
+        return unless_unsent(ctx, snapshot, target, version, pool, req, timeout).await;
     };
     let (parts, body) = req.into_parts();
     // Bounded by content-length (checked in can_replay) and by the limit.
@@ -145,12 +158,16 @@ pub(super) async fn run(
         // Held (not read): dropping it frees the circuit-breaker slot.
         let mut _retry_slot: Option<Limit<'_>> = None;
         loop {
-            let endpoint_pool = if attempt == 0 {
-                pool.clone()
-            } else {
-                ctx.inputs
-                    .pools
-                    .endpoint(current.addr, version, current.mesh_identity())
+            let endpoint_pool = match (attempt, &current.endpoint) {
+                (0, _) => pool.clone(),
+                (_, Some(endpoint)) => endpoint
+                    .pool(&ctx.inputs.pools, ctx.direction(), version)
+                    .clone(),
+                (_, None) => {
+                    ctx.inputs
+                        .pools
+                        .endpoint(current.addr, version, current.mesh_identity())
+                }
             };
             let request = rebuild(&parts, &body);
             let result = once(
@@ -162,7 +179,8 @@ pub(super) async fn run(
                 request,
                 per_try,
             )
-            .await;
+            .await
+            .map_err(|e| e.error);
             let last = attempt >= policy.attempts;
             // A gRPC status may only come in the trailers: read ahead for it.
             let (result, trailer_status) = match result {
@@ -187,13 +205,13 @@ pub(super) async fn run(
             let slot = target
                 .cluster
                 .as_deref()
-                .and_then(|c| Limit::enter(&c.retrying, c.circuit_breaker.max_retries));
+                .and_then(|c| Limit::enter(&c.retrying, c.settings().circuit_breaker.max_retries));
             if slot.is_none() {
                 debug!(cluster = %cluster.name, "circuit breaker: max_retries in progress; returning the failure");
                 return result;
             }
             _retry_slot = slot;
-            if !cluster.retry_budget.withdraw() {
+            if !cluster.retry_budget().1.withdraw() {
                 ctx.inputs.metrics.retry_budget_exhausted(&cluster.name);
                 debug!(cluster = %cluster.name, "retry budget exhausted; returning the failure");
                 return result;
@@ -202,9 +220,9 @@ pub(super) async fn run(
             tokio::time::sleep(backoff(policy, attempt)).await;
             attempt += 1;
             // Another endpoint, picked afresh (the failed one is likelier to fail).
-            if let Some(index) = cluster.endpoints.pick(None) {
-                current.addr = cluster.endpoints.endpoint(index).addr;
-                current.endpoint = Some(index);
+            if let Some(endpoint) = cluster.balancer().pick(None) {
+                current.addr = endpoint.addr;
+                current.endpoint = Some(endpoint.clone());
             }
         }
     };
@@ -222,6 +240,68 @@ pub(super) async fn run(
     }
 }
 
+/// Forward once, with no retry policy; but a request that could not be
+/// sent at all (the endpoint refused or timed out the connection) goes to
+/// another of the cluster's endpoints: nothing reached the upstream, so
+/// any method is safe to send again.
+async fn unless_unsent(
+    ctx: &ConnContext,
+    snapshot: &Snapshot,
+    target: &Target,
+    version: HttpVersion,
+    pool: &Arc<EndpointPool>,
+    req: Request<Incoming>,
+    timeout: Option<Duration>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut req = req.map(UpstreamBody::Stream);
+    let mut current = target.clone();
+    let mut pool = pool.clone();
+    let mut tried = vec![target.addr];
+    loop {
+        let error = match once(ctx, snapshot, &current, version, &pool, req, timeout).await {
+            Ok(response) => return Ok(response),
+            Err(TryError {
+                error,
+                unsent: Some(unsent),
+            }) if is_connect_failure(&error) && tried.len() < MAX_UNSENT_TRIES => {
+                req = unsent;
+                error
+            }
+            Err(e) => return Err(e.error),
+        };
+        let Some(cluster) = current.cluster.clone() else {
+            return Err(error);
+        };
+        let balancer = cluster.balancer();
+        // Another endpoint than those tried, if the balancer offers one.
+        let next = (0..balancer.len() * 2)
+            .filter_map(|_| balancer.pick(None))
+            .find(|e| !tried.contains(&e.addr))
+            .cloned();
+        let Some(endpoint) = next else {
+            return Err(error);
+        };
+        debug!(failed = %current.addr, next = %endpoint.addr, error = %error, "request not sent; trying another endpoint");
+        tried.push(endpoint.addr);
+        pool = endpoint
+            .pool(&ctx.inputs.pools, ctx.direction(), version)
+            .clone();
+        current.addr = endpoint.addr;
+        current.endpoint = Some(endpoint);
+    }
+}
+
+fn is_connect_failure(e: &ProxyError) -> bool {
+    matches!(
+        e,
+        ProxyError::ConnectRefused(_)
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Connect { .. }
+            | ProxyError::Handshake { .. }
+            | ProxyError::TlsHandshake { .. }
+    )
+}
+
 /// One try, with its balancer bookkeeping.
 async fn once(
     ctx: &ConnContext,
@@ -231,23 +311,31 @@ async fn once(
     pool: &Arc<EndpointPool>,
     req: Request<UpstreamBody>,
     timeout: Option<Duration>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Response<ProxyBody>, TryError> {
     let mut attempt = EndpointAttempt::start(target);
     let result = forward(ctx, snapshot, target, version, pool, req, timeout).await;
     // A client's broken body says nothing about the endpoint: left out of
     // its outcomes (dropping the attempt only ends its in-flight count).
-    if matches!(result, Err(ProxyError::RequestBody)) {
+    if matches!(
+        result,
+        Err(TryError {
+            error: ProxyError::RequestBody,
+            ..
+        })
+    ) {
         return result;
     }
     let outcome = match &result {
         Ok(response) if response.status().is_server_error() => Outcome::Failure,
         Ok(_) => Outcome::Success,
-        Err(
-            ProxyError::ConnectRefused(_)
-            | ProxyError::ConnectTimeout { .. }
-            | ProxyError::Connect { .. },
-        ) => Outcome::ConnectFailure,
-        Err(e) if e.status().is_server_error() => Outcome::Failure,
+        Err(TryError {
+            error:
+                ProxyError::ConnectRefused(_)
+                | ProxyError::ConnectTimeout { .. }
+                | ProxyError::Connect { .. },
+            ..
+        }) => Outcome::ConnectFailure,
+        Err(e) if e.error.status().is_server_error() => Outcome::Failure,
         Err(_) => Outcome::Success,
     };
     if attempt.finish(outcome) {

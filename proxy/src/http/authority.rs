@@ -35,7 +35,8 @@ pub(super) fn refused(
     let metrics = ctx.local_metrics(snapshot, None);
     metrics.total.inc();
     let response = super::error_response(ctx, ctx.orig_dst.addr, err);
-    metrics.response(response.status().as_u16());
+    let status = response.status().as_u16();
+    metrics.response(status, status >= 500);
     response
 }
 

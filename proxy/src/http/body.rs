@@ -4,7 +4,7 @@
 //! be replayed on a retry). An enum rather than a boxed trait object, so
 //! the hot path allocates nothing for it.
 
-use crate::pool::PooledBody;
+use super::stream_end::Tracked;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -23,7 +23,7 @@ pub enum StreamOrBytes<B> {
 }
 
 /// Every response body: the upstream's, or one the proxy wrote.
-pub type ProxyBody = StreamOrBytes<PooledBody>;
+pub type ProxyBody = StreamOrBytes<Tracked>;
 
 /// Every request body sent upstream: the client's stream, or bytes
 /// buffered for replay.

@@ -56,10 +56,12 @@ pub enum ProxyError {
     Forbidden { reason: String },
     #[error("upstream {addr} reset the response stream before it ended")]
     UpstreamReset { addr: SocketAddr },
-    #[error("upstream {addr} failed the request: {source}")]
+    #[error("upstream {addr} failed the request: {source}{}", http2_hint(*plain_http2))]
     Upstream {
         addr: SocketAddr,
         source: hyper::Error,
+        /// Sent as plain HTTP/2 (not the mesh hop): say what to check.
+        plain_http2: bool,
     },
     #[error(transparent)]
     BadRequest(#[from] BadRequest),
@@ -105,6 +107,18 @@ impl BadRequest {
             BadRequest::TooManyHeaders { .. } => "too-many-headers",
             BadRequest::BodyTooLarge { .. } => "body-too-large",
         }
+    }
+}
+
+/// A plain HTTP/2 request that fails is, more often than not, an
+/// upstream that speaks only HTTP/1: a `protocol: auto` cluster forwards
+/// an HTTP/2 client as HTTP/2, and the HTTP/1 server's reply to the
+/// preface breaks the connection (seen as an http2, I/O or cancel error).
+fn http2_hint(plain_http2: bool) -> &'static str {
+    if plain_http2 {
+        " (it was sent as HTTP/2: if the upstream speaks only HTTP/1, set the cluster's `protocol: http1`; with `protocol: auto` an HTTP/2 client's requests go upstream as HTTP/2)"
+    } else {
+        ""
     }
 }
 
@@ -169,7 +183,9 @@ impl ProxyError {
     /// upstream's fault, unless what broke was the request body the client
     /// was streaming (a malformed chunk, a reset): that is a 400 to the
     /// client, never counted against the endpoint.
-    pub fn exchange(addr: SocketAddr, source: hyper::Error) -> ProxyError {
+    /// `plain_http2` is whether the upstream was spoken to in plaintext
+    /// HTTP/2 (for the operator's hint).
+    pub fn exchange(addr: SocketAddr, source: hyper::Error, plain_http2: bool) -> ProxyError {
         use std::error::Error;
         // hyper reports a failure of the body it was sending as a user
         // error whose cause is that body's own error.
@@ -180,7 +196,11 @@ impl ProxyError {
         if client_body {
             ProxyError::RequestBody
         } else {
-            ProxyError::Upstream { addr, source }
+            ProxyError::Upstream {
+                addr,
+                source,
+                plain_http2,
+            }
         }
     }
 

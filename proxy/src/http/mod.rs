@@ -10,6 +10,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod server;
+pub mod stream_end;
 pub mod vhost;
 
 use crate::metrics::{Metrics, RequestKey, RequestMetrics, TlsStatus};
@@ -59,14 +60,17 @@ pub struct Target {
     /// The `route` metric label: the L7 route's name, or empty.
     pub route: Arc<str>,
     pub cluster: Option<Arc<ClusterState>>,
-    /// The endpoint's index in the cluster's balancer.
-    pub endpoint: Option<usize>,
+    /// The cluster endpoint picked, when the target is one.
+    pub endpoint: Option<Arc<crate::balance::endpoint::Endpoint>>,
 }
 
 impl Target {
     fn timeouts(&self, snapshot: &Snapshot) -> (Duration, Duration) {
         match &self.cluster {
-            Some(c) => (c.connect_timeout, c.response_timeout),
+            Some(c) => {
+                let settings = c.settings();
+                (settings.connect_timeout, settings.response_timeout)
+            }
             None => (
                 snapshot.config.proxy.connect_timeout,
                 snapshot.config.proxy.response_timeout,
@@ -76,7 +80,7 @@ impl Target {
 
     /// The identity a meshed target must prove.
     pub fn mesh_identity(&self) -> Option<&Arc<str>> {
-        self.cluster.as_ref()?.tls_identity.as_ref()
+        self.endpoint.as_ref()?.mesh.as_ref()
     }
 
     /// The HTTP version to speak upstream, given the client's. Meshed
@@ -90,7 +94,7 @@ impl Target {
         } else {
             HttpVersion::Http1
         };
-        match self.cluster.as_ref().map(|c| (c.protocol, c)) {
+        match self.cluster.as_ref().map(|c| (c.settings().protocol, c)) {
             None | Some((Protocol::Auto, _)) => Ok(same_as_client),
             Some((Protocol::Http1, _)) => Ok(HttpVersion::Http1),
             Some((Protocol::Http2, _)) => Ok(HttpVersion::Http2),
@@ -174,7 +178,7 @@ impl ConnContext {
         let protocol_is_auto = target
             .cluster
             .as_ref()
-            .is_none_or(|c| c.protocol == Protocol::Auto);
+            .is_none_or(|c| c.settings().protocol == Protocol::Auto);
         if self.direction() == Direction::Inbound
             && self.client_identity().is_some()
             && carried_h1
@@ -210,7 +214,7 @@ impl ConnContext {
                 return (m.metrics.clone(), m.pool.clone());
             }
         }
-        let metrics = self.inputs.metrics.requests(RequestKey {
+        let key = RequestKey {
             direction: self.direction(),
             authority: target.authority.clone(),
             target: target.addr,
@@ -220,8 +224,19 @@ impl ConnContext {
                 .cluster
                 .as_ref()
                 .map_or_else(|| target.route.clone(), |c| c.name.clone()),
-        });
-        let pool = self.inputs.pools.endpoint(target.addr, version, mesh);
+        };
+        // A cluster endpoint owns its label sets (evicted with it); other
+        // targets share the process-wide cache.
+        let metrics = match &target.endpoint {
+            Some(endpoint) => endpoint.request_metrics(key),
+            None => self.inputs.metrics.requests(key),
+        };
+        let pool = match &target.endpoint {
+            Some(endpoint) => endpoint
+                .pool(&self.inputs.pools, self.direction(), version)
+                .clone(),
+            None => self.inputs.pools.endpoint(target.addr, version, mesh),
+        };
         *memo = Some(Memo {
             authority: target.authority.clone(),
             route: target.route.clone(),
@@ -330,14 +345,15 @@ pub async fn handle(
             metrics.total.inc();
             let mut response = local_response(route, &req);
             route.edit_response(response.headers_mut());
-            metrics.response(response.status().as_u16());
+            let status = response.status().as_u16();
+            metrics.response(status, status >= 500);
             return Ok(response);
         }
         Err(err) => {
             let metrics = ctx.local_metrics(&snapshot, None);
             metrics.total.inc();
             let response = error_response(&ctx, ctx.orig_dst.addr, &err);
-            metrics.response(response.status().as_u16());
+            metrics.response(response.status().as_u16(), true);
             return Ok(response);
         }
     };
@@ -354,31 +370,36 @@ pub async fn handle(
     if let Some(grpc) = grpc_timeout(&req) {
         timeout = Some(timeout.map_or(grpc, |t| t.min(grpc)));
     }
-    let active = match &target.cluster {
-        Some(cluster) => {
-            attempt::Limit::enter(&cluster.active, cluster.circuit_breaker.max_requests)
-        }
-        None => Some(attempt::Limit::none()),
-    };
-    let result = match (admission, active) {
-        (vhost::Admission::RateLimited, _) => Err(ProxyError::RateLimited),
-        (vhost::Admission::Abort(status), _) => Err(ProxyError::FaultAbort { status }),
-        (vhost::Admission::Pass { .. }, None) => Err(ProxyError::Overloaded {
-            cluster: target
-                .cluster
-                .as_ref()
-                .map_or_else(String::new, |c| c.name.to_string()),
-            limit: "max_requests",
-        }),
-        (vhost::Admission::Pass { delay }, Some(_active)) => {
+    // A fault delay holds no circuit-breaker slot; the request's slot is
+    // held until its response stream ends.
+    let mut slot = None;
+    let result = match admission {
+        vhost::Admission::RateLimited => Err(ProxyError::RateLimited),
+        vhost::Admission::Abort(status) => Err(ProxyError::FaultAbort { status }),
+        vhost::Admission::Pass { delay } => {
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
-            let retry = route.and_then(|r| r.retry.as_ref());
-            attempt::run(
-                &ctx, &snapshot, &target, version, &pool, req, timeout, retry,
-            )
-            .await
+            match &target.cluster {
+                Some(cluster) => slot = cluster.try_request().map(Some),
+                None => slot = Some(None),
+            }
+            match slot {
+                None => Err(ProxyError::Overloaded {
+                    cluster: target
+                        .cluster
+                        .as_ref()
+                        .map_or_else(String::new, |c| c.name.to_string()),
+                    limit: "max_requests",
+                }),
+                Some(_) => {
+                    let retry = route.and_then(|r| r.retry.as_ref());
+                    attempt::run(
+                        &ctx, &snapshot, &target, version, &pool, req, timeout, retry,
+                    )
+                    .await
+                }
+            }
         }
     };
     let mut response = match result {
@@ -394,8 +415,32 @@ pub async fn handle(
     metrics
         .latency_ms
         .observe(started.elapsed().as_secs_f64() * 1000.0);
-    metrics.response(response.status().as_u16());
+    let end = stream_end::ResponseEnd::new(
+        metrics,
+        response.status().as_u16(),
+        response.headers(),
+        slot.flatten(),
+    );
+    track(&mut response, end);
     Ok(response)
+}
+
+/// Record `end` when the response stream ends: the upstream's stream,
+/// or (after a retry's read-ahead) the frames held back and the rest.
+fn track(response: &mut Response<ProxyBody>, mut end: stream_end::ResponseEnd) {
+    match response.body_mut() {
+        ProxyBody::Stream(body) => body.track(end),
+        ProxyBody::Replayed { frames, rest } => {
+            for trailers in frames.iter().filter_map(|f| f.trailers_ref()) {
+                end.trailers(trailers);
+            }
+            match rest {
+                Some(body) => body.track(end),
+                None => end.finish(false),
+            }
+        }
+        ProxyBody::Full(_) => end.finish(false),
+    }
 }
 
 /// A gRPC client's deadline (`grpc-timeout: 100m`), if it sent one.
@@ -466,7 +511,7 @@ async fn forward(
     pool: &Arc<EndpointPool>,
     mut req: Request<UpstreamBody>,
     timeout: Option<Duration>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Response<ProxyBody>, attempt::TryError> {
     let is_connect = req.method() == Method::CONNECT && req.version() < Version::HTTP_2;
     let upgrade = version == HttpVersion::Http1 && (is_connect || headers::is_upgrade(&req));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -497,26 +542,35 @@ async fn forward(
     let response_timeout = timeout.unwrap_or(cluster_timeout);
     let exchange = async {
         let pending = match &target.cluster {
-            Some(cluster) => {
-                attempt::Limit::enter(&cluster.pending, cluster.circuit_breaker.max_pending)
-            }
+            Some(cluster) => attempt::Limit::enter(
+                &cluster.pending,
+                cluster.settings().circuit_breaker.max_pending,
+            ),
             None => Some(attempt::Limit::none()),
         };
         let Some(pending) = pending else {
-            return Err(ProxyError::Overloaded {
+            return Err(attempt::TryError::from(ProxyError::Overloaded {
                 cluster: target
                     .cluster
                     .as_ref()
                     .map_or_else(String::new, |c| c.name.to_string()),
                 limit: "max_pending",
-            });
+            }));
         };
         let limit = target.cluster.as_ref().map(|c| &c.connections);
         let cluster_name = target.cluster.as_ref().map_or("", |c| &*c.name);
-        let checkout = pool
-            .checkout(connect_timeout, upgrade, limit)
-            .await
-            .map_err(|e| overloaded_or(e, cluster_name))?;
+        let checkout = match pool.checkout(connect_timeout, upgrade, limit).await {
+            Ok(checkout) => checkout,
+            // No connection: the request was never sent, and (unless it
+            // is an upgrade, whose client side is already taken) it can
+            // go to another endpoint.
+            Err(e) => {
+                return Err(attempt::TryError {
+                    error: overloaded_or(e, cluster_name),
+                    unsent: (!upgrade).then_some(req),
+                })
+            }
+        };
         drop(pending);
         send(
             checkout,
@@ -532,10 +586,10 @@ async fn forward(
     let mut response = match tokio::time::timeout(response_timeout, exchange).await {
         Ok(result) => result?,
         Err(_) => {
-            return Err(ProxyError::ResponseTimeout {
+            return Err(attempt::TryError::from(ProxyError::ResponseTimeout {
                 addr: target.addr,
                 after: response_timeout,
-            })
+            }))
         }
     };
 
@@ -546,7 +600,7 @@ async fn forward(
         tokio::spawn(tunnel(client_upgrade, upstream_upgrade, target.addr));
     }
     headers::strip_hop_by_hop(response.headers_mut(), switched);
-    Ok(response.map(ProxyBody::Stream))
+    Ok(response.map(|body| ProxyBody::Stream(stream_end::Tracked::new(body))))
 }
 
 /// Send on a checked-out connection. A pooled HTTP/1 connection the
@@ -560,23 +614,32 @@ async fn send(
     cluster: &str,
     req: Request<UpstreamBody>,
     pool_on_end: bool,
-) -> Result<Response<crate::pool::PooledBody>, ProxyError> {
+) -> Result<Response<crate::pool::PooledBody>, attempt::TryError> {
     let reused = checkout.reused();
     let addr = pool.addr();
     match checkout.send(req, pool_on_end).await {
         Ok(response) => Ok(response),
         Err((_, Some(NotSent(req)))) if reused => {
             debug!(%addr, "pooled connection was closed; sending on a new one");
-            let fresh = pool
-                .checkout(connect_timeout, true, limit)
-                .await
-                .map_err(|e| overloaded_or(e, cluster))?;
-            fresh
-                .send(req, pool_on_end)
-                .await
-                .map_err(|(source, _)| ProxyError::exchange(addr, source))
+            let fresh = match pool.checkout(connect_timeout, true, limit).await {
+                Ok(fresh) => fresh,
+                // Still unsent: the caller may try another endpoint.
+                Err(e) => {
+                    return Err(attempt::TryError {
+                        error: overloaded_or(e, cluster),
+                        unsent: Some(req),
+                    })
+                }
+            };
+            fresh.send(req, pool_on_end).await.map_err(|(source, _)| {
+                attempt::TryError::from(ProxyError::exchange(addr, source, pool.plain_http2()))
+            })
         }
-        Err((source, _)) => Err(ProxyError::exchange(addr, source)),
+        Err((source, _)) => Err(attempt::TryError::from(ProxyError::exchange(
+            addr,
+            source,
+            pool.plain_http2(),
+        ))),
     }
 }
 

@@ -5,7 +5,7 @@
 //! snapshot (regexes included), so matching allocates nothing.
 
 use crate::balance::WeightedRoundRobin;
-use crate::route::{ClusterState, RouteTarget};
+use crate::route::{Clusters, RouteTarget};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request};
@@ -177,10 +177,7 @@ impl Ops {
 
 impl VirtualHosts {
     /// Compile `hosts`; `clusters` holds every cluster of the snapshot.
-    pub fn compile(
-        hosts: &[VirtualHost],
-        clusters: &HashMap<&str, Arc<ClusterState>>,
-    ) -> VirtualHosts {
+    pub fn compile(hosts: &[VirtualHost], clusters: &Clusters) -> VirtualHosts {
         let mut out = VirtualHosts::default();
         for (i, host) in hosts.iter().enumerate() {
             for domain in &host.domains {
@@ -242,7 +239,7 @@ impl VirtualHosts {
 fn compile_route(
     rule: &strait_config::RouteRule,
     host: &Arc<str>,
-    clusters: &HashMap<&str, Arc<ClusterState>>,
+    clusters: &Clusters,
 ) -> Option<Route> {
     let name: Arc<str> = rule.name.as_str().into();
     let target = |cluster: &str| {
@@ -253,13 +250,13 @@ fn compile_route(
         })
     };
     let action = match &rule.action {
-        RouteAction::Cluster(c) => Action::Forward(WeightedRoundRobin::new(&[(target(c)?, 1)])),
+        RouteAction::Cluster(c) => Action::Forward(WeightedRoundRobin::new([(target(c)?, 1)])),
         RouteAction::Split(parts) => {
             let weighted: Vec<(RouteTarget, u32)> = parts
                 .iter()
                 .filter_map(|(c, w)| Some((target(c)?, *w)))
                 .collect();
-            Action::Forward(WeightedRoundRobin::new(&weighted))
+            Action::Forward(WeightedRoundRobin::new(weighted))
         }
         RouteAction::DirectResponse { status, body } => Action::Direct {
             status: http::StatusCode::from_u16(*status).ok()?,

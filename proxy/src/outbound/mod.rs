@@ -7,7 +7,7 @@
 //! destination → detect → HTTP ([`crate::http`]: route → balance → pool)
 //! or opaque ([`crate::tcp`]: route → connect → copy).
 
-use crate::balance::cluster::request_hash;
+use crate::balance::cluster::{ip_hash, request_hash};
 use crate::http::error::ProxyError;
 use crate::http::vhost::{Action, Route};
 use crate::http::{headers, Target};
@@ -32,12 +32,12 @@ pub fn route_http<'s, B>(
     req: &http::Request<B>,
 ) -> Result<Routed<'s>, ProxyError> {
     let hash = |cluster: &ClusterState| -> Option<u64> {
-        match cluster.hash_key.as_ref()? {
+        match cluster.settings().hash_key.as_ref()? {
             HashKey::Header(name) => req
                 .headers()
                 .get(name.as_str())
                 .map(|v| request_hash(v.as_bytes())),
-            HashKey::SourceIp => Some(request_hash(client)),
+            HashKey::SourceIp => Some(ip_hash(client)),
         }
     };
     let authority = headers::authority(req);
@@ -112,15 +112,15 @@ fn route_or_original(
 /// A route's cluster, balanced to one endpoint (`hash` is the request's
 /// ring-hash key, for clusters that balance by one).
 pub fn to_cluster(route: &RouteTarget, hash: Option<u64>) -> Result<Target, ProxyError> {
-    let balancer = &route.cluster.endpoints;
-    let index = balancer.pick(hash).ok_or_else(|| ProxyError::NoEndpoints {
+    let balancer = route.cluster.balancer();
+    let endpoint = balancer.pick(hash).ok_or_else(|| ProxyError::NoEndpoints {
         cluster: route.cluster.name.to_string(),
     })?;
     Ok(Target {
-        addr: balancer.endpoint(index).addr,
+        addr: endpoint.addr,
         authority: route.authority.clone(),
         route: route.route.clone(),
         cluster: Some(route.cluster.clone()),
-        endpoint: Some(index),
+        endpoint: Some(endpoint.clone()),
     })
 }

@@ -38,10 +38,12 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Why an identity could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    // The OS / rustls error is part of the message and deliberately not a
+    // `source`, so a chain printer (anyhow's `{:#}`) says it once.
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: no PEM certificate found")]
     NoCertificate { path: PathBuf },
@@ -52,15 +54,31 @@ pub enum TlsError {
     #[error("{path}: trust bundle holds no usable CA certificate")]
     EmptyBundle { path: PathBuf },
     #[error(
-        "certificate {cert} and key {key} do not belong together, or the key is unusable: {source}"
+        "certificate {cert} and key {key} do not belong together, or the key is unusable: {error}"
     )]
     KeyMismatch {
         cert: PathBuf,
         key: PathBuf,
-        source: rustls::Error,
+        error: rustls::Error,
     },
     #[error("cannot build the TLS configuration: {0}")]
     Config(String),
+}
+
+impl TlsError {
+    /// The identity file the error is about (for KeyMismatch: the key),
+    /// so `strait check` can name the config field that points at it.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            TlsError::Read { path, .. }
+            | TlsError::NoCertificate { path }
+            | TlsError::NoKey { path }
+            | TlsError::NoIdentity { path }
+            | TlsError::EmptyBundle { path } => Some(path),
+            TlsError::KeyMismatch { key, .. } => Some(key),
+            TlsError::Config(_) => None,
+        }
+    }
 }
 
 /// Which ALPN a client connection offers.
@@ -93,9 +111,9 @@ pub struct Tls {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -253,10 +271,10 @@ fn load(
     })?;
     // Refuse a key that does not match the certificate before anything uses it.
     rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), provider).map_err(
-        |source| TlsError::KeyMismatch {
+        |error| TlsError::KeyMismatch {
             cert: settings.certificate.clone(),
             key: settings.private_key.clone(),
-            source,
+            error,
         },
     )?;
     let bundle_pem = read(&settings.trust_bundle)?;
@@ -279,10 +297,10 @@ fn load(
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(|source| TlsError::KeyMismatch {
+        .map_err(|error| TlsError::KeyMismatch {
             cert: settings.certificate.clone(),
             key: settings.private_key.clone(),
-            source,
+            error,
         })?;
     server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_OPAQUE.to_vec()];
     Ok(Loaded {

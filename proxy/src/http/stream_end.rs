@@ -1,0 +1,140 @@
+//! What must wait for a response stream to end rather than for its
+//! headers: counting `response_total` (a gRPC call's outcome is only known
+//! from `grpc-status`, often in the trailers; a stream that breaks midway
+//! is a failure) and releasing the circuit-breaker slot the request held
+//! (a long download is still a request in flight). [`Tracked`] wraps an
+//! upstream response body and does both exactly once: at the end of the
+//! stream, at a stream error, or when the client drops the body early.
+//!
+//! Depends on: [`crate::metrics`], [`crate::registry`] (the slot).
+
+use crate::metrics::RequestMetrics;
+use crate::pool::PooledBody;
+use crate::registry::RequestSlot;
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+/// What to record when a response ends.
+pub struct ResponseEnd {
+    metrics: Arc<RequestMetrics>,
+    status: u16,
+    /// Set for gRPC responses: the `grpc-status` seen so far, if any.
+    grpc: Option<Option<u32>>,
+    /// The circuit-breaker slot, released with the stream.
+    _slot: Option<RequestSlot>,
+}
+
+impl ResponseEnd {
+    /// `headers` are the response's: a gRPC response is recognised by
+    /// its content type, and a trailers-only one carries its status there.
+    pub fn new(
+        metrics: Arc<RequestMetrics>,
+        status: u16,
+        headers: &HeaderMap,
+        slot: Option<RequestSlot>,
+    ) -> ResponseEnd {
+        let is_grpc = headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        ResponseEnd {
+            metrics,
+            status,
+            grpc: is_grpc.then(|| grpc_status(headers)),
+            _slot: slot,
+        }
+    }
+
+    /// Note trailers as they pass.
+    pub fn trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(seen) = self.grpc.as_mut() {
+            *seen = seen.or(grpc_status(trailers));
+        }
+    }
+
+    /// Record the outcome: `broken` when the stream failed midway.
+    pub fn finish(self, broken: bool) {
+        let grpc_failed = matches!(self.grpc, Some(status) if status.unwrap_or(2) != 0);
+        let failure = broken || self.status >= 500 || grpc_failed;
+        self.metrics.response(self.status, failure);
+    }
+}
+
+/// A gRPC status from headers or trailers.
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// An upstream response body that records its [`ResponseEnd`] once.
+pub struct Tracked {
+    inner: PooledBody,
+    end: Option<ResponseEnd>,
+}
+
+impl Tracked {
+    pub fn new(inner: PooledBody) -> Tracked {
+        Tracked { inner, end: None }
+    }
+
+    /// Record `end` when this body ends (at once if it already has).
+    pub fn track(&mut self, end: ResponseEnd) {
+        if self.inner.is_end_stream() {
+            end.finish(false);
+        } else {
+            self.end = Some(end);
+        }
+    }
+
+    fn finish(&mut self, broken: bool) {
+        if let Some(end) = self.end.take() {
+            end.finish(broken);
+        }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let (Some(trailers), Some(end)) = (frame.trailers_ref(), this.end.as_mut()) {
+                    end.trailers(trailers);
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(false);
+                }
+            }
+            Some(Err(_)) => this.finish(true),
+            None => this.finish(false),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // The client went away before the end: the stream did not complete.
+        self.finish(true);
+    }
+}
