@@ -18,6 +18,16 @@ fn listener(addr: std::net::SocketAddr, default_cluster: &Option<String>) -> Fil
         port: Some(i64::from(addr.port())),
         default_cluster: default_cluster.clone(),
         forward_address: None,
+        protocol: None,
+    }
+}
+
+fn protocol(p: Protocol) -> FileProtocol {
+    match p {
+        Protocol::Auto => FileProtocol::Auto,
+        Protocol::Http1 => FileProtocol::Http1,
+        Protocol::Http2 => FileProtocol::Http2,
+        Protocol::Opaque => FileProtocol::Opaque,
     }
 }
 
@@ -72,12 +82,7 @@ fn cluster(c: &Cluster) -> FileCluster {
     let cb = &c.circuit_breaker;
     FileCluster {
         name: c.name.clone(),
-        protocol: Some(match c.protocol {
-            Protocol::Auto => FileProtocol::Auto,
-            Protocol::Http1 => FileProtocol::Http1,
-            Protocol::Http2 => FileProtocol::Http2,
-            Protocol::Opaque => FileProtocol::Opaque,
-        }),
+        protocol: Some(protocol(c.protocol)),
         connect_timeout: duration(c.connect_timeout),
         response_timeout: duration(c.response_timeout),
         tls: c.tls_identity.as_ref().map(|identity| FileClusterTls {
@@ -248,9 +253,13 @@ impl Config {
                 worker_threads: Some(self.runtime.worker_threads as i64),
             }),
             listeners: Some(FileListeners {
-                outbound: Some(listener(self.outbound.addr, &self.outbound.default_cluster)),
+                outbound: Some(FileListener {
+                    protocol: Some(protocol(self.outbound.protocol)),
+                    ..listener(self.outbound.addr, &self.outbound.default_cluster)
+                }),
                 inbound: Some(FileListener {
                     forward_address: Some(self.inbound.forward_ip.to_string()),
+                    protocol: Some(protocol(self.inbound.protocol)),
                     ..listener(self.inbound.addr, &self.inbound.default_cluster)
                 }),
                 admin: Some(listener(self.admin, &None)),

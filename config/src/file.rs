@@ -251,6 +251,8 @@ pub struct FileListener {
     pub default_cluster: Option<String>,
     /// Inbound only: the IP the local application listens on.
     pub forward_address: Option<String>,
+    /// What every connection on this listener speaks (default: detect).
+    pub protocol: Option<FileProtocol>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -286,12 +286,16 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// Where traffic no route claims goes; `None` is the original destination.
     pub default_cluster: Option<String>,
+    /// What every connection speaks; `Auto` detects it.
+    pub protocol: Protocol,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InboundListener {
     pub addr: SocketAddr,
     pub default_cluster: Option<String>,
+    /// What every connection speaks; `Auto` detects it.
+    pub protocol: Protocol,
     /// Inbound traffic is forwarded to this IP at the original destination port.
     pub forward_ip: IpAddr,
 }

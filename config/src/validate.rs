@@ -182,6 +182,7 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
     let outbound = Listener {
         addr: rules.listener_addr("outbound", outbound_file, defaults::OUTBOUND)?,
         default_cluster: outbound_file.and_then(|l| l.default_cluster.clone()),
+        protocol: protocol(outbound_file.and_then(|l| l.protocol)),
     };
     let forward_ip = match inbound_file.and_then(|l| l.forward_address.as_deref()) {
         Some(ip) => rules.ip("listeners.inbound.forward_address", ip)?,
@@ -190,6 +191,7 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
     let inbound = InboundListener {
         addr: rules.listener_addr("inbound", inbound_file, defaults::INBOUND)?,
         default_cluster: inbound_file.and_then(|l| l.default_cluster.clone()),
+        protocol: protocol(inbound_file.and_then(|l| l.protocol)),
         forward_ip,
     };
     let admin = rules.listener_addr("admin", listeners.admin.as_ref(), defaults::ADMIN)?;
@@ -696,6 +698,15 @@ fn proxy_settings(rules: &Rules<'_>, p: FileProxy) -> Result<ProxySettings, Conf
             "0 to 100000",
         )? as usize,
     })
+}
+
+fn protocol(p: Option<FileProtocol>) -> Protocol {
+    match p.unwrap_or(FileProtocol::Auto) {
+        FileProtocol::Auto => Protocol::Auto,
+        FileProtocol::Http1 => Protocol::Http1,
+        FileProtocol::Http2 => Protocol::Http2,
+        FileProtocol::Opaque => Protocol::Opaque,
+    }
 }
 
 fn http_settings(rules: &Rules<'_>, h: FileHttp) -> Result<HttpSettings, ConfigError> {

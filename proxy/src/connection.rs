@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
@@ -44,17 +44,29 @@ pub async fn serve(
     async move {
         let snapshot = inputs.snapshot.load_full();
         let settings = &snapshot.config.proxy;
-        let (protocol, prefix) = if settings.opaque_ports.contains(&orig_dst.addr.port()) {
-            (Protocol::Opaque, Bytes::new())
-        } else {
-            match detect::detect(&mut stream, settings.detect_timeout).await {
-                Ok(Detected::Protocol(protocol, prefix)) => (protocol, prefix),
-                Ok(Detected::Closed) => return,
-                Err(e) => {
-                    debug!(error = %e, "connection failed during protocol detection");
-                    return;
+        let declared = declared_protocol(&snapshot, inputs.direction, orig_dst.addr.port());
+        let listener_opaque = match inputs.direction {
+            Direction::Outbound => snapshot.config.outbound.protocol,
+            Direction::Inbound => snapshot.config.inbound.protocol,
+        } == strait_config::Protocol::Opaque;
+        let (protocol, prefix) =
+            if settings.opaque_ports.contains(&orig_dst.addr.port()) || listener_opaque {
+                (Protocol::Opaque, Bytes::new())
+            } else {
+                match detect::detect(&mut stream, settings.detect_timeout).await {
+                    Ok(Detected::Protocol(protocol, prefix)) => (protocol, prefix),
+                    Ok(Detected::Closed) => return,
+                    Err(e) => {
+                        debug!(error = %e, "connection failed during protocol detection");
+                        return;
+                    }
                 }
-            }
+            };
+        // A port whose protocol is declared never falls back to opaque:
+        // what it is sent goes to that protocol's server, which refuses it.
+        let protocol = match (protocol, declared) {
+            (Protocol::Opaque, Some(declared @ (Protocol::Http1 | Protocol::Http2))) => declared,
+            (detected, _) => detected,
         };
         debug!(protocol = protocol.as_str(), "detected");
         let conn = Accepted {
@@ -77,6 +89,11 @@ pub async fn serve(
                 let idle = (activity, settings.idle_timeout);
                 http::server::serve(io, protocol, ctx, drain, idle).await;
             }
+            Protocol::BadPreface => {
+                debug!("invalid HTTP/2 connection preface: GOAWAY(PROTOCOL_ERROR)");
+                let _ = stream.write_all(detect::GOAWAY_PROTOCOL_ERROR).await;
+                let _ = stream.shutdown().await;
+            }
             Protocol::Tls if inputs.direction == Direction::Inbound && inputs.tls.is_some() => {
                 let prefix =
                     match read_client_hello(&mut stream, prefix, settings.detect_timeout).await {
@@ -95,6 +112,33 @@ pub async fn serve(
     }
     .instrument(span)
     .await
+}
+
+/// The HTTP version the config declares for a connection, if any: the
+/// listener's `protocol`, else that of the cluster its destination port
+/// routes to (or the listener's default cluster). `auto` and `opaque`
+/// declare nothing here (an opaque cluster may still sit behind mesh TLS,
+/// which detection must see).
+fn declared_protocol(snapshot: &Snapshot, direction: Direction, port: u16) -> Option<Protocol> {
+    let config = &snapshot.config;
+    let (listener, route) = match direction {
+        Direction::Outbound => (
+            config.outbound.protocol,
+            snapshot
+                .by_port(port)
+                .or(snapshot.outbound_default.as_ref()),
+        ),
+        Direction::Inbound => (config.inbound.protocol, snapshot.inbound_default.as_ref()),
+    };
+    let protocol = match listener {
+        strait_config::Protocol::Auto => route?.cluster.settings().protocol,
+        declared => declared,
+    };
+    match protocol {
+        strait_config::Protocol::Http1 => Some(Protocol::Http1),
+        strait_config::Protocol::Http2 => Some(Protocol::Http2),
+        strait_config::Protocol::Auto | strait_config::Protocol::Opaque => None,
+    }
 }
 
 /// Read until the first TLS record (the ClientHello) is whole, so it can

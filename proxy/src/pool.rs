@@ -1,6 +1,10 @@
 //! Per-endpoint upstream connection pools. HTTP/1 keeps a LIFO list of
 //! idle keep-alive connections (newest first: warm, least likely to have
-//! been closed by the peer), returned when a response body ends. HTTP/2
+//! been closed by the peer), returned when a response body ends, but only
+//! if the request body was fully written by then: an upstream that answers
+//! early while a slow client still streams its body would otherwise hand
+//! the next request a connection stuck behind that body, so such a
+//! connection is closed once the body is done instead. HTTP/2
 //! keeps one multiplexed connection per endpoint, with one connect in
 //! flight at a time. Idle connections past their timeout are reaped.
 
@@ -20,7 +24,7 @@ use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -224,7 +228,7 @@ impl Pools {
 }
 
 struct IdleH1 {
-    sender: http1::SendRequest<UpstreamBody>,
+    sender: http1::SendRequest<SentBody>,
     since: Instant,
 }
 
@@ -254,7 +258,7 @@ pub struct Checkout {
 }
 
 enum Sender {
-    H1(http1::SendRequest<UpstreamBody>),
+    H1(http1::SendRequest<SentBody>),
     H2(http2::SendRequest<UpstreamBody>),
 }
 
@@ -364,7 +368,7 @@ impl EndpointPool {
         h2.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    fn checkin(&self, sender: http1::SendRequest<UpstreamBody>) {
+    fn checkin(&self, sender: http1::SendRequest<SentBody>) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.settings.max_idle_per_endpoint {
                 idle.push(IdleH1 {
@@ -393,7 +397,7 @@ impl EndpointPool {
         &self,
         connect_timeout: Duration,
         limit: Option<&ConnectionLimit>,
-    ) -> Result<http1::SendRequest<UpstreamBody>, PoolError> {
+    ) -> Result<http1::SendRequest<SentBody>, PoolError> {
         let slot = self.slot(limit)?;
         // The metrics guard (and the slot) live as long as the connection task.
         let (io, tcp) = self.open(connect_timeout).await?;
@@ -522,14 +526,22 @@ impl Checkout {
                 Ok(response.map(|body| PooledBody::new(body, None)))
             }
             Sender::H1(mut sender) => {
+                let written = Arc::new(AtomicBool::new(false));
+                let request = request.map(|body| SentBody::new(body, written.clone()));
                 let result = sender.try_send_request(request).await;
                 match result {
                     Ok(response) => {
-                        let checkin = pool_on_end.then(|| (sender, self.pool.clone()));
+                        let checkin = pool_on_end.then(|| Checkin {
+                            sender,
+                            pool: self.pool.clone(),
+                            written,
+                        });
                         Ok(response.map(|body| PooledBody::new(body, checkin)))
                     }
                     Err(mut e) => {
-                        let unsent = e.take_message().map(NotSent);
+                        let unsent = e
+                            .take_message()
+                            .map(|req| NotSent(req.map(|body| body.inner)));
                         Err((e.into_error(), unsent))
                     }
                 }
@@ -538,18 +550,70 @@ impl Checkout {
     }
 }
 
+/// A request body on its way to an HTTP/1 upstream, noting in `written`
+/// when hyper has taken its last frame.
+pub struct SentBody {
+    inner: UpstreamBody,
+    written: Arc<AtomicBool>,
+}
+
+impl SentBody {
+    fn new(inner: UpstreamBody, written: Arc<AtomicBool>) -> SentBody {
+        if inner.is_end_stream() {
+            written.store(true, Ordering::Release);
+        }
+        SentBody { inner, written }
+    }
+}
+
+impl Body for SentBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => this.written.store(true, Ordering::Release),
+            Some(Ok(_)) if this.inner.is_end_stream() => {
+                this.written.store(true, Ordering::Release)
+            }
+            Some(_) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What returns an HTTP/1 connection to its pool when a response ends.
+struct Checkin {
+    sender: http1::SendRequest<SentBody>,
+    pool: Arc<EndpointPool>,
+    /// Set once the request body was fully handed to the connection.
+    written: Arc<AtomicBool>,
+}
+
 /// An upstream response body that puts its HTTP/1 connection back in the
-/// pool once the body has been read to its end.
+/// pool once the body has been read to its end, if the request body was
+/// fully written by then; otherwise the connection is let go, and closes
+/// when the slow body is done (it is never handed to another request).
 pub struct PooledBody {
     inner: Incoming,
-    checkin: Option<(http1::SendRequest<UpstreamBody>, Arc<EndpointPool>)>,
+    checkin: Option<Checkin>,
 }
 
 impl PooledBody {
-    fn new(
-        inner: Incoming,
-        checkin: Option<(http1::SendRequest<UpstreamBody>, Arc<EndpointPool>)>,
-    ) -> Self {
+    fn new(inner: Incoming, checkin: Option<Checkin>) -> Self {
         let mut body = PooledBody { inner, checkin };
         if body.inner.is_end_stream() {
             body.finish();
@@ -558,8 +622,13 @@ impl PooledBody {
     }
 
     fn finish(&mut self) {
-        if let Some((sender, pool)) = self.checkin.take() {
-            pool.checkin(sender);
+        let Some(checkin) = self.checkin.take() else {
+            return;
+        };
+        if checkin.written.load(Ordering::Acquire) {
+            checkin.pool.checkin(checkin.sender);
+        } else {
+            tracing::debug!(addr = %checkin.pool.addr, "response ended before the request body was written; not pooling the connection");
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - `/hang`: never answers
 //! - `/trailers`: a streamed body followed by a trailer `x-checksum`
 //! - `/echo`: streams the request body back
+//! - `/early`: answers before the request body is read, then reads it
 //! - anything else: `hello from upstream`
 
 use bytes::Bytes;
@@ -121,6 +122,15 @@ async fn answer(
             Response::new(StreamBody::new(stream).boxed())
         }
         "/echo" => Response::new(req.into_body().boxed()),
+        // Answers at once and reads the request body afterwards (as a
+        // server that decides on the headers alone does).
+        "/early" => {
+            let body = req.into_body();
+            tokio::spawn(async move {
+                let _ = body.collect().await;
+            });
+            Response::new(full("early"))
+        }
         // gRPC-shaped: one empty message, then the status in the trailers;
         // of every ten requests the first three are UNAVAILABLE.
         "/grpc-flaky" => {

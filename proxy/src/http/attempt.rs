@@ -314,6 +314,17 @@ async fn once(
 ) -> Result<Response<ProxyBody>, TryError> {
     let mut attempt = EndpointAttempt::start(target);
     let result = forward(ctx, snapshot, target, version, pool, req, timeout).await;
+    // A client's broken body says nothing about the endpoint: left out of
+    // its outcomes (dropping the attempt only ends its in-flight count).
+    if matches!(
+        result,
+        Err(TryError {
+            error: ProxyError::RequestBody,
+            ..
+        })
+    ) {
+        return result;
+    }
     let outcome = match &result {
         Ok(response) if response.status().is_server_error() => Outcome::Failure,
         Ok(_) => Outcome::Success,

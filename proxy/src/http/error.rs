@@ -46,7 +46,7 @@ pub enum ProxyError {
         cluster: String,
         limit: &'static str,
     },
-    #[error("the request body could not be read from the client")]
+    #[error("the request body could not be read from the client (malformed chunked encoding, or the client went away)")]
     RequestBody,
     #[error("rate limited: the route's request rate is over its limit")]
     RateLimited,
@@ -177,6 +177,31 @@ impl ProxyError {
                 | ProxyError::Upstream { .. }
                 | ProxyError::UpstreamReset { .. }
         )
+    }
+
+    /// A request/response exchange with upstream `addr` that failed: the
+    /// upstream's fault, unless what broke was the request body the client
+    /// was streaming (a malformed chunk, a reset): that is a 400 to the
+    /// client, never counted against the endpoint.
+    /// `plain_http2` is whether the upstream was spoken to in plaintext
+    /// HTTP/2 (for the operator's hint).
+    pub fn exchange(addr: SocketAddr, source: hyper::Error, plain_http2: bool) -> ProxyError {
+        use std::error::Error;
+        // hyper reports a failure of the body it was sending as a user
+        // error whose cause is that body's own error.
+        let client_body = source.is_user()
+            && source
+                .source()
+                .is_some_and(|cause| cause.downcast_ref::<hyper::Error>().is_some());
+        if client_body {
+            ProxyError::RequestBody
+        } else {
+            ProxyError::Upstream {
+                addr,
+                source,
+                plain_http2,
+            }
+        }
     }
 
     /// The response the client gets.

@@ -632,18 +632,14 @@ async fn send(
                 }
             };
             fresh.send(req, pool_on_end).await.map_err(|(source, _)| {
-                attempt::TryError::from(ProxyError::Upstream {
-                    addr,
-                    source,
-                    plain_http2: pool.plain_http2(),
-                })
+                attempt::TryError::from(ProxyError::exchange(addr, source, pool.plain_http2()))
             })
         }
-        Err((source, _)) => Err(attempt::TryError::from(ProxyError::Upstream {
+        Err((source, _)) => Err(attempt::TryError::from(ProxyError::exchange(
             addr,
             source,
-            plain_http2: pool.plain_http2(),
-        })),
+            pool.plain_http2(),
+        ))),
     }
 }
 
