@@ -30,9 +30,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::dns::{dns_server, Answer};
 use support::upstream::{Behaviour, Upstream};
 use support::{metric_sum, Proxy, EPHEMERAL_LISTENERS};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -216,50 +217,6 @@ async fn an_ejected_endpoint_stays_ejected_across_a_reload() {
     assert_eq!(count(&good.requests), 9 + 40);
 }
 
-/// What the test DNS server answers: an address for every A query.
-type Answer = Arc<Mutex<Ipv4Addr>>;
-
-/// A minimal DNS server on 127.0.0.1: A queries for any name get the
-/// current answer (TTL 1 s), other types an empty answer.
-async fn dns_server(answer: Answer) -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
-    let addr = socket.local_addr().expect("dns addr");
-    tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        loop {
-            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-                return;
-            };
-            let query = &buf[..n];
-            let ip = *answer.lock().expect("answer");
-            // The question: after the 12-byte header, labels up to a zero
-            // byte, then type and class.
-            let mut end = 12;
-            while end < n && query[end] != 0 {
-                end += 1 + query[end] as usize;
-            }
-            let qend = end + 5;
-            if qend > n {
-                continue;
-            }
-            let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
-            let mut reply = Vec::with_capacity(qend + 16);
-            reply.extend_from_slice(&query[..2]); // id
-            reply.extend_from_slice(&[0x81, 0x80]); // response, recursion desired+available
-            reply.extend_from_slice(&[0, 1]); // one question
-            reply.extend_from_slice(&[0, u8::from(qtype == 1)]); // answers
-            reply.extend_from_slice(&[0, 0, 0, 0]);
-            reply.extend_from_slice(&query[12..qend]);
-            if qtype == 1 {
-                reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
-                reply.extend_from_slice(&ip.octets());
-            }
-            let _ = socket.send_to(&reply, peer).await;
-        }
-    });
-    addr
-}
-
 /// A port free on both 127.0.0.2 and 127.0.0.3 (a DNS endpoint has one
 /// port for all its addresses).
 fn port_free_on_two_addresses() -> u16 {
@@ -275,7 +232,7 @@ fn port_free_on_two_addresses() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ejected_endpoint_stays_ejected_across_a_dns_change() {
-    let answer: Answer = Arc::new(Mutex::new(Ipv4Addr::new(127, 0, 0, 2)));
+    let answer: Answer = Arc::new(Mutex::new(Some(Ipv4Addr::new(127, 0, 0, 2))));
     let dns = dns_server(answer.clone()).await;
     let bad = Upstream::start_with(Behaviour {
         status: Some(500),
@@ -317,7 +274,7 @@ async fn an_ejected_endpoint_stays_ejected_across_a_dns_change() {
     // The name moves to another address: the cluster's endpoint set is
     // rebuilt, the static endpoint in it stays ejected. Every request on
     // the way succeeds; none reaches the bad endpoint.
-    *answer.lock().expect("answer") = Ipv4Addr::new(127, 0, 0, 3);
+    *answer.lock().expect("answer") = Some(Ipv4Addr::new(127, 0, 0, 3));
     let deadline = Instant::now() + Duration::from_secs(10);
     while count(&second.requests) == 0 {
         assert_eq!(get(&mut c).await.0, StatusCode::OK, "{}", proxy.log());

@@ -3,6 +3,7 @@
 //! and kills it when dropped. Shared by every black-box test.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
