@@ -116,9 +116,9 @@ impl ClusterState {
         self.settings.load()
     }
 
-    /// The cluster's current settings, held past the guard's scope.
-    pub fn settings_arc(&self) -> Arc<ClusterSettings> {
-        self.settings.load_full()
+    /// How many of the cluster's endpoints are ejected now.
+    pub fn ejected(&self) -> usize {
+        self.ejected.load(Ordering::Relaxed)
     }
 
     /// The current endpoint set and policy.
@@ -171,12 +171,6 @@ impl Registry {
         clusters.clone()
     }
 
-    /// Every cluster known now.
-    pub fn clusters(&self) -> Vec<Arc<ClusterState>> {
-        let clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
-        clusters.values().cloned().collect()
-    }
-
     fn new_cluster(&self, c: &Cluster, resolved: &Resolved) -> Arc<ClusterState> {
         let settings = ClusterSettings::from_config(c);
         let ejected = Arc::new(AtomicUsize::new(0));
@@ -207,23 +201,16 @@ impl Registry {
         if state.retry_budget.load().0 != c.retry_budget {
             state.retry_budget.store(Arc::new(budget(&c.retry_budget)));
         }
+        // A new set over the kept endpoints: their state lives in them, so
+        // rebuilding the (cheap, update-time only) balancer loses nothing.
         let current = state.balancer.load_full();
         let endpoints =
             self.endpoint_set(c, &settings, resolved, current.endpoints(), &state.ejected);
-        let unchanged = *state.settings.load_full() == settings
-            && endpoints.len() == current.len()
-            && endpoints
-                .iter()
-                .zip(current.endpoints())
-                .all(|((new, _), old)| Arc::ptr_eq(new, old));
-        // Weights live in the balancer; compare them through the config.
-        if !unchanged || weights_changed(&current, c, resolved) {
-            state.balancer.store(Arc::new(Balancer::new(
-                endpoints,
-                &settings.load_balancer,
-                settings.outlier_detection.clone(),
-            )));
-        }
+        state.balancer.store(Arc::new(Balancer::new(
+            endpoints,
+            &settings.load_balancer,
+            settings.outlier_detection.clone(),
+        )));
         if *state.settings.load_full() != settings {
             state.settings.store(Arc::new(settings));
         }
@@ -282,31 +269,6 @@ impl Registry {
             }
         }
     }
-
-    /// Ejected endpoints of every cluster, counted exactly.
-    pub fn ejected(&self, cluster: &ClusterState) -> usize {
-        cluster.ejected.load(Ordering::Relaxed)
-    }
-}
-
-/// Whether the weights the config gives differ from the balancer's.
-fn weights_changed(current: &Balancer, c: &Cluster, resolved: &Resolved) -> bool {
-    let mut wanted: HashMap<SocketAddr, u32> =
-        c.endpoints.iter().map(|e| (e.addr, e.weight)).collect();
-    for dns in &c.dns_endpoints {
-        for addr in resolved
-            .get(&(dns.host.clone(), dns.port))
-            .into_iter()
-            .flatten()
-        {
-            wanted.entry(*addr).or_insert(dns.weight);
-        }
-    }
-    current
-        .endpoints()
-        .iter()
-        .zip(current.weights())
-        .any(|(e, w)| wanted.get(&e.addr) != Some(w))
 }
 
 #[cfg(test)]
@@ -349,13 +311,13 @@ mod tests {
             web.balancer()
                 .finish(&third, Duration::from_millis(1), Outcome::ConnectFailure);
         }
-        assert_eq!(registry.ejected(&web), 1);
+        assert_eq!(web.ejected(), 1);
         registry.update(&config(THREE), &Resolved::new());
         assert_eq!(web.balancer().ejected_now(), 1);
         drop(third);
         registry.update(&config(TWO), &Resolved::new());
         assert_eq!(web.balancer().len(), 2);
-        assert_eq!(registry.ejected(&web), 0, "the ejected endpoint is gone");
+        assert_eq!(web.ejected(), 0, "the ejected endpoint is gone");
     }
 
     #[test]

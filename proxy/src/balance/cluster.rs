@@ -92,10 +92,6 @@ impl Balancer {
         &self.endpoints
     }
 
-    pub fn weights(&self) -> &[u32] {
-        &self.weights
-    }
-
     pub fn len(&self) -> usize {
         self.endpoints.len()
     }
