@@ -36,6 +36,10 @@ macro_rules! drive {
         tokio::pin!(conn);
         let (activity, timeout) = $idle;
         tokio::select! {
+            // The connection first: one accepted before the drain but
+            // detected after it still has its request read (and answered
+            // with `Connection: close`) before the shutdown applies.
+            biased;
             result = conn.as_mut() => result,
             _ = $drain.cancelled() => {
                 conn.as_mut().graceful_shutdown();
