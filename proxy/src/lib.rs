@@ -28,6 +28,7 @@ pub mod pool;
 pub mod registry;
 pub mod route;
 pub mod socket;
+pub mod stack;
 pub mod tcp;
 pub mod tls;
 

@@ -26,20 +26,6 @@ use http::{Method, Request, Version};
 use std::borrow::Cow;
 use strait_config::HttpSettings;
 
-/// The response to a request [`admit`] refused, counted as the proxy's own.
-pub(super) fn refused(
-    ctx: &super::ConnContext,
-    snapshot: &crate::route::Snapshot,
-    err: &ProxyError,
-) -> http::Response<super::body::ProxyBody> {
-    let metrics = ctx.local_metrics(snapshot, None);
-    metrics.total.inc();
-    let response = super::error_response(ctx, ctx.orig_dst.addr, err);
-    let status = response.status().as_u16();
-    metrics.response(status, status >= 500);
-    response
-}
-
 /// Check and canonicalise `req` before anything reads its authority or path.
 pub fn admit<B>(req: &mut Request<B>, settings: &HttpSettings) -> Result<(), ProxyError> {
     limits(req, settings)?;

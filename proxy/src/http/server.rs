@@ -1,18 +1,25 @@
 //! Runs hyper's HTTP/1.1 or HTTP/2 server on a detected connection, with
-//! every request going to [`super::handle`], and shuts the connection down
+//! every request going to its direction's tower stack, and shuts the connection down
 //! gracefully when the proxy drains (HTTP/1: after the request in flight;
 //! HTTP/2: GOAWAY, then open streams finish).
 
+use super::body::ProxyBody;
 use super::ConnContext;
 use crate::detect::Protocol;
+use crate::Direction;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use strait_config::HttpSettings;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -81,7 +88,39 @@ pub async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = ctx.inputs.snapshot.load().config.proxy.http.clone();
-    let service = service_fn(move |req| super::handle(ctx.clone(), req));
+    match ctx.direction() {
+        Direction::Outbound => {
+            let stack = crate::outbound::stack(ctx);
+            let service = service_fn(move |req| stack.clone().oneshot(req));
+            serve_with(io, protocol, &limits, service, drain, idle_timeout).await
+        }
+        Direction::Inbound => {
+            let stack = crate::inbound::stack(ctx);
+            let service = service_fn(move |req| stack.clone().oneshot(req));
+            serve_with(io, protocol, &limits, service, drain, idle_timeout).await
+        }
+    }
+}
+
+/// Serve HTTP on `io` with `service` (a direction's stack).
+async fn serve_with<I, S>(
+    io: I,
+    protocol: Protocol,
+    limits: &HttpSettings,
+    service: S,
+    drain: CancellationToken,
+    idle_timeout: (Arc<AtomicU64>, Duration),
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let io = TokioIo::new(io);
     let result = if protocol == Protocol::Http2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
