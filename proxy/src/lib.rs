@@ -20,6 +20,7 @@ pub mod inbound;
 pub mod io;
 pub mod iptables;
 pub mod listen;
+pub mod listeners;
 pub mod log_limit;
 pub mod metrics;
 pub mod orig_dst;
