@@ -380,3 +380,30 @@ async fn a_renamed_listener_keeps_its_socket_and_the_admin_listener_moves() {
     );
     assert!(reloads(admin, "ok").await >= 2.0);
 }
+
+#[test]
+fn strait_check_lists_the_extra_listeners() {
+    let dir = support::TempDir::new("check-listeners");
+    let path = dir.0.join("strait.yaml");
+    let yaml = "clusters:\n  - {name: web, endpoints: [{address: 127.0.0.1:8080}]}\nlisteners:\n  extra:\n    - {name: side, direction: outbound, port: 4150, default_cluster: web}\n    - {name: app, direction: inbound, port: 4151}\n";
+    std::fs::write(&path, yaml).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .expect("run strait check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("listener  side [Outbound] 127.0.0.1:4150"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("listener  app [Inbound] 0.0.0.0:4151 -> 127.0.0.1:<original port>"),
+        "{stdout}"
+    );
+}

@@ -214,7 +214,9 @@ impl Listeners {
     }
 
     /// Apply `plan`, made from `config`, whose clusters the registry
-    /// gave as `clusters`. Runs on the control runtime.
+    /// gave as `clusters`. Runs on the control runtime. Whoever swaps in
+    /// a new config (a file reload; later an xDS update) applies it here
+    /// too, so the extra listeners' routing snapshots follow it.
     pub async fn apply(&mut self, plan: Plan, config: &Config, clusters: &Clusters) {
         let Plan {
             start,
