@@ -22,6 +22,21 @@ fn listener(addr: std::net::SocketAddr, default_cluster: &Option<String>) -> Fil
     }
 }
 
+fn named_listener(l: &NamedListener) -> FileNamedListener {
+    FileNamedListener {
+        name: l.name.clone(),
+        direction: match l.direction {
+            ListenerDirection::Inbound => FileDirection::Inbound,
+            ListenerDirection::Outbound => FileDirection::Outbound,
+        },
+        address: Some(l.addr.ip().to_string()),
+        port: i64::from(l.addr.port()),
+        default_cluster: l.default_cluster.clone(),
+        protocol: Some(protocol(l.protocol)),
+        forward_address: l.forward_ip.map(|ip| ip.to_string()),
+    }
+}
+
 fn protocol(p: Protocol) -> FileProtocol {
     match p {
         Protocol::Auto => FileProtocol::Auto,
@@ -263,6 +278,7 @@ impl Config {
                     ..listener(self.inbound.addr, &self.inbound.default_cluster)
                 }),
                 admin: Some(listener(self.admin, &None)),
+                extra: self.extra_listeners.iter().map(named_listener).collect(),
             }),
             proxy: Some(FileProxy {
                 max_connections: Some(p.max_connections as i64),

@@ -16,6 +16,8 @@ pub struct Config {
     pub outbound: Listener,
     pub inbound: InboundListener,
     pub admin: SocketAddr,
+    /// Named listeners beyond the two built-in ones (`listeners.extra`).
+    pub extra_listeners: Vec<NamedListener>,
     pub proxy: ProxySettings,
     pub clusters: Vec<Cluster>,
     pub routes: Vec<Route>,
@@ -298,6 +300,32 @@ pub struct InboundListener {
     pub protocol: Protocol,
     /// Inbound traffic is forwarded to this IP at the original destination port.
     pub forward_ip: IpAddr,
+}
+
+/// A data-plane listener as a listener discovery service would describe
+/// one: identified by `name`, so an update that changes its address is a
+/// move (bind the new address, drain the old), not a new listener.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NamedListener {
+    pub name: String,
+    pub direction: ListenerDirection,
+    pub addr: SocketAddr,
+    /// Where traffic no route claims goes; `None` is the original destination.
+    pub default_cluster: Option<String>,
+    /// What every connection speaks; `Auto` detects it.
+    pub protocol: Protocol,
+    /// Inbound: the application's IP, reached at the original destination port.
+    pub forward_ip: Option<IpAddr>,
+}
+
+/// Which way a listener's traffic flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerDirection {
+    /// From the network to the local application.
+    Inbound,
+    /// From the local application to the network.
+    Outbound,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -9,6 +9,8 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+pub use crate::listeners::distinct_listeners;
+
 /// Defaults: Linkerd's ports, loopback for the outbound and admin listeners.
 pub mod defaults {
     use std::time::Duration;
@@ -42,19 +44,24 @@ pub mod defaults {
     pub const BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
 }
 
-struct Rules<'a> {
+pub(crate) struct Rules<'a> {
     index: &'a LineIndex,
 }
 
 impl Rules<'_> {
-    fn at(&self, field: &str) -> At {
+    pub(crate) fn at(&self, field: &str) -> At {
         At {
             field: field.to_string(),
             line: self.index.line_of(field),
         }
     }
 
-    fn port(&self, field: &str, value: i64, allow_zero: bool) -> Result<u16, ConfigError> {
+    pub(crate) fn port(
+        &self,
+        field: &str,
+        value: i64,
+        allow_zero: bool,
+    ) -> Result<u16, ConfigError> {
         let min = if allow_zero { 0 } else { 1 };
         match u16::try_from(value) {
             Ok(port) if i64::from(port) >= min => Ok(port),
@@ -65,7 +72,7 @@ impl Rules<'_> {
         }
     }
 
-    fn ip(&self, field: &str, value: &str) -> Result<IpAddr, ConfigError> {
+    pub(crate) fn ip(&self, field: &str, value: &str) -> Result<IpAddr, ConfigError> {
         value.parse().map_err(|_| ConfigError::NotAnIp {
             at: self.at(field),
             value: value.to_string(),
@@ -417,6 +424,8 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
         known("listeners.inbound.default_cluster", name)?;
     }
 
+    let extra_listeners = crate::listeners::extra_listeners(&rules, listeners.extra, &names)?;
+
     let mut routes = Vec::with_capacity(file.routes.len());
     let mut authorities = HashSet::new();
     for (i, r) in file.routes.into_iter().enumerate() {
@@ -517,45 +526,13 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
         outbound,
         inbound,
         admin,
+        extra_listeners,
         proxy,
         clusters,
         routes,
     };
     distinct_listeners(&config, Some(index))?;
     Ok(config)
-}
-
-/// Two of the three listeners on one address and port would make `run`
-/// fail to bind the second; refuse that here, where the error can name
-/// the field. A wildcard address (`0.0.0.0`, `[::]`) overlaps every
-/// address of its family on the same port; port 0 (any free port) never
-/// clashes. `index` gives lines when the addresses came from a file.
-pub fn distinct_listeners(config: &Config, index: Option<&LineIndex>) -> Result<(), ConfigError> {
-    let listeners = [
-        ("listeners.outbound", config.outbound.addr),
-        ("listeners.inbound", config.inbound.addr),
-        ("listeners.admin", config.admin),
-    ];
-    let overlap = |a: SocketAddr, b: SocketAddr| {
-        a.port() != 0
-            && a.port() == b.port()
-            && a.is_ipv4() == b.is_ipv4()
-            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-    };
-    for (i, (field, addr)) in listeners.iter().enumerate() {
-        if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| overlap(*a, *addr)) {
-            let port_field = format!("{field}.port");
-            return Err(ConfigError::SameAddress {
-                at: At {
-                    line: index.and_then(|ix| ix.line_of(&port_field)),
-                    field: port_field,
-                },
-                addr: *addr,
-                other: format!("{other} listener's"),
-            });
-        }
-    }
-    Ok(())
 }
 
 fn allow(
@@ -700,7 +677,7 @@ fn proxy_settings(rules: &Rules<'_>, p: FileProxy) -> Result<ProxySettings, Conf
     })
 }
 
-fn protocol(p: Option<FileProtocol>) -> Protocol {
+pub(crate) fn protocol(p: Option<FileProtocol>) -> Protocol {
     match p.unwrap_or(FileProtocol::Auto) {
         FileProtocol::Auto => Protocol::Auto,
         FileProtocol::Http1 => Protocol::Http1,

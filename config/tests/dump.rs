@@ -40,6 +40,9 @@ listeners:
   outbound: {address: 127.0.0.1, port: 0, default_cluster: ring}
   inbound: {address: "::1", port: 0, forward_address: "::1", default_cluster: db}
   admin: {address: 127.0.0.1, port: 0}
+  extra:
+    - {name: side, direction: outbound, port: 5000, default_cluster: ring, protocol: http2}
+    - {name: app2, direction: inbound, address: "::", port: 5001, forward_address: "::1"}
 proxy:
   max_connections: 10
   opaque_ports: [5432]

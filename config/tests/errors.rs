@@ -233,6 +233,85 @@ fn listeners_on_one_address_are_refused() {
 }
 
 #[test]
+fn extra_listeners_follow_the_listener_rules() {
+    let base = "clusters:\n  - {name: web, endpoints: [{address: 127.0.0.1:80}]}\nlisteners:\n  outbound: {address: 127.0.0.1, port: 4000}\n  extra:\n";
+    let one = |entry: &str| format!("{base}    - {entry}\n");
+    let two = |a: &str, b: &str| format!("{base}    - {a}\n    - {b}\n");
+    assert_refused(
+        &two(
+            "{name: side, direction: outbound, port: 5000}",
+            "{name: side, direction: inbound, port: 5001}",
+        ),
+        "listeners.extra[1].name",
+        7,
+        "listener name 'side' is already used by listeners.extra[0].name",
+    );
+    assert_refused(
+        &one("{name: admin, direction: outbound, port: 5000}"),
+        "listeners.extra[0].name",
+        6,
+        "already used by the built-in admin listener",
+    );
+    assert_refused(
+        &one("{name: ' ', direction: outbound, port: 5000}"),
+        "listeners.extra[0].name",
+        6,
+        "must not be empty",
+    );
+    assert_refused(
+        &one("{name: side, direction: outbound, port: 4000}"),
+        "listeners.extra[0].port",
+        6,
+        "127.0.0.1:4000 is also the listeners.outbound listener's address",
+    );
+    assert_refused(
+        &two(
+            "{name: a, direction: outbound, port: 5000}",
+            "{name: b, direction: inbound, address: 0.0.0.0, port: 5000}",
+        ),
+        "listeners.extra[1].port",
+        7,
+        "is also the listeners.extra[0] listener's address",
+    );
+    assert_refused(
+        &one("{name: side, direction: outbound, port: 5000, default_cluster: nope}"),
+        "listeners.extra[0].default_cluster",
+        6,
+        "cluster 'nope' is not defined",
+    );
+    assert_refused(
+        &one("{name: side, direction: outbound, port: 5000, forward_address: 127.0.0.1}"),
+        "listeners.extra[0].forward_address",
+        6,
+        "only an inbound listener",
+    );
+    assert_refused(
+        &one("{name: side, direction: sideways, port: 5000}"),
+        "listeners.extra[0].direction",
+        6,
+        "unknown variant `sideways`",
+    );
+    assert_refused(
+        &one("{name: side, direction: outbound, port: 70000}"),
+        "listeners.extra[0].port",
+        6,
+        "70000 is not a port",
+    );
+    assert_refused(
+        &one("{name: side, direction: outbound, address: nowhere, port: 5000}"),
+        "listeners.extra[0].address",
+        6,
+        "'nowhere' is not an IP address",
+    );
+    // Port 0 (any free port) never clashes.
+    assert!(Config::from_yaml(&two(
+        "{name: a, direction: outbound, port: 0}",
+        "{name: b, direction: outbound, port: 0}"
+    ))
+    .is_ok());
+}
+
+#[test]
 fn environment_cannot_put_two_listeners_on_one_address() {
     let mut config = Config::from_yaml("").expect("default");
     let err = config

@@ -199,6 +199,19 @@ fn check(path: &PathBuf) -> ExitCode {
         default_note(&config.inbound.default_cluster)
     );
     println!("  admin     {}", config.admin);
+    for l in &config.extra_listeners {
+        let forward = l
+            .forward_ip
+            .map(|ip| format!(" -> {ip}:<original port>"))
+            .unwrap_or_default();
+        println!(
+            "  listener  {} [{:?}] {}{forward}{}",
+            l.name,
+            l.direction,
+            l.addr,
+            default_note(&l.default_cluster)
+        );
+    }
     for c in &config.clusters {
         let endpoints: Vec<String> = c
             .endpoints
