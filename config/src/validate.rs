@@ -35,6 +35,12 @@ pub mod defaults {
     pub const MAX_REQUEST_HEADERS: usize = 100;
     pub const MAX_URI_BYTES: usize = 8 * 1024;
     pub const MAX_CONCURRENT_STREAMS: u32 = 200;
+    /// hyper's own default (Envoy has no such counter; its overload
+    /// manager resets streams instead).
+    pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 50;
+    pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+    /// hyper's default wait for a PING's acknowledgement.
+    pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
     /// Peak-EWMA's assumed latency for an endpoint with no history yet.
     pub const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(30);
     /// How fast Peak-EWMA forgets a latency peak.
@@ -756,6 +762,38 @@ fn http_settings(rules: &Rules<'_>, h: FileHttp) -> Result<HttpSettings, ConfigE
             1_000_000,
             "1 to 1000000",
         )? as u32,
+        max_pending_accept_reset_streams: rules.range(
+            "proxy.http.max_pending_accept_reset_streams",
+            h.max_pending_accept_reset_streams,
+            defaults::MAX_PENDING_ACCEPT_RESET_STREAMS as i64,
+            1,
+            100_000,
+            "1 to 100000",
+        )? as usize,
+        max_local_error_reset_streams: rules.range(
+            "proxy.http.max_local_error_reset_streams",
+            h.max_local_error_reset_streams,
+            defaults::MAX_LOCAL_ERROR_RESET_STREAMS as i64,
+            1,
+            100_000,
+            "1 to 100000",
+        )? as usize,
+        http2_keep_alive_interval: h
+            .http2_keep_alive_interval
+            .as_ref()
+            .map(|v| {
+                rules.duration(
+                    "proxy.http.http2_keep_alive_interval",
+                    Some(v),
+                    Duration::ZERO,
+                )
+            })
+            .transpose()?,
+        http2_keep_alive_timeout: rules.duration(
+            "proxy.http.http2_keep_alive_timeout",
+            h.http2_keep_alive_timeout.as_ref(),
+            defaults::HTTP2_KEEP_ALIVE_TIMEOUT,
+        )?,
     })
 }
 
