@@ -213,6 +213,26 @@ async fn an_unanswered_keep_alive_ping_closes_the_connection_and_is_counted() {
     .await;
 }
 
+#[tokio::test]
+async fn a_broken_preface_is_counted_as_a_protocol_error() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&config(upstream.addr, ""));
+    let mut stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
+        .await
+        .expect("write");
+    let code = goaway_code(&mut stream, Instant::now() + Duration::from_secs(5)).await;
+    assert_eq!(code, Some(0x1), "GOAWAY(PROTOCOL_ERROR)");
+    wait_for_metric(
+        &proxy,
+        "http2_connection_errors_total",
+        &["reason=\"protocol_error\"", "sender=\"proxy\""],
+        1.0,
+    )
+    .await;
+}
+
 /// Send raw bytes on a fresh connection and read what comes back until the
 /// proxy closes or 5 s pass.
 async fn raw_http1(addr: SocketAddr, bytes: &[u8]) -> String {
