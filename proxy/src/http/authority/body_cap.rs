@@ -43,11 +43,14 @@ pub struct Capped<B> {
 /// Whether a [`Capped`] body went over its cap, readable after the body
 /// itself was handed to hyper.
 #[derive(Debug, Clone, Default)]
-pub struct Tripped(Option<Arc<AtomicBool>>);
+pub struct Tripped(Option<(Arc<AtomicBool>, u64)>);
 
 impl Tripped {
-    pub fn is_set(&self) -> bool {
-        self.0.as_ref().is_some_and(|t| t.load(Ordering::Acquire))
+    /// The cap the body went over, if it did.
+    pub fn over(&self) -> Option<OverCap> {
+        let (flag, max) = self.0.as_ref()?;
+        flag.load(Ordering::Acquire)
+            .then_some(OverCap { max: *max })
     }
 }
 
@@ -71,7 +74,7 @@ impl<B> Capped<B> {
 
     /// The flag that says whether this body went over its cap.
     pub fn tripped(&self) -> Tripped {
-        Tripped(self.tripped.clone())
+        Tripped(self.tripped.clone().map(|flag| (flag, self.max)))
     }
 }
 
@@ -181,8 +184,8 @@ mod tests {
             other => panic!("expected the cap, got {other:?}"),
         };
         assert_eq!(over_cap(&*err), Some(OverCap { max: 1000 }));
-        assert!(tripped.is_set());
-        assert!(!Capped::new(chunks(&[1]), None).tripped().is_set());
+        assert_eq!(tripped.over(), Some(OverCap { max: 1000 }));
+        assert_eq!(Capped::new(chunks(&[1]), None).tripped().over(), None);
     }
 
     #[test]
