@@ -303,6 +303,14 @@ impl Config {
                     max_uri_bytes: Some(p.http.max_uri_bytes as i64),
                     max_request_body_bytes: p.http.max_request_body_bytes.map(|n| n as i64),
                     max_concurrent_streams: Some(i64::from(p.http.max_concurrent_streams)),
+                    max_pending_accept_reset_streams: Some(
+                        p.http.max_pending_accept_reset_streams as i64,
+                    ),
+                    max_local_error_reset_streams: Some(
+                        p.http.max_local_error_reset_streams as i64,
+                    ),
+                    http2_keep_alive_interval: p.http.http2_keep_alive_interval.and_then(duration),
+                    http2_keep_alive_timeout: duration(p.http.http2_keep_alive_timeout),
                 }),
             }),
             clusters: self.clusters.iter().map(cluster).collect(),

@@ -309,6 +309,10 @@ pub struct FileHttp {
     pub max_uri_bytes: Option<i64>,
     pub max_request_body_bytes: Option<i64>,
     pub max_concurrent_streams: Option<i64>,
+    pub max_pending_accept_reset_streams: Option<i64>,
+    pub max_local_error_reset_streams: Option<i64>,
+    pub http2_keep_alive_interval: Option<String>,
+    pub http2_keep_alive_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -379,6 +379,19 @@ pub struct HttpSettings {
     pub max_request_body_bytes: Option<u64>,
     /// Streams one HTTP/2 client may have open at once.
     pub max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may open and reset before the proxy has
+    /// accepted them (the rapid-reset flood, CVE-2023-44487): past it,
+    /// GOAWAY `ENHANCE_YOUR_CALM`.
+    pub max_pending_accept_reset_streams: usize,
+    /// HTTP/2 streams the proxy may reset for a client's protocol errors
+    /// on one connection: past it, GOAWAY `ENHANCE_YOUR_CALM`.
+    pub max_local_error_reset_streams: usize,
+    /// How often an HTTP/2 client connection is sent a PING (`None`: never).
+    #[serde(with = "humantime_serde_opt")]
+    pub http2_keep_alive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

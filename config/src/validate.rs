@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub use crate::listeners::distinct_listeners;
+mod http;
 
 /// Defaults: Linkerd's ports, loopback for the outbound and admin listeners.
 pub mod defaults {
@@ -37,6 +38,12 @@ pub mod defaults {
     pub const MAX_REQUEST_HEADERS: usize = 100;
     pub const MAX_URI_BYTES: usize = 8 * 1024;
     pub const MAX_CONCURRENT_STREAMS: u32 = 200;
+    /// hyper's own default (Envoy has no such counter; its overload
+    /// manager resets streams instead).
+    pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 50;
+    pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+    /// hyper's default wait for a PING's acknowledgement.
+    pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
     /// Peak-EWMA's assumed latency for an endpoint with no history yet.
     pub const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(30);
     /// How fast Peak-EWMA forgets a latency peak.
@@ -611,7 +618,7 @@ fn proxy_settings(rules: &Rules<'_>, p: FileProxy) -> Result<ProxySettings, Conf
         None => defaults::OPAQUE_PORTS.to_vec(),
     };
     let pool = p.pool.unwrap_or_default();
-    let http = http_settings(rules, p.http.unwrap_or_default())?;
+    let http = http::settings(rules, p.http.unwrap_or_default())?;
     Ok(ProxySettings {
         http,
         max_connections: rules.range(
@@ -684,56 +691,6 @@ pub(crate) fn protocol(p: Option<FileProtocol>) -> Protocol {
         FileProtocol::Http2 => Protocol::Http2,
         FileProtocol::Opaque => Protocol::Opaque,
     }
-}
-
-fn http_settings(rules: &Rules<'_>, h: FileHttp) -> Result<HttpSettings, ConfigError> {
-    let body = rules.range(
-        "proxy.http.max_request_body_bytes",
-        h.max_request_body_bytes,
-        0,
-        0,
-        i64::MAX,
-        "0 (no limit) or more",
-    )?;
-    Ok(HttpSettings {
-        normalize_path: h.normalize_path.unwrap_or(true),
-        merge_slashes: h.merge_slashes.unwrap_or(true),
-        decode_unreserved: h.decode_unreserved.unwrap_or(true),
-        // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
-        max_request_headers_bytes: rules.range(
-            "proxy.http.max_request_headers_bytes",
-            h.max_request_headers_bytes,
-            defaults::MAX_REQUEST_HEADERS_BYTES as i64,
-            8192,
-            16 * 1024 * 1024,
-            "8192 to 16777216",
-        )? as usize,
-        max_request_headers: rules.range(
-            "proxy.http.max_request_headers",
-            h.max_request_headers,
-            defaults::MAX_REQUEST_HEADERS as i64,
-            1,
-            10_000,
-            "1 to 10000",
-        )? as usize,
-        max_uri_bytes: rules.range(
-            "proxy.http.max_uri_bytes",
-            h.max_uri_bytes,
-            defaults::MAX_URI_BYTES as i64,
-            16,
-            65_534,
-            "16 to 65534",
-        )? as usize,
-        max_request_body_bytes: (body > 0).then_some(body as u64),
-        max_concurrent_streams: rules.range(
-            "proxy.http.max_concurrent_streams",
-            h.max_concurrent_streams,
-            i64::from(defaults::MAX_CONCURRENT_STREAMS),
-            1,
-            1_000_000,
-            "1 to 1000000",
-        )? as u32,
-    })
 }
 
 /// `name:port` with a DNS name (letters, digits, `-`, `.`).

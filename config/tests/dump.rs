@@ -49,6 +49,12 @@ proxy:
   shutdown_grace: 1m 30s
   response_timeout: 1500ms
   pool: {idle_timeout: 10s, max_idle_per_endpoint: 0}
+  http:
+    max_request_body_bytes: 1048576
+    max_pending_accept_reset_streams: 10
+    max_local_error_reset_streams: 20
+    http2_keep_alive_interval: 15s
+    http2_keep_alive_timeout: 5s
 identity:
   certificate: /id/tls.crt
   private_key: /id/tls.key

@@ -53,6 +53,32 @@ fn bad_duration() {
 }
 
 #[test]
+fn http2_flood_limits_and_keep_alive_are_checked() {
+    let yaml = "proxy:\n  http:\n    max_pending_accept_reset_streams: 0\n";
+    assert_refused(
+        yaml,
+        "proxy.http.max_pending_accept_reset_streams",
+        3,
+        "1 to 100000",
+    );
+    let yaml = "proxy:\n  http:\n    http2_keep_alive_interval: 0s\n";
+    assert_refused(
+        yaml,
+        "proxy.http.http2_keep_alive_interval",
+        3,
+        "greater than zero",
+    );
+    let http = Config::from_yaml("").expect("default").proxy.http;
+    assert_eq!(http.max_pending_accept_reset_streams, 50);
+    assert_eq!(http.max_local_error_reset_streams, 256);
+    assert_eq!(http.http2_keep_alive_interval, None);
+    assert_eq!(
+        http.http2_keep_alive_timeout,
+        std::time::Duration::from_secs(20)
+    );
+}
+
+#[test]
 fn route_to_unknown_cluster() {
     let yaml = "clusters:\n  - name: web\n    endpoints:\n      - address: 127.0.0.1:8080\nroutes:\n  - authority: web\n    cluster: web\n  - authority: api\n    cluster: apii\n";
     assert_refused(

@@ -16,8 +16,11 @@
 //! of `.`/`..` segments), and the request is forwarded with the path that
 //! routing and policy saw. Request limits that hyper does not enforce
 //! itself are checked here too: URI length (414), header count (431) and a
-//! declared body length (413). Depends on the config model and
+//! declared body length (413); a body that does not declare its length is
+//! capped as it streams by [`body_cap`]. Depends on the config model and
 //! [`super::error`] only.
+
+pub mod body_cap;
 
 use super::error::{BadRequest, ProxyError};
 use http::header::{self, HeaderValue};

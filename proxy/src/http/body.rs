@@ -6,6 +6,7 @@
 //! ahead for a retry decision replayed before the rest. Enums rather than
 //! boxed trait objects, so the hot path allocates nothing for them.
 
+use super::authority::body_cap::{BoxError, Capped, Tripped};
 use super::stream_end::Tracked;
 use crate::stack::replay::ReplayBody;
 use crate::stack::ReqState;
@@ -93,21 +94,32 @@ pub struct UpstreamBody {
 }
 
 enum Source {
-    Stream(Incoming),
+    /// The client's stream, under `proxy.http.max_request_body_bytes`.
+    Stream(Capped<Incoming>),
     Full(Option<Bytes>),
-    Replay(ReplayBody),
+    Replay(ReplayBody<Capped<Incoming>>),
 }
 
 impl UpstreamBody {
     pub fn stream(body: Incoming) -> UpstreamBody {
-        UpstreamBody::from(Source::Stream(body))
+        UpstreamBody::from(Source::Stream(Capped::new(body, None)))
+    }
+
+    /// Fail the client's stream past `max` data bytes; the flag says
+    /// whether it did.
+    pub fn cap(&mut self, max: u64) -> Option<Tripped> {
+        let Source::Stream(body) = &mut self.source else {
+            return None;
+        };
+        body.set_max(max);
+        Some(body.tripped())
     }
 
     pub fn full(data: Option<Bytes>) -> UpstreamBody {
         UpstreamBody::from(Source::Full(data))
     }
 
-    pub fn replay(body: ReplayBody) -> UpstreamBody {
+    pub fn replay(body: ReplayBody<Capped<Incoming>>) -> UpstreamBody {
         UpstreamBody::from(Source::Replay(body))
     }
 
@@ -129,7 +141,7 @@ impl UpstreamBody {
 
     /// The client's stream, when this body is still exactly that (not
     /// yet made replayable).
-    pub fn take_stream(self) -> Result<(Incoming, Option<Arc<ReqState>>), UpstreamBody> {
+    pub fn take_stream(self) -> Result<(Capped<Incoming>, Option<Arc<ReqState>>), UpstreamBody> {
         match self.source {
             Source::Stream(body) => Ok((body, self.state)),
             source => Err(UpstreamBody {
@@ -171,12 +183,12 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = ready!(match &mut this.source {
             Source::Stream(body) => Pin::new(body).poll_frame(cx),

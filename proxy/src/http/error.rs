@@ -94,6 +94,8 @@ pub enum BadRequest {
     TooManyHeaders { count: usize, max: usize },
     #[error("the request body is {len} bytes; proxy.http.max_request_body_bytes allows {max}")]
     BodyTooLarge { len: u64, max: u64 },
+    #[error("the request body went over the {max} bytes proxy.http.max_request_body_bytes allows")]
+    StreamedBodyTooLarge { max: u64 },
 }
 
 impl BadRequest {
@@ -101,7 +103,9 @@ impl BadRequest {
         match self {
             BadRequest::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             BadRequest::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            BadRequest::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BadRequest::BodyTooLarge { .. } | BadRequest::StreamedBodyTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -114,7 +118,9 @@ impl BadRequest {
             BadRequest::AuthorityMismatch { .. } => "authority-mismatch",
             BadRequest::UriTooLong { .. } => "uri-too-long",
             BadRequest::TooManyHeaders { .. } => "too-many-headers",
-            BadRequest::BodyTooLarge { .. } => "body-too-large",
+            BadRequest::BodyTooLarge { .. } | BadRequest::StreamedBodyTooLarge { .. } => {
+                "body-too-large"
+            }
         }
     }
 }

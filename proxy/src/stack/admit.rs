@@ -1,6 +1,8 @@
 //! Admission at the edge, before anything reads the request: one
 //! authority per request, the configured size limits, and path
-//! normalisation ([`crate::http::authority`]). A refused request is the
+//! normalisation ([`crate::http::authority`]); a streamed body is held
+//! to `max_request_body_bytes` as it passes
+//! ([`crate::http::authority::body_cap`]). A refused request is the
 //! client's fault: a 4xx, never forwarded, never counted against an
 //! endpoint.
 
@@ -42,9 +44,14 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let settings = &self.snapshot.load().config.proxy.http;
-        match authority::admit(&mut req.http, settings) {
-            Ok(()) => Step::inner(self.inner.call(req)),
-            Err(e) => Step::fail(e),
+        if let Err(e) = authority::admit(&mut req.http, settings) {
+            return Step::fail(e);
         }
+        if let Some(max) = settings.max_request_body_bytes {
+            if let Some(tripped) = req.http.body_mut().cap(max) {
+                let _ = req.state.body_cap.set(tripped);
+            }
+        }
+        Step::inner(self.inner.call(req))
     }
 }

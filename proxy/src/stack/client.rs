@@ -14,7 +14,7 @@
 
 use super::timeout::deadline;
 use super::{BoxFuture, Req, Rsp};
-use crate::http::error::ProxyError;
+use crate::http::error::{BadRequest, ProxyError};
 use crate::http::stream_end::Tracked;
 use crate::http::{body::ProxyBody, headers, ConnContext, Target};
 use crate::pool::{Checkout, ConnectionLimit, EndpointPool, HttpVersion, NotSent, PoolError};
@@ -147,7 +147,16 @@ async fn forward(conn: &ConnContext, target: &Target, req: Req) -> Result<Rsp, P
         .await?;
         Ok(response.map(|body| ProxyBody::Stream(Tracked::new(body))))
     };
-    let mut response = deadline(exchange, &state, response_timeout, target.addr).await?;
+    let result = deadline(exchange, &state, response_timeout, target.addr).await;
+    // The client's body going over its cap broke the exchange, not the
+    // upstream: the client's fault (hyper reports it as a reset on HTTP/2).
+    let over_cap = state.body_cap.get().and_then(|t| t.over());
+    let mut response = match (result, over_cap) {
+        (Err(_), Some(over)) => {
+            return Err(BadRequest::StreamedBodyTooLarge { max: over.max }.into())
+        }
+        (result, _) => result?,
+    };
 
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS
         || (is_connect && response.status().is_success());

@@ -79,7 +79,7 @@ pub fn outcome(result: &Result) -> Option<Outcome> {
         Err(error) => error,
     };
     Some(match error {
-        ProxyError::RequestBody => return None,
+        ProxyError::RequestBody | ProxyError::BadRequest(_) => return None,
         ProxyError::ConnectRefused(_)
         | ProxyError::ConnectTimeout { .. }
         | ProxyError::Connect { .. } => Outcome::ConnectFailure,

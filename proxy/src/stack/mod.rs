@@ -98,6 +98,8 @@ pub struct ReqState {
     pub metrics: OnceLock<Arc<RequestMetrics>>,
     /// The `route` label of the L7 route that matched, if one did.
     pub route: OnceLock<Arc<str>>,
+    /// Whether the client's streamed body went over the configured cap.
+    pub body_cap: OnceLock<crate::http::authority::body_cap::Tripped>,
     /// The cluster and endpoint of the latest try.
     upstream: Mutex<(Option<Arc<ClusterState>>, Option<SocketAddr>)>,
     /// Set once the request body has been sent whole (timeouts start then).
@@ -111,6 +113,7 @@ impl ReqState {
             started: Instant::now(),
             metrics: OnceLock::new(),
             route: OnceLock::new(),
+            body_cap: OnceLock::new(),
             upstream: Mutex::new((None, None)),
             body_sent: AtomicBool::new(false),
             body_sent_notify: Notify::new(),
