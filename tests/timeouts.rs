@@ -301,3 +301,47 @@ async fn grpc_timeout_shorter_than_the_route_timeout_wins() {
         "504 after {elapsed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_request_sent_on_to_another_endpoint_keeps_the_route_timeout() {
+    let upstream = counting_upstream().await;
+    let closed = support::free_addr();
+    // Round robin over a refusing endpoint and a live one: every other
+    // request is refused first and sent on to the live one. The route's
+    // 5 s bounds every try, not the cluster's 300 ms.
+    let yaml = config(
+        upstream,
+        &format!("    response_timeout: 300ms\n    load_balancer: {{policy: round_robin}}\n    endpoints: [{{address: '{closed}'}}]\n"),
+        "        timeout: 5s\n",
+    )
+    .replace(
+        &format!("    endpoints: [{{address: '{closed}'}}]\n    endpoints: [{{address: '{upstream}'}}]\n"),
+        &format!("    endpoints: [{{address: '{closed}'}}, {{address: '{upstream}'}}]\n"),
+    );
+    let proxy = Proxy::start(&yaml);
+    let mut c = h1(&proxy).await;
+    for i in 0..4 {
+        c.ready().await.expect("ready");
+        let exchange = async {
+            let response = c
+                .send_request(post("/?delay_ms=600", 5, full("hello")))
+                .await
+                .expect("response");
+            read(response).await
+        };
+        let (status, reason, body) = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .expect("an answer in 10 s");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "request {i}: {reason:?} {body}\n{}",
+            proxy.log()
+        );
+    }
+    assert!(
+        proxy.log_lines(&["request not sent; trying another endpoint"]) > 0,
+        "no request was sent on:\n{}",
+        proxy.log()
+    );
+}
