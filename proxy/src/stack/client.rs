@@ -147,7 +147,9 @@ async fn forward(conn: &ConnContext, target: &Target, req: Req) -> Result<Rsp, P
         .await?;
         Ok(response.map(|body| ProxyBody::Stream(Tracked::new(body))))
     };
-    let result = deadline(exchange, &state, response_timeout, target.addr).await;
+    let result = deadline(exchange, &state, response_timeout, target.addr)
+        .await
+        .map_err(|e| keep_try_timeout(e, try_timeout));
     // The client's body going over its cap broke the exchange, not the
     // upstream: the client's fault (hyper reports it as a reset on HTTP/2).
     let over_cap = state.body_cap.get().and_then(|t| t.over());
@@ -203,6 +205,18 @@ fn unsent(
             }),
         },
         None => error,
+    }
+}
+
+/// A request handed back unsent keeps its route's timeout for the
+/// endpoint it is sent to next (unset, the cluster's would apply there).
+fn keep_try_timeout(error: ProxyError, try_timeout: Option<Option<Duration>>) -> ProxyError {
+    match error {
+        ProxyError::Unsent { error, mut request } => {
+            request.try_timeout = try_timeout;
+            ProxyError::Unsent { error, request }
+        }
+        error => error,
     }
 }
 
