@@ -198,7 +198,12 @@ impl Body for UpstreamBody {
         match &frame {
             None => this.sent(),
             Some(Ok(_)) if this.is_end_stream() => this.sent(),
-            Some(_) => {}
+            Some(Ok(_)) => {
+                if let Some(state) = &this.state {
+                    state.note_body_progress();
+                }
+            }
+            Some(Err(_)) => {}
         }
         Poll::Ready(frame)
     }

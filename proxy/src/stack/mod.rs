@@ -39,7 +39,7 @@ use pin_project_lite::pin_project;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -105,6 +105,9 @@ pub struct ReqState {
     /// Set once the request body has been sent whole (timeouts start then).
     body_sent: AtomicBool,
     body_sent_notify: Notify,
+    /// Frames of the request body sent so far: while the body is still
+    /// being sent, progress is what keeps a timeout from starting.
+    body_progress: AtomicU64,
 }
 
 impl ReqState {
@@ -117,6 +120,7 @@ impl ReqState {
             upstream: Mutex::new((None, None)),
             body_sent: AtomicBool::new(false),
             body_sent_notify: Notify::new(),
+            body_progress: AtomicU64::new(0),
         }
     }
 
@@ -151,6 +155,15 @@ impl ReqState {
         if !self.body_sent.swap(true, Ordering::AcqRel) {
             self.body_sent_notify.notify_waiters();
         }
+    }
+
+    /// Note that a frame of the request body went upstream.
+    pub fn note_body_progress(&self) {
+        self.body_progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn body_progress(&self) -> u64 {
+        self.body_progress.load(Ordering::Relaxed)
     }
 
     pub fn body_sent(&self) -> bool {

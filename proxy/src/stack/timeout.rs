@@ -1,6 +1,9 @@
 //! Timeouts to response headers, counted from when the request body has
 //! been sent (an upload slower than the timeout is not cut off; a server
-//! that answers before the body ends is answered at once).
+//! that answers before the body ends is answered at once). While the body
+//! is still going up, the same limit applies to its progress: an upstream
+//! that takes no body frame for the whole limit (it stopped reading) is
+//! timed out as if it had stopped answering.
 //!
 //! [`Timeout`] is the route's: the route's `timeout` and the client's
 //! `grpc-timeout`, whichever is shorter, over every try together. It also
@@ -88,7 +91,7 @@ pub fn deadline<F>(
         Some(limit) => {
             let state = state.clone();
             Timer::Waiting {
-                start: Box::pin(async move { state.wait_body_sent().await }),
+                start: Box::pin(async move { body_sent_or_stalled(&state, limit).await }),
                 limit,
             }
         }
@@ -105,8 +108,9 @@ pin_project! {
     #[project = TimerProj]
     enum Timer {
         Off,
-        /// The body is still being sent: the clock has not started.
-        Waiting { start: Pin<Box<dyn Future<Output = ()> + Send>>, limit: Duration },
+        /// The body is still being sent: the clock has not started
+        /// (`start` is true when the body stalled instead).
+        Waiting { start: Pin<Box<dyn Future<Output = bool> + Send>>, limit: Duration },
         Running { #[pin] sleep: Sleep },
     }
 }
@@ -134,8 +138,8 @@ impl<F: Future<Output = Result>> Future for Deadline<F> {
             match this.timer.as_mut().project() {
                 TimerProj::Off => return Poll::Pending,
                 TimerProj::Waiting { start, limit } => {
-                    ready!(start.as_mut().poll(cx));
-                    let sleep = tokio::time::sleep(*limit);
+                    let stalled = ready!(start.as_mut().poll(cx));
+                    let sleep = tokio::time::sleep(if stalled { Duration::ZERO } else { *limit });
                     this.timer.set(Timer::Running { sleep });
                 }
                 TimerProj::Running { sleep } => {
@@ -144,6 +148,22 @@ impl<F: Future<Output = Result>> Future for Deadline<F> {
                         addr: *this.addr,
                         after: *this.limit,
                     }));
+                }
+            }
+        }
+    }
+}
+
+/// Completes with false once the request body has been sent, or with
+/// true when a whole `limit` passed without a frame of it going upstream.
+async fn body_sent_or_stalled(state: &ReqState, limit: Duration) -> bool {
+    loop {
+        let seen = state.body_progress();
+        tokio::select! {
+            _ = state.wait_body_sent() => return false,
+            _ = tokio::time::sleep(limit) => {
+                if state.body_progress() == seen && !state.body_sent() {
+                    return true;
                 }
             }
         }
