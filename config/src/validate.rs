@@ -40,6 +40,8 @@ pub mod defaults {
     /// How fast Peak-EWMA forgets a latency peak.
     pub const EWMA_DECAY: Duration = Duration::from_secs(10);
     pub const BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+    /// Envoy's default for `initial_fetch_timeout`.
+    pub const XDS_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 }
 
 struct Rules<'a> {
@@ -507,7 +509,13 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
         )?,
     };
 
+    let xds = match file.xds {
+        Some(x) => Some(xds(&rules, x)?),
+        None => None,
+    };
+
     let config = Config {
+        xds,
         dns,
         identity,
         policy,
@@ -757,6 +765,52 @@ fn http_settings(rules: &Rules<'_>, h: FileHttp) -> Result<HttpSettings, ConfigE
             "1 to 1000000",
         )? as u32,
     })
+}
+
+fn xds(rules: &Rules<'_>, x: FileXds) -> Result<Xds, ConfigError> {
+    xds_address(rules, "xds.address", &x.address)?;
+    let node = x.node.unwrap_or_default();
+    let id = node.id.unwrap_or_default();
+    if id.trim().is_empty() {
+        // Control planes key their snapshots by node id: without one
+        // nothing would ever be served.
+        return Err(ConfigError::Empty {
+            at: rules.at("xds.node.id"),
+        });
+    }
+    let mode = match x.mode.as_deref().unwrap_or("sotw") {
+        "sotw" => XdsMode::Sotw,
+        "delta" => XdsMode::Delta,
+        other => {
+            return Err(ConfigError::Syntax {
+                at: rules.at("xds.mode"),
+                message: format!("'{other}' is not an xDS mode: sotw or delta"),
+            })
+        }
+    };
+    Ok(Xds {
+        address: x.address.trim().to_string(),
+        node: XdsNode {
+            id,
+            cluster: node.cluster.unwrap_or_default(),
+            metadata: node.metadata,
+        },
+        mode,
+        initial_fetch_timeout: rules.duration(
+            "xds.initial_fetch_timeout",
+            x.initial_fetch_timeout.as_ref(),
+            defaults::XDS_INITIAL_FETCH_TIMEOUT,
+        )?,
+    })
+}
+
+/// The control plane's `IP:port` or `name:port`.
+fn xds_address(rules: &Rules<'_>, field: &str, value: &str) -> Result<(), ConfigError> {
+    let value = value.trim();
+    match value.parse::<SocketAddr>() {
+        Ok(_) => rules.socket_addr(field, value).map(|_| ()),
+        Err(_) => dns_name(rules, field, value).map(|_| ()),
+    }
 }
 
 /// `name:port` with a DNS name (letters, digits, `-`, `.`).
