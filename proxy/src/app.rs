@@ -75,8 +75,19 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let grace = config.proxy.shutdown_grace;
     let discovery = crate::discovery::Discovery::new();
     let registry = Registry::new(metrics.clone());
+    let base = config.clone();
     let clusters = registry.update(&config, &Resolved::new());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, &clusters)));
+    // The xDS client applies its merged config the way a reload does.
+    let xds = crate::xds::Xds::new(
+        &base,
+        Box::new({
+            let (snapshot, discovery, registry) =
+                (snapshot.clone(), discovery.clone(), registry.clone());
+            move |config| apply(config, &snapshot, &discovery, &registry)
+        }),
+        metrics.clone(),
+    );
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
 
@@ -86,6 +97,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         snapshot: snapshot.clone(),
         ready: ready.clone(),
         shutdown: shutdown.clone(),
+        xds: xds.clone(),
     });
     let admin_stop = CancellationToken::new();
     // The control thread says when its signal handling is in place; the
@@ -115,6 +127,9 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                     if let Some(tls) = tls {
                         tokio::spawn(tls.watch(stop.clone()));
                     }
+                    if let Some(xds) = xds.clone() {
+                        tokio::spawn(xds.run(stop.clone()));
+                    }
                     tokio::spawn(discovery.clone().run(
                         snapshot.clone(),
                         registry.clone(),
@@ -131,6 +146,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                             metrics,
                             discovery,
                             registry,
+                            xds,
                             stop.clone(),
                         ));
                     }
@@ -271,6 +287,7 @@ async fn watch_config(
     metrics: Arc<Metrics>,
     discovery: Arc<crate::discovery::Discovery>,
     registry: Arc<Registry>,
+    xds: Option<Arc<crate::xds::Xds>>,
     stop: CancellationToken,
 ) {
     let Watched {
@@ -309,7 +326,14 @@ async fn watch_config(
                 info!(path = %path.display(), "config file changed: reloading");
             }
         }
-        reload(&path, &snapshot, &metrics, &discovery, &registry);
+        reload(
+            &path,
+            &snapshot,
+            &metrics,
+            &discovery,
+            &registry,
+            xds.as_deref(),
+        );
     }
 }
 
@@ -353,6 +377,7 @@ fn reload(
     metrics: &Metrics,
     discovery: &crate::discovery::Discovery,
     registry: &Registry,
+    xds: Option<&crate::xds::Xds>,
 ) {
     match read_for_reload(path) {
         Ok(config) => {
@@ -367,9 +392,23 @@ fn reload(
             if old.identity != config.identity {
                 warn!("the identity section changed: it takes effect on restart (rotations of the files it names are picked up live)");
             }
-            // Clusters and endpoints that stay keep their state.
-            let clusters = registry.update(&config, &discovery.resolved());
-            snapshot.store(Arc::new(Snapshot::build(config, &clusters)));
+            if old.xds != config.xds {
+                warn!("the xds section changed: it takes effect on restart");
+            }
+            match xds {
+                // The control plane's resources stay beside the new file's.
+                Some(xds) => {
+                    if let Err(e) = xds.rebase(config) {
+                        metrics
+                            .config_reload_total
+                            .with_label_values(&["error"])
+                            .inc();
+                        error!(path = %path.display(), error = %e, "config reload refused: it clashes with the xDS resources; the running config keeps serving");
+                        return;
+                    }
+                }
+                None => apply(config, snapshot, discovery, registry),
+            }
             metrics.config_reload_total.with_label_values(&["ok"]).inc();
             info!(path = %path.display(), "config reloaded");
         }
@@ -381,6 +420,18 @@ fn reload(
             error!(path = %path.display(), error = %e, "config reload refused; the running config keeps serving");
         }
     }
+}
+
+/// Swap in a validated config: clusters and endpoints that stay keep
+/// their state. Shared by file reloads and the xDS client.
+fn apply(
+    config: Config,
+    snapshot: &ArcSwap<Snapshot>,
+    discovery: &crate::discovery::Discovery,
+    registry: &Registry,
+) {
+    let clusters = registry.update(&config, &discovery.resolved());
+    snapshot.store(Arc::new(Snapshot::build(config, &clusters)));
 }
 
 /// Raise the open-file soft limit to the hard limit: a proxy holds two

@@ -30,6 +30,7 @@ pub mod route;
 pub mod socket;
 pub mod tcp;
 pub mod tls;
+pub mod xds;
 
 /// Which way traffic flows through the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,0 +1,130 @@
+//! The ADS stream: connect, send the opening requests (with the versions
+//! and names already known, so a reconnect resubscribes where it left
+//! off), answer every response with its ACK or NACK, and reconnect with
+//! jittered exponential backoff when the stream ends. While disconnected
+//! nothing is applied, so the last accepted config keeps serving.
+
+use super::Xds;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::tokio_stream::Stream;
+use tonic::transport::Endpoint;
+use tracing::{info, warn};
+
+/// First retry after this long; doubled per failed attempt up to
+/// `MAX_BACKOFF`, each delay jittered down by up to half so a restarted
+/// control plane is not hit by every proxy at once.
+const BASE_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn run(xds: Arc<Xds>, stop: CancellationToken) {
+    let mut attempt: u32 = 0;
+    let mut first = true;
+    loop {
+        if !first {
+            xds.metrics.xds.stream_restarts_total.inc();
+        }
+        first = false;
+        let mut answered = false;
+        let ended = tokio::select! {
+            _ = stop.cancelled() => return,
+            ended = session(&xds, &mut answered) => ended,
+        };
+        xds.metrics.xds.connected.set(0);
+        // A stream that carried a response was healthy: start over.
+        if answered {
+            attempt = 0;
+        }
+        let delay = backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        warn!(address = %xds.bootstrap.address, error = %ended, retry_in = ?delay, "xds: stream to the control plane ended; the last accepted config keeps serving");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let full = BASE_BACKOFF
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(MAX_BACKOFF);
+    full.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// One stream, until it fails. Returns why it ended; `answered` says
+/// whether any response arrived on it.
+async fn session(xds: &Xds, answered: &mut bool) -> String {
+    let address = &xds.bootstrap.address;
+    let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
+        Ok(e) => e
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10)),
+        Err(e) => return format!("'{address}' is not a usable address: {e}"),
+    };
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            return format!(
+                "cannot connect to {address}: {e} (is the control plane up and the address right?)"
+            )
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    for request in xds.initial_requests() {
+        // The receiver is ours and alive until the stream is dropped.
+        let _ = tx.send(request);
+    }
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let mut responses = match client.stream_aggregated_resources(Requests(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return format!("the control plane refused the stream: {status}"),
+    };
+    xds.metrics.xds.connected.set(1);
+    info!(%address, node = %xds.bootstrap.node.id, "xds: stream open");
+    loop {
+        let deadline = xds.next_warm_deadline();
+        let warm_timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            message = responses.message() => match message {
+                Ok(Some(response)) => {
+                    *answered = true;
+                    for request in xds.handle(response) {
+                        if tx.send(request).is_err() {
+                            return "the request stream closed".into();
+                        }
+                    }
+                }
+                Ok(None) => return "the control plane closed the stream".into(),
+                Err(status) => return format!("stream error: {status}"),
+            },
+            _ = warm_timer => xds.expire_warming(),
+        }
+    }
+}
+
+/// The request half of the stream.
+struct Requests(mpsc::UnboundedReceiver<DiscoveryRequest>);
+
+impl Stream for Requests {
+    type Item = DiscoveryRequest;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
