@@ -731,3 +731,63 @@ async fn config_dump_lists_resources_and_stays_a_config_file() {
     let config = strait_config::Config::from_yaml(&dump).unwrap_or_else(|e| panic!("{e}\n{dump}"));
     assert!(config.xds.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_warms_until_its_endpoints_arrive() {
+    let a = Upstream::start().await;
+    let cp = ControlPlane::start().await;
+    let version = cp.update(|s| {
+        web(s, &[a.addr]);
+        remove(s, ENDPOINT, "web");
+    });
+    let proxy = Proxy::start(&bootstrap(&cp));
+    cp.acked(ROUTE, version).await;
+    let mut client = Client::connect(&proxy).await;
+    let (status, body) = client.get("web").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("warming"), "{body}");
+    let (_, dump) = http_get(proxy.admin, "/config_dump");
+    assert!(dump.contains("\"warming\""), "{dump}");
+
+    cp.update(|s| put(s, ENDPOINT, "web", assignment("web", &[a.addr])));
+    until(
+        &mut client,
+        "web",
+        "the cluster once its endpoints came",
+        |s| s == StatusCode::OK,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_reload_keeps_the_control_planes_resources() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let cp = ControlPlane::start().await;
+    let version = cp.update(|s| web(s, &[b.addr]));
+    let file = |domain: &str| {
+        format!(
+            "{}clusters: [{{name: local, endpoints: [{{address: {}}}]}}]\nvirtual_hosts: [{{name: file, domains: [{domain}], routes: [{{cluster: local}}]}}]\n",
+            bootstrap(&cp),
+            a.addr
+        )
+    };
+    let proxy = Proxy::start(&file("one"));
+    cp.acked(ROUTE, version).await;
+    let mut client = Client::connect(&proxy).await;
+    until(&mut client, "web", "the xDS host", |s| s == StatusCode::OK).await;
+    assert_eq!(client.get("one").await.0, StatusCode::OK);
+
+    std::fs::write(proxy.config_path(), file("two")).expect("rewrite config");
+    proxy.signal("HUP");
+    until(&mut client, "two", "the reloaded file's host", |s| {
+        s == StatusCode::OK
+    })
+    .await;
+    assert_eq!(client.get("one").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        client.get("web").await.0,
+        StatusCode::OK,
+        "the xDS host survives the reload"
+    );
+    assert!(requests(&b) > 0);
+}

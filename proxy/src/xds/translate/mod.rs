@@ -49,6 +49,7 @@ impl std::fmt::Display for Rejected {
 }
 
 /// What a translation produced besides the config: what to subscribe to.
+#[derive(Debug)]
 pub struct Translated {
     pub config: Config,
     /// EDS service names of the clusters.
@@ -217,5 +218,215 @@ fn humantime_like(d: Duration) -> String {
         format!("{}ms", d.as_millis())
     } else {
         format!("{}us", d.as_micros().max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+    use envoy_types::pb::envoy::config::core::v3::{
+        address, socket_address, Address, HealthStatus, SocketAddress, TransportSocket,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    };
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::{
+        Route, RouteAction, RouteConfiguration, VirtualHost,
+    };
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    use strait_config::{HashKey, LoadBalancer};
+
+    fn base() -> Config {
+        Config::from_yaml("").expect("empty config")
+    }
+
+    fn eds(name: &str, lb: cluster::LbPolicy) -> Cluster {
+        Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            lb_policy: lb as i32,
+            ..Default::default()
+        }
+    }
+
+    fn endpoint(ip: &str, port: u32, health: HealthStatus, weight: u32) -> LbEndpoint {
+        LbEndpoint {
+            health_status: health as i32,
+            load_balancing_weight: Some(UInt32Value { value: weight }),
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: ip.into(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn cla(name: &str, endpoints: Vec<LbEndpoint>) -> ClusterLoadAssignment {
+        ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: endpoints,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn with(clusters: Vec<Cluster>, endpoints: Vec<ClusterLoadAssignment>) -> Resources {
+        let mut r = Resources::default();
+        r.clusters = clusters.into_iter().map(|c| (c.name.clone(), c)).collect();
+        r.endpoints = endpoints
+            .into_iter()
+            .map(|e| (e.cluster_name.clone(), e))
+            .collect();
+        r
+    }
+
+    #[test]
+    fn only_healthy_and_unknown_endpoints_take_traffic_with_their_weights() {
+        let r = with(
+            vec![eds("web", cluster::LbPolicy::RoundRobin)],
+            vec![cla(
+                "web",
+                vec![
+                    endpoint("10.0.0.1", 80, HealthStatus::Healthy, 3),
+                    endpoint("10.0.0.2", 80, HealthStatus::Unknown, 1),
+                    endpoint("10.0.0.3", 80, HealthStatus::Unhealthy, 1),
+                    endpoint("10.0.0.4", 80, HealthStatus::Draining, 1),
+                ],
+            )],
+        );
+        let t = translate(&base(), &r, &HashSet::new()).expect("translates");
+        let web = t.config.cluster("web").expect("live");
+        let got: Vec<(String, u32)> = web
+            .endpoints
+            .iter()
+            .map(|e| (e.addr.to_string(), e.weight))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.1:80".to_string(), 3),
+                ("10.0.0.2:80".to_string(), 1)
+            ]
+        );
+        assert_eq!(web.load_balancer, LoadBalancer::RoundRobin);
+    }
+
+    #[test]
+    fn an_eds_cluster_warms_until_its_endpoints_come_and_routes_to_it_answer_503() {
+        let mut r = with(vec![eds("web", cluster::LbPolicy::Maglev)], vec![]);
+        r.routes.insert(
+            "rc".into(),
+            RouteConfiguration {
+                name: "rc".into(),
+                virtual_hosts: vec![VirtualHost {
+                    name: "vh".into(),
+                    domains: vec!["web:8080".into(), "web".into()],
+                    routes: vec![Route {
+                        action: Some(Action::Route(RouteAction {
+                            cluster_specifier: Some(ClusterSpecifier::Cluster("web".into())),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        // Routes are in use only when a listener names them: call the
+        // route translation as a listener's RDS would.
+        let t = translate(&base(), &r, &HashSet::new()).expect("translates");
+        assert!(t.warming.contains("web"));
+        assert!(t.config.cluster("web").is_none(), "not live while warming");
+        assert_eq!(t.eds_names, ["web".to_string()].into());
+
+        let mut live = BTreeSet::new();
+        let mut hosts = Vec::new();
+        route::route_config(&r.routes["rc"], &live, &mut HashMap::new(), &mut hosts)
+            .expect("routes");
+        let (host, _) = &hosts[0];
+        assert_eq!(host.domains, ["web"], "ports are stripped and deduplicated");
+        assert!(host.routes[0]
+            .direct_response
+            .as_ref()
+            .is_some_and(|d| d.status == 503));
+
+        live.insert("web".to_string());
+        hosts.clear();
+        route::route_config(&r.routes["rc"], &live, &mut HashMap::new(), &mut hosts)
+            .expect("routes");
+        assert_eq!(hosts[0].0.routes[0].cluster.as_deref(), Some("web"));
+
+        // Past initial_fetch_timeout it is live with no endpoints;
+        // MAGLEV becomes a ring hash on the source IP.
+        let expired: HashSet<String> = ["web".to_string()].into();
+        let t = translate(&base(), &r, &expired).expect("translates");
+        let web = t.config.cluster("web").expect("live after the timeout");
+        assert!(web.endpoints.is_empty());
+        assert_eq!(
+            web.load_balancer,
+            LoadBalancer::RingHash {
+                key: HashKey::SourceIp
+            }
+        );
+    }
+
+    #[test]
+    fn what_would_change_behaviour_if_ignored_is_refused_with_its_field() {
+        let mut original_dst = eds("odst", cluster::LbPolicy::RoundRobin);
+        original_dst.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst as i32,
+        ));
+        let mut tls = eds("tls", cluster::LbPolicy::RoundRobin);
+        tls.transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: None,
+        });
+        let custom = eds("custom", cluster::LbPolicy::ClusterProvided);
+        for (c, field) in [
+            (original_dst, "type"),
+            (tls, "transport_socket"),
+            (custom, "lb_policy"),
+        ] {
+            let name = c.name.clone();
+            let r = with(vec![c], vec![cla(&name, vec![])]);
+            let e = translate(&base(), &r, &HashSet::new()).expect_err("refused");
+            assert_eq!(
+                (e.kind, e.name.as_str(), e.field.as_str()),
+                ("Cluster", name.as_str(), field),
+                "{e}"
+            );
+        }
+        let weights = with(
+            vec![eds("w", cluster::LbPolicy::RoundRobin)],
+            vec![cla(
+                "w",
+                vec![endpoint("10.0.0.1", 80, HealthStatus::Healthy, 20_000)],
+            )],
+        );
+        let e = translate(&base(), &weights, &HashSet::new()).expect_err("refused");
+        assert_eq!(
+            e.field, "endpoints[0].lb_endpoints[0].load_balancing_weight",
+            "{e}"
+        );
+        let file =
+            Config::from_yaml("clusters: [{name: web, endpoints: [{address: 10.0.0.9:80}]}]\n")
+                .expect("file");
+        let clash = with(vec![eds("web", cluster::LbPolicy::RoundRobin)], vec![]);
+        let e = translate(&file, &clash, &HashSet::new()).expect_err("refused");
+        assert!(e.to_string().contains("defined in the config file"), "{e}");
     }
 }
