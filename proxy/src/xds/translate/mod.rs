@@ -284,13 +284,14 @@ mod tests {
     }
 
     fn with(clusters: Vec<Cluster>, endpoints: Vec<ClusterLoadAssignment>) -> Resources {
-        let mut r = Resources::default();
-        r.clusters = clusters.into_iter().map(|c| (c.name.clone(), c)).collect();
-        r.endpoints = endpoints
-            .into_iter()
-            .map(|e| (e.cluster_name.clone(), e))
-            .collect();
-        r
+        Resources {
+            clusters: clusters.into_iter().map(|c| (c.name.clone(), c)).collect(),
+            endpoints: endpoints
+                .into_iter()
+                .map(|e| (e.cluster_name.clone(), e))
+                .collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
