@@ -780,14 +780,7 @@ fn xds(rules: &Rules<'_>, x: FileXds) -> Result<Xds, ConfigError> {
     }
     let mode = match x.mode.as_deref().unwrap_or("sotw") {
         "sotw" => XdsMode::Sotw,
-        // Refused rather than served as state of the world: a config
-        // that asks for delta must not silently get something else.
-        "delta" => {
-            return Err(ConfigError::Syntax {
-                at: rules.at("xds.mode"),
-                message: "delta is not implemented yet: use sotw".into(),
-            })
-        }
+        "delta" => XdsMode::Delta,
         other => {
             return Err(ConfigError::Syntax {
                 at: rules.at("xds.mode"),

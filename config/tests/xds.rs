@@ -11,7 +11,7 @@ xds:
     id: sidecar~10.1.2.3~web-0.prod~prod.svc.cluster.local
     cluster: web
     metadata: {NAMESPACE: prod, ISTIO_VERSION: "1.22"}
-  mode: sotw
+  mode: delta
   initial_fetch_timeout: 5s
 "#;
 
@@ -25,7 +25,7 @@ fn bootstrap_reads_and_survives_a_dump() {
         xds.node.metadata.get("NAMESPACE").map(String::as_str),
         Some("prod")
     );
-    assert_eq!(xds.mode, XdsMode::Sotw);
+    assert_eq!(xds.mode, XdsMode::Delta);
     assert_eq!(xds.initial_fetch_timeout, Duration::from_secs(5));
 
     let dump = String::from_utf8(config.dump_json().expect("dump")).expect("utf-8");
@@ -85,12 +85,6 @@ fn broken_bootstraps_name_field_and_line() {
         "xds.mode",
         4,
         "sotw or delta",
-    );
-    refused(
-        "xds:\n  address: cp:18000\n  node: {id: n}\n  mode: delta\n",
-        "xds.mode",
-        4,
-        "not implemented yet",
     );
     refused(
         "xds:\n  address: cp:18000\n  node: {id: n}\n  initial_fetch_timeout: soon\n",

@@ -1,6 +1,6 @@
 //! A real ADS control plane for tests: a tonic server on 127.0.0.1 built
-//! on envoy-types' generated service trait, serving state-of-the-world
-//! responses from a snapshot the test edits, and recording every request
+//! on envoy-types' generated service trait, serving state-of-the-world and
+//! delta responses from a snapshot the test edits, and recording every request
 //! (ACKs, NACKs and their error_detail) so tests can assert on the
 //! protocol. Only `tests/xds.rs` includes it.
 #![allow(dead_code)]
@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::protobuf::Any;
 use futures_util::Stream;
@@ -34,10 +34,28 @@ pub struct Snapshot {
     pub resources: BTreeMap<&'static str, BTreeMap<String, Any>>,
 }
 
+/// A request as recorded, whichever the protocol variant.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub type_url: String,
+    /// State of the world: the request's version_info. Delta: the
+    /// snapshot version of the response this ACKs (empty otherwise).
+    pub version: String,
+    pub nonce: String,
+    pub error: Option<String>,
+    /// resource_names, or delta's resource_names_subscribe.
+    pub names: Vec<String>,
+    /// Delta's initial_resource_versions.
+    pub initial: BTreeMap<String, String>,
+    pub node_id: Option<String>,
+}
+
 struct Shared {
     snapshot: watch::Sender<Snapshot>,
-    requests: Mutex<Vec<DiscoveryRequest>>,
+    requests: Mutex<Vec<Seen>>,
     streams: Mutex<usize>,
+    /// Delta: which snapshot version each nonce carried.
+    nonces: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The control plane; `kill` and `restart` stop and start its server on
@@ -61,6 +79,7 @@ impl ControlPlane {
             snapshot: watch::Sender::new(Snapshot::default()),
             requests: Mutex::new(Vec::new()),
             streams: Mutex::new(0),
+            nonces: Mutex::new(BTreeMap::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -129,7 +148,7 @@ impl ControlPlane {
         version
     }
 
-    pub fn requests(&self) -> Vec<DiscoveryRequest> {
+    pub fn requests(&self) -> Vec<Seen> {
         self.shared.requests.lock().expect("lock").clone()
     }
 
@@ -138,11 +157,7 @@ impl ControlPlane {
     }
 
     /// Wait until a request matching `pred` arrives, or panic at the deadline.
-    pub async fn wait_for(
-        &self,
-        what: &str,
-        pred: impl Fn(&DiscoveryRequest) -> bool,
-    ) -> DiscoveryRequest {
+    pub async fn wait_for(&self, what: &str, pred: impl Fn(&Seen) -> bool) -> Seen {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(r) = self.requests().into_iter().find(|r| pred(r)) {
@@ -161,10 +176,7 @@ impl ControlPlane {
     pub async fn acked(&self, type_url: &str, version: u64) {
         let v = version.to_string();
         self.wait_for(&format!("ACK of {type_url} version {v}"), |r| {
-            r.type_url == type_url
-                && r.version_info == v
-                && r.error_detail.is_none()
-                && !r.response_nonce.is_empty()
+            r.type_url == type_url && r.version == v && r.error.is_none() && !r.nonce.is_empty()
         })
         .await;
     }
@@ -209,7 +221,15 @@ impl AggregatedDiscoveryService for Service {
                     _ = kill.cancelled() => return,
                     message = inbound.message() => match message {
                         Ok(Some(r)) => {
-                            shared.requests.lock().expect("lock").push(r.clone());
+                            shared.requests.lock().expect("lock").push(Seen {
+                                type_url: r.type_url.clone(),
+                                version: r.version_info.clone(),
+                                nonce: r.response_nonce.clone(),
+                                error: r.error_detail.as_ref().map(|e| e.message.clone()),
+                                names: r.resource_names.clone(),
+                                initial: BTreeMap::new(),
+                                node_id: r.node.as_ref().map(|n| n.id.clone()),
+                            });
                             subs.entry(r.type_url.clone()).or_default().names = r.resource_names;
                         }
                         _ => return,
@@ -261,10 +281,125 @@ impl AggregatedDiscoveryService for Service {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaResponses>, Status> {
-        Err(Status::unimplemented(
-            "this test control plane speaks state of the world",
-        ))
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel::<Result<DeltaDiscoveryResponse, Status>>();
+        let shared = self.shared.clone();
+        let kill = self.kill.clone();
+        *shared.streams.lock().expect("lock") += 1;
+        tokio::spawn(async move {
+            let mut snapshots = shared.snapshot.subscribe();
+            let mut subs: BTreeMap<String, DeltaSub> = BTreeMap::new();
+            let mut nonce = 0u64;
+            loop {
+                tokio::select! {
+                    _ = kill.cancelled() => return,
+                    message = inbound.message() => match message {
+                        Ok(Some(r)) => {
+                            let acked = shared.nonces.lock().expect("lock").get(&r.response_nonce).copied();
+                            shared.requests.lock().expect("lock").push(Seen {
+                                type_url: r.type_url.clone(),
+                                version: match (&r.error_detail, acked) {
+                                    (None, Some(v)) => v.to_string(),
+                                    _ => String::new(),
+                                },
+                                nonce: r.response_nonce.clone(),
+                                error: r.error_detail.as_ref().map(|e| e.message.clone()),
+                                names: r.resource_names_subscribe.clone(),
+                                initial: r.initial_resource_versions.clone().into_iter().collect(),
+                                node_id: r.node.as_ref().map(|n| n.id.clone()),
+                            });
+                            let sub = subs.entry(r.type_url.clone()).or_default();
+                            for n in r.resource_names_subscribe {
+                                if n == "*" { sub.wildcard = true } else { sub.names.insert(n); }
+                            }
+                            for n in r.resource_names_unsubscribe {
+                                if n == "*" { sub.wildcard = false }
+                                sub.names.remove(&n);
+                                sub.known.remove(&n);
+                            }
+                            sub.known.extend(r.initial_resource_versions);
+                        }
+                        _ => return,
+                    },
+                    changed = snapshots.changed() => if changed.is_err() { return },
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                for (type_url, sub) in subs.iter_mut() {
+                    let all = snapshot
+                        .resources
+                        .get(type_url.as_str())
+                        .cloned()
+                        .unwrap_or_default();
+                    let desired: BTreeMap<String, (String, Any)> = all
+                        .into_iter()
+                        .filter(|(name, _)| sub.wildcard || sub.names.contains(name))
+                        .map(|(name, any)| (name, (fnv(&any.value), any)))
+                        .collect();
+                    let changed: Vec<Resource> = desired
+                        .iter()
+                        .filter(|(name, (v, _))| sub.known.get(*name) != Some(v))
+                        .map(|(name, (v, any))| Resource {
+                            name: name.clone(),
+                            version: v.clone(),
+                            resource: Some(any.clone()),
+                            ..Default::default()
+                        })
+                        .collect();
+                    let removed: Vec<String> = sub
+                        .known
+                        .keys()
+                        .filter(|n| !desired.contains_key(*n))
+                        .cloned()
+                        .collect();
+                    if changed.is_empty() && removed.is_empty() {
+                        continue;
+                    }
+                    sub.known = desired.into_iter().map(|(n, (v, _))| (n, v)).collect();
+                    nonce += 1;
+                    shared
+                        .nonces
+                        .lock()
+                        .expect("lock")
+                        .insert(format!("d{nonce}"), snapshot.version);
+                    let response = DeltaDiscoveryResponse {
+                        system_version_info: snapshot.version.to_string(),
+                        resources: changed,
+                        type_url: type_url.clone(),
+                        removed_resources: removed,
+                        nonce: format!("d{nonce}"),
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(response)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+            );
+        Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// Delta, per stream and type: what is subscribed and what the client holds.
+#[derive(Default)]
+struct DeltaSub {
+    wildcard: bool,
+    names: std::collections::BTreeSet<String>,
+    known: BTreeMap<String, String>,
+}
+
+/// A resource's version: its bytes' FNV-1a hash, so unchanged resources
+/// are not sent again.
+fn fnv(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
 }

@@ -6,15 +6,16 @@
 
 use super::Xds;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use strait_config::XdsMode;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::transport::Endpoint;
+use tonic::Streaming;
 use tracing::{info, warn};
 
 /// First retry after this long; doubled per failed attempt up to
@@ -23,6 +24,9 @@ use tracing::{info, warn};
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A large EDS response (10,000 endpoints) is a few MB; tonic's 4 MB
+/// default would end the stream on it.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 pub async fn run(xds: Arc<Xds>, stop: CancellationToken) {
     let mut attempt: u32 = 0;
@@ -79,19 +83,54 @@ async fn session(xds: &Xds, answered: &mut bool) -> String {
             )
         }
     };
-    let (tx, rx) = mpsc::unbounded_channel();
-    for request in xds.initial_requests() {
-        // The receiver is ours and alive until the stream is dropped.
-        let _ = tx.send(request);
-    }
     let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-    let mut responses = match client.stream_aggregated_resources(Requests(rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(status) => return format!("the control plane refused the stream: {status}"),
-    };
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    match xds.bootstrap.mode {
+        XdsMode::Sotw => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            for request in xds.sotw_initial() {
+                // The receiver is ours and alive until the stream is dropped.
+                let _ = tx.send(request);
+            }
+            match client.stream_aggregated_resources(Requests(rx)).await {
+                Ok(r) => {
+                    pump(xds, tx, r.into_inner(), answered, |resp| {
+                        xds.sotw_handle(resp)
+                    })
+                    .await
+                }
+                Err(status) => format!("the control plane refused the stream: {status}"),
+            }
+        }
+        XdsMode::Delta => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            for request in xds.delta_initial() {
+                let _ = tx.send(request);
+            }
+            match client.delta_aggregated_resources(Requests(rx)).await {
+                Ok(r) => {
+                    pump(xds, tx, r.into_inner(), answered, |resp| {
+                        xds.delta_handle(resp)
+                    })
+                    .await
+                }
+                Err(status) => format!("the control plane refused the stream: {status}"),
+            }
+        }
+    }
+}
+
+/// Answer responses until the stream ends, and let warming clusters go
+/// live when their wait runs out.
+async fn pump<Req, Resp>(
+    xds: &Xds,
+    tx: mpsc::UnboundedSender<Req>,
+    mut responses: Streaming<Resp>,
+    answered: &mut bool,
+    handle: impl Fn(Resp) -> Vec<Req>,
+) -> String {
     xds.metrics.xds.connected.set(1);
-    info!(%address, node = %xds.bootstrap.node.id, "xds: stream open");
+    info!(address = %xds.bootstrap.address, node = %xds.bootstrap.node.id, mode = ?xds.bootstrap.mode, "xds: stream open");
     loop {
         let deadline = xds.next_warm_deadline();
         let warm_timer = async {
@@ -104,7 +143,7 @@ async fn session(xds: &Xds, answered: &mut bool) -> String {
             message = responses.message() => match message {
                 Ok(Some(response)) => {
                     *answered = true;
-                    for request in xds.handle(response) {
+                    for request in handle(response) {
                         if tx.send(request).is_err() {
                             return "the request stream closed".into();
                         }
@@ -118,13 +157,13 @@ async fn session(xds: &Xds, answered: &mut bool) -> String {
     }
 }
 
-/// The request half of the stream.
-struct Requests(mpsc::UnboundedReceiver<DiscoveryRequest>);
+/// The request half of a stream.
+struct Requests<T>(mpsc::UnboundedReceiver<T>);
 
-impl Stream for Requests {
-    type Item = DiscoveryRequest;
+impl<T> Stream for Requests<T> {
+    type Item = T;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         self.0.poll_recv(cx)
     }
 }

@@ -1,6 +1,7 @@
 //! The xDS v3 client: strait as a data plane of an Envoy-style control
-//! plane (istiod, go-control-plane). One ADS stream (`client.rs`)
-//! receives clusters, endpoints, listeners and routes; every accepted
+//! plane (istiod, go-control-plane). One ADS stream (`client.rs`), state
+//! of the world (`sotw.rs`) or delta (`delta.rs`), receives clusters,
+//! endpoints, listeners and routes (`state.rs` holds them); every accepted
 //! response is translated, together with everything accepted before, into
 //! the same validated [`Config`] the YAML file gives (`translate/`), and
 //! handed to the same apply path a file reload uses, so the registry's
@@ -16,6 +17,8 @@
 //! Runs on the admin/control thread's runtime, never on the request path.
 
 mod client;
+mod delta;
+mod sotw;
 mod state;
 mod translate;
 
@@ -23,16 +26,34 @@ pub use translate::Rejected;
 
 use crate::metrics::Metrics;
 use envoy_types::pb::envoy::config::core::v3::{node, Node};
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::{value, Struct, Value};
-use envoy_types::pb::google::rpc::Status as RpcStatus;
-use state::{Kind, Resources, Status, Subscription};
+use state::{Decoded, Kind, Resources, Status, Subscription};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use strait_config::Config;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+
+/// One response's resources, decoded, whichever the protocol variant.
+struct Change {
+    decoded: Decoded,
+    /// State of the world for listeners and clusters: absent means removed.
+    whole_state: bool,
+    /// Delta's removals.
+    removed: Vec<String>,
+    /// Delta's per-resource versions (state of the world has one version).
+    versions: BTreeMap<String, String>,
+}
+
+/// A NACK's `error_detail`: INVALID_ARGUMENT, as Envoy sends.
+fn rejection(message: String) -> envoy_types::pb::google::rpc::Status {
+    envoy_types::pb::google::rpc::Status {
+        code: 3,
+        message,
+        details: Vec::new(),
+    }
+}
 
 /// How a validated config reaches the data path (the same function a
 /// file reload uses).
@@ -128,46 +149,6 @@ impl Xds {
         serde_json::to_vec_pretty(&value)
     }
 
-    /// The requests that open a stream: every type, with the versions
-    /// and names already known, so a reconnect resumes where it was.
-    fn initial_requests(&self) -> Vec<DiscoveryRequest> {
-        let mut inner = self.lock();
-        inner.node_sent = false;
-        let mut out = Vec::new();
-        for kind in Kind::ALL {
-            let sub = inner.subs.entry(kind).or_default();
-            sub.nonce.clear();
-            sub.requested = false;
-            if kind.wildcard() || !sub.names.is_empty() {
-                out.push(self.request(&mut inner, kind, None));
-            }
-        }
-        out
-    }
-
-    /// A request for `kind` with its current version, nonce and names;
-    /// `error` makes it a NACK.
-    fn request(&self, inner: &mut Inner, kind: Kind, error: Option<String>) -> DiscoveryRequest {
-        let node = (!inner.node_sent).then(|| self.node());
-        inner.node_sent = true;
-        let sub = inner.subs.entry(kind).or_default();
-        sub.requested = true;
-        DiscoveryRequest {
-            version_info: sub.version.clone(),
-            node,
-            resource_names: sub.names.iter().cloned().collect(),
-            type_url: kind.type_url().to_string(),
-            response_nonce: sub.nonce.clone(),
-            error_detail: error.map(|message| RpcStatus {
-                // INVALID_ARGUMENT, as Envoy sends.
-                code: 3,
-                message,
-                details: Vec::new(),
-            }),
-            ..Default::default()
-        }
-    }
-
     fn node(&self) -> Node {
         let n = &self.bootstrap.node;
         Node {
@@ -193,131 +174,121 @@ impl Xds {
         }
     }
 
-    /// Take one response: apply it and ACK, or NACK it. Returns the
-    /// requests to send: the ACK/NACK, then any change of subscription
-    /// (endpoints for new clusters, routes for new listeners).
-    fn handle(&self, resp: DiscoveryResponse) -> Vec<DiscoveryRequest> {
-        let Some(kind) = Kind::from_type_url(&resp.type_url) else {
-            warn!(type_url = %resp.type_url, "xds: response of a type never asked for; refused");
-            return vec![DiscoveryRequest {
-                type_url: resp.type_url.clone(),
-                response_nonce: resp.nonce,
-                error_detail: Some(RpcStatus {
-                    code: 3,
-                    message: format!("type {} is not supported", resp.type_url),
-                    details: Vec::new(),
-                }),
-                ..Default::default()
-            }];
-        };
-        let mut inner = self.lock();
-        inner.subs.entry(kind).or_default().nonce = resp.nonce.clone();
-        let names_asked = inner
-            .subs
-            .get(&kind)
-            .map(|s| s.names.clone())
+    /// The node, on a stream's first request only.
+    fn node_once(&self, inner: &mut Inner) -> Option<Node> {
+        let node = (!inner.node_sent).then(|| self.node());
+        inner.node_sent = true;
+        node
+    }
+
+    /// Take one response's resources, whichever the protocol variant:
+    /// translate them with everything held; on success apply the config,
+    /// record each resource's version and return the route and endpoint
+    /// names to subscribe to now; on failure keep everything as it was and
+    /// return the NACK's message.
+    fn accept(
+        &self,
+        inner: &mut Inner,
+        kind: Kind,
+        version: &str,
+        change: Result<Change, String>,
+    ) -> Result<[(Kind, BTreeSet<String>); 2], String> {
+        let label = kind.label();
+        let sent: Vec<String> = change
+            .as_ref()
+            .map(|c| c.decoded.names())
             .unwrap_or_default();
-        let decoded = state::decode(kind, &resp.resources);
-        let sent: Vec<String> = decoded.as_ref().map(|d| d.names()).unwrap_or_default();
-        let outcome = decoded.and_then(|decoded| {
+        let outcome = change.and_then(|c| {
             let mut candidate = inner.resources.clone();
-            candidate.take(decoded);
+            candidate.take(c.decoded, c.whole_state, &c.removed);
             if !kind.wildcard() {
                 // Resources nobody asked for are not ours to hold.
-                candidate.retain_subscribed(kind, &names_asked);
+                let asked = inner
+                    .subs
+                    .get(&kind)
+                    .map(|s| s.names.clone())
+                    .unwrap_or_default();
+                candidate.retain_subscribed(kind, &asked);
             }
             let t = translate::translate(&inner.base, &candidate, &inner.expired)
                 .map_err(|r| r.to_string())?;
-            Ok((candidate, t))
+            Ok((candidate, t, c.versions))
         });
-        let label = kind.label();
-        let mut out = Vec::new();
-        match outcome {
-            Ok((mut candidate, t)) => {
-                candidate.retain_subscribed(Kind::Endpoint, &t.eds_names);
-                candidate.retain_subscribed(Kind::Route, &t.rds_names);
-                let now = Instant::now();
-                let warming = std::mem::take(&mut inner.warming);
-                inner.warming = t
-                    .warming
-                    .iter()
-                    .map(|c| (c.clone(), warming.get(c).copied().unwrap_or(now)))
-                    .collect();
-                let clusters: BTreeSet<String> = candidate.names(Kind::Cluster);
-                inner.expired.retain(|c| clusters.contains(c));
-                inner.resources = candidate;
-                (self.apply)(t.config);
-
-                let stamp = state::unix_now();
-                for name in &sent {
-                    inner.status.insert(
-                        (kind, name.clone()),
-                        Status {
-                            kind: label,
-                            name: name.clone(),
-                            version: resp.version_info.clone(),
-                            state: "acked",
-                            error: None,
-                            last_updated: stamp,
-                        },
-                    );
-                }
-                for k in Kind::ALL {
-                    let held = inner.resources.names(k);
-                    inner
-                        .status
-                        .retain(|(sk, n), _| *sk != k || held.contains(n));
-                    self.metrics
-                        .xds
-                        .resources
-                        .with_label_values(&[k.label()])
-                        .set(held.len() as i64);
-                }
-                inner.subs.entry(kind).or_default().version = resp.version_info.clone();
-                self.metrics
-                    .xds
-                    .updates_total
-                    .with_label_values(&[label, "ack"])
-                    .inc();
-                info!(r#type = label, version = %resp.version_info, resources = sent.len(), warming = inner.warming.len(), "xds: update accepted");
-                out.push(self.request(&mut inner, kind, None));
-                for (k, names) in [(Kind::Endpoint, t.eds_names), (Kind::Route, t.rds_names)] {
-                    let sub = inner.subs.entry(k).or_default();
-                    if sub.names != names && (sub.requested || !names.is_empty()) {
-                        sub.names = names;
-                        out.push(self.request(&mut inner, k, None));
-                    }
-                }
-            }
+        let (mut candidate, t, versions) = match outcome {
+            Ok(accepted) => accepted,
             Err(message) => {
                 for name in &sent {
-                    if let Some(s) = inner.status.get_mut(&(kind, name.clone())) {
-                        s.state = "nacked";
-                        s.error = Some(message.clone());
-                    } else {
-                        inner.status.insert(
-                            (kind, name.clone()),
-                            Status {
+                    let status =
+                        inner
+                            .status
+                            .entry((kind, name.clone()))
+                            .or_insert_with(|| Status {
                                 kind: label,
                                 name: name.clone(),
                                 version: String::new(),
                                 state: "nacked",
-                                error: Some(message.clone()),
+                                error: None,
                                 last_updated: state::unix_now(),
-                            },
-                        );
-                    }
+                            });
+                    status.state = "nacked";
+                    status.error = Some(message.clone());
                 }
                 self.metrics
                     .xds
                     .updates_total
                     .with_label_values(&[label, "nack"])
                     .inc();
-                warn!(r#type = label, version = %resp.version_info, error = %message, "xds: update refused (NACK); the last accepted config keeps serving");
-                out.push(self.request(&mut inner, kind, Some(message)));
+                warn!(r#type = label, %version, error = %message, "xds: update refused (NACK); the last accepted config keeps serving");
+                return Err(message);
             }
+        };
+        candidate.retain_subscribed(Kind::Endpoint, &t.eds_names);
+        candidate.retain_subscribed(Kind::Route, &t.rds_names);
+        let now = Instant::now();
+        let warming = std::mem::take(&mut inner.warming);
+        inner.warming = t
+            .warming
+            .iter()
+            .map(|c| (c.clone(), warming.get(c).copied().unwrap_or(now)))
+            .collect();
+        let clusters = candidate.names(Kind::Cluster);
+        inner.expired.retain(|c| clusters.contains(c));
+        inner.resources = candidate;
+        (self.apply)(t.config);
+
+        let stamp = state::unix_now();
+        for name in &sent {
+            let status = Status {
+                kind: label,
+                name: name.clone(),
+                version: versions
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| version.to_string()),
+                state: "acked",
+                error: None,
+                last_updated: stamp,
+            };
+            inner.status.insert((kind, name.clone()), status);
         }
-        out
+        for k in Kind::ALL {
+            let held = inner.resources.names(k);
+            inner
+                .status
+                .retain(|(sk, n), _| *sk != k || held.contains(n));
+            self.metrics
+                .xds
+                .resources
+                .with_label_values(&[k.label()])
+                .set(held.len() as i64);
+        }
+        self.metrics
+            .xds
+            .updates_total
+            .with_label_values(&[label, "ack"])
+            .inc();
+        info!(r#type = label, %version, resources = sent.len(), warming = inner.warming.len(), "xds: update accepted");
+        Ok([(Kind::Endpoint, t.eds_names), (Kind::Route, t.rds_names)])
     }
 
     /// When the next warming cluster stops waiting for its endpoints.

@@ -75,15 +75,30 @@ impl Resources {
         }
     }
 
-    /// Take a response's resources. Listeners and clusters are the whole
-    /// state (a missing one is removed); routes and endpoints replace the
-    /// named ones only, as in the protocol's state-of-the-world rules.
-    pub fn take(&mut self, decoded: Decoded) {
+    /// Take a response's resources. In state of the world, listeners and
+    /// clusters are the whole state (a missing one is removed); routes and
+    /// endpoints, and every type in delta, replace the named ones only,
+    /// and delta names its removals.
+    pub fn take(&mut self, decoded: Decoded, whole_state: bool, removed: &[String]) {
+        fn put<T>(
+            map: &mut BTreeMap<String, T>,
+            list: Vec<(String, T)>,
+            whole: bool,
+            removed: &[String],
+        ) {
+            if whole {
+                map.clear();
+            }
+            for name in removed {
+                map.remove(name);
+            }
+            map.extend(list);
+        }
         match decoded {
-            Decoded::Clusters(list) => self.clusters = list.into_iter().collect(),
-            Decoded::Listeners(list) => self.listeners = list.into_iter().collect(),
-            Decoded::Endpoints(list) => self.endpoints.extend(list),
-            Decoded::Routes(list) => self.routes.extend(list),
+            Decoded::Clusters(l) => put(&mut self.clusters, l, whole_state, removed),
+            Decoded::Listeners(l) => put(&mut self.listeners, l, whole_state, removed),
+            Decoded::Endpoints(l) => put(&mut self.endpoints, l, whole_state, removed),
+            Decoded::Routes(l) => put(&mut self.routes, l, whole_state, removed),
         }
     }
 
@@ -168,7 +183,8 @@ pub fn decode(kind: Kind, resources: &[Any]) -> Result<Decoded, String> {
 pub struct Subscription {
     /// The names last sent (empty for a wildcard type).
     pub names: BTreeSet<String>,
-    /// The last accepted `version_info`, sent again after a reconnect.
+    /// The last accepted `version_info`, sent again after a reconnect
+    /// (state of the world; delta sends per-resource versions instead).
     pub version: String,
     /// The last response's nonce (this stream only).
     pub nonce: String,
