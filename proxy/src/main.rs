@@ -199,6 +199,17 @@ fn check(path: &PathBuf) -> ExitCode {
         default_note(&config.inbound.default_cluster)
     );
     println!("  admin     {}", config.admin);
+    if let Some(x) = &config.xds {
+        println!(
+            "  xds       {} as node {} ({}; its clusters and routes join the ones below)",
+            x.address,
+            x.node.id,
+            match x.mode {
+                strait_config::XdsMode::Sotw => "state of the world",
+                strait_config::XdsMode::Delta => "delta",
+            }
+        );
+    }
     for c in &config.clusters {
         let endpoints: Vec<String> = c
             .endpoints
