@@ -492,12 +492,15 @@ async fn a_clients_broken_chunked_body_is_its_own_fault() {
     );
     let proxy = Proxy::start(&yaml);
     let within = Duration::from_secs(5);
+    // The upstream answers only after 10 s: the proxy's 400 must come from
+    // the broken body, not race an answer that has already started (as
+    // `/echo`'s does, which made this test flaky).
     for broken in [
         // A chunk size that is not hex, and one that overflows.
-        "POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
-        "POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+        "POST /slow?ms=10000 HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        "POST /slow?ms=10000 HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
         // Chunk data without its CRLF.
-        "POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX3\r\nabc\r\n0\r\n\r\n",
+        "POST /slow?ms=10000 HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX3\r\nabc\r\n0\r\n\r\n",
     ] {
         let response = raw_exchange(proxy.outbound, broken, within).await;
         assert_eq!(status_of(&response), 400, "{broken:?} got:\n{response}");

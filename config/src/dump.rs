@@ -22,6 +22,21 @@ fn listener(addr: std::net::SocketAddr, default_cluster: &Option<String>) -> Fil
     }
 }
 
+fn named_listener(l: &NamedListener) -> FileNamedListener {
+    FileNamedListener {
+        name: l.name.clone(),
+        direction: match l.direction {
+            ListenerDirection::Inbound => FileDirection::Inbound,
+            ListenerDirection::Outbound => FileDirection::Outbound,
+        },
+        address: Some(l.addr.ip().to_string()),
+        port: i64::from(l.addr.port()),
+        default_cluster: l.default_cluster.clone(),
+        protocol: Some(protocol(l.protocol)),
+        forward_address: l.forward_ip.map(|ip| ip.to_string()),
+    }
+}
+
 fn protocol(p: Protocol) -> FileProtocol {
     match p {
         Protocol::Auto => FileProtocol::Auto,
@@ -263,6 +278,7 @@ impl Config {
                     ..listener(self.inbound.addr, &self.inbound.default_cluster)
                 }),
                 admin: Some(listener(self.admin, &None)),
+                extra: self.extra_listeners.iter().map(named_listener).collect(),
             }),
             proxy: Some(FileProxy {
                 max_connections: Some(p.max_connections as i64),
@@ -287,6 +303,14 @@ impl Config {
                     max_uri_bytes: Some(p.http.max_uri_bytes as i64),
                     max_request_body_bytes: p.http.max_request_body_bytes.map(|n| n as i64),
                     max_concurrent_streams: Some(i64::from(p.http.max_concurrent_streams)),
+                    max_pending_accept_reset_streams: Some(
+                        p.http.max_pending_accept_reset_streams as i64,
+                    ),
+                    max_local_error_reset_streams: Some(
+                        p.http.max_local_error_reset_streams as i64,
+                    ),
+                    http2_keep_alive_interval: p.http.http2_keep_alive_interval.and_then(duration),
+                    http2_keep_alive_timeout: duration(p.http.http2_keep_alive_timeout),
                 }),
             }),
             clusters: self.clusters.iter().map(cluster).collect(),

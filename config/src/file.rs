@@ -266,6 +266,32 @@ pub struct FileListeners {
     pub outbound: Option<FileListener>,
     pub inbound: Option<FileListener>,
     pub admin: Option<FileListener>,
+    /// More listeners, each named; a reload adds, removes or moves them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<FileNamedListener>,
+}
+
+/// One of `listeners.extra`: identified by its name, so a reload that
+/// changes its address moves it (bind the new, drain the old).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNamedListener {
+    pub name: String,
+    pub direction: FileDirection,
+    /// Default: 127.0.0.1 outbound, 0.0.0.0 inbound.
+    pub address: Option<String>,
+    pub port: i64,
+    pub default_cluster: Option<String>,
+    pub protocol: Option<FileProtocol>,
+    /// Inbound only: the IP the local application listens on.
+    pub forward_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileDirection {
+    Inbound,
+    Outbound,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -309,6 +335,10 @@ pub struct FileHttp {
     pub max_uri_bytes: Option<i64>,
     pub max_request_body_bytes: Option<i64>,
     pub max_concurrent_streams: Option<i64>,
+    pub max_pending_accept_reset_streams: Option<i64>,
+    pub max_local_error_reset_streams: Option<i64>,
+    pub http2_keep_alive_interval: Option<String>,
+    pub http2_keep_alive_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

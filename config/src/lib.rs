@@ -8,6 +8,7 @@ pub mod dump;
 pub mod error;
 pub mod file;
 pub mod lines;
+pub mod listeners;
 pub mod model;
 pub mod validate;
 pub mod vhosts;

@@ -16,6 +16,8 @@ pub struct Config {
     pub outbound: Listener,
     pub inbound: InboundListener,
     pub admin: SocketAddr,
+    /// Named listeners beyond the two built-in ones (`listeners.extra`).
+    pub extra_listeners: Vec<NamedListener>,
     pub proxy: ProxySettings,
     pub clusters: Vec<Cluster>,
     pub routes: Vec<Route>,
@@ -334,6 +336,32 @@ pub struct InboundListener {
     pub forward_ip: IpAddr,
 }
 
+/// A data-plane listener as a listener discovery service would describe
+/// one: identified by `name`, so an update that changes its address is a
+/// move (bind the new address, drain the old), not a new listener.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NamedListener {
+    pub name: String,
+    pub direction: ListenerDirection,
+    pub addr: SocketAddr,
+    /// Where traffic no route claims goes; `None` is the original destination.
+    pub default_cluster: Option<String>,
+    /// What every connection speaks; `Auto` detects it.
+    pub protocol: Protocol,
+    /// Inbound: the application's IP, reached at the original destination port.
+    pub forward_ip: Option<IpAddr>,
+}
+
+/// Which way a listener's traffic flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerDirection {
+    /// From the network to the local application.
+    Inbound,
+    /// From the local application to the network.
+    Outbound,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProxySettings {
     /// Connections held open at once, both listeners together.
@@ -385,6 +413,19 @@ pub struct HttpSettings {
     pub max_request_body_bytes: Option<u64>,
     /// Streams one HTTP/2 client may have open at once.
     pub max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may open and reset before the proxy has
+    /// accepted them (the rapid-reset flood, CVE-2023-44487): past it,
+    /// GOAWAY `ENHANCE_YOUR_CALM`.
+    pub max_pending_accept_reset_streams: usize,
+    /// HTTP/2 streams the proxy may reset for a client's protocol errors
+    /// on one connection: past it, GOAWAY `ENHANCE_YOUR_CALM`.
+    pub max_local_error_reset_streams: usize,
+    /// How often an HTTP/2 client connection is sent a PING (`None`: never).
+    #[serde(with = "humantime_serde_opt")]
+    pub http2_keep_alive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -9,6 +9,10 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+pub use crate::listeners::distinct_listeners;
+mod http;
+mod xds;
+
 /// Defaults: Linkerd's ports, loopback for the outbound and admin listeners.
 pub mod defaults {
     use std::time::Duration;
@@ -35,6 +39,12 @@ pub mod defaults {
     pub const MAX_REQUEST_HEADERS: usize = 100;
     pub const MAX_URI_BYTES: usize = 8 * 1024;
     pub const MAX_CONCURRENT_STREAMS: u32 = 200;
+    /// hyper's own default (Envoy has no such counter; its overload
+    /// manager resets streams instead).
+    pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 50;
+    pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+    /// hyper's default wait for a PING's acknowledgement.
+    pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
     /// Peak-EWMA's assumed latency for an endpoint with no history yet.
     pub const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(30);
     /// How fast Peak-EWMA forgets a latency peak.
@@ -44,19 +54,24 @@ pub mod defaults {
     pub const XDS_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 }
 
-struct Rules<'a> {
+pub(crate) struct Rules<'a> {
     index: &'a LineIndex,
 }
 
 impl Rules<'_> {
-    fn at(&self, field: &str) -> At {
+    pub(crate) fn at(&self, field: &str) -> At {
         At {
             field: field.to_string(),
             line: self.index.line_of(field),
         }
     }
 
-    fn port(&self, field: &str, value: i64, allow_zero: bool) -> Result<u16, ConfigError> {
+    pub(crate) fn port(
+        &self,
+        field: &str,
+        value: i64,
+        allow_zero: bool,
+    ) -> Result<u16, ConfigError> {
         let min = if allow_zero { 0 } else { 1 };
         match u16::try_from(value) {
             Ok(port) if i64::from(port) >= min => Ok(port),
@@ -67,7 +82,7 @@ impl Rules<'_> {
         }
     }
 
-    fn ip(&self, field: &str, value: &str) -> Result<IpAddr, ConfigError> {
+    pub(crate) fn ip(&self, field: &str, value: &str) -> Result<IpAddr, ConfigError> {
         value.parse().map_err(|_| ConfigError::NotAnIp {
             at: self.at(field),
             value: value.to_string(),
@@ -419,6 +434,8 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
         known("listeners.inbound.default_cluster", name)?;
     }
 
+    let extra_listeners = crate::listeners::extra_listeners(&rules, listeners.extra, &names)?;
+
     let mut routes = Vec::with_capacity(file.routes.len());
     let mut authorities = HashSet::new();
     for (i, r) in file.routes.into_iter().enumerate() {
@@ -510,7 +527,7 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
     };
 
     let xds = match file.xds {
-        Some(x) => Some(xds(&rules, x)?),
+        Some(x) => Some(xds::bootstrap(&rules, x)?),
         None => None,
     };
 
@@ -525,45 +542,13 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
         outbound,
         inbound,
         admin,
+        extra_listeners,
         proxy,
         clusters,
         routes,
     };
     distinct_listeners(&config, Some(index))?;
     Ok(config)
-}
-
-/// Two of the three listeners on one address and port would make `run`
-/// fail to bind the second; refuse that here, where the error can name
-/// the field. A wildcard address (`0.0.0.0`, `[::]`) overlaps every
-/// address of its family on the same port; port 0 (any free port) never
-/// clashes. `index` gives lines when the addresses came from a file.
-pub fn distinct_listeners(config: &Config, index: Option<&LineIndex>) -> Result<(), ConfigError> {
-    let listeners = [
-        ("listeners.outbound", config.outbound.addr),
-        ("listeners.inbound", config.inbound.addr),
-        ("listeners.admin", config.admin),
-    ];
-    let overlap = |a: SocketAddr, b: SocketAddr| {
-        a.port() != 0
-            && a.port() == b.port()
-            && a.is_ipv4() == b.is_ipv4()
-            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-    };
-    for (i, (field, addr)) in listeners.iter().enumerate() {
-        if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| overlap(*a, *addr)) {
-            let port_field = format!("{field}.port");
-            return Err(ConfigError::SameAddress {
-                at: At {
-                    line: index.and_then(|ix| ix.line_of(&port_field)),
-                    field: port_field,
-                },
-                addr: *addr,
-                other: format!("{other} listener's"),
-            });
-        }
-    }
-    Ok(())
 }
 
 fn allow(
@@ -642,7 +627,7 @@ fn proxy_settings(rules: &Rules<'_>, p: FileProxy) -> Result<ProxySettings, Conf
         None => defaults::OPAQUE_PORTS.to_vec(),
     };
     let pool = p.pool.unwrap_or_default();
-    let http = http_settings(rules, p.http.unwrap_or_default())?;
+    let http = http::settings(rules, p.http.unwrap_or_default())?;
     Ok(ProxySettings {
         http,
         max_connections: rules.range(
@@ -708,108 +693,12 @@ fn proxy_settings(rules: &Rules<'_>, p: FileProxy) -> Result<ProxySettings, Conf
     })
 }
 
-fn protocol(p: Option<FileProtocol>) -> Protocol {
+pub(crate) fn protocol(p: Option<FileProtocol>) -> Protocol {
     match p.unwrap_or(FileProtocol::Auto) {
         FileProtocol::Auto => Protocol::Auto,
         FileProtocol::Http1 => Protocol::Http1,
         FileProtocol::Http2 => Protocol::Http2,
         FileProtocol::Opaque => Protocol::Opaque,
-    }
-}
-
-fn http_settings(rules: &Rules<'_>, h: FileHttp) -> Result<HttpSettings, ConfigError> {
-    let body = rules.range(
-        "proxy.http.max_request_body_bytes",
-        h.max_request_body_bytes,
-        0,
-        0,
-        i64::MAX,
-        "0 (no limit) or more",
-    )?;
-    Ok(HttpSettings {
-        normalize_path: h.normalize_path.unwrap_or(true),
-        merge_slashes: h.merge_slashes.unwrap_or(true),
-        decode_unreserved: h.decode_unreserved.unwrap_or(true),
-        // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
-        max_request_headers_bytes: rules.range(
-            "proxy.http.max_request_headers_bytes",
-            h.max_request_headers_bytes,
-            defaults::MAX_REQUEST_HEADERS_BYTES as i64,
-            8192,
-            16 * 1024 * 1024,
-            "8192 to 16777216",
-        )? as usize,
-        max_request_headers: rules.range(
-            "proxy.http.max_request_headers",
-            h.max_request_headers,
-            defaults::MAX_REQUEST_HEADERS as i64,
-            1,
-            10_000,
-            "1 to 10000",
-        )? as usize,
-        max_uri_bytes: rules.range(
-            "proxy.http.max_uri_bytes",
-            h.max_uri_bytes,
-            defaults::MAX_URI_BYTES as i64,
-            16,
-            65_534,
-            "16 to 65534",
-        )? as usize,
-        max_request_body_bytes: (body > 0).then_some(body as u64),
-        max_concurrent_streams: rules.range(
-            "proxy.http.max_concurrent_streams",
-            h.max_concurrent_streams,
-            i64::from(defaults::MAX_CONCURRENT_STREAMS),
-            1,
-            1_000_000,
-            "1 to 1000000",
-        )? as u32,
-    })
-}
-
-fn xds(rules: &Rules<'_>, x: FileXds) -> Result<Xds, ConfigError> {
-    xds_address(rules, "xds.address", &x.address)?;
-    let node = x.node.unwrap_or_default();
-    let id = node.id.unwrap_or_default();
-    if id.trim().is_empty() {
-        // Control planes key their snapshots by node id: without one
-        // nothing would ever be served.
-        return Err(ConfigError::Empty {
-            at: rules.at("xds.node.id"),
-        });
-    }
-    let mode = match x.mode.as_deref().unwrap_or("sotw") {
-        "sotw" => XdsMode::Sotw,
-        "delta" => XdsMode::Delta,
-        other => {
-            return Err(ConfigError::Syntax {
-                at: rules.at("xds.mode"),
-                message: format!("'{other}' is not an xDS mode: sotw or delta"),
-            })
-        }
-    };
-    Ok(Xds {
-        address: x.address.trim().to_string(),
-        node: XdsNode {
-            id,
-            cluster: node.cluster.unwrap_or_default(),
-            metadata: node.metadata,
-        },
-        mode,
-        initial_fetch_timeout: rules.duration(
-            "xds.initial_fetch_timeout",
-            x.initial_fetch_timeout.as_ref(),
-            defaults::XDS_INITIAL_FETCH_TIMEOUT,
-        )?,
-    })
-}
-
-/// The control plane's `IP:port` or `name:port`.
-fn xds_address(rules: &Rules<'_>, field: &str, value: &str) -> Result<(), ConfigError> {
-    let value = value.trim();
-    match value.parse::<SocketAddr>() {
-        Ok(_) => rules.socket_addr(field, value).map(|_| ()),
-        Err(_) => dns_name(rules, field, value).map(|_| ()),
     }
 }
 

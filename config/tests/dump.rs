@@ -40,12 +40,21 @@ listeners:
   outbound: {address: 127.0.0.1, port: 0, default_cluster: ring}
   inbound: {address: "::1", port: 0, forward_address: "::1", default_cluster: db}
   admin: {address: 127.0.0.1, port: 0}
+  extra:
+    - {name: side, direction: outbound, port: 5000, default_cluster: ring, protocol: http2}
+    - {name: app2, direction: inbound, address: "::", port: 5001, forward_address: "::1"}
 proxy:
   max_connections: 10
   opaque_ports: [5432]
   shutdown_grace: 1m 30s
   response_timeout: 1500ms
   pool: {idle_timeout: 10s, max_idle_per_endpoint: 0}
+  http:
+    max_request_body_bytes: 1048576
+    max_pending_accept_reset_streams: 10
+    max_local_error_reset_streams: 20
+    http2_keep_alive_interval: 15s
+    http2_keep_alive_timeout: 5s
 identity:
   certificate: /id/tls.crt
   private_key: /id/tls.key

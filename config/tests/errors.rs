@@ -53,6 +53,32 @@ fn bad_duration() {
 }
 
 #[test]
+fn http2_flood_limits_and_keep_alive_are_checked() {
+    let yaml = "proxy:\n  http:\n    max_pending_accept_reset_streams: 0\n";
+    assert_refused(
+        yaml,
+        "proxy.http.max_pending_accept_reset_streams",
+        3,
+        "1 to 100000",
+    );
+    let yaml = "proxy:\n  http:\n    http2_keep_alive_interval: 0s\n";
+    assert_refused(
+        yaml,
+        "proxy.http.http2_keep_alive_interval",
+        3,
+        "greater than zero",
+    );
+    let http = Config::from_yaml("").expect("default").proxy.http;
+    assert_eq!(http.max_pending_accept_reset_streams, 50);
+    assert_eq!(http.max_local_error_reset_streams, 256);
+    assert_eq!(http.http2_keep_alive_interval, None);
+    assert_eq!(
+        http.http2_keep_alive_timeout,
+        std::time::Duration::from_secs(20)
+    );
+}
+
+#[test]
 fn route_to_unknown_cluster() {
     let yaml = "clusters:\n  - name: web\n    endpoints:\n      - address: 127.0.0.1:8080\nroutes:\n  - authority: web\n    cluster: web\n  - authority: api\n    cluster: apii\n";
     assert_refused(
@@ -230,6 +256,85 @@ fn listeners_on_one_address_are_refused() {
     // Port 0 (any free port) never clashes; other families never clash.
     let fine = "listeners:\n  outbound: {address: 127.0.0.1, port: 0}\n  inbound: {address: 127.0.0.1, port: 0}\n  admin: {address: '::1', port: 4140}\n";
     assert!(Config::from_yaml(fine).is_ok());
+}
+
+#[test]
+fn extra_listeners_follow_the_listener_rules() {
+    let base = "clusters:\n  - {name: web, endpoints: [{address: 127.0.0.1:80}]}\nlisteners:\n  outbound: {address: 127.0.0.1, port: 4000}\n  extra:\n";
+    let one = |entry: &str| format!("{base}    - {entry}\n");
+    let two = |a: &str, b: &str| format!("{base}    - {a}\n    - {b}\n");
+    assert_refused(
+        &two(
+            "{name: side, direction: outbound, port: 5000}",
+            "{name: side, direction: inbound, port: 5001}",
+        ),
+        "listeners.extra[1].name",
+        7,
+        "listener name 'side' is already used by listeners.extra[0].name",
+    );
+    assert_refused(
+        &one("{name: admin, direction: outbound, port: 5000}"),
+        "listeners.extra[0].name",
+        6,
+        "already used by the built-in admin listener",
+    );
+    assert_refused(
+        &one("{name: ' ', direction: outbound, port: 5000}"),
+        "listeners.extra[0].name",
+        6,
+        "must not be empty",
+    );
+    assert_refused(
+        &one("{name: side, direction: outbound, port: 4000}"),
+        "listeners.extra[0].port",
+        6,
+        "127.0.0.1:4000 is also the listeners.outbound listener's address",
+    );
+    assert_refused(
+        &two(
+            "{name: a, direction: outbound, port: 5000}",
+            "{name: b, direction: inbound, address: 0.0.0.0, port: 5000}",
+        ),
+        "listeners.extra[1].port",
+        7,
+        "is also the listeners.extra[0] listener's address",
+    );
+    assert_refused(
+        &one("{name: side, direction: outbound, port: 5000, default_cluster: nope}"),
+        "listeners.extra[0].default_cluster",
+        6,
+        "cluster 'nope' is not defined",
+    );
+    assert_refused(
+        &one("{name: side, direction: outbound, port: 5000, forward_address: 127.0.0.1}"),
+        "listeners.extra[0].forward_address",
+        6,
+        "only an inbound listener",
+    );
+    assert_refused(
+        &one("{name: side, direction: sideways, port: 5000}"),
+        "listeners.extra[0].direction",
+        6,
+        "unknown variant `sideways`",
+    );
+    assert_refused(
+        &one("{name: side, direction: outbound, port: 70000}"),
+        "listeners.extra[0].port",
+        6,
+        "70000 is not a port",
+    );
+    assert_refused(
+        &one("{name: side, direction: outbound, address: nowhere, port: 5000}"),
+        "listeners.extra[0].address",
+        6,
+        "'nowhere' is not an IP address",
+    );
+    // Port 0 (any free port) never clashes.
+    assert!(Config::from_yaml(&two(
+        "{name: a, direction: outbound, port: 0}",
+        "{name: b, direction: outbound, port: 0}"
+    ))
+    .is_ok());
 }
 
 #[test]

@@ -1,22 +1,21 @@
 //! Wires the proxy together and owns its lifecycle: bind every listener
 //! (so a bad address fails before anything starts), start the admin and
 //! control thread, run the accept loops on the data-plane runtime, reload
-//! the config file on change or SIGHUP, and on SIGTERM/SIGINT or
-//! `POST /shutdown` stop accepting, drain open connections up to the grace
-//! period, and exit.
+//! the config file on change or SIGHUP (listeners follow it, see
+//! [`crate::listeners`]), and on SIGTERM/SIGINT or `POST /shutdown` stop
+//! accepting, drain open connections up to the grace period, and exit.
 
-use crate::admin::{self, AdminState};
+use crate::admin::AdminState;
 use crate::http::Inputs;
-use crate::listen::{self, AcceptContext};
+use crate::listeners::{self, Listeners, MakeInputs};
 use crate::metrics::Metrics;
 use crate::pool::{PoolSettings, Pools};
 use crate::registry::{Registry, Resolved};
 use crate::route::Snapshot;
-use crate::{socket, Direction};
+use crate::Direction;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,20 +39,6 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let stamp = file_stamp(&path);
         (path, stamp)
     });
-    let backlog = config.proxy.backlog;
-    let bind = |name: &str, addr: SocketAddr| {
-        socket::bind_listener(addr, backlog).with_context(|| {
-            format!("cannot bind the {name} listener on {addr}: is the port in use, or another proxy running?")
-        })
-    };
-    let outbound_listener = bind("outbound", config.outbound.addr)?;
-    let inbound_listener = bind("inbound", config.inbound.addr)?;
-    let admin_listener = bind("admin", config.admin)?;
-    let addrs = [&outbound_listener, &inbound_listener, &admin_listener]
-        .map(|l| l.local_addr().context("listener has no local address"));
-    let [outbound_addr, inbound_addr, admin_addr] = addrs;
-    let (outbound_addr, inbound_addr, admin_addr) = (outbound_addr?, inbound_addr?, admin_addr?);
-
     let metrics = Metrics::new();
     let tls = match &config.identity {
         Some(identity) => Some(
@@ -75,93 +60,29 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let grace = config.proxy.shutdown_grace;
     let discovery = crate::discovery::Discovery::new();
     let registry = Registry::new(metrics.clone());
-    let base = config.clone();
     let clusters = registry.update(&config, &Resolved::new());
-    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, &clusters)));
-    // The xDS client applies its merged config the way a reload does.
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+        config.clone(),
+        &clusters,
+    )));
+    // The xDS client, when configured, applies its merged config to the
+    // registry and routing snapshot as a reload does.
     let xds = crate::xds::Xds::new(
-        &base,
+        &config,
         Box::new({
             let (snapshot, discovery, registry) =
                 (snapshot.clone(), discovery.clone(), registry.clone());
-            move |config| apply(config, &snapshot, &discovery, &registry)
+            move |config| apply_xds(config, &snapshot, &discovery, &registry)
         }),
         metrics.clone(),
     );
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
 
-    // Admin and control work run on their own thread and runtime.
-    let admin_state = Arc::new(AdminState {
-        metrics: metrics.clone(),
-        snapshot: snapshot.clone(),
-        ready: ready.clone(),
-        shutdown: shutdown.clone(),
-        xds: xds.clone(),
-    });
-    let admin_stop = CancellationToken::new();
-    // The control thread says when its signal handling is in place; the
-    // proxy is not "up" (ready, listening line) before that.
-    let (control_up, control_started) = std::sync::mpsc::sync_channel::<()>(1);
-    let control = {
-        let stop = admin_stop.clone();
-        let snapshot = snapshot.clone();
-        let metrics = metrics.clone();
-        let tls = tls.clone();
-        let discovery = discovery.clone();
-        let registry = registry.clone();
-        std::thread::Builder::new()
-            .name("strait-admin".into())
-            .spawn(move || -> anyhow::Result<()> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("cannot start the admin runtime")?;
-                rt.block_on(async move {
-                    let listener = socket::into_tokio(admin_listener)
-                        .context("cannot register the admin listener")?;
-                    // SIGHUP means "reload", and its default action kills
-                    // the process: take it over before the proxy is up.
-                    let hup =
-                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-                    if let Some(tls) = tls {
-                        tokio::spawn(tls.watch(stop.clone()));
-                    }
-                    if let Some(xds) = xds.clone() {
-                        tokio::spawn(xds.run(stop.clone()));
-                    }
-                    tokio::spawn(discovery.clone().run(
-                        snapshot.clone(),
-                        registry.clone(),
-                        stop.clone(),
-                    ));
-                    if let Some((path, stamp)) = config_file {
-                        tokio::spawn(watch_config(
-                            Watched {
-                                path,
-                                seen: stamp,
-                                hup,
-                            },
-                            snapshot,
-                            metrics,
-                            discovery,
-                            registry,
-                            xds,
-                            stop.clone(),
-                        ));
-                    }
-                    let _ = control_up.send(());
-                    admin::serve(listener, admin_state, stop).await;
-                    Ok(())
-                })
-            })
-            .context("cannot start the admin thread")?
-    };
-    // Err: the control thread failed first; joining it below says why.
-    let _ = control_started.recv();
-
     // One worker runs on a current-thread runtime: no work-stealing queues
     // or cross-thread wakeups, which the load benchmark shows is cheaper.
+    // Built before anything listens: listeners started from the control
+    // thread (at startup and on reload) run their accept loops on it.
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -174,34 +95,107 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the proxy runtime")?;
+
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        snapshot: snapshot.clone(),
+        ready: ready.clone(),
+        shutdown: shutdown.clone(),
+        xds: xds.clone(),
+    });
+    let admin_stop = CancellationToken::new();
+    let stop_accepting = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let make_inputs: MakeInputs = {
+        // The pools' reapers run on the data-plane runtime.
+        let _rt = rt.enter();
+        let data = DataPath::new(pool_settings, metrics.clone(), tls.clone());
+        Arc::new(move |direction, snapshot| inputs(&data, direction, snapshot))
+    };
+    let mut listeners = Listeners::new(listeners::Shared {
+        data: rt.handle().clone(),
+        make_inputs,
+        snapshot: snapshot.clone(),
+        limit: Arc::new(Semaphore::new(max_connections)),
+        tracker: tracker.clone(),
+        stop_accepting: stop_accepting.clone(),
+        drain: drain.clone(),
+        admin: admin_state,
+        admin_stop: admin_stop.clone(),
+    });
+    // Bind every listener before anything starts: a bad address fails here.
+    let plan = listeners.plan(&config)?;
+    let bound = plan.bound();
+    let addr = |name: &str| {
+        bound
+            .get(name)
+            .copied()
+            .with_context(|| format!("the {name} listener has no local address"))
+    };
+    let (outbound_addr, inbound_addr, admin_addr) =
+        (addr("outbound")?, addr("inbound")?, addr("admin")?);
+
+    // Admin and control work run on their own thread and runtime.
+    // The control thread says when its signal handling is in place and
+    // the listeners are started; the proxy is not "up" (ready, listening
+    // line) before that.
+    let (control_up, control_started) = std::sync::mpsc::sync_channel::<()>(1);
+    let control = {
+        let stop = admin_stop.clone();
+        let snapshot = snapshot.clone();
+        let tls = tls.clone();
+        std::thread::Builder::new()
+            .name("strait-admin".into())
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the admin runtime")?;
+                rt.block_on(async move {
+                    // SIGHUP means "reload", and its default action kills
+                    // the process: take it over before the proxy is up.
+                    let hup =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+                    listeners.apply(plan, &config, &clusters).await;
+                    if let Some(tls) = tls {
+                        tokio::spawn(tls.watch(stop.clone()));
+                    }
+                    if let Some(xds) = xds.clone() {
+                        tokio::spawn(xds.run(stop.clone()));
+                    }
+                    tokio::spawn(discovery.clone().run(
+                        snapshot.clone(),
+                        registry.clone(),
+                        stop.clone(),
+                    ));
+                    if let Some((path, stamp)) = config_file {
+                        let reloader = Reloader {
+                            snapshot,
+                            metrics,
+                            discovery,
+                            registry,
+                            listeners: Arc::new(tokio::sync::Mutex::new(listeners)),
+                            xds,
+                        };
+                        let watched = Watched {
+                            path,
+                            seen: stamp,
+                            hup,
+                        };
+                        tokio::spawn(watch_config(watched, reloader, stop.clone()));
+                    }
+                    let _ = control_up.send(());
+                    stop.cancelled().await;
+                    Ok(())
+                })
+            })
+            .context("cannot start the admin thread")?
+    };
+    // Err: the control thread failed first; joining it below says why.
+    let _ = control_started.recv();
+
     let result = rt.block_on(async {
-        let stop_accepting = CancellationToken::new();
-        let drain = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let limit = Arc::new(Semaphore::new(max_connections));
-        for (direction, listener) in [
-            (Direction::Outbound, outbound_listener),
-            (Direction::Inbound, inbound_listener),
-        ] {
-            let pools = Pools::new(direction, pool_settings, metrics.clone(), tls.clone());
-            pools.spawn_reaper();
-            let ctx = AcceptContext {
-                inputs: Arc::new(Inputs {
-                    direction,
-                    snapshot: snapshot.clone(),
-                    pools,
-                    metrics: metrics.clone(),
-                    tls: tls.clone(),
-                }),
-                limit: limit.clone(),
-                tracker: tracker.clone(),
-                stop_accepting: stop_accepting.clone(),
-                drain: drain.clone(),
-            };
-            let listener = socket::into_tokio(listener)
-                .with_context(|| format!("cannot register the {} listener", direction.as_str()))?;
-            tokio::spawn(listen::accept_loop(listener, ctx));
-        }
         tokio::spawn(wait_for_signal(shutdown.clone()));
 
         // Ready first, then say so: whoever reads the line below may ask
@@ -246,6 +240,53 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     result
 }
 
+/// What the listeners of the data plane share: each direction's
+/// connection pools, the metrics and the workload identity.
+struct DataPath {
+    outbound: Arc<Pools>,
+    inbound: Arc<Pools>,
+    metrics: Arc<Metrics>,
+    tls: Option<Arc<crate::tls::Tls>>,
+}
+
+impl DataPath {
+    /// Call inside the data-plane runtime: the pools' reapers start.
+    fn new(
+        settings: PoolSettings,
+        metrics: Arc<Metrics>,
+        tls: Option<Arc<crate::tls::Tls>>,
+    ) -> Self {
+        let pools = |direction| {
+            let pools = Pools::new(direction, settings, metrics.clone(), tls.clone());
+            pools.spawn_reaper();
+            pools
+        };
+        DataPath {
+            outbound: pools(Direction::Outbound),
+            inbound: pools(Direction::Inbound),
+            metrics,
+            tls,
+        }
+    }
+}
+
+/// The one place the data path's [`Inputs`] are built: for a listener of
+/// `direction` whose traffic routes by `snapshot`. Listeners of one
+/// direction share its pools.
+fn inputs(data: &DataPath, direction: Direction, snapshot: Arc<ArcSwap<Snapshot>>) -> Arc<Inputs> {
+    let pools = match direction {
+        Direction::Outbound => data.outbound.clone(),
+        Direction::Inbound => data.inbound.clone(),
+    };
+    Arc::new(Inputs {
+        direction,
+        snapshot,
+        pools,
+        metrics: data.metrics.clone(),
+        tls: data.tls.clone(),
+    })
+}
+
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut term, mut int) = match (
@@ -281,15 +322,7 @@ struct Watched {
 /// seen by polling is read only once the file's size and mtime have held
 /// still across two polls; and on reload an empty file is refused rather
 /// than taken as the embedded default (see [`read_for_reload`]).
-async fn watch_config(
-    watched: Watched,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    metrics: Arc<Metrics>,
-    discovery: Arc<crate::discovery::Discovery>,
-    registry: Arc<Registry>,
-    xds: Option<Arc<crate::xds::Xds>>,
-    stop: CancellationToken,
-) {
+async fn watch_config(watched: Watched, reloader: Reloader, stop: CancellationToken) {
     let Watched {
         path,
         mut seen,
@@ -326,14 +359,7 @@ async fn watch_config(
                 info!(path = %path.display(), "config file changed: reloading");
             }
         }
-        reload(
-            &path,
-            &snapshot,
-            &metrics,
-            &discovery,
-            &registry,
-            xds.as_deref(),
-        );
+        reloader.reload(&path).await;
     }
 }
 
@@ -371,60 +397,67 @@ fn read_for_reload(path: &Path) -> Result<Config, ReloadRefused> {
     Ok(config)
 }
 
-fn reload(
-    path: &Path,
-    snapshot: &ArcSwap<Snapshot>,
-    metrics: &Metrics,
-    discovery: &crate::discovery::Discovery,
-    registry: &Registry,
-    xds: Option<&crate::xds::Xds>,
-) {
-    match read_for_reload(path) {
-        Ok(config) => {
-            let current = snapshot.load();
-            let old = &current.config;
-            if old.outbound.addr != config.outbound.addr
-                || old.inbound.addr != config.inbound.addr
-                || old.admin != config.admin
-            {
-                warn!("listener addresses changed in the config: they take effect on restart");
-            }
-            if old.identity != config.identity {
-                warn!("the identity section changed: it takes effect on restart (rotations of the files it names are picked up live)");
-            }
-            if old.xds != config.xds {
-                warn!("the xds section changed: it takes effect on restart");
-            }
-            match xds {
-                // The control plane's resources stay beside the new file's.
-                Some(xds) => {
-                    if let Err(e) = xds.rebase(config) {
-                        metrics
-                            .config_reload_total
-                            .with_label_values(&["error"])
-                            .inc();
-                        error!(path = %path.display(), error = %e, "config reload refused: it clashes with the xDS resources; the running config keeps serving");
-                        return;
-                    }
-                }
-                None => apply(config, snapshot, discovery, registry),
-            }
-            metrics.config_reload_total.with_label_values(&["ok"]).inc();
-            info!(path = %path.display(), "config reloaded");
+/// What a reload changes: the routing snapshot, the registry's clusters
+/// and endpoints, and the listeners.
+struct Reloader {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    discovery: Arc<crate::discovery::Discovery>,
+    registry: Arc<Registry>,
+    listeners: Arc<tokio::sync::Mutex<Listeners>>,
+    xds: Option<Arc<crate::xds::Xds>>,
+}
+
+impl Reloader {
+    /// Apply the file at `path`, or refuse it whole: a file that does not
+    /// validate, or a listener that cannot be bound, changes nothing.
+    async fn reload(&self, path: &Path) {
+        let config = match read_for_reload(path) {
+            Ok(config) => config,
+            Err(e) => return self.refused(path, &e),
+        };
+        let mut listeners = self.listeners.lock().await;
+        // Bound before anything changes: a port in use refuses the reload.
+        let plan = match listeners.plan(&config) {
+            Ok(plan) => plan,
+            Err(e) => return self.refused(path, &e),
+        };
+        if self.snapshot.load().config.identity != config.identity {
+            warn!("the identity section changed: it takes effect on restart (rotations of the files it names are picked up live)");
         }
-        Err(e) => {
-            metrics
-                .config_reload_total
-                .with_label_values(&["error"])
-                .inc();
-            error!(path = %path.display(), error = %e, "config reload refused; the running config keeps serving");
-        }
+        // The control plane's resources stay beside the new file's.
+        let config = match &self.xds {
+            Some(xds) => match xds.rebase(config) {
+                Ok(merged) => merged,
+                Err(e) => return self.refused(path, &e),
+            },
+            None => config,
+        };
+        // Clusters and endpoints that stay keep their state.
+        let clusters = self.registry.update(&config, &self.discovery.resolved());
+        self.snapshot
+            .store(Arc::new(Snapshot::build(config.clone(), &clusters)));
+        listeners.apply(plan, &config, &clusters).await;
+        self.metrics
+            .config_reload_total
+            .with_label_values(&["ok"])
+            .inc();
+        info!(path = %path.display(), "config reloaded");
+    }
+
+    fn refused(&self, path: &Path, error: &dyn std::fmt::Display) {
+        self.metrics
+            .config_reload_total
+            .with_label_values(&["error"])
+            .inc();
+        error!(path = %path.display(), error = %error, "config reload refused; the running config keeps serving");
     }
 }
 
-/// Swap in a validated config: clusters and endpoints that stay keep
-/// their state. Shared by file reloads and the xDS client.
-fn apply(
+/// Apply a config from the xDS client: clusters and endpoints that stay
+/// keep their state. Listeners are the file's, so they do not move; the
+/// views of `listeners.extra` are rebuilt on the next file reload.
+fn apply_xds(
     config: Config,
     snapshot: &ArcSwap<Snapshot>,
     discovery: &crate::discovery::Discovery,

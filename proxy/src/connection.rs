@@ -91,6 +91,9 @@ pub async fn serve(
             }
             Protocol::BadPreface => {
                 debug!("invalid HTTP/2 connection preface: GOAWAY(PROTOCOL_ERROR)");
+                inputs
+                    .metrics
+                    .http2_connection_error(inputs.direction, "protocol_error", "proxy");
                 let _ = stream.write_all(detect::GOAWAY_PROTOCOL_ERROR).await;
                 let _ = stream.shutdown().await;
             }

@@ -4,8 +4,9 @@
 //! [`listen`] (accept, limits) → [`orig_dst`] (where it was going) →
 //! [`detect`] (which protocol) → [`outbound`] or [`inbound`] (which target)
 //! → [`http`] (L7 forwarding over a [`pool`]) or [`tcp`] (opaque bytes).
-//! [`app`] wires them together and owns shutdown; [`admin`] serves metrics
-//! and health; [`metrics`] holds every metric family.
+//! [`app`] wires them together and owns shutdown; [`listeners`] runs the
+//! listeners the config names and follows it on reload; [`admin`] serves
+//! metrics and health; [`metrics`] holds every metric family.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod inbound;
 pub mod io;
 pub mod iptables;
 pub mod listen;
+pub mod listeners;
 pub mod log_limit;
 pub mod metrics;
 pub mod orig_dst;
@@ -28,6 +30,7 @@ pub mod pool;
 pub mod registry;
 pub mod route;
 pub mod socket;
+pub mod stack;
 pub mod tcp;
 pub mod tls;
 pub mod xds;

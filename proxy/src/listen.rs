@@ -2,8 +2,10 @@
 //! the connection limit (over the limit a connection is closed at once and
 //! counted, rather than left waiting in the backlog), back off when the
 //! process runs out of file descriptors, and hand each connection to
-//! [`crate::connection::serve`] on a tracked task so shutdown can wait
-//! for it.
+//! [`crate::connection::serve`] on a task tracked twice: by the proxy, so
+//! shutdown can wait for it, and by its listener, so a listener removed
+//! by a reload knows when it has drained. Which listeners run is
+//! [`crate::listeners`]' business.
 
 use crate::http::Inputs;
 use crate::{connection, socket};
@@ -19,14 +21,22 @@ use tracing::{debug, error, warn};
 /// What an accept loop needs besides its listener.
 #[derive(Clone)]
 pub struct AcceptContext {
+    /// The listener's name, for logs.
+    pub name: Arc<str>,
     pub inputs: Arc<Inputs>,
-    /// Permits for open connections, shared by both listeners.
+    /// Permits for open connections, shared by every listener.
     pub limit: Arc<Semaphore>,
+    /// Every connection of the proxy.
     pub tracker: TaskTracker,
-    /// Fires when the proxy stops accepting.
+    /// This listener's connections.
+    pub conns: TaskTracker,
+    /// Fires when this listener stops accepting.
     pub stop_accepting: CancellationToken,
-    /// Fires when open connections should wind down.
+    /// Fires when this listener's open connections should wind down.
     pub drain: CancellationToken,
+    /// Fires when this listener's connections still open are to be closed
+    /// outright (the drain took too long).
+    pub close: CancellationToken,
 }
 
 /// Errors that mean "out of resources": wait, they usually pass.
@@ -37,14 +47,16 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-/// Accept until `stop_accepting` fires; the listener closes on return.
-pub async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
+/// Accept until `stop_accepting` fires, then hand the socket back: the
+/// caller drops it (closing the port) or gives it to another listener.
+pub async fn accept_loop(listener: TcpListener, ctx: AcceptContext) -> TcpListener {
     let direction = ctx.inputs.direction.as_str();
+    let name = &*ctx.name;
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = ctx.stop_accepting.cancelled() => return,
+            _ = ctx.stop_accepting.cancelled() => return listener,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => {
@@ -52,19 +64,19 @@ pub async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
                 accepted
             }
             Err(e) if is_resource_exhaustion(&e) => {
-                error!(direction, error = %e, ?backoff, "cannot accept: out of file descriptors or memory; raise the nofile limit or proxy.max_connections");
+                error!(listener = name, direction, error = %e, ?backoff, "cannot accept: out of file descriptors or memory; raise the nofile limit or proxy.max_connections");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
             Err(e) => {
                 // ECONNABORTED and friends: the client gave up before accept.
-                debug!(direction, error = %e, "accept failed");
+                debug!(listener = name, direction, error = %e, "accept failed");
                 continue;
             }
         };
         let Ok(permit) = ctx.limit.clone().try_acquire_owned() else {
-            warn!(direction, %peer, "connection refused: proxy.max_connections reached");
+            warn!(listener = name, direction, %peer, "connection refused: proxy.max_connections reached");
             ctx.inputs
                 .metrics
                 .connections_refused_total
@@ -78,9 +90,13 @@ pub async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
         }
         let inputs = ctx.inputs.clone();
         let drain = ctx.drain.clone();
-        ctx.tracker.spawn(async move {
-            connection::serve(stream, peer, inputs, drain).await;
+        let close = ctx.close.clone();
+        ctx.tracker.spawn(ctx.conns.track_future(async move {
+            tokio::select! {
+                _ = connection::serve(stream, peer, inputs, drain) => {}
+                _ = close.cancelled() => debug!(%peer, "connection closed: its listener's drain time is over"),
+            }
             drop(permit);
-        });
+        }));
     }
 }

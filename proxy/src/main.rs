@@ -199,6 +199,19 @@ fn check(path: &PathBuf) -> ExitCode {
         default_note(&config.inbound.default_cluster)
     );
     println!("  admin     {}", config.admin);
+    for l in &config.extra_listeners {
+        let forward = l
+            .forward_ip
+            .map(|ip| format!(" -> {ip}:<original port>"))
+            .unwrap_or_default();
+        println!(
+            "  listener  {} [{:?}] {}{forward}{}",
+            l.name,
+            l.direction,
+            l.addr,
+            default_note(&l.default_cluster)
+        );
+    }
     if let Some(x) = &config.xds {
         println!(
             "  xds       {} as node {} ({}; its clusters and routes join the ones below)",

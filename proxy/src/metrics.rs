@@ -95,6 +95,7 @@ pub struct Metrics {
     tcp_close_total: IntCounterVec,
     pool_checkout_total: IntCounterVec,
     proxy_errors_total: IntCounterVec,
+    http2_connection_errors_total: IntCounterVec,
     pub config_reload_total: IntCounterVec,
     identity_expiration: IntGauge,
     /// Registers `identity_expiration` once, when an identity first loads.
@@ -239,6 +240,7 @@ impl Metrics {
             tcp_close_total: counter_vec(&registry, "tcp_close_total", "TCP connections closed.", TCP_LABELS),
             pool_checkout_total: counter_vec(&registry, "http_pool_checkout_total", "Upstream HTTP connection checkouts: result=\"reused\" took a pooled connection, \"new\" opened one.", &["direction", "target_addr", "result"]),
             proxy_errors_total: counter_vec(&registry, "http_proxy_errors_total", "Requests answered by the proxy itself, by the strait-proxy-error reason.", &["direction", "reason"]),
+            http2_connection_errors_total: counter_vec(&registry, "http2_connection_errors_total", "HTTP/2 client connections ended by an error: the GOAWAY reason (enhance_your_calm for a flood, protocol_error, flow_control_error, ...) or keep_alive_timeout, and who sent it (proxy or client).", &["direction", "reason", "sender"]),
             config_reload_total: counter_vec(&registry, "config_reload_total", "Configuration reloads, by result.", &["result"]),
             connections_refused_total: counter_vec(&registry, "tcp_accept_refused_total", "Connections refused at accept, by reason.", &["direction", "reason"]),
             identity_expiration,
@@ -388,6 +390,14 @@ impl Metrics {
     pub fn proxy_error(&self, direction: Direction, reason: &str) {
         self.proxy_errors_total
             .with_label_values(&[direction.as_str(), reason])
+            .inc();
+    }
+
+    /// Count an HTTP/2 client connection that ended with an error:
+    /// `reason` as the GOAWAY names it, `sender` `proxy` or `client`.
+    pub fn http2_connection_error(&self, direction: Direction, reason: &str, sender: &str) {
+        self.http2_connection_errors_total
+            .with_label_values(&[direction.as_str(), reason, sender])
             .inc();
     }
 

@@ -568,12 +568,12 @@ impl SentBody {
 
 impl Body for SentBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::http::authority::body_cap::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {

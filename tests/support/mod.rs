@@ -119,6 +119,23 @@ impl Proxy {
         self.config_path.clone()
     }
 
+    /// Replace the config file with `yaml` in one rename (so the proxy's
+    /// own poll never reads half of it) and send SIGHUP.
+    pub fn rewrite_config(&self, yaml: &str) {
+        let staged = self.config_path.with_extension("staged");
+        std::fs::write(&staged, yaml).expect("write the new config");
+        std::fs::rename(&staged, &self.config_path).expect("swap the config file");
+        self.signal("HUP");
+    }
+
+    /// Log lines so far containing every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> usize {
+        self.log()
+            .lines()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .count()
+    }
+
     /// The proxy's log so far (for assertion messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
@@ -190,4 +207,12 @@ pub fn metric_sum(text: &str, family: &str, labels: &[&str]) -> f64 {
             value.parse::<f64>().ok()
         })
         .sum()
+}
+
+/// A loopback address with a port free right now (bound, then released),
+/// for configs that must name a port before the proxy binds it.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
 }

@@ -16,8 +16,11 @@
 //! of `.`/`..` segments), and the request is forwarded with the path that
 //! routing and policy saw. Request limits that hyper does not enforce
 //! itself are checked here too: URI length (414), header count (431) and a
-//! declared body length (413). Depends on the config model and
+//! declared body length (413); a body that does not declare its length is
+//! capped as it streams by [`body_cap`]. Depends on the config model and
 //! [`super::error`] only.
+
+pub mod body_cap;
 
 use super::error::{BadRequest, ProxyError};
 use http::header::{self, HeaderValue};
@@ -25,20 +28,6 @@ use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Version};
 use std::borrow::Cow;
 use strait_config::HttpSettings;
-
-/// The response to a request [`admit`] refused, counted as the proxy's own.
-pub(super) fn refused(
-    ctx: &super::ConnContext,
-    snapshot: &crate::route::Snapshot,
-    err: &ProxyError,
-) -> http::Response<super::body::ProxyBody> {
-    let metrics = ctx.local_metrics(snapshot, None);
-    metrics.total.inc();
-    let response = super::error_response(ctx, ctx.orig_dst.addr, err);
-    let status = response.status().as_u16();
-    metrics.response(status, status >= 500);
-    response
-}
 
 /// Check and canonicalise `req` before anything reads its authority or path.
 pub fn admit<B>(req: &mut Request<B>, settings: &HttpSettings) -> Result<(), ProxyError> {

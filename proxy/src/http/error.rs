@@ -65,6 +65,15 @@ pub enum ProxyError {
     },
     #[error(transparent)]
     BadRequest(#[from] BadRequest),
+    /// A try that never reached the upstream, with its request handed
+    /// back so the balancer can send it elsewhere (never leaves the stack).
+    #[error("{error}")]
+    Unsent {
+        error: Box<ProxyError>,
+        request: Box<crate::stack::Req>,
+    },
+    #[error("internal error in the proxy: {0}")]
+    Internal(&'static str),
 }
 
 /// A request refused before routing: the client's fault, never the
@@ -85,6 +94,8 @@ pub enum BadRequest {
     TooManyHeaders { count: usize, max: usize },
     #[error("the request body is {len} bytes; proxy.http.max_request_body_bytes allows {max}")]
     BodyTooLarge { len: u64, max: u64 },
+    #[error("the request body went over the {max} bytes proxy.http.max_request_body_bytes allows")]
+    StreamedBodyTooLarge { max: u64 },
 }
 
 impl BadRequest {
@@ -92,7 +103,9 @@ impl BadRequest {
         match self {
             BadRequest::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             BadRequest::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            BadRequest::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BadRequest::BodyTooLarge { .. } | BadRequest::StreamedBodyTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -105,7 +118,9 @@ impl BadRequest {
             BadRequest::AuthorityMismatch { .. } => "authority-mismatch",
             BadRequest::UriTooLong { .. } => "uri-too-long",
             BadRequest::TooManyHeaders { .. } => "too-many-headers",
-            BadRequest::BodyTooLarge { .. } => "body-too-large",
+            BadRequest::BodyTooLarge { .. } | BadRequest::StreamedBodyTooLarge { .. } => {
+                "body-too-large"
+            }
         }
     }
 }
@@ -130,6 +145,8 @@ impl ProxyError {
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::RequestBody => StatusCode::BAD_REQUEST,
             ProxyError::BadRequest(bad) => bad.status(),
+            ProxyError::Unsent { error, .. } => error.status(),
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::FaultAbort { status } => *status,
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -166,17 +183,48 @@ impl ProxyError {
             ProxyError::ResponseTimeout { .. } => "response-timeout",
             ProxyError::Upstream { .. } => "upstream-error",
             ProxyError::BadRequest(bad) => bad.reason(),
+            ProxyError::Unsent { error, .. } => error.reason(),
+            ProxyError::Internal(_) => "internal",
         }
     }
 
-    /// True when the upstream cannot have seen the request, so a retry is safe.
-    pub fn before_send(&self) -> bool {
-        !matches!(
+    /// Whether `response_total` classifies it as a failure: the proxy's
+    /// policy answering (rate limit, a fault's 4xx) and the client's own
+    /// mistakes are not.
+    pub fn is_failure(&self) -> bool {
+        match self {
+            ProxyError::RateLimited | ProxyError::RequestBody | ProxyError::BadRequest(_) => false,
+            ProxyError::FaultAbort { status } => status.is_server_error(),
+            _ => true,
+        }
+    }
+
+    /// No connection to the upstream could be had at all.
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
             self,
-            ProxyError::ResponseTimeout { .. }
-                | ProxyError::Upstream { .. }
-                | ProxyError::UpstreamReset { .. }
-        )
+            ProxyError::ConnectRefused(_)
+                | ProxyError::ConnectTimeout { .. }
+                | ProxyError::Connect { .. }
+                | ProxyError::Handshake { .. }
+                | ProxyError::TlsHandshake { .. }
+        ) || matches!(self, ProxyError::Unsent { error, .. } if error.is_connect_failure())
+    }
+
+    /// The upstream address the error is about, when it names one.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            ProxyError::ConnectRefused(addr)
+            | ProxyError::ConnectTimeout { addr, .. }
+            | ProxyError::Connect { addr, .. }
+            | ProxyError::Handshake { addr, .. }
+            | ProxyError::ResponseTimeout { addr, .. }
+            | ProxyError::TlsHandshake { addr, .. }
+            | ProxyError::UpstreamReset { addr }
+            | ProxyError::Upstream { addr, .. } => Some(*addr),
+            ProxyError::Unsent { error, .. } => error.addr(),
+            _ => None,
+        }
     }
 
     /// A request/response exchange with upstream `addr` that failed: the

@@ -1,29 +1,39 @@
 //! Runs hyper's HTTP/1.1 or HTTP/2 server on a detected connection, with
-//! every request going to [`super::handle`], and shuts the connection down
+//! every request going to its direction's tower stack, and shuts the connection down
 //! gracefully when the proxy drains (HTTP/1: after the request in flight;
 //! HTTP/2: GOAWAY, then open streams finish).
+//!
+//! The protocol-level limits live here, as builder settings from
+//! `proxy.http`: the HTTP/1 head size and field count, the HTTP/2 header
+//! list, concurrent streams, reset-stream floods and keep-alive PINGs.
+//! What hyper and h2 refuse on their own never reaches the stack,
+//! so it is counted from the error the connection ends with
+//! ([`count_ended`]): an HTTP/1 head hyper answered with 400/414/431 in
+//! `http_proxy_errors_total`, an HTTP/2 connection closed by an error
+//! (a flood's GOAWAY `ENHANCE_YOUR_CALM`, a `PROTOCOL_ERROR`, a PING left
+//! unanswered) in `http2_connection_errors_total`.
 
+use super::body::ProxyBody;
 use super::ConnContext;
 use crate::detect::Protocol;
+use crate::metrics::Metrics;
+use crate::Direction;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use strait_config::HttpSettings;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// HTTP/2 streams a client may open and reset before the proxy accepts
-/// them (the "rapid reset" flood, CVE-2023-44487): past it, GOAWAY.
-const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 50;
-
-/// HTTP/2 streams the proxy may reset for a client's protocol errors on
-/// one connection: past it, GOAWAY (CVE-2024-27316-style floods).
-const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 
 /// Drive a hyper connection to completion. When the proxy drains, or the
 /// connection moves no bytes for the idle timeout, it shuts down
@@ -81,21 +91,77 @@ pub async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = ctx.inputs.snapshot.load().config.proxy.http.clone();
-    let service = service_fn(move |req| super::handle(ctx.clone(), req));
+    let metrics = ctx.inputs.metrics.clone();
+    let direction = ctx.direction();
+    match direction {
+        Direction::Outbound => {
+            let stack = crate::outbound::stack(ctx);
+            let service = service_fn(move |req| stack.clone().oneshot(req));
+            serve_with(
+                io,
+                protocol,
+                &limits,
+                service,
+                drain,
+                idle_timeout,
+                (metrics, direction),
+            )
+            .await
+        }
+        Direction::Inbound => {
+            let stack = crate::inbound::stack(ctx);
+            let service = service_fn(move |req| stack.clone().oneshot(req));
+            serve_with(
+                io,
+                protocol,
+                &limits,
+                service,
+                drain,
+                idle_timeout,
+                (metrics, direction),
+            )
+            .await
+        }
+    }
+}
+
+/// Serve HTTP on `io` with `service` (a direction's stack).
+async fn serve_with<I, S>(
+    io: I,
+    protocol: Protocol,
+    limits: &HttpSettings,
+    service: S,
+    drain: CancellationToken,
+    idle_timeout: (Arc<AtomicU64>, Duration),
+    (metrics, direction): (Arc<Metrics>, Direction),
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let io = TokioIo::new(io);
     let result = if protocol == Protocol::Http2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         // h2 answers a header block over the list size with 431; streams a
-        // client resets before we accept them, and streams we reset for its
-        // errors, are bounded so neither flood costs more than a GOAWAY.
+        // client resets before we accept them (rapid reset), and streams we
+        // reset for its errors, are bounded so neither flood costs more
+        // than a GOAWAY. A PING left unanswered closes the connection.
         builder
             .timer(TokioTimer::new())
             .max_header_list_size(
                 u32::try_from(limits.max_request_headers_bytes).unwrap_or(u32::MAX),
             )
             .max_concurrent_streams(limits.max_concurrent_streams)
-            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
+            .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(limits.max_local_error_reset_streams)
+            .keep_alive_interval(limits.http2_keep_alive_interval)
+            .keep_alive_timeout(limits.http2_keep_alive_timeout);
         drive!(builder.serve_connection(io, service), drain, idle_timeout)
     } else {
         let mut builder = http1::Builder::new();
@@ -115,5 +181,75 @@ pub async fn serve<I>(
     if let Err(e) = result {
         // Malformed requests get hyper's 400 and a close; a client reset is routine.
         tracing::debug!(error = %e, "client connection ended with an error");
+        count_ended(&metrics, direction, protocol, &e);
+    }
+}
+
+/// Count a client connection that ended with `e`, when hyper or h2
+/// refused something on their own: an HTTP/1 head hyper answered itself
+/// (400, 414, 431) or let time out, or an HTTP/2 connection error. A
+/// client that merely went away is not counted.
+fn count_ended(metrics: &Metrics, direction: Direction, protocol: Protocol, e: &hyper::Error) {
+    if protocol == Protocol::Http2 {
+        if let Some((reason, sender)) = http2_ended(e) {
+            metrics.http2_connection_error(direction, reason, sender);
+        }
+    } else if let Some(reason) = http1_refused(e) {
+        metrics.proxy_error(direction, reason);
+    }
+}
+
+/// The `http_proxy_errors_total` reason of an HTTP/1 head hyper refused.
+fn http1_refused(e: &hyper::Error) -> Option<&'static str> {
+    if e.is_parse_too_large() {
+        // hyper has no predicate of its own for the target that is too
+        // long (414): only its message tells it from a head that is (431).
+        return Some(if e.to_string().starts_with("URI too long") {
+            "uri-too-long"
+        } else {
+            "headers-too-large"
+        });
+    }
+    if e.is_parse() {
+        return Some("malformed-request");
+    }
+    e.is_timeout().then_some("request-head-timeout")
+}
+
+/// The reason and sender of an HTTP/2 connection that ended by an error:
+/// the GOAWAY's error code, or a PING the client never answered.
+fn http2_ended(e: &hyper::Error) -> Option<(&'static str, &'static str)> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.is_io() || h2.is_reset() {
+                return None;
+            }
+            let sender = if h2.is_remote() { "client" } else { "proxy" };
+            return h2.reason().map(|r| (reason_name(r), sender));
+        }
+        cause = err.source();
+    }
+    e.is_timeout().then_some(("keep_alive_timeout", "proxy"))
+}
+
+/// An HTTP/2 error code as a label (RFC 9113 §7).
+fn reason_name(reason: h2::Reason) -> &'static str {
+    match reason {
+        h2::Reason::NO_ERROR => "no_error",
+        h2::Reason::PROTOCOL_ERROR => "protocol_error",
+        h2::Reason::INTERNAL_ERROR => "internal_error",
+        h2::Reason::FLOW_CONTROL_ERROR => "flow_control_error",
+        h2::Reason::SETTINGS_TIMEOUT => "settings_timeout",
+        h2::Reason::STREAM_CLOSED => "stream_closed",
+        h2::Reason::FRAME_SIZE_ERROR => "frame_size_error",
+        h2::Reason::REFUSED_STREAM => "refused_stream",
+        h2::Reason::CANCEL => "cancel",
+        h2::Reason::COMPRESSION_ERROR => "compression_error",
+        h2::Reason::CONNECT_ERROR => "connect_error",
+        h2::Reason::ENHANCE_YOUR_CALM => "enhance_your_calm",
+        h2::Reason::INADEQUATE_SECURITY => "inadequate_security",
+        h2::Reason::HTTP_1_1_REQUIRED => "http_1_1_required",
+        _ => "unknown",
     }
 }

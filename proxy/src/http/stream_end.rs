@@ -8,6 +8,7 @@
 //!
 //! Depends on: [`crate::metrics`], [`crate::registry`] (the slot).
 
+use super::body::ProxyBody;
 use crate::metrics::RequestMetrics;
 use crate::pool::PooledBody;
 use crate::registry::RequestSlot;
@@ -24,19 +25,12 @@ pub struct ResponseEnd {
     status: u16,
     /// Set for gRPC responses: the `grpc-status` seen so far, if any.
     grpc: Option<Option<u32>>,
-    /// The circuit-breaker slot, released with the stream.
-    _slot: Option<RequestSlot>,
 }
 
 impl ResponseEnd {
     /// `headers` are the response's: a gRPC response is recognised by
     /// its content type, and a trailers-only one carries its status there.
-    pub fn new(
-        metrics: Arc<RequestMetrics>,
-        status: u16,
-        headers: &HeaderMap,
-        slot: Option<RequestSlot>,
-    ) -> ResponseEnd {
+    pub fn new(metrics: Arc<RequestMetrics>, status: u16, headers: &HeaderMap) -> ResponseEnd {
         let is_grpc = headers
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
@@ -44,7 +38,6 @@ impl ResponseEnd {
             metrics,
             status,
             grpc: is_grpc.then(|| grpc_status(headers)),
-            _slot: slot,
         }
     }
 
@@ -63,6 +56,24 @@ impl ResponseEnd {
     }
 }
 
+/// Record `end` when the response stream ends: the upstream's stream,
+/// or (after a retry's read-ahead) the frames held back and the rest.
+pub fn track(response: &mut http::Response<ProxyBody>, mut end: ResponseEnd) {
+    match response.body_mut() {
+        ProxyBody::Stream(body) => body.track(end),
+        ProxyBody::Replayed { frames, rest } => {
+            for trailers in frames.iter().filter_map(|f| f.trailers_ref()) {
+                end.trailers(trailers);
+            }
+            match rest {
+                Some(body) => body.track(end),
+                None => end.finish(false),
+            }
+        }
+        ProxyBody::Full(_) => end.finish(false),
+    }
+}
+
 /// A gRPC status from headers or trailers.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
@@ -75,11 +86,24 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 pub struct Tracked {
     inner: PooledBody,
     end: Option<ResponseEnd>,
+    /// The circuit-breaker slot, released with the stream.
+    slot: Option<RequestSlot>,
 }
 
 impl Tracked {
     pub fn new(inner: PooledBody) -> Tracked {
-        Tracked { inner, end: None }
+        Tracked {
+            inner,
+            end: None,
+            slot: None,
+        }
+    }
+
+    /// Hold `slot` until this body ends.
+    pub fn hold(&mut self, slot: RequestSlot) {
+        if !self.inner.is_end_stream() {
+            self.slot = Some(slot);
+        }
     }
 
     /// Record `end` when this body ends (at once if it already has).
@@ -92,6 +116,7 @@ impl Tracked {
     }
 
     fn finish(&mut self, broken: bool) {
+        self.slot = None;
         if let Some(end) = self.end.take() {
             end.finish(broken);
         }

@@ -23,7 +23,7 @@ pub struct VirtualHosts {
     /// `example.*` as `example.`, longest first.
     prefixes: Vec<(String, usize)>,
     any: Option<usize>,
-    hosts: Vec<Vec<Route>>,
+    hosts: Vec<Vec<Arc<Route>>>,
 }
 
 /// One compiled route.
@@ -81,13 +81,6 @@ impl TokenBucket {
             false
         }
     }
-}
-
-/// What a route's admission checks decided.
-pub enum Admission {
-    Pass { delay: Option<std::time::Duration> },
-    RateLimited,
-    Abort(http::StatusCode),
 }
 
 #[derive(Debug)]
@@ -195,7 +188,7 @@ impl VirtualHosts {
             out.hosts.push(
                 host.routes
                     .iter()
-                    .filter_map(|r| compile_route(r, &host_name, clusters))
+                    .filter_map(|r| compile_route(r, &host_name, clusters).map(Arc::new))
                     .collect(),
             );
         }
@@ -211,7 +204,7 @@ impl VirtualHosts {
     }
 
     /// The route for a request to `host` (lowercase, no port).
-    pub fn find<B>(&self, host: &str, req: &Request<B>) -> Option<&Route> {
+    pub fn find<B>(&self, host: &str, req: &Request<B>) -> Option<&Arc<Route>> {
         let index = self
             .exact
             .get(host)
@@ -364,20 +357,21 @@ impl Route {
         }
     }
 
-    /// Rate limit, then fault injection, for one request.
-    pub fn admit(&self) -> Admission {
-        if self.rate_limit.as_ref().is_some_and(|b| !b.try_take()) {
-            return Admission::RateLimited;
-        }
-        if let Some((status, share)) = self.fault_abort {
-            if fastrand::f64() < share {
-                return Admission::Abort(status);
-            }
-        }
-        let delay = self
-            .fault_delay
-            .and_then(|(delay, share)| (fastrand::f64() < share).then_some(delay));
-        Admission::Pass { delay }
+    /// Whether the route's rate limit lets one more request through.
+    pub fn take_token(&self) -> bool {
+        self.rate_limit.as_ref().is_none_or(|b| b.try_take())
+    }
+
+    /// The status to abort this request with, when the fault picks it.
+    pub fn fault_abort(&self) -> Option<http::StatusCode> {
+        let (status, share) = self.fault_abort?;
+        (fastrand::f64() < share).then_some(status)
+    }
+
+    /// How long to delay this request, when the fault picks it.
+    pub fn fault_delay(&self) -> Option<std::time::Duration> {
+        let (delay, share) = self.fault_delay?;
+        (fastrand::f64() < share).then_some(delay)
     }
 
     /// Header edits on the response going back.

@@ -3,13 +3,113 @@
 //! destination port on the configured forward address (127.0.0.1 by
 //! default), or to the inbound listener's default cluster when one is set.
 //! Outbound routes do not apply here.
+//!
+//! The whole HTTP stack is below, outermost layer first; each layer is a
+//! module of [`crate::stack`].
 
 use crate::http::error::ProxyError;
-use crate::http::Target;
+use crate::http::{ConnContext, Target};
 use crate::orig_dst::OrigDst;
 use crate::outbound::to_cluster;
 use crate::route::Snapshot;
+use crate::stack::router::{Routed, Router};
+use crate::stack::split::{Dispatch, Split, Upstream};
+use crate::stack::{
+    admit, authorize, balance::Balance, breaker::Breaker, client::Client,
+    endpoint_metrics::EndpointMetrics, headers::ClientIdentity, load::Load, request_metrics,
+    rescue, timeout, Req, Rsp,
+};
+use http::Request;
+use hyper::body::Incoming;
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use tower::{Service, ServiceBuilder};
+
+/// One client connection's stack.
+pub fn stack(
+    conn: Arc<ConnContext>,
+) -> impl Service<Request<Incoming>, Response = Rsp, Error = Infallible, Future: Send> + Clone {
+    let routes = conn.clone();
+    ServiceBuilder::new()
+        .layer(rescue::layer(conn.clone())) // every error becomes a response naming its cause
+        .layer(admit::layer(conn.inputs.snapshot.clone())) // one authority, size limits, path normalisation
+        .layer(request_metrics::layer(conn.clone())) // request_total, latency, response_total at stream end
+        .layer(authorize::layer(conn.clone())) // the port's policy on the client's mTLS identity: 403
+        .service(Router::new(conn, rules, move |_, dispatch| {
+            route_stack(&routes, dispatch) // the app's port, or the default cluster
+        }))
+}
+
+/// The stack to the app or the default cluster.
+fn route_stack(
+    conn: &Arc<ConnContext>,
+    dispatch: Dispatch,
+) -> impl Service<Req, Response = Rsp, Error = ProxyError, Future: Send> + Clone {
+    let endpoints = conn.clone();
+    let none = conn.inputs.snapshot.load().no_authority.clone();
+    let client = conn.client.ip();
+    ServiceBuilder::new()
+        .layer(timeout::layer(None, conn.orig_dst.addr)) // grpc-timeout, from body sent
+        .service(Split::new(dispatch, move |upstream: Upstream| {
+            let cluster = match &upstream {
+                Upstream::Cluster(target) => Some(target.cluster.clone()),
+                Upstream::Direct(_) => None,
+            };
+            let endpoints = endpoints.clone();
+            Breaker::new(
+                cluster, // max_requests of the default cluster
+                Balance::new(upstream, client, none.clone(), move |target| {
+                    endpoint_stack(&endpoints, target) // the cluster's policy picks
+                }),
+            )
+        }))
+}
+
+/// One endpoint's stack (the app is one, with no cluster).
+fn endpoint_stack(
+    conn: &Arc<ConnContext>,
+    target: Target,
+) -> impl Service<Req, Response = Rsp, Error = ProxyError, Future: Send> + Clone {
+    let endpoint = target.cluster.clone().zip(target.endpoint.clone());
+    Load::new(
+        endpoint, // in flight, Peak-EWMA latency, outlier detection
+        conn.inputs.metrics.clone(),
+        EndpointMetrics::new(
+            conn.clone(), // the request's labels: this endpoint's
+            target.clone(),
+            ClientIdentity::new(
+                conn.clone(), // x-forwarded-for, strait-client-id, HTTP/1 restored
+                &target,
+                Client::new(conn.clone(), target.clone()), // pool, connect, send, try timeout
+            ),
+        ),
+    )
+}
+
+/// Route an inbound HTTP request: the default cluster, else the app at
+/// the port the client dialled.
+fn rules(
+    snapshot: &Snapshot,
+    conn: &ConnContext,
+    req: &Request<crate::http::body::UpstreamBody>,
+) -> Result<Routed, ProxyError> {
+    if let Some(route) = snapshot.inbound_default.as_ref() {
+        return Ok(Routed::Forward(None, Dispatch::Cluster(route.clone())));
+    }
+    if !conn.orig_dst.redirected {
+        return Err(ProxyError::NoRoute {
+            authority: crate::http::headers::authority(req)
+                .unwrap_or("")
+                .to_string(),
+        });
+    }
+    let app = SocketAddr::new(
+        snapshot.config.inbound.forward_ip,
+        conn.orig_dst.addr.port(),
+    );
+    Ok(Routed::Forward(None, Dispatch::Direct(app)))
+}
 
 /// Pick the target for an inbound HTTP request or TCP connection.
 pub fn resolve_http(

@@ -1,45 +1,108 @@
 //! The outbound direction: traffic from the local application to the
-//! network. A request goes, in order of precedence, to the route for its
-//! authority, the route for its destination port, the listener's default
-//! cluster, or (when iptables redirected it) its original destination.
+//! network. A request goes, in order of precedence, to the L7 route for
+//! its authority, the simple route for its authority or destination port,
+//! the listener's default cluster, or (when iptables redirected it) its
+//! original destination. Opaque TCP takes the same port, default and
+//! original-destination rules ([`crate::tcp`]).
 //!
-//! Stack, per connection: accept ([`crate::listen`]) → original
-//! destination → detect → HTTP ([`crate::http`]: route → balance → pool)
-//! or opaque ([`crate::tcp`]: route → connect → copy).
+//! The whole HTTP stack is below, outermost layer first; each layer is a
+//! module of [`crate::stack`].
 
-use crate::balance::cluster::{ip_hash, request_hash};
 use crate::http::error::ProxyError;
 use crate::http::vhost::{Action, Route};
-use crate::http::{headers, Target};
+use crate::http::{headers, ConnContext, Target};
 use crate::orig_dst::OrigDst;
-use crate::route::{ClusterState, RouteTarget, Snapshot};
-use strait_config::HashKey;
+use crate::route::{RouteTarget, Snapshot};
+use crate::stack::router::{Routed, Router};
+use crate::stack::split::{Dispatch, Split, Upstream};
+use crate::stack::{
+    admit, balance::Balance, breaker::Breaker, client::Client, endpoint_metrics::EndpointMetrics,
+    fault, headers::MeshOrigProto, load::Load, rate_limit, request_metrics, rescue, retry, timeout,
+    Req, Rsp,
+};
+use http::Request;
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tower::{Service, ServiceBuilder};
 
-/// How an outbound HTTP request is answered.
-pub enum Routed<'s> {
-    /// Forward to `Target`, applying the L7 route's edits when one matched.
-    Forward(Target, Option<&'s Route>),
-    /// The route answers itself (direct response or redirect).
-    Local(&'s Route),
+/// One client connection's stack.
+pub fn stack(
+    conn: Arc<ConnContext>,
+) -> impl Service<Request<Incoming>, Response = Rsp, Error = Infallible, Future: Send> + Clone {
+    let routes = conn.clone();
+    ServiceBuilder::new()
+        .layer(rescue::layer(conn.clone())) // every error becomes a response naming its cause
+        .layer(admit::layer(conn.inputs.snapshot.clone())) // one authority, size limits, path normalisation
+        .layer(request_metrics::layer(conn.clone())) // request_total, latency, response_total at stream end
+        .service(Router::new(conn, rules, move |route, dispatch| {
+            route_stack(&routes, route, dispatch) // virtual host, authority, port, default, original destination
+        }))
+}
+
+/// One route's stack; `route` is None for a simple route or none at all.
+fn route_stack(
+    conn: &Arc<ConnContext>,
+    route: Option<Arc<Route>>,
+    dispatch: Dispatch,
+) -> impl Service<Req, Response = Rsp, Error = ProxyError, Future: Send> + Clone {
+    let clusters = conn.clone();
+    ServiceBuilder::new()
+        .layer(fault::layer(route.clone())) // abort or delay a share of requests
+        .layer(rate_limit::layer(route.clone())) // the route's token bucket: 429
+        .layer(timeout::layer(route.clone(), conn.orig_dst.addr)) // route timeout and grpc-timeout, from body sent
+        .layer(retry::layer(route, conn.inputs.metrics.clone())) // tower Retry: policy, budget, max_retries
+        .service(Split::new(dispatch, move |upstream| {
+            cluster_stack(&clusters, upstream) // the weighted split's pick
+        }))
+}
+
+/// One cluster's stack (or an original destination's).
+fn cluster_stack(
+    conn: &Arc<ConnContext>,
+    upstream: Upstream,
+) -> impl Service<Req, Response = Rsp, Error = ProxyError, Future: Send> + Clone {
+    let endpoints = conn.clone();
+    let cluster = match &upstream {
+        Upstream::Cluster(target) => Some(target.cluster.clone()),
+        Upstream::Direct(_) => None,
+    };
+    let none = conn.inputs.snapshot.load().no_authority.clone();
+    Breaker::new(
+        cluster, // max_requests: fail fast with 503, slot held to the end of the response
+        Balance::new(upstream, conn.client.ip(), none, move |target| {
+            endpoint_stack(&endpoints, target) // the cluster's policy picks; unsent requests go elsewhere
+        }),
+    )
+}
+
+/// One endpoint's stack.
+fn endpoint_stack(
+    conn: &Arc<ConnContext>,
+    target: Target,
+) -> impl Service<Req, Response = Rsp, Error = ProxyError, Future: Send> + Clone {
+    let endpoint = target.cluster.clone().zip(target.endpoint.clone());
+    Load::new(
+        endpoint, // in flight, Peak-EWMA latency, outlier detection
+        conn.inputs.metrics.clone(),
+        EndpointMetrics::new(
+            conn.clone(), // the request's labels: this endpoint's
+            target.clone(),
+            MeshOrigProto::new(
+                &target,                                   // HTTP/1 over the mesh's HTTP/2 says so
+                Client::new(conn.clone(), target.clone()), // pool, connect, mTLS, send, try timeout
+            ),
+        ),
+    )
 }
 
 /// Route an outbound HTTP request: virtual hosts first, then the simple
 /// authority and port routes, the default cluster, the original destination.
-pub fn route_http<'s, B>(
-    snapshot: &'s Snapshot,
-    orig_dst: OrigDst,
-    client: std::net::IpAddr,
-    req: &http::Request<B>,
-) -> Result<Routed<'s>, ProxyError> {
-    let hash = |cluster: &ClusterState| -> Option<u64> {
-        match cluster.settings().hash_key.as_ref()? {
-            HashKey::Header(name) => req
-                .headers()
-                .get(name.as_str())
-                .map(|v| request_hash(v.as_bytes())),
-            HashKey::SourceIp => Some(ip_hash(client)),
-        }
-    };
+fn rules(
+    snapshot: &Snapshot,
+    conn: &ConnContext,
+    req: &Request<crate::http::body::UpstreamBody>,
+) -> Result<Routed, ProxyError> {
     let authority = headers::authority(req);
     if let (false, Some(authority)) = (snapshot.vhosts.is_empty(), authority) {
         let host = crate::route::strip_port(authority);
@@ -49,29 +112,27 @@ pub fn route_http<'s, B>(
             std::borrow::Cow::Borrowed(host)
         };
         if let Some(route) = snapshot.vhosts.find(&host, req) {
-            return match &route.action {
-                Action::Forward(split) => {
-                    let chosen = split.pick().ok_or_else(|| ProxyError::NoEndpoints {
-                        cluster: route.name.to_string(),
-                    })?;
-                    Ok(Routed::Forward(
-                        to_cluster(chosen, hash(&chosen.cluster))?,
-                        Some(route),
-                    ))
+            return Ok(match &route.action {
+                Action::Forward(_) => {
+                    Routed::Forward(Some(route.clone()), Dispatch::Route(route.clone()))
                 }
-                Action::Direct { .. } | Action::Redirect { .. } => Ok(Routed::Local(route)),
-            };
+                Action::Direct { .. } | Action::Redirect { .. } => Routed::Local(route.clone()),
+            });
         }
     }
     let route = authority
         .and_then(|a| snapshot.by_authority(a))
-        .or_else(|| snapshot.by_port(orig_dst.addr.port()))
+        .or_else(|| snapshot.by_port(conn.orig_dst.addr.port()))
         .or(snapshot.outbound_default.as_ref());
-    let key = route.and_then(|r| hash(&r.cluster));
-    route_or_original(snapshot, orig_dst, route, key, || {
-        authority.unwrap_or("").to_string()
-    })
-    .map(|target| Routed::Forward(target, None))
+    match route {
+        Some(route) => Ok(Routed::Forward(None, Dispatch::Cluster(route.clone()))),
+        None if conn.orig_dst.redirected => {
+            Ok(Routed::Forward(None, Dispatch::Direct(conn.orig_dst.addr)))
+        }
+        None => Err(ProxyError::NoRoute {
+            authority: authority.unwrap_or("").to_string(),
+        }),
+    }
 }
 
 /// Pick the target for an outbound opaque TCP connection.

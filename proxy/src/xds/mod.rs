@@ -116,14 +116,17 @@ impl Xds {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A file reload: the new file config with the xDS resources held.
-    /// Refused (the running config stays) if the two do not merge.
-    pub fn rebase(&self, base: Config) -> Result<(), Rejected> {
+    /// A file reload: the new file config merged with the xDS resources
+    /// held, for the reload to apply; from now on it is the base. Refused
+    /// (and the base unchanged) if the two do not merge.
+    pub fn rebase(&self, base: Config) -> Result<Config, Rejected> {
         let mut inner = self.lock();
+        if inner.base.xds != base.xds {
+            warn!("the xds section changed: it takes effect on restart");
+        }
         let translated = translate::translate(&base, &inner.resources, &inner.expired)?;
         inner.base = base;
-        (self.apply)(translated.config);
-        Ok(())
+        Ok(translated.config)
     }
 
     /// `/config_dump`: the file's config in its own shape (so it still

@@ -1,0 +1,92 @@
+//! `proxy.http`: what an HTTP client may send (request limits, HTTP/2
+//! flood limits and keep-alive) and how its path is canonicalised, each
+//! field checked against its range with its default from
+//! [`super::defaults`].
+
+use super::{defaults, Rules};
+use crate::error::ConfigError;
+use crate::file::FileHttp;
+use crate::model::HttpSettings;
+use std::time::Duration;
+
+pub(super) fn settings(rules: &Rules<'_>, h: FileHttp) -> Result<HttpSettings, ConfigError> {
+    let body = rules.range(
+        "proxy.http.max_request_body_bytes",
+        h.max_request_body_bytes,
+        0,
+        0,
+        i64::MAX,
+        "0 (no limit) or more",
+    )?;
+    Ok(HttpSettings {
+        normalize_path: h.normalize_path.unwrap_or(true),
+        merge_slashes: h.merge_slashes.unwrap_or(true),
+        decode_unreserved: h.decode_unreserved.unwrap_or(true),
+        // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+        max_request_headers_bytes: rules.range(
+            "proxy.http.max_request_headers_bytes",
+            h.max_request_headers_bytes,
+            defaults::MAX_REQUEST_HEADERS_BYTES as i64,
+            8192,
+            16 * 1024 * 1024,
+            "8192 to 16777216",
+        )? as usize,
+        max_request_headers: rules.range(
+            "proxy.http.max_request_headers",
+            h.max_request_headers,
+            defaults::MAX_REQUEST_HEADERS as i64,
+            1,
+            10_000,
+            "1 to 10000",
+        )? as usize,
+        max_uri_bytes: rules.range(
+            "proxy.http.max_uri_bytes",
+            h.max_uri_bytes,
+            defaults::MAX_URI_BYTES as i64,
+            16,
+            65_534,
+            "16 to 65534",
+        )? as usize,
+        max_request_body_bytes: (body > 0).then_some(body as u64),
+        max_concurrent_streams: rules.range(
+            "proxy.http.max_concurrent_streams",
+            h.max_concurrent_streams,
+            i64::from(defaults::MAX_CONCURRENT_STREAMS),
+            1,
+            1_000_000,
+            "1 to 1000000",
+        )? as u32,
+        max_pending_accept_reset_streams: rules.range(
+            "proxy.http.max_pending_accept_reset_streams",
+            h.max_pending_accept_reset_streams,
+            defaults::MAX_PENDING_ACCEPT_RESET_STREAMS as i64,
+            1,
+            100_000,
+            "1 to 100000",
+        )? as usize,
+        max_local_error_reset_streams: rules.range(
+            "proxy.http.max_local_error_reset_streams",
+            h.max_local_error_reset_streams,
+            defaults::MAX_LOCAL_ERROR_RESET_STREAMS as i64,
+            1,
+            100_000,
+            "1 to 100000",
+        )? as usize,
+        http2_keep_alive_interval: h
+            .http2_keep_alive_interval
+            .as_ref()
+            .map(|v| {
+                rules.duration(
+                    "proxy.http.http2_keep_alive_interval",
+                    Some(v),
+                    Duration::ZERO,
+                )
+            })
+            .transpose()?,
+        http2_keep_alive_timeout: rules.duration(
+            "proxy.http.http2_keep_alive_timeout",
+            h.http2_keep_alive_timeout.as_ref(),
+            defaults::HTTP2_KEEP_ALIVE_TIMEOUT,
+        )?,
+    })
+}

@@ -1,0 +1,168 @@
+//! Timeouts to response headers, counted from when the request body has
+//! been sent (an upload slower than the timeout is not cut off; a server
+//! that answers before the body ends is answered at once).
+//!
+//! [`Timeout`] is the route's: the route's `timeout` and the client's
+//! `grpc-timeout`, whichever is shorter, over every try together. It also
+//! tells the tries below what each may take ([`super::Req::try_timeout`]):
+//! the retry policy's `per_try_timeout`, or no limit of their own when the
+//! route's bounds them; with neither, the cluster's `response_timeout`
+//! applies per try (in [`super::client`], through [`deadline`]).
+
+use super::{Req, ReqState, Result, Rsp};
+use crate::http::error::ProxyError;
+use crate::http::vhost::Route;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::time::Sleep;
+use tower::Service;
+
+#[derive(Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    route: Option<Arc<Route>>,
+    /// Named in the error: where the request was headed.
+    addr: SocketAddr,
+}
+
+pub fn layer<S>(
+    route: Option<Arc<Route>>,
+    addr: SocketAddr,
+) -> impl tower::Layer<S, Service = Timeout<S>> + Clone {
+    tower::layer::layer_fn(move |inner| Timeout {
+        inner,
+        route: route.clone(),
+        addr,
+    })
+}
+
+impl<S> Service<Req> for Timeout<S>
+where
+    S: Service<Req, Response = Rsp, Error = ProxyError>,
+{
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = Deadline<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let route_timeout = self.route.as_ref().and_then(|r| r.timeout);
+        let overall = match (route_timeout, grpc_timeout(&req.http)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let per_try = self
+            .route
+            .as_ref()
+            .and_then(|r| r.retry.as_ref())
+            .and_then(|p| p.per_try_timeout);
+        if per_try.is_some() || overall.is_some() {
+            req.try_timeout = Some(per_try);
+        }
+        let state = req.state.clone();
+        deadline(self.inner.call(req), &state, overall, self.addr)
+    }
+}
+
+/// `future`, failed with a response timeout once `limit` has passed
+/// since the request body was sent (no limit: `future` as it is).
+pub fn deadline<F>(
+    future: F,
+    state: &Arc<ReqState>,
+    limit: Option<Duration>,
+    addr: SocketAddr,
+) -> Deadline<F> {
+    let timer = match limit {
+        None => Timer::Off,
+        Some(limit) if state.body_sent() => Timer::Running {
+            sleep: tokio::time::sleep(limit),
+        },
+        Some(limit) => {
+            let state = state.clone();
+            Timer::Waiting {
+                start: Box::pin(async move { state.wait_body_sent().await }),
+                limit,
+            }
+        }
+    };
+    Deadline {
+        future,
+        timer,
+        limit: limit.unwrap_or_default(),
+        addr,
+    }
+}
+
+pin_project! {
+    #[project = TimerProj]
+    enum Timer {
+        Off,
+        /// The body is still being sent: the clock has not started.
+        Waiting { start: Pin<Box<dyn Future<Output = ()> + Send>>, limit: Duration },
+        Running { #[pin] sleep: Sleep },
+    }
+}
+
+pin_project! {
+    pub struct Deadline<F> {
+        #[pin]
+        future: F,
+        #[pin]
+        timer: Timer,
+        limit: Duration,
+        addr: SocketAddr,
+    }
+}
+
+impl<F: Future<Output = Result>> Future for Deadline<F> {
+    type Output = Result;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result> {
+        let mut this = self.project();
+        if let Poll::Ready(result) = this.future.poll(cx) {
+            return Poll::Ready(result);
+        }
+        loop {
+            match this.timer.as_mut().project() {
+                TimerProj::Off => return Poll::Pending,
+                TimerProj::Waiting { start, limit } => {
+                    ready!(start.as_mut().poll(cx));
+                    let sleep = tokio::time::sleep(*limit);
+                    this.timer.set(Timer::Running { sleep });
+                }
+                TimerProj::Running { sleep } => {
+                    ready!(sleep.poll(cx));
+                    return Poll::Ready(Err(ProxyError::ResponseTimeout {
+                        addr: *this.addr,
+                        after: *this.limit,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// A gRPC client's deadline (`grpc-timeout: 100m`), if it sent one.
+pub fn grpc_timeout<B>(req: &http::Request<B>) -> Option<Duration> {
+    let value = req.headers().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    (!timeout.is_zero()).then_some(timeout)
+}

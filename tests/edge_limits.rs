@@ -1,0 +1,409 @@
+//! Limits that hyper and h2 enforce before a request reaches the proxy's
+//! own code, black box: the real `strait` binary, raw HTTP/2 frames over
+//! TCP for the floods a well-behaved client library will not send, and
+//! the counters an operator watches (`http2_connection_errors_total`,
+//! `http_proxy_errors_total`). Part of issue #10; `tests/edge.rs` holds
+//! the limits the proxy answers itself.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::upstream::Upstream;
+use support::{metric_sum, Proxy, EPHEMERAL_LISTENERS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One cluster `web` at `addr` routed by authority `web`, plus `proxy.http`
+/// settings (a YAML flow mapping's body).
+fn config(addr: SocketAddr, http: &str) -> String {
+    format!(
+        "{EPHEMERAL_LISTENERS}proxy:\n  http: {{{http}}}\nclusters:\n  - name: web\n    endpoints: [{{address: '{addr}'}}]\nroutes:\n  - authority: web\n    cluster: web\n"
+    )
+}
+
+/// Wait (bounded) until the sum of `family{labels}` reaches `at_least`;
+/// returns the metrics text it last read.
+async fn wait_for_metric(proxy: &Proxy, family: &str, labels: &[&str], at_least: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = proxy.metrics();
+        if metric_sum(&text, family, labels) >= at_least {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{family}{labels:?} never reached {at_least}:\n{text}\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// --- HTTP/2 frames, written by hand -------------------------------------
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const CANCEL: u32 = 0x8;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = Vec::with_capacity(9 + payload.len());
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// `GET http://web/` as an HPACK block: static-table indices for
+/// `:method GET`, `:scheme http`, `:path /`, and `:authority` as a
+/// literal without indexing (so every block is the same bytes).
+const GET_WEB: &[u8] = &[0x82, 0x86, 0x84, 0x01, 0x03, b'w', b'e', b'b'];
+
+/// A client connection that has sent its preface and an empty SETTINGS.
+async fn raw_h2(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect proxy");
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    stream.write_all(&hello).await.expect("preface");
+    stream
+}
+
+/// The next frame (type, flags, payload), or `None` once the connection
+/// is closed or `deadline` passes.
+async fn next_frame(stream: &mut TcpStream, deadline: Instant) -> Option<(u8, u8, Vec<u8>)> {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let mut head = [0u8; 9];
+    tokio::time::timeout_at(deadline, stream.read_exact(&mut head))
+        .await
+        .ok()?
+        .ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    tokio::time::timeout_at(deadline, stream.read_exact(&mut payload))
+        .await
+        .ok()?
+        .ok()?;
+    Some((head[3], head[4], payload))
+}
+
+/// The error code of the first GOAWAY before `deadline`.
+async fn goaway_code(stream: &mut TcpStream, deadline: Instant) -> Option<u32> {
+    while let Some((kind, _, payload)) = next_frame(stream, deadline).await {
+        if kind == GOAWAY {
+            let code = payload.get(4..8)?;
+            return Some(u32::from_be_bytes([code[0], code[1], code[2], code[3]]));
+        }
+    }
+    None
+}
+
+/// A well-behaved HTTP/2 client's GET through the proxy: its status.
+async fn h2_get(sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>) -> StatusCode {
+    let req = Request::get("http://web/")
+        .body(Full::default())
+        .expect("request");
+    let response = sender.send_request(req).await.expect("well-behaved GET");
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+#[tokio::test]
+async fn a_rapid_reset_flood_gets_goaway_and_is_counted_while_others_are_served() {
+    let upstream = Upstream::start().await;
+    // 40 resets: under the default of 50, over the configured 10.
+    let proxy = Proxy::start(&config(
+        upstream.addr,
+        "max_pending_accept_reset_streams: 10",
+    ));
+
+    // A well-behaved client, connected before the flood.
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut good, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    assert_eq!(h2_get(&mut good).await, StatusCode::OK);
+
+    // The flood: each stream opened and cancelled at once, all in one write.
+    let mut flood = raw_h2(proxy.outbound).await;
+    let mut bytes = Vec::new();
+    for i in 0..40u32 {
+        let id = 1 + 2 * i;
+        bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, GET_WEB));
+        bytes.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    }
+    // The proxy may close before it has read everything.
+    let _ = flood.write_all(&bytes).await;
+    let code = goaway_code(&mut flood, Instant::now() + Duration::from_secs(5)).await;
+    assert_eq!(code, Some(ENHANCE_YOUR_CALM), "{}", proxy.log());
+    let metrics = wait_for_metric(
+        &proxy,
+        "http2_connection_errors_total",
+        &[
+            "direction=\"outbound\"",
+            "reason=\"enhance_your_calm\"",
+            "sender=\"proxy\"",
+        ],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric_sum(&metrics, "http2_connection_errors_total", &[]),
+        1.0,
+        "only the flooding connection is counted:\n{metrics}"
+    );
+
+    // The other client was never disturbed, and new ones are served.
+    for _ in 0..10 {
+        assert_eq!(h2_get(&mut good).await, StatusCode::OK);
+    }
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut fresh, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    assert_eq!(h2_get(&mut fresh).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_unanswered_keep_alive_ping_closes_the_connection_and_is_counted() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&config(
+        upstream.addr,
+        "http2_keep_alive_interval: 200ms, http2_keep_alive_timeout: 200ms",
+    ));
+    // A client that completes the preface and then stops answering.
+    let mut silent = raw_h2(proxy.outbound).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut pinged = false;
+    while let Some((kind, flags, _)) = next_frame(&mut silent, deadline).await {
+        pinged |= kind == PING && flags & 0x1 == 0;
+    }
+    assert!(pinged, "no PING before the close:\n{}", proxy.log());
+    assert!(
+        Instant::now() < deadline,
+        "the connection was not closed within 5 s"
+    );
+    wait_for_metric(
+        &proxy,
+        "http2_connection_errors_total",
+        &["reason=\"keep_alive_timeout\"", "sender=\"proxy\""],
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_broken_preface_is_counted_as_a_protocol_error() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&config(upstream.addr, ""));
+    let mut stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
+        .await
+        .expect("write");
+    let code = goaway_code(&mut stream, Instant::now() + Duration::from_secs(5)).await;
+    assert_eq!(code, Some(0x1), "GOAWAY(PROTOCOL_ERROR)");
+    wait_for_metric(
+        &proxy,
+        "http2_connection_errors_total",
+        &["reason=\"protocol_error\"", "sender=\"proxy\""],
+        1.0,
+    )
+    .await;
+}
+
+/// Send raw bytes on a fresh connection and read what comes back until the
+/// proxy closes or 5 s pass.
+async fn raw_http1(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The proxy may answer and close before it has read everything.
+    let _ = stream.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn heads_hyper_refuses_by_itself_are_counted() {
+    let upstream = Upstream::start().await;
+    // A 128 KiB head, so that hyper's own 64 KiB target limit is reachable.
+    let proxy = Proxy::start(&config(
+        upstream.addr,
+        "max_request_headers_bytes: 131072, max_uri_bytes: 65534",
+    ));
+    let head = |target: &str, extra: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: web\r\n{extra}Connection: close\r\n\r\n")
+    };
+    let cases = [
+        // Over the 128 KiB head: 431.
+        (
+            head("/", &format!("X-Big: {}\r\n", "x".repeat(200 * 1024))),
+            431,
+            "headers-too-large",
+        ),
+        // A 70,000-byte target inside the head: hyper's 414.
+        (
+            head(&format!("/{}", "a".repeat(70_000)), ""),
+            414,
+            "uri-too-long",
+        ),
+        // A field name with a space: hyper's 400.
+        (head("/", "Bad Header: x\r\n"), 400, "malformed-request"),
+    ];
+    for (request, status, reason) in &cases {
+        let response = raw_http1(proxy.outbound, request.as_bytes()).await;
+        assert_eq!(status_of(&response), *status, "{reason}: {response}");
+        let label = format!("reason=\"{reason}\"");
+        wait_for_metric(
+            &proxy,
+            "http_proxy_errors_total",
+            &["direction=\"outbound\"", &label],
+            1.0,
+        )
+        .await;
+    }
+    assert_eq!(
+        upstream.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+/// An HTTP/1 and h2c upstream that reads each request's whole body before
+/// it answers `got N` (so the proxy's answer comes first when the body
+/// breaks), counting requests.
+async fn collecting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let text = match req.into_body().collect().await {
+                            Ok(body) => format!("got {}", body.to_bytes().len()),
+                            Err(e) => format!("broken body: {e}"),
+                        };
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(text),
+                        )))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// `n` chunks of `size` bytes as a chunked HTTP/1 POST to `web`.
+fn chunked_post(n: usize, size: usize) -> Vec<u8> {
+    let mut out =
+        b"POST /collect HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    for _ in 0..n {
+        out.extend(format!("{size:x}\r\n").into_bytes());
+        out.extend(vec![b'x'; size]);
+        out.extend(b"\r\n");
+    }
+    out.extend(b"0\r\n\r\n");
+    out
+}
+
+#[tokio::test]
+
+async fn a_streamed_body_over_the_cap_gets_413_and_never_blames_the_endpoint() {
+    let (upstream, requests) = collecting_upstream().await;
+    let yaml = format!(
+        "{EPHEMERAL_LISTENERS}proxy:\n  http: {{max_request_body_bytes: 1000}}\nclusters:\n  - name: web\n    outlier_detection: {{consecutive_failures: 1}}\n    endpoints: [{{address: '{upstream}'}}]\nroutes:\n  - authority: web\n    cluster: web\n"
+    );
+    let proxy = Proxy::start(&yaml);
+
+    // HTTP/1, chunked: 800 bytes pass, 1200 do not.
+    let response = raw_http1(proxy.outbound, &chunked_post(2, 400)).await;
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert!(response.ends_with("got 800"), "{response}");
+    let response = raw_http1(proxy.outbound, &chunked_post(2, 600)).await;
+    assert_eq!(status_of(&response), 413, "{response}");
+    assert!(
+        response.contains("strait-proxy-error: body-too-large"),
+        "{response}"
+    );
+
+    // HTTP/2, DATA frames without content-length.
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let frames = (0..2).map(|_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'y'; 600])))
+    });
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let req = Request::post("http://web/collect")
+        .body(body)
+        .expect("request");
+    let response = h2.send_request(req).await.expect("h2 POST answered");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Counted as the client's, and the endpoint is still in rotation.
+    let metrics = wait_for_metric(
+        &proxy,
+        "http_proxy_errors_total",
+        &["reason=\"body-too-large\""],
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        metric_sum(&metrics, "endpoint_ejections_total", &[]),
+        0.0,
+        "{metrics}"
+    );
+    let response = raw_http1(proxy.outbound, &chunked_post(1, 10)).await;
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert!(requests.load(Ordering::SeqCst) >= 2);
+}
