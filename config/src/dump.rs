@@ -364,6 +364,23 @@ impl Config {
                 min_refresh: duration(self.dns.min_refresh),
                 max_refresh: duration(self.dns.max_refresh),
             }),
+            xds: self.xds.as_ref().map(|x| FileXds {
+                address: x.address.clone(),
+                node: Some(FileXdsNode {
+                    id: Some(x.node.id.clone()),
+                    cluster: Some(x.node.cluster.clone()),
+                    metadata: x.node.metadata.clone(),
+                }),
+                mode: Some(
+                    match x.mode {
+                        XdsMode::Sotw => "sotw",
+                        XdsMode::Delta => "delta",
+                    }
+                    .into(),
+                ),
+                initial_fetch_timeout: duration(x.initial_fetch_timeout),
+            }),
+            xds_resources: None,
         }
     }
 

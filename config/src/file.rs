@@ -21,6 +21,32 @@ pub struct FileConfig {
     #[serde(default)]
     pub virtual_hosts: Vec<FileVirtualHost>,
     pub dns: Option<FileDns>,
+    pub xds: Option<FileXds>,
+    /// Written by `/config_dump` to show what the control plane sent
+    /// (each resource's version and ACK/NACK state); ignored when read,
+    /// so a saved dump stays a config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds_resources: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileXds {
+    /// host:port of the control plane.
+    pub address: String,
+    pub node: Option<FileXdsNode>,
+    /// sotw | delta
+    pub mode: Option<String>,
+    pub initial_fetch_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileXdsNode {
+    pub id: Option<String>,
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

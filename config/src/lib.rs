@@ -71,7 +71,8 @@ impl Config {
 
     /// Apply `STRAIT_*` overrides: `STRAIT_OUTBOUND_ADDR`, `STRAIT_INBOUND_ADDR`,
     /// `STRAIT_ADMIN_ADDR` (IP:PORT), `STRAIT_LOG` (level) and
-    /// `STRAIT_LOG_FORMAT` (plain|json). `lookup` is the environment.
+    /// `STRAIT_LOG_FORMAT` (plain|json), `STRAIT_XDS_ADDRESS` (host:port)
+    /// and `STRAIT_XDS_NODE_ID`. `lookup` is the environment.
     pub fn apply_env(
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
@@ -97,6 +98,7 @@ impl Config {
             self.admin = a;
         }
         validate::distinct_listeners(self, None)?;
+        self.apply_xds_env(&lookup)?;
         if let Some(level) = lookup("STRAIT_LOG") {
             self.log.level = level;
         }
@@ -112,6 +114,69 @@ impl Config {
                     })
                 }
             };
+        }
+        Ok(())
+    }
+
+    /// The xDS overrides: the node id usually comes from the pod (its
+    /// name), the address from the mesh's install; either may stand
+    /// without the file's `xds:` section once both are given.
+    fn apply_xds_env(
+        &mut self,
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let address = lookup("STRAIT_XDS_ADDRESS");
+        let node_id = lookup("STRAIT_XDS_NODE_ID");
+        if address.is_none() && node_id.is_none() {
+            return Ok(());
+        }
+        if let Some(a) = &address {
+            let port_ok = a.trim().rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+            });
+            if !port_ok {
+                return Err(ConfigError::Env {
+                    var: "STRAIT_XDS_ADDRESS",
+                    value: a.clone(),
+                    reason: "expected host:port, e.g. istiod.istio-system.svc:15010".into(),
+                });
+            }
+        }
+        let xds =
+            match (self.xds.as_mut(), &address) {
+                (Some(x), _) => x,
+                (None, Some(a)) => self.xds.insert(Xds {
+                    address: a.trim().to_string(),
+                    node: XdsNode {
+                        id: String::new(),
+                        cluster: String::new(),
+                        metadata: Default::default(),
+                    },
+                    mode: XdsMode::Sotw,
+                    initial_fetch_timeout: defaults::XDS_INITIAL_FETCH_TIMEOUT,
+                }),
+                (None, None) => return Err(ConfigError::Env {
+                    var: "STRAIT_XDS_NODE_ID",
+                    value: node_id.unwrap_or_default(),
+                    reason:
+                        "there is no xDS server: set STRAIT_XDS_ADDRESS or the file's xds.address"
+                            .into(),
+                }),
+            };
+        if let Some(a) = address {
+            xds.address = a.trim().to_string();
+        }
+        if let Some(id) = node_id {
+            xds.node.id = id;
+        }
+        if xds.node.id.trim().is_empty() {
+            return Err(ConfigError::Env {
+                var: "STRAIT_XDS_NODE_ID",
+                value: String::new(),
+                reason:
+                    "the xDS node needs an id: set STRAIT_XDS_NODE_ID or the file's xds.node.id"
+                        .into(),
+            });
         }
         Ok(())
     }

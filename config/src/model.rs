@@ -27,6 +27,40 @@ pub struct Config {
     /// L7 routing for outbound HTTP, consulted before `routes`.
     pub virtual_hosts: Vec<VirtualHost>,
     pub dns: Dns,
+    /// Where dynamic resources come from; `None` is file-only.
+    pub xds: Option<Xds>,
+}
+
+/// The xDS bootstrap: the control plane and how this proxy names itself.
+/// Resources from it are added to the file's clusters and virtual hosts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Xds {
+    /// `host:port` of the control plane's gRPC (plaintext HTTP/2) server.
+    pub address: String,
+    pub node: XdsNode,
+    pub mode: XdsMode,
+    /// How long a subscribed resource may stay unanswered before what is
+    /// known is applied without it (a cluster with no endpoints yet).
+    #[serde(with = "humantime_serde")]
+    pub initial_fetch_timeout: Duration,
+}
+
+/// The `Node` sent on the first request of every stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct XdsNode {
+    pub id: String,
+    pub cluster: String,
+    /// String values only: enough for Istio's labels and the like.
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdsMode {
+    /// State of the world: every response carries every resource of its type.
+    Sotw,
+    /// Incremental: responses carry changes and removals.
+    Delta,
 }
 
 /// How endpoint names are resolved.

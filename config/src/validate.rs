@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub use crate::listeners::distinct_listeners;
 mod http;
+mod xds;
 
 /// Defaults: Linkerd's ports, loopback for the outbound and admin listeners.
 pub mod defaults {
@@ -49,6 +50,8 @@ pub mod defaults {
     /// How fast Peak-EWMA forgets a latency peak.
     pub const EWMA_DECAY: Duration = Duration::from_secs(10);
     pub const BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+    /// Envoy's default for `initial_fetch_timeout`.
+    pub const XDS_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 }
 
 pub(crate) struct Rules<'a> {
@@ -523,7 +526,13 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
         )?,
     };
 
+    let xds = match file.xds {
+        Some(x) => Some(xds::bootstrap(&rules, x)?),
+        None => None,
+    };
+
     let config = Config {
+        xds,
         dns,
         identity,
         policy,

@@ -29,6 +29,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Cancelled by `POST /shutdown` to start a graceful shutdown.
     pub shutdown: CancellationToken,
+    /// The xDS client, whose resources `/config_dump` lists.
+    pub xds: Option<Arc<crate::xds::Xds>>,
 }
 
 /// Serve admin requests until `stop` fires.
@@ -103,7 +105,11 @@ fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Respon
         (&Method::GET, "/live") => reply(StatusCode::OK, TEXT, "live\n"),
         (&Method::GET, "/config_dump") => {
             let snapshot = state.snapshot.load();
-            match snapshot.config.dump_json() {
+            let dump = match &state.xds {
+                Some(xds) => xds.dump_json(),
+                None => snapshot.config.dump_json(),
+            };
+            match dump {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -65,6 +65,17 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         config.clone(),
         &clusters,
     )));
+    // The xDS client, when configured, applies its merged config to the
+    // registry and routing snapshot as a reload does.
+    let xds = crate::xds::Xds::new(
+        &config,
+        Box::new({
+            let (snapshot, discovery, registry) =
+                (snapshot.clone(), discovery.clone(), registry.clone());
+            move |config| apply_xds(config, &snapshot, &discovery, &registry)
+        }),
+        metrics.clone(),
+    );
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
 
@@ -90,6 +101,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         snapshot: snapshot.clone(),
         ready: ready.clone(),
         shutdown: shutdown.clone(),
+        xds: xds.clone(),
     });
     let admin_stop = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
@@ -149,6 +161,9 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                     if let Some(tls) = tls {
                         tokio::spawn(tls.watch(stop.clone()));
                     }
+                    if let Some(xds) = xds.clone() {
+                        tokio::spawn(xds.run(stop.clone()));
+                    }
                     tokio::spawn(discovery.clone().run(
                         snapshot.clone(),
                         registry.clone(),
@@ -161,6 +176,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                             discovery,
                             registry,
                             listeners: Arc::new(tokio::sync::Mutex::new(listeners)),
+                            xds,
                         };
                         let watched = Watched {
                             path,
@@ -389,6 +405,7 @@ struct Reloader {
     discovery: Arc<crate::discovery::Discovery>,
     registry: Arc<Registry>,
     listeners: Arc<tokio::sync::Mutex<Listeners>>,
+    xds: Option<Arc<crate::xds::Xds>>,
 }
 
 impl Reloader {
@@ -408,6 +425,14 @@ impl Reloader {
         if self.snapshot.load().config.identity != config.identity {
             warn!("the identity section changed: it takes effect on restart (rotations of the files it names are picked up live)");
         }
+        // The control plane's resources stay beside the new file's.
+        let config = match &self.xds {
+            Some(xds) => match xds.rebase(config) {
+                Ok(merged) => merged,
+                Err(e) => return self.refused(path, &e),
+            },
+            None => config,
+        };
         // Clusters and endpoints that stay keep their state.
         let clusters = self.registry.update(&config, &self.discovery.resolved());
         self.snapshot
@@ -427,6 +452,19 @@ impl Reloader {
             .inc();
         error!(path = %path.display(), error = %error, "config reload refused; the running config keeps serving");
     }
+}
+
+/// Apply a config from the xDS client: clusters and endpoints that stay
+/// keep their state. Listeners are the file's, so they do not move; the
+/// views of `listeners.extra` are rebuilt on the next file reload.
+fn apply_xds(
+    config: Config,
+    snapshot: &ArcSwap<Snapshot>,
+    discovery: &crate::discovery::Discovery,
+    registry: &Registry,
+) {
+    let clusters = registry.update(&config, &discovery.resolved());
+    snapshot.store(Arc::new(Snapshot::build(config, &clusters)));
 }
 
 /// Raise the open-file soft limit to the hard limit: a proxy holds two

@@ -212,6 +212,17 @@ fn check(path: &PathBuf) -> ExitCode {
             default_note(&l.default_cluster)
         );
     }
+    if let Some(x) = &config.xds {
+        println!(
+            "  xds       {} as node {} ({}; its clusters and routes join the ones below)",
+            x.address,
+            x.node.id,
+            match x.mode {
+                strait_config::XdsMode::Sotw => "state of the world",
+                strait_config::XdsMode::Delta => "delta",
+            }
+        );
+    }
     for c in &config.clusters {
         let endpoints: Vec<String> = c
             .endpoints

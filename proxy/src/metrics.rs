@@ -114,6 +114,60 @@ pub struct Metrics {
     /// How many cluster endpoints hold each label set: the last one to
     /// let go removes the set from the exposition.
     owned_requests: Mutex<HashMap<RequestKey, usize>>,
+    /// The xDS client's families.
+    pub xds: XdsMetrics,
+}
+
+/// The xDS client: is the stream up, what it accepted and refused.
+pub struct XdsMetrics {
+    /// 1 while the ADS stream is open.
+    pub connected: IntGauge,
+    /// Responses by `type` and `result` (`ack` or `nack`).
+    pub updates_total: IntCounterVec,
+    /// Accepted resources held now, by `type`.
+    pub resources: IntGaugeVec,
+    /// Streams opened again after the first.
+    pub stream_restarts_total: prometheus::IntCounter,
+}
+
+impl XdsMetrics {
+    fn new(registry: &Registry) -> XdsMetrics {
+        let connected = IntGauge::new(
+            "xds_connected",
+            "1 while the xDS stream to the control plane is open.",
+        )
+        .unwrap_or_else(|e| panic!("xds_connected is malformed: {e}"));
+        let resources = IntGaugeVec::new(
+            Opts::new("xds_resources", "xDS resources accepted and held, by type."),
+            &["type"],
+        )
+        .unwrap_or_else(|e| panic!("xds_resources is malformed: {e}"));
+        let restarts = prometheus::IntCounter::new(
+            "xds_stream_restarts_total",
+            "xDS streams opened again after a disconnect.",
+        )
+        .unwrap_or_else(|e| panic!("xds_stream_restarts_total is malformed: {e}"));
+        for metric in [
+            Box::new(connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(resources.clone()),
+            Box::new(restarts.clone()),
+        ] {
+            registry
+                .register(metric)
+                .unwrap_or_else(|e| panic!("an xds metric registered twice: {e}"));
+        }
+        XdsMetrics {
+            connected,
+            updates_total: counter_vec(
+                registry,
+                "xds_updates_total",
+                "xDS responses, by type and result (ack or nack).",
+                &["type", "result"],
+            ),
+            resources,
+            stream_restarts_total: restarts,
+        }
+    }
 }
 
 /// The labels of a request family's child: who, where, how.
@@ -207,6 +261,7 @@ impl Metrics {
             },
             request_cache: Mutex::new(HashMap::new()),
             owned_requests: Mutex::new(HashMap::new()),
+            xds: XdsMetrics::new(&registry),
             registry,
         })
     }

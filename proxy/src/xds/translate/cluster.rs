@@ -1,0 +1,318 @@
+//! `Cluster` and `ClusterLoadAssignment` into strait clusters. What maps
+//! is listed in the README's xDS section; anything that would change
+//! behaviour if ignored (a TLS transport socket, `ORIGINAL_DST`, a custom
+//! load-balancing policy) is refused with the field that holds it.
+
+use super::{duration, Rejected};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, LbPolicy,
+};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address, HealthStatus};
+use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
+use std::net::{IpAddr, SocketAddr};
+use strait_config::{
+    defaults, CircuitBreaker, Cluster, DnsEndpoint, Endpoint, HashKey, LoadBalancer,
+    OutlierDetection, Protocol, ProxySettings, RetryBudget,
+};
+
+/// The largest weight and limit the config file accepts.
+const MAX_WEIGHT: u32 = 10_000;
+const MAX_LIMIT: u32 = 10_000_000;
+
+/// Where a cluster's endpoints come from.
+pub enum Source<'a> {
+    /// Listed in the cluster itself (`STATIC`, `STRICT_DNS`, `LOGICAL_DNS`).
+    Inline,
+    /// From EDS under this service name.
+    Eds(&'a str),
+}
+
+/// The EDS service name of `c`, or `Inline`.
+pub fn source(c: &XdsCluster) -> Source<'_> {
+    match discovery_type(c) {
+        Some(DiscoveryType::Eds) => Source::Eds(
+            c.eds_cluster_config
+                .as_ref()
+                .map(|e| e.service_name.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(&c.name),
+        ),
+        _ => Source::Inline,
+    }
+}
+
+fn discovery_type(c: &XdsCluster) -> Option<DiscoveryType> {
+    match &c.cluster_discovery_type {
+        // Unset is proto3's default: STATIC.
+        None => Some(DiscoveryType::Static),
+        Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t).ok(),
+        Some(ClusterDiscoveryType::ClusterType(_)) => None,
+    }
+}
+
+/// Translate one cluster. `assignment` is its EDS resource when it has
+/// one (`None` for an EDS cluster still warming past its timeout: no
+/// endpoints yet); `hash` is the ring-hash key its routes ask for.
+pub fn cluster(
+    c: &XdsCluster,
+    assignment: Option<&ClusterLoadAssignment>,
+    proxy: &ProxySettings,
+    hash: Option<HashKey>,
+) -> Result<Cluster, Rejected> {
+    let reject = |field: &str, message: String| Rejected::new("Cluster", &c.name, field, message);
+    let kind = discovery_type(c).ok_or_else(|| {
+        reject(
+            "cluster_discovery_type",
+            "only STATIC, STRICT_DNS, LOGICAL_DNS and EDS clusters are supported".into(),
+        )
+    })?;
+    let dns = match kind {
+        DiscoveryType::Static | DiscoveryType::Eds => false,
+        // LOGICAL_DNS uses one address at a time; every address of the
+        // name is a superset that still only reaches that name.
+        DiscoveryType::StrictDns | DiscoveryType::LogicalDns => true,
+        DiscoveryType::OriginalDst => {
+            return Err(reject(
+                "type",
+                "ORIGINAL_DST is not supported yet (unrouted traffic already goes to its original destination)".into(),
+            ))
+        }
+    };
+    if let Some(ts) = &c.transport_socket {
+        if ts.name != "envoy.transport_sockets.raw_buffer" {
+            return Err(reject(
+                "transport_socket",
+                format!(
+                    "'{}' is not supported yet: only plaintext clusters come from xDS",
+                    ts.name
+                ),
+            ));
+        }
+    }
+    if c.load_balancing_policy.is_some() {
+        return Err(reject(
+            "load_balancing_policy",
+            "typed load-balancing policies are not supported; use lb_policy".into(),
+        ));
+    }
+    let load_balancer = match LbPolicy::try_from(c.lb_policy) {
+        Ok(LbPolicy::RoundRobin) => LoadBalancer::RoundRobin,
+        Ok(LbPolicy::LeastRequest) => LoadBalancer::LeastRequest,
+        Ok(LbPolicy::Random) => LoadBalancer::Random,
+        // Maglev is another consistent hash: a ring gives the same
+        // stickiness contract, with a little more movement on change.
+        Ok(LbPolicy::RingHash | LbPolicy::Maglev) => LoadBalancer::RingHash {
+            key: hash.unwrap_or(HashKey::SourceIp),
+        },
+        _ => {
+            return Err(reject(
+                "lb_policy",
+                format!("policy {} is not supported: ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH or MAGLEV", c.lb_policy),
+            ))
+        }
+    };
+    let inline;
+    let assignment = match source(c) {
+        Source::Eds(_) => assignment,
+        Source::Inline => {
+            inline = c.load_assignment.clone().unwrap_or_default();
+            Some(&inline)
+        }
+    };
+    let (endpoints, dns_endpoints) = match assignment {
+        Some(a) => endpoints(a, dns).map_err(|(field, message)| {
+            let prefix = if matches!(source(c), Source::Inline) {
+                "load_assignment."
+            } else {
+                ""
+            };
+            reject(&format!("{prefix}{field}"), message)
+        })?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let connect_timeout = match &c.connect_timeout {
+        None => proxy.connect_timeout,
+        Some(d) => duration(d)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| reject("connect_timeout", "must be a positive duration".into()))?,
+    };
+    Ok(Cluster {
+        name: c.name.clone(),
+        protocol: Protocol::Auto,
+        connect_timeout,
+        response_timeout: proxy.response_timeout,
+        tls_identity: None,
+        load_balancer,
+        retry_budget: RetryBudget {
+            percent: 20.0,
+            min_per_second: 10,
+            window: std::time::Duration::from_secs(10),
+        },
+        circuit_breaker: circuit_breaker(c).map_err(|(f, m)| reject(&f, m))?,
+        outlier_detection: outlier_detection(c).map_err(|(f, m)| reject(&f, m))?,
+        endpoints,
+        dns_endpoints,
+    })
+}
+
+/// The default-priority thresholds; unset ones keep strait's defaults
+/// (the file's), which are looser than Envoy's 1024.
+fn circuit_breaker(c: &XdsCluster) -> Result<CircuitBreaker, (String, String)> {
+    let mut cb = CircuitBreaker {
+        max_requests: 100_000,
+        max_pending: 100_000,
+        max_connections: 100_000,
+        max_retries: 1_000,
+    };
+    let Some(breakers) = &c.circuit_breakers else {
+        return Ok(cb);
+    };
+    // Priority 0 is DEFAULT; strait has no request priorities.
+    let Some((i, t)) = breakers
+        .thresholds
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.priority == 0)
+    else {
+        return Ok(cb);
+    };
+    let limit =
+        |field: &str, v: Option<u32>, min: u32| -> Result<Option<usize>, (String, String)> {
+            match v {
+                None => Ok(None),
+                Some(v) if v < min => Err((
+                    format!("circuit_breakers.thresholds[{i}].{field}"),
+                    format!("{v} is below {min}: a zero limit would refuse every request"),
+                )),
+                // Istio sends u32::MAX for "no limit".
+                Some(v) => Ok(Some(v.min(MAX_LIMIT) as usize)),
+            }
+        };
+    if let Some(v) = limit("max_requests", t.max_requests.map(|w| w.value), 1)? {
+        cb.max_requests = v;
+    }
+    if let Some(v) = limit(
+        "max_pending_requests",
+        t.max_pending_requests.map(|w| w.value),
+        1,
+    )? {
+        cb.max_pending = v;
+    }
+    if let Some(v) = limit("max_connections", t.max_connections.map(|w| w.value), 1)? {
+        cb.max_connections = v;
+    }
+    if let Some(v) = limit("max_retries", t.max_retries.map(|w| w.value), 0)? {
+        cb.max_retries = v;
+    }
+    Ok(cb)
+}
+
+fn outlier_detection(c: &XdsCluster) -> Result<Option<OutlierDetection>, (String, String)> {
+    let Some(o) = &c.outlier_detection else {
+        return Ok(None);
+    };
+    let failures = o.consecutive_5xx.map_or(5, |w| w.value);
+    if !(1..=1000).contains(&failures) {
+        return Err((
+            "outlier_detection.consecutive_5xx".into(),
+            format!("{failures} is out of range: 1 to 1000"),
+        ));
+    }
+    let base = match &o.base_ejection_time {
+        None => defaults::BASE_EJECTION_TIME,
+        Some(d) => duration(d).filter(|d| !d.is_zero()).ok_or_else(|| {
+            (
+                "outlier_detection.base_ejection_time".to_string(),
+                "must be a positive duration".to_string(),
+            )
+        })?,
+    };
+    Ok(Some(OutlierDetection {
+        consecutive_failures: failures,
+        base_ejection_time: base,
+        // Envoy's default is 10%.
+        max_ejection_percent: o.max_ejection_percent.map_or(10, |w| w.value.min(100)),
+    }))
+}
+
+type Endpoints = (Vec<Endpoint>, Vec<DnsEndpoint>);
+
+/// The endpoints that may receive traffic: priority 0 (failover to lower
+/// priorities is not supported yet), health UNKNOWN or HEALTHY. The same
+/// address twice adds up its weights.
+fn endpoints(a: &ClusterLoadAssignment, dns: bool) -> Result<Endpoints, (String, String)> {
+    let mut ips: Vec<Endpoint> = Vec::new();
+    let mut names: Vec<DnsEndpoint> = Vec::new();
+    for (l, locality) in a.endpoints.iter().enumerate() {
+        if locality.priority != 0 {
+            continue;
+        }
+        for (e, lb) in locality.lb_endpoints.iter().enumerate() {
+            let field = format!("endpoints[{l}].lb_endpoints[{e}]");
+            let health = HealthStatus::try_from(lb.health_status).unwrap_or(HealthStatus::Unknown);
+            if !matches!(health, HealthStatus::Unknown | HealthStatus::Healthy) {
+                continue;
+            }
+            let weight = lb.load_balancing_weight.map_or(1, |w| w.value);
+            if !(1..=MAX_WEIGHT).contains(&weight) {
+                return Err((
+                    format!("{field}.load_balancing_weight"),
+                    format!("{weight} is out of range: 1 to {MAX_WEIGHT}"),
+                ));
+            }
+            let socket = match &lb.host_identifier {
+                Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => {
+                    match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+                        Some(address::Address::SocketAddress(s)) => s,
+                        _ => {
+                            return Err((
+                                format!("{field}.endpoint.address"),
+                                "needs a socket_address".into(),
+                            ))
+                        }
+                    }
+                }
+                _ => {
+                    return Err((
+                        format!("{field}.endpoint"),
+                        "needs an endpoint with an address".into(),
+                    ))
+                }
+            };
+            let port = match socket.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(p)) => {
+                    u16::try_from(p).ok().filter(|p| *p != 0)
+                }
+                _ => None,
+            }
+            .ok_or_else(|| {
+                (
+                    format!("{field}.endpoint.address.socket_address.port_value"),
+                    "needs a port from 1 to 65535".to_string(),
+                )
+            })?;
+            match socket.address.parse::<IpAddr>() {
+                Ok(ip) => {
+                    let addr = SocketAddr::new(ip, port);
+                    match ips.iter_mut().find(|e| e.addr == addr) {
+                        Some(e) => e.weight = (e.weight + weight).min(MAX_WEIGHT),
+                        None => ips.push(Endpoint { addr, weight }),
+                    }
+                }
+                Err(_) if dns && !socket.address.is_empty() => names.push(DnsEndpoint {
+                    host: socket.address.to_ascii_lowercase(),
+                    port,
+                    weight,
+                }),
+                Err(_) => {
+                    return Err((
+                        format!("{field}.endpoint.address.socket_address.address"),
+                        format!("'{}' is not an IP address", socket.address),
+                    ))
+                }
+            }
+        }
+    }
+    Ok((ips, names))
+}

@@ -1,0 +1,433 @@
+//! From accepted xDS resources to one validated [`Config`]: the file's
+//! config with the control plane's clusters and virtual hosts added. The
+//! same function runs for every update, over every accepted resource, so
+//! the result never depends on the order updates came in. Anything that
+//! cannot be translated is a [`Rejected`] naming the resource and field,
+//! which the client sends back as the NACK's `error_detail`.
+
+mod cluster;
+mod listener;
+mod route;
+
+use super::state::Resources;
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+use strait_config::file::FileVirtualHost;
+use strait_config::lines::LineIndex;
+use strait_config::Config;
+use tracing::warn;
+
+/// Why a resource was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub kind: &'static str,
+    pub name: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl Rejected {
+    fn new(kind: &'static str, name: &str, field: &str, message: String) -> Rejected {
+        Rejected {
+            kind,
+            name: name.to_string(),
+            field: field.to_string(),
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} '{}': {}: {}",
+            self.kind, self.name, self.field, self.message
+        )
+    }
+}
+
+/// What a translation produced besides the config: what to subscribe to.
+#[derive(Debug)]
+pub struct Translated {
+    pub config: Config,
+    /// EDS service names of the clusters.
+    pub eds_names: BTreeSet<String>,
+    /// RDS names of the listeners.
+    pub rds_names: BTreeSet<String>,
+    /// EDS clusters waiting for their endpoints (not live).
+    pub warming: BTreeSet<String>,
+}
+
+/// Merge `resources` into `base`. `expired` are EDS clusters whose
+/// `initial_fetch_timeout` passed: they go live with no endpoints.
+pub fn translate(
+    base: &Config,
+    resources: &Resources,
+    expired: &HashSet<String>,
+) -> Result<Translated, Rejected> {
+    // Listeners first: they say which route configs are in use.
+    let mut rds_names = BTreeSet::new();
+    let mut inline = Vec::new();
+    for l in resources.listeners.values() {
+        let routes = listener::listener(l)?;
+        rds_names.extend(routes.rds);
+        inline.extend(routes.inline);
+    }
+
+    // Which clusters can take traffic.
+    let file_clusters: HashSet<&str> = base.clusters.iter().map(|c| c.name.as_str()).collect();
+    let mut eds_names = BTreeSet::new();
+    let mut live: BTreeSet<String> = base.clusters.iter().map(|c| c.name.clone()).collect();
+    let mut warming = BTreeSet::new();
+    for (name, c) in &resources.clusters {
+        if file_clusters.contains(name.as_str()) {
+            return Err(Rejected::new(
+                "Cluster",
+                name,
+                "name",
+                "a cluster of this name is defined in the config file".into(),
+            ));
+        }
+        match cluster::source(c) {
+            cluster::Source::Eds(service) => {
+                eds_names.insert(service.to_string());
+                if resources.endpoints.contains_key(service) || expired.contains(name) {
+                    live.insert(name.clone());
+                } else {
+                    warming.insert(name.clone());
+                }
+            }
+            cluster::Source::Inline => {
+                live.insert(name.clone());
+            }
+        }
+    }
+
+    // Routes, in the file's shape; they also say which header a ring
+    // hash cluster hashes.
+    let mut hash = HashMap::new();
+    let mut hosts = Vec::new();
+    let in_use = resources
+        .routes
+        .values()
+        .filter(|rc| rds_names.contains(&rc.name));
+    for rc in inline.iter().chain(in_use) {
+        route::route_config(rc, &live, &mut hash, &mut hosts)?;
+    }
+
+    let mut config = base.clone();
+    for (name, c) in &resources.clusters {
+        if warming.contains(name) {
+            continue;
+        }
+        let assignment = match cluster::source(c) {
+            cluster::Source::Eds(service) => resources.endpoints.get(service),
+            cluster::Source::Inline => None,
+        };
+        config.clusters.push(cluster::cluster(
+            c,
+            assignment,
+            &config.proxy,
+            hash.get(name).cloned(),
+        )?);
+    }
+    config
+        .virtual_hosts
+        .extend(virtual_hosts(base, hosts, &live)?);
+    Ok(Translated {
+        config,
+        eds_names,
+        rds_names,
+        warming,
+    })
+}
+
+/// Validate the translated hosts with the file's own rules. strait has
+/// one routing table: a domain the file (or an earlier route config)
+/// claims is left out of a later one, with a log line.
+fn virtual_hosts(
+    base: &Config,
+    hosts: Vec<(FileVirtualHost, route::Origin)>,
+    clusters: &BTreeSet<String>,
+) -> Result<Vec<strait_config::VirtualHost>, Rejected> {
+    let mut claimed: HashSet<String> = base
+        .virtual_hosts
+        .iter()
+        .flat_map(|h| h.domains.iter().cloned())
+        .collect();
+    let mut files = Vec::new();
+    let mut origins = Vec::new();
+    for (mut host, origin) in hosts {
+        host.domains.retain(|d| {
+            let fresh = claimed.insert(d.clone());
+            if !fresh {
+                warn!(route_config = %origin.route_config, domain = %d, "xds: domain already routed by the config file or another route config; left out");
+            }
+            fresh
+        });
+        if !host.domains.is_empty() {
+            files.push(host);
+            origins.push(origin);
+        }
+    }
+    let names: std::collections::HashSet<String> = clusters.iter().cloned().collect();
+    strait_config::vhosts::virtual_hosts(&LineIndex::build(""), files, &names).map_err(|e| {
+        let text = e.to_string();
+        let field = e.at().map(|a| a.field.clone()).unwrap_or_default();
+        let message = text
+            .strip_prefix(&field)
+            .unwrap_or(&text)
+            .trim_start_matches(": ")
+            .to_string();
+        // "virtual_hosts[k].rest" -> the k-th host's route config.
+        let parsed = field
+            .strip_prefix("virtual_hosts[")
+            .and_then(|rest| rest.split_once(']'))
+            .and_then(|(k, rest)| Some((k.parse::<usize>().ok()?, rest)));
+        match parsed.and_then(|(k, rest)| Some((origins.get(k)?, rest))) {
+            Some((origin, rest)) => Rejected::new(
+                "RouteConfiguration",
+                &origin.route_config,
+                &format!("virtual_hosts[{}]{rest}", origin.index),
+                message,
+            ),
+            None => Rejected::new("RouteConfiguration", "?", &field, message),
+        }
+    })
+}
+
+/// A protobuf duration; `None` when negative or out of range.
+fn duration(d: &PbDuration) -> Option<Duration> {
+    let secs = u64::try_from(d.seconds).ok()?;
+    let nanos = u32::try_from(d.nanos).ok()?;
+    Duration::new(secs, 0).checked_add(Duration::from_nanos(u64::from(nanos)))
+}
+
+/// A protobuf duration in the file's words; `None` for zero.
+fn duration_text(d: &PbDuration) -> Option<String> {
+    duration(d).filter(|d| !d.is_zero()).map(humantime_like)
+}
+
+/// `250ms`, `2s`: what the file's duration parser reads back exactly.
+fn humantime_like(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_millis() * 1_000_000 == d.subsec_nanos() {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}us", d.as_micros().max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+    use envoy_types::pb::envoy::config::core::v3::{
+        address, socket_address, Address, HealthStatus, SocketAddress, TransportSocket,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    };
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::{
+        Route, RouteAction, RouteConfiguration, VirtualHost,
+    };
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    use strait_config::{HashKey, LoadBalancer};
+
+    fn base() -> Config {
+        Config::from_yaml("").expect("empty config")
+    }
+
+    fn eds(name: &str, lb: cluster::LbPolicy) -> Cluster {
+        Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            lb_policy: lb as i32,
+            ..Default::default()
+        }
+    }
+
+    fn endpoint(ip: &str, port: u32, health: HealthStatus, weight: u32) -> LbEndpoint {
+        LbEndpoint {
+            health_status: health as i32,
+            load_balancing_weight: Some(UInt32Value { value: weight }),
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: ip.into(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn cla(name: &str, endpoints: Vec<LbEndpoint>) -> ClusterLoadAssignment {
+        ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: endpoints,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn with(clusters: Vec<Cluster>, endpoints: Vec<ClusterLoadAssignment>) -> Resources {
+        Resources {
+            clusters: clusters.into_iter().map(|c| (c.name.clone(), c)).collect(),
+            endpoints: endpoints
+                .into_iter()
+                .map(|e| (e.cluster_name.clone(), e))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_healthy_and_unknown_endpoints_take_traffic_with_their_weights() {
+        let r = with(
+            vec![eds("web", cluster::LbPolicy::RoundRobin)],
+            vec![cla(
+                "web",
+                vec![
+                    endpoint("10.0.0.1", 80, HealthStatus::Healthy, 3),
+                    endpoint("10.0.0.2", 80, HealthStatus::Unknown, 1),
+                    endpoint("10.0.0.3", 80, HealthStatus::Unhealthy, 1),
+                    endpoint("10.0.0.4", 80, HealthStatus::Draining, 1),
+                ],
+            )],
+        );
+        let t = translate(&base(), &r, &HashSet::new()).expect("translates");
+        let web = t.config.cluster("web").expect("live");
+        let got: Vec<(String, u32)> = web
+            .endpoints
+            .iter()
+            .map(|e| (e.addr.to_string(), e.weight))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.1:80".to_string(), 3),
+                ("10.0.0.2:80".to_string(), 1)
+            ]
+        );
+        assert_eq!(web.load_balancer, LoadBalancer::RoundRobin);
+    }
+
+    #[test]
+    fn an_eds_cluster_warms_until_its_endpoints_come_and_routes_to_it_answer_503() {
+        let mut r = with(vec![eds("web", cluster::LbPolicy::Maglev)], vec![]);
+        r.routes.insert(
+            "rc".into(),
+            RouteConfiguration {
+                name: "rc".into(),
+                virtual_hosts: vec![VirtualHost {
+                    name: "vh".into(),
+                    domains: vec!["web:8080".into(), "web".into()],
+                    routes: vec![Route {
+                        action: Some(Action::Route(RouteAction {
+                            cluster_specifier: Some(ClusterSpecifier::Cluster("web".into())),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        // Routes are in use only when a listener names them: call the
+        // route translation as a listener's RDS would.
+        let t = translate(&base(), &r, &HashSet::new()).expect("translates");
+        assert!(t.warming.contains("web"));
+        assert!(t.config.cluster("web").is_none(), "not live while warming");
+        assert_eq!(t.eds_names, ["web".to_string()].into());
+
+        let mut live = BTreeSet::new();
+        let mut hosts = Vec::new();
+        route::route_config(&r.routes["rc"], &live, &mut HashMap::new(), &mut hosts)
+            .expect("routes");
+        let (host, _) = &hosts[0];
+        assert_eq!(host.domains, ["web"], "ports are stripped and deduplicated");
+        assert!(host.routes[0]
+            .direct_response
+            .as_ref()
+            .is_some_and(|d| d.status == 503));
+
+        live.insert("web".to_string());
+        hosts.clear();
+        route::route_config(&r.routes["rc"], &live, &mut HashMap::new(), &mut hosts)
+            .expect("routes");
+        assert_eq!(hosts[0].0.routes[0].cluster.as_deref(), Some("web"));
+
+        // Past initial_fetch_timeout it is live with no endpoints;
+        // MAGLEV becomes a ring hash on the source IP.
+        let expired: HashSet<String> = ["web".to_string()].into();
+        let t = translate(&base(), &r, &expired).expect("translates");
+        let web = t.config.cluster("web").expect("live after the timeout");
+        assert!(web.endpoints.is_empty());
+        assert_eq!(
+            web.load_balancer,
+            LoadBalancer::RingHash {
+                key: HashKey::SourceIp
+            }
+        );
+    }
+
+    #[test]
+    fn what_would_change_behaviour_if_ignored_is_refused_with_its_field() {
+        let mut original_dst = eds("odst", cluster::LbPolicy::RoundRobin);
+        original_dst.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst as i32,
+        ));
+        let mut tls = eds("tls", cluster::LbPolicy::RoundRobin);
+        tls.transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: None,
+        });
+        let custom = eds("custom", cluster::LbPolicy::ClusterProvided);
+        for (c, field) in [
+            (original_dst, "type"),
+            (tls, "transport_socket"),
+            (custom, "lb_policy"),
+        ] {
+            let name = c.name.clone();
+            let r = with(vec![c], vec![cla(&name, vec![])]);
+            let e = translate(&base(), &r, &HashSet::new()).expect_err("refused");
+            assert_eq!(
+                (e.kind, e.name.as_str(), e.field.as_str()),
+                ("Cluster", name.as_str(), field),
+                "{e}"
+            );
+        }
+        let weights = with(
+            vec![eds("w", cluster::LbPolicy::RoundRobin)],
+            vec![cla(
+                "w",
+                vec![endpoint("10.0.0.1", 80, HealthStatus::Healthy, 20_000)],
+            )],
+        );
+        let e = translate(&base(), &weights, &HashSet::new()).expect_err("refused");
+        assert_eq!(
+            e.field, "endpoints[0].lb_endpoints[0].load_balancing_weight",
+            "{e}"
+        );
+        let file =
+            Config::from_yaml("clusters: [{name: web, endpoints: [{address: 10.0.0.9:80}]}]\n")
+                .expect("file");
+        let clash = with(vec![eds("web", cluster::LbPolicy::RoundRobin)], vec![]);
+        let e = translate(&file, &clash, &HashSet::new()).expect_err("refused");
+        assert!(e.to_string().contains("defined in the config file"), "{e}");
+    }
+}
