@@ -137,6 +137,28 @@ impl ConnContext {
 
     /// Request-metric handles for requests to `target`.
     pub fn request_metrics(&self, target: &Target) -> Arc<RequestMetrics> {
+        // The common case, the same target as the last request: the
+        // memo's own labels say so without building a key.
+        {
+            let memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(handles) = memo.as_ref() {
+                let key = handles.key();
+                let cluster = target.cluster.as_ref().map_or(&target.route, |c| &c.name);
+                let server_id = match &key.tls {
+                    TlsStatus::Mesh { server_id, .. } => server_id.as_ref(),
+                    TlsStatus::NoIdentity(_) => None,
+                };
+                if key.target == target.addr
+                    && Arc::ptr_eq(&key.authority, &target.authority)
+                    && Arc::ptr_eq(&key.route, &target.route)
+                    && Arc::ptr_eq(&key.cluster, cluster)
+                    && (self.direction() == Direction::Inbound
+                        || server_id == target.mesh_identity())
+                {
+                    return handles.clone();
+                }
+            }
+        }
         let key = RequestKey {
             direction: self.direction(),
             authority: target.authority.clone(),

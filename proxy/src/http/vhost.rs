@@ -43,7 +43,7 @@ pub struct Route {
     rewrite_host: Option<String>,
     /// Time to response headers, overriding the cluster's.
     pub timeout: Option<std::time::Duration>,
-    pub retry: Option<strait_config::RetryPolicy>,
+    pub retry: Option<Arc<strait_config::RetryPolicy>>,
     /// (delay, fraction of requests).
     fault_delay: Option<(std::time::Duration, f64)>,
     /// (status, fraction of requests).
@@ -288,7 +288,7 @@ fn compile_route(
         rewrite_prefix,
         rewrite_host: rule.rewrite.host.clone(),
         timeout: rule.timeout,
-        retry: rule.retry.clone(),
+        retry: rule.retry.clone().map(Arc::new),
         fault_delay: rule
             .fault
             .delay_duration

@@ -78,10 +78,9 @@ fn endpoint_stack(
         EndpointMetrics::new(
             conn.clone(), // the request's labels: this endpoint's
             target.clone(),
-            ClientIdentity::new(
-                conn.clone(), // x-forwarded-for, strait-client-id, HTTP/1 restored
-                &target,
-                Client::new(conn.clone(), target.clone()), // pool, connect, send, try timeout
+            ClientIdentity::layer(conn.clone(), &target)(
+                // x-forwarded-for, strait-client-id, HTTP/1 restored
+                Client::new(conn.clone(), target), // pool, connect, send, try timeout
             ),
         ),
     )

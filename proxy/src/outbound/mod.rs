@@ -88,9 +88,9 @@ fn endpoint_stack(
         EndpointMetrics::new(
             conn.clone(), // the request's labels: this endpoint's
             target.clone(),
-            MeshOrigProto::new(
-                &target,                                   // HTTP/1 over the mesh's HTTP/2 says so
-                Client::new(conn.clone(), target.clone()), // pool, connect, mTLS, send, try timeout
+            MeshOrigProto::layer(&target)(
+                // HTTP/1 over the mesh's HTTP/2 says so
+                Client::new(conn.clone(), target), // pool, connect, mTLS, send, try timeout
             ),
         ),
     )

@@ -84,7 +84,9 @@ where
                 }
             }
         };
-        req.state.set_upstream(None, Some(target.addr));
+        if req.retrying {
+            req.state.set_upstream(None, Some(target.addr));
+        }
         let tried = [Some(target.addr), None, None];
         Step::inner(Balanced {
             future: (self.make)(target).oneshot(req),
@@ -166,7 +168,9 @@ where
             };
             tracing::debug!(next = %target.addr, error = %error, "request not sent; trying another endpoint");
             this.tried[free] = Some(target.addr);
-            request.state.set_upstream(None, Some(target.addr));
+            if request.retrying {
+                request.state.set_upstream(None, Some(target.addr));
+            }
             let future = (this.make)(target).oneshot(request);
             self.as_mut().project().future.set(future);
         }

@@ -82,6 +82,7 @@ async fn forward(conn: &ConnContext, target: &Target, req: Req) -> Result<Rsp, P
         http: mut request,
         state,
         try_timeout,
+        retrying,
         ..
     } = req;
     let version = upstream_version(target, request.version())?;
@@ -149,7 +150,7 @@ async fn forward(conn: &ConnContext, target: &Target, req: Req) -> Result<Rsp, P
     };
     let result = deadline(exchange, &state, response_timeout, target.addr)
         .await
-        .map_err(|e| keep_try_timeout(e, try_timeout));
+        .map_err(|e| keep_try_timeout(e, try_timeout, retrying));
     // The client's body going over its cap broke the exchange, not the
     // upstream: the client's fault (hyper reports it as a reset on HTTP/2).
     let over_cap = state.body_cap.get().and_then(|t| t.over());
@@ -202,6 +203,7 @@ fn unsent(
                 try_timeout: None,
                 read_ahead: None,
                 deposit: false,
+                retrying: false,
             }),
         },
         None => error,
@@ -210,10 +212,15 @@ fn unsent(
 
 /// A request handed back unsent keeps its route's timeout for the
 /// endpoint it is sent to next (unset, the cluster's would apply there).
-fn keep_try_timeout(error: ProxyError, try_timeout: Option<Option<Duration>>) -> ProxyError {
+fn keep_try_timeout(
+    error: ProxyError,
+    try_timeout: Option<Option<Duration>>,
+    retrying: bool,
+) -> ProxyError {
     match error {
         ProxyError::Unsent { error, mut request } => {
             request.try_timeout = try_timeout;
+            request.retrying = retrying;
             ProxyError::Unsent { error, request }
         }
         error => error,

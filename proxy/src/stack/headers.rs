@@ -22,12 +22,11 @@ pub struct MeshOrigProto<S> {
     meshed: bool,
 }
 
-impl<S> MeshOrigProto<S> {
-    pub fn new(target: &Target, inner: S) -> MeshOrigProto<S> {
-        MeshOrigProto {
-            inner,
-            meshed: target.mesh_identity().is_some(),
-        }
+impl MeshOrigProto<()> {
+    /// The layer for requests to `target`.
+    pub fn layer<S>(target: &Target) -> impl FnOnce(S) -> MeshOrigProto<S> {
+        let meshed = target.mesh_identity().is_some();
+        move |inner| MeshOrigProto { inner, meshed }
     }
 }
 
@@ -62,13 +61,17 @@ pub struct ClientIdentity<S> {
     protocol_auto: bool,
 }
 
-impl<S> ClientIdentity<S> {
-    pub fn new(conn: Arc<ConnContext>, target: &Target, inner: S) -> ClientIdentity<S> {
+impl ClientIdentity<()> {
+    /// The layer for requests to `target`.
+    pub fn layer<S>(
+        conn: Arc<ConnContext>,
+        target: &Target,
+    ) -> impl FnOnce(S) -> ClientIdentity<S> {
         let protocol_auto = target
             .cluster
             .as_ref()
             .is_none_or(|c| c.settings().protocol == Protocol::Auto);
-        ClientIdentity {
+        move |inner| ClientIdentity {
             inner,
             conn,
             protocol_auto,

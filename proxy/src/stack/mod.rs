@@ -65,6 +65,9 @@ pub struct Req {
     /// A first try on a route that retries: it pays into its cluster's
     /// retry budget (see [`split`]).
     pub deposit: bool,
+    /// On a route that retries: the layers below note where each try
+    /// goes ([`ReqState::set_upstream`]) for the retry policy to read.
+    pub retrying: bool,
 }
 
 impl Req {
@@ -77,6 +80,7 @@ impl Req {
             try_timeout: None,
             read_ahead: None,
             deposit: false,
+            retrying: false,
         }
     }
 }

@@ -40,7 +40,7 @@ pub fn layer<S>(
     metrics: Arc<Metrics>,
 ) -> impl tower::Layer<S, Service = Retrying<S>> + Clone {
     tower::layer::layer_fn(move |inner| {
-        let policy = route.as_ref().and_then(|r| r.retry.clone()).map(Arc::new);
+        let policy = route.as_ref().and_then(|r| r.retry.clone());
         Retrying {
             retry: tower::retry::Retry::new(
                 Policy {
@@ -74,6 +74,7 @@ where
             // The budget is a share of the requests that could be
             // retried: only they deposit, once their cluster is picked.
             req.deposit = true;
+            req.retrying = true;
             if can_retry(&req.http) {
                 let body = std::mem::replace(req.http.body_mut(), UpstreamBody::full(None));
                 *req.http.body_mut() = match body.take_stream() {
@@ -181,6 +182,7 @@ impl tower::retry::Policy<Req, Rsp, ProxyError> for Policy {
             try_timeout: req.try_timeout,
             read_ahead: if last { None } else { req.read_ahead },
             deposit: false,
+            retrying: true,
         })
     }
 }

@@ -77,7 +77,7 @@ where
             Dispatch::Cluster(target) => Upstream::Cluster(target.clone()),
             Dispatch::Direct(addr) => Upstream::Direct(*addr),
         };
-        if let Upstream::Cluster(target) = &upstream {
+        if let (Upstream::Cluster(target), true) = (&upstream, req.retrying) {
             req.state.set_upstream(Some(&target.cluster), None);
             if std::mem::take(&mut req.deposit) {
                 target.cluster.retry_budget().1.deposit();
