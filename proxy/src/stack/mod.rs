@@ -253,3 +253,6 @@ impl<F: Future<Output = Result>, H: Finish> Future for Then<F, H> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
