@@ -54,6 +54,11 @@ fn proxy_error(e: BoxError) -> ProxyError {
     }
 }
 
+/// Whether no request has reached the mock (whether or not it still lives).
+pub fn nothing_sent(handle: &mut Handle) -> bool {
+    !matches!(handle.poll_request(), Poll::Ready(Some(_)))
+}
+
 pub fn config(yaml: &str) -> Config {
     Config::from_yaml(yaml).unwrap_or_else(|e| panic!("config: {e}\n{yaml}"))
 }
