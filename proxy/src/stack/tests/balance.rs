@@ -27,7 +27,9 @@ async fn send(
     mut answer: impl FnMut(SocketAddr, crate::stack::Req) -> Result,
 ) -> (Vec<SocketAddr>, Result) {
     let (inner, mut handle): (_, Handle) = mock();
-    let mut svc = Balance::new(upstream, addr(40000).ip(), "".into(), move |_: Target| inner.clone());
+    let mut svc = Balance::new(upstream, addr(40000).ip(), "".into(), move |_: Target| {
+        inner.clone()
+    });
     let mut future = std::pin::pin!(svc.ready().await.expect("ready").call(get()));
     let mut tried = Vec::new();
     loop {
@@ -52,9 +54,15 @@ async fn a_request_no_endpoint_took_goes_to_others_at_most_max_unsent_tries() {
     let mut distinct = tried.clone();
     distinct.sort();
     distinct.dedup();
-    assert_eq!(distinct.len(), tried.len(), "never one already tried: {tried:?}");
+    assert_eq!(
+        distinct.len(),
+        tried.len(),
+        "never one already tried: {tried:?}"
+    );
     match result {
-        Err(ProxyError::ConnectRefused(a)) => assert_eq!(a, tried[2], "the last failure, unwrapped"),
+        Err(ProxyError::ConnectRefused(a)) => {
+            assert_eq!(a, tried[2], "the last failure, unwrapped")
+        }
         _ => panic!("the connect failure is returned"),
     }
 }
@@ -85,24 +93,42 @@ async fn with_fewer_endpoints_than_tries_each_is_tried_once() {
 
 #[tokio::test]
 async fn an_unsent_request_for_another_reason_is_not_moved() {
-    let overloaded = || ProxyError::Overloaded { cluster: "web".into(), limit: "max_pending" };
+    let overloaded = || ProxyError::Overloaded {
+        cluster: "web".into(),
+        limit: "max_pending",
+    };
     let (tried, result) = send(upstream(3), |_, req| Err(unsent(overloaded(), req))).await;
     assert_eq!(tried.len(), 1);
-    assert!(matches!(result, Err(ProxyError::Overloaded { limit: "max_pending", .. })));
+    assert!(matches!(
+        result,
+        Err(ProxyError::Overloaded {
+            limit: "max_pending",
+            ..
+        })
+    ));
 }
 
 #[tokio::test]
 async fn other_errors_and_answers_are_returned_as_they_are() {
-    let (tried, result) = send(upstream(3), |a, _| Err(ProxyError::UpstreamReset { addr: a })).await;
+    let (tried, result) = send(upstream(3), |a, _| {
+        Err(ProxyError::UpstreamReset { addr: a })
+    })
+    .await;
     assert_eq!(tried.len(), 1);
     assert!(matches!(result, Err(ProxyError::UpstreamReset { addr: a }) if a == tried[0]));
     let (tried, result) = send(upstream(3), |_, _| Ok(status(503))).await;
-    assert_eq!((tried.len(), result.expect("answer").status().as_u16()), (1, 503));
+    assert_eq!(
+        (tried.len(), result.expect("answer").status().as_u16()),
+        (1, 503)
+    );
 }
 
 #[tokio::test]
 async fn a_direct_destination_has_nowhere_else_to_go() {
-    let (tried, result) = send(Upstream::Direct(addr(9)), |a, req| Err(unsent(refused(a.port()), req))).await;
+    let (tried, result) = send(Upstream::Direct(addr(9)), |a, req| {
+        Err(unsent(refused(a.port()), req))
+    })
+    .await;
     assert_eq!(tried, vec![addr(9)]);
     assert!(matches!(result, Err(ProxyError::ConnectRefused(a)) if a == addr(9)));
 }

@@ -1,7 +1,9 @@
 //! [`crate::stack::breaker`]: at most `max_requests` in flight per
 //! cluster; over it, fail fast; a slot is held until the response ends.
 
-use super::support::{nothing_sent, cluster, collect, data, get, incoming, mock, status, streamed, web_cluster};
+use super::support::{
+    cluster, collect, data, get, incoming, mock, nothing_sent, status, streamed, web_cluster,
+};
 use crate::http::error::ProxyError;
 use crate::route::ClusterState;
 use crate::stack::breaker::Breaker;
@@ -53,7 +55,11 @@ async fn the_slot_is_held_until_the_response_stream_ends() {
     let (tx, body) = incoming(None).await;
     send.send_response(streamed(200, body));
     let response = future.await.expect("headers");
-    assert_eq!(in_flight(&web), 1, "a download in progress is a request in flight");
+    assert_eq!(
+        in_flight(&web),
+        1,
+        "a download in progress is a request in flight"
+    );
     assert!(svc.ready().await.expect("ready").call(get()).await.is_err());
     tx.send(data("payload")).expect("send");
     drop(tx);

@@ -1,14 +1,18 @@
 //! [`crate::stack::fault`]: a route's injected faults: abort a share of
 //! requests with a status, or delay a share before they go on.
 
-use super::support::{nothing_sent, get, mock, route, settle, status, web_cluster};
+use super::support::{get, mock, nothing_sent, route, settle, status, web_cluster};
 use crate::http::error::ProxyError;
 use crate::stack::fault;
 use std::time::Duration;
 use tower::{Layer, ServiceExt};
 
 fn faulty(fault: &str) -> std::sync::Arc<crate::http::vhost::Route> {
-    route(&web_cluster(1, ""), &format!("        cluster: web\n        fault: {fault}\n")).0
+    route(
+        &web_cluster(1, ""),
+        &format!("        cluster: web\n        fault: {fault}\n"),
+    )
+    .0
 }
 
 #[tokio::test]

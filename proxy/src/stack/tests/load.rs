@@ -46,8 +46,14 @@ async fn a_request_given_up_leaves_the_in_flight_count() {
 
 #[test]
 fn outcomes_classify_results() {
-    let timeout = ProxyError::ResponseTimeout { addr: addr(1), after: Duration::from_secs(1) };
-    let connect_timeout = ProxyError::ConnectTimeout { addr: addr(1), after: Duration::from_secs(1) };
+    let timeout = ProxyError::ResponseTimeout {
+        addr: addr(1),
+        after: Duration::from_secs(1),
+    };
+    let connect_timeout = ProxyError::ConnectTimeout {
+        addr: addr(1),
+        after: Duration::from_secs(1),
+    };
     let cases: Vec<(Result, Option<Outcome>)> = vec![
         (Ok(status(200)), Some(Outcome::Success)),
         (Ok(status(404)), Some(Outcome::Success)),
@@ -55,9 +61,15 @@ fn outcomes_classify_results() {
         (Ok(status(503)), Some(Outcome::Failure)),
         (Err(refused(1)), Some(Outcome::ConnectFailure)),
         (Err(connect_timeout), Some(Outcome::ConnectFailure)),
-        (Err(unsent(refused(1), get())), Some(Outcome::ConnectFailure)),
+        (
+            Err(unsent(refused(1), get())),
+            Some(Outcome::ConnectFailure),
+        ),
         (Err(timeout), Some(Outcome::Failure)),
-        (Err(ProxyError::UpstreamReset { addr: addr(1) }), Some(Outcome::Failure)),
+        (
+            Err(ProxyError::UpstreamReset { addr: addr(1) }),
+            Some(Outcome::Failure),
+        ),
         // The client's broken body says nothing about the endpoint.
         (Err(ProxyError::RequestBody), None),
         (Err(unsent(ProxyError::RequestBody, get())), None),
@@ -91,7 +103,9 @@ async fn fail(n: usize, error: fn() -> ProxyError) -> (Arc<Endpoint>, Arc<Metric
 async fn connect_failures_eject_the_endpoint_and_count_the_ejection() {
     let (endpoint, metrics) = fail(3, || refused(1)).await;
     assert!(endpoint.is_ejected());
-    assert!(metrics.render().contains("endpoint_ejections_total{cluster=\"web\"} 1"));
+    assert!(metrics
+        .render()
+        .contains("endpoint_ejections_total{cluster=\"web\"} 1"));
 }
 
 #[tokio::test]

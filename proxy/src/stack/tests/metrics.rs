@@ -46,7 +46,11 @@ async fn the_first_endpoint_names_the_request_and_counts_it_once() {
 async fn a_response_is_counted_under_the_endpoints_labels() {
     let conn = conn(CONFIG, Direction::Outbound);
     let (inner, mut handle) = mock();
-    let svc = request_metrics::layer(conn.clone()).layer(EndpointMetrics::new(conn.clone(), target(1), inner));
+    let svc = request_metrics::layer(conn.clone()).layer(EndpointMetrics::new(
+        conn.clone(),
+        target(1),
+        inner,
+    ));
     let future = tokio::spawn(svc.oneshot(get()));
     let (_, send) = handle.next_request().await.expect("sent");
     send.send_response(status(503));
@@ -57,7 +61,10 @@ async fn a_response_is_counted_under_the_endpoints_labels() {
         .lines()
         .find(|l| l.starts_with("response_total{") && l.contains("status_code=\"503\""))
         .unwrap_or_else(|| panic!("no 503 counted:\n{text}"));
-    assert!(line.contains("127.0.0.1:1") && line.contains("failure") && line.ends_with(" 1"), "{line}");
+    assert!(
+        line.contains("127.0.0.1:1") && line.contains("failure") && line.ends_with(" 1"),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -74,7 +81,9 @@ async fn a_request_refused_before_any_endpoint_is_counted_under_the_connections_
     assert_eq!(local.total.get(), 1);
     let text = conn.inputs.metrics.render();
     assert!(
-        text.lines().any(|l| l.starts_with("response_total{") && l.contains("status_code=\"429\"") && l.contains("success")),
+        text.lines().any(|l| l.starts_with("response_total{")
+            && l.contains("status_code=\"429\"")
+            && l.contains("success")),
         "a policy refusal is not a failure:\n{text}"
     );
 }

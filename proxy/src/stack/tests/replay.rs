@@ -30,7 +30,10 @@ fn the_first_try_streams_the_client_body_as_it_arrives() {
     let (tx, source) = channel();
     let mut first = ReplayBody::new(source, 1024);
     let flag = Flag::new();
-    assert!(poll_frame(&mut first, &flag).is_pending(), "nothing read ahead");
+    assert!(
+        poll_frame(&mut first, &flag).is_pending(),
+        "nothing read ahead"
+    );
     tx.send(data("ab")).expect("send");
     assert!(flag.take(), "a frame arriving wakes the try");
     assert_eq!(next_data(&mut first), bytes("ab"));
@@ -54,7 +57,11 @@ fn a_retry_replays_what_passed_then_reads_on_where_the_last_try_stopped() {
     tx.send(data("ef")).expect("send");
     assert_eq!(next_data(&mut second), bytes("ab"));
     assert_eq!(next_data(&mut second), bytes("cd"));
-    assert_eq!(next_data(&mut second), bytes("ef"), "the rest comes from the client");
+    assert_eq!(
+        next_data(&mut second),
+        bytes("ef"),
+        "the rest comes from the client"
+    );
     drop(tx);
     assert_eq!(next_data(&mut second), None);
     // And a third try replays all of it without the client.
@@ -93,13 +100,20 @@ fn past_max_nothing_can_be_replayed_but_the_stream_goes_on() {
     tx.send(data("abc")).expect("send");
     assert_eq!(next_data(&mut first), bytes("abc"));
     tx.send(data("de")).expect("send");
-    assert_eq!(next_data(&mut first), bytes("de"), "the frame over max still goes upstream");
+    assert_eq!(
+        next_data(&mut first),
+        bytes("de"),
+        "the frame over max still goes upstream"
+    );
     tx.send(data("f")).expect("send");
     assert_eq!(next_data(&mut first), bytes("f"));
     drop(tx);
     assert_eq!(next_data(&mut first), None);
     assert!(first.is_end_stream());
-    assert!(!first.can_replay(), "capped: a retry could not send it whole");
+    assert!(
+        !first.can_replay(),
+        "capped: a retry could not send it whole"
+    );
 }
 
 #[test]
@@ -135,7 +149,10 @@ fn a_body_declaring_a_length_within_max_is_bounded_and_replays_at_once() {
     assert!(first.can_replay(), "it cannot grow past max");
     let (_tx, source) = channel_sized(Some(9));
     let over = ReplayBody::new(source, 8);
-    assert!(!over.can_replay(), "a declared length over max is not bounded");
+    assert!(
+        !over.can_replay(),
+        "a declared length over max is not bounded"
+    );
     // An empty body is complete from the start.
     let empty = ReplayBody::new(Full::new(Bytes::new()), 0);
     assert!(empty.can_replay());
@@ -151,7 +168,10 @@ fn a_retry_waits_while_the_last_try_holds_the_stream_and_wakes_when_it_lets_go()
     let mut second = first.replay();
     assert_eq!(next_data(&mut second), bytes("ab"));
     let flag = Flag::new();
-    assert!(poll_frame(&mut second, &flag).is_pending(), "the stream is the first try's");
+    assert!(
+        poll_frame(&mut second, &flag).is_pending(),
+        "the stream is the first try's"
+    );
     tx.send(data("cd")).expect("send");
     assert!(!flag.take(), "the first try has not read it yet");
     // The first try reads on: what it reads is kept, and the retry woken.
@@ -188,9 +208,15 @@ async fn any_body_type_can_be_the_source() {
     ]);
     let mut first = ReplayBody::new(StreamBody::new(frames), 16);
     let retry = first.replay();
-    assert_eq!(collect(&mut first).await.expect("first").0, Bytes::from_static(b"xy"));
+    assert_eq!(
+        collect(&mut first).await.expect("first").0,
+        Bytes::from_static(b"xy")
+    );
     drop(first);
-    assert_eq!(collect(retry).await.expect("retry").0, Bytes::from_static(b"xy"));
+    assert_eq!(
+        collect(retry).await.expect("retry").0,
+        Bytes::from_static(b"xy")
+    );
 }
 
 #[test]

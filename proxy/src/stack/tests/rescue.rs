@@ -15,11 +15,30 @@ const CONFIG: &str = "clusters:\n  - name: web\n    endpoints: [{address: '127.0
 fn an_error_becomes_its_status_and_a_header_naming_it() {
     let conn = conn(CONFIG, Direction::Outbound);
     let cases = [
-        (ProxyError::NoRoute { authority: "x".into() }, 404, "no-route"),
+        (
+            ProxyError::NoRoute {
+                authority: "x".into(),
+            },
+            404,
+            "no-route",
+        ),
         (super::support::refused(1), 502, "connect-refused"),
-        (ProxyError::Overloaded { cluster: "web".into(), limit: "max_requests" }, 503, "overloaded"),
+        (
+            ProxyError::Overloaded {
+                cluster: "web".into(),
+                limit: "max_requests",
+            },
+            503,
+            "overloaded",
+        ),
         (ProxyError::RateLimited, 429, "rate-limited"),
-        (ProxyError::FaultAbort { status: http::StatusCode::IM_A_TEAPOT }, 418, "fault-injected"),
+        (
+            ProxyError::FaultAbort {
+                status: http::StatusCode::IM_A_TEAPOT,
+            },
+            418,
+            "fault-injected",
+        ),
     ];
     for (error, code, reason) in cases {
         let response = error_response(&conn, &error);
@@ -27,7 +46,10 @@ fn an_error_becomes_its_status_and_a_header_naming_it() {
         assert_eq!(response.headers()[PROXY_ERROR_HEADER], reason);
     }
     let text = conn.inputs.metrics.render();
-    assert!(text.contains("http_proxy_errors_total{direction=\"outbound\",reason=\"no-route\"} 1"), "{text}");
+    assert!(
+        text.contains("http_proxy_errors_total{direction=\"outbound\",reason=\"no-route\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -40,7 +62,9 @@ async fn the_layer_answers_for_an_error_in_the_clients_version() {
     *req.version_mut() = Version::HTTP_10;
     let future = tokio::spawn(svc.clone().oneshot(req));
     let (_, send) = handle.next_request().await.expect("sent");
-    send.send_error(ProxyError::NoEndpoints { cluster: "web".into() });
+    send.send_error(ProxyError::NoEndpoints {
+        cluster: "web".into(),
+    });
     let response = future.await.expect("task").expect("infallible");
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()[PROXY_ERROR_HEADER], "no-endpoints");

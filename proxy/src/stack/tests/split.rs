@@ -2,7 +2,7 @@
 //! weighted split), noted in the request's state, and the first try's
 //! deposit into that cluster's retry budget.
 
-use super::support::{nothing_sent, addr, cluster, get, mock, route, status, Handle};
+use super::support::{addr, cluster, get, mock, nothing_sent, route, status, Handle};
 use crate::http::error::ProxyError;
 use crate::route::RouteTarget;
 use crate::stack::split::{Dispatch, Split, Upstream};
@@ -15,7 +15,13 @@ const TWO: &str = "clusters:\n  - name: web\n    endpoints: [{address: '127.0.0.
 
 /// A split over `dispatch` whose cluster stacks are the mock, noting each
 /// upstream it is made for.
-fn split(dispatch: Dispatch) -> (impl Service<crate::stack::Req, Response = crate::stack::Rsp, Error = ProxyError>, Handle, Arc<Mutex<Vec<String>>>) {
+fn split(
+    dispatch: Dispatch,
+) -> (
+    impl Service<crate::stack::Req, Response = crate::stack::Rsp, Error = ProxyError>,
+    Handle,
+    Arc<Mutex<Vec<String>>>,
+) {
     let (inner, handle) = mock();
     let made = Arc::new(Mutex::new(Vec::new()));
     let seen = made.clone();
@@ -54,14 +60,20 @@ where
 
 #[tokio::test]
 async fn the_weighted_split_sends_each_cluster_its_share() {
-    let (route, _) = route(TWO, "        split: [{cluster: web, weight: 1}, {cluster: api, weight: 3}]\n");
+    let (route, _) = route(
+        TWO,
+        "        split: [{cluster: web, weight: 1}, {cluster: api, weight: 3}]\n",
+    );
     let (mut svc, mut handle, made) = split(Dispatch::Route(route));
     for _ in 0..8 {
         let req = get();
         let state = req.state.clone();
         through(&mut svc, &mut handle, req).await;
         let noted = state.cluster().expect("the cluster is noted");
-        assert_eq!(Some(&*noted.name), made.lock().expect("lock").last().map(String::as_str));
+        assert_eq!(
+            Some(&*noted.name),
+            made.lock().expect("lock").last().map(String::as_str)
+        );
     }
     let made = made.lock().expect("lock");
     let web = made.iter().filter(|c| *c == "web").count();
@@ -71,12 +83,19 @@ async fn the_weighted_split_sends_each_cluster_its_share() {
 #[tokio::test]
 async fn a_first_try_deposits_into_its_clusters_retry_budget_once() {
     let web = cluster(TWO, "web");
-    let target = RouteTarget { authority: "web".into(), route: "".into(), cluster: web.clone() };
+    let target = RouteTarget {
+        authority: "web".into(),
+        route: "".into(),
+        cluster: web.clone(),
+    };
     let (mut svc, mut handle, _) = split(Dispatch::Cluster(target));
     let mut req = get();
     req.deposit = true;
     let below = through(&mut svc, &mut handle, req).await;
-    assert!(!below.deposit, "taken: a retry of it will not deposit again");
+    assert!(
+        !below.deposit,
+        "taken: a retry of it will not deposit again"
+    );
     let budget = &web.retry_budget().1;
     assert!(budget.withdraw(), "percent 100: one retry per deposit");
     assert!(!budget.withdraw());

@@ -11,7 +11,7 @@ use crate::http::vhost::{Action, Route};
 use crate::http::{ConnContext, Inputs};
 use crate::metrics::{Metrics, TlsStatus};
 use crate::orig_dst::OrigDst;
-use crate::pool::{PoolSettings, Pools, PooledBody};
+use crate::pool::{PoolSettings, PooledBody, Pools};
 use crate::route::{ClusterState, Snapshot};
 use crate::stack::{Req, Rsp};
 use crate::Direction;
@@ -43,7 +43,10 @@ pub type Handle = mock::Handle<Req, Rsp>;
 /// The inner service of a layer under test, and its handle.
 pub fn mock() -> (Mock, Handle) {
     let (service, handle) = mock::pair();
-    (service.map_err(proxy_error as fn(BoxError) -> ProxyError), handle)
+    (
+        service.map_err(proxy_error as fn(BoxError) -> ProxyError),
+        handle,
+    )
 }
 
 /// A mock's error back to the `ProxyError` the test sent through it.
@@ -79,7 +82,9 @@ pub fn web_cluster(n: u16, extra: &str) -> String {
 pub fn cluster(yaml: &str, name: &str) -> Arc<ClusterState> {
     let snapshot = Snapshot::new(config(yaml));
     let found = snapshot.clusters().iter().find(|c| &*c.name == name);
-    found.cloned().unwrap_or_else(|| panic!("no cluster {name}"))
+    found
+        .cloned()
+        .unwrap_or_else(|| panic!("no cluster {name}"))
 }
 
 /// The route of `cluster_yaml` plus one virtual host for every domain
@@ -160,7 +165,12 @@ pub fn conn(yaml: &str, direction: Direction) -> Arc<ConnContext> {
         addr: addr(8080),
         redirected: true,
     };
-    ConnContext::new(inputs, addr(40000), orig_dst, TlsStatus::NoIdentity("plaintext"))
+    ConnContext::new(
+        inputs,
+        addr(40000),
+        orig_dst,
+        TlsStatus::NoIdentity("plaintext"),
+    )
 }
 
 /// A stream body fed frame by frame from a channel; `Err` frames break it.
@@ -301,17 +311,16 @@ pub fn poll_with<F: Future + Unpin>(future: &mut F, flag: &Arc<Flag>) -> Poll<F:
     Pin::new(future).poll(&mut Context::from_waker(&waker))
 }
 
+/// What polling a body for a frame gives.
+pub type Polled<B> = Poll<Option<Result<Frame<<B as Body>::Data>, <B as Body>::Error>>>;
+
 /// Poll a body for one frame with `flag` as its waker.
-pub fn poll_frame<B: Body + Unpin>(
-    body: &mut B,
-    flag: &Arc<Flag>,
-) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+pub fn poll_frame<B: Body + Unpin>(body: &mut B, flag: &Arc<Flag>) -> Polled<B> {
     let waker = Waker::from(flag.clone());
     Pin::new(body).poll_frame(&mut Context::from_waker(&waker))
 }
 
-/// Let every other task run until none can (the clock is paused, so no
-/// timer fires meanwhile unless the runtime has nothing else to do).
+/// Let the other tasks run a few rounds (without moving the paused clock).
 pub async fn settle() {
     for _ in 0..8 {
         tokio::task::yield_now().await;

@@ -16,12 +16,19 @@ const MS: Duration = Duration::from_millis(1);
 
 /// A route forwarding to `web` with these extra fields.
 fn route_with(fields: &str) -> std::sync::Arc<crate::http::vhost::Route> {
-    route(&web_cluster(1, ""), &format!("        cluster: web\n{fields}")).0
+    route(
+        &web_cluster(1, ""),
+        &format!("        cluster: web\n{fields}"),
+    )
+    .0
 }
 
 /// A POST whose body has not been sent yet.
 fn upload() -> Req {
-    request(Method::POST, UpstreamBody::full(Some(Bytes::from_static(b"x"))))
+    request(
+        Method::POST,
+        UpstreamBody::full(Some(Bytes::from_static(b"x"))),
+    )
 }
 
 fn with_grpc_timeout(mut req: Req, value: &'static str) -> Req {
@@ -33,7 +40,10 @@ fn with_grpc_timeout(mut req: Req, value: &'static str) -> Req {
 
 fn assert_timed_out(result: crate::stack::Result, after: Duration) {
     match result {
-        Err(ProxyError::ResponseTimeout { addr: a, after: got }) => {
+        Err(ProxyError::ResponseTimeout {
+            addr: a,
+            after: got,
+        }) => {
             assert_eq!(a, addr(80), "the error names where the request was headed");
             assert_eq!(got, after);
         }
@@ -62,7 +72,10 @@ async fn the_clock_starts_only_when_the_request_body_has_been_sent() {
     assert!(flag.take(), "sending the body wakes the deadline");
     assert!(poll_with(&mut future, &flag).is_pending());
     tokio::time::advance(999 * MS).await;
-    assert!(poll_with(&mut future, &flag).is_pending(), "not before the limit");
+    assert!(
+        poll_with(&mut future, &flag).is_pending(),
+        "not before the limit"
+    );
     tokio::time::advance(MS).await;
     assert!(flag.take(), "the timer wakes the request");
     match poll_with(&mut future, &flag) {
@@ -164,7 +177,10 @@ async fn time_to_timeout(route: Option<&str>, grpc: Option<&'static str>) -> Dur
 async fn the_shorter_of_the_route_timeout_and_grpc_timeout_applies() {
     let route = Some("        timeout: 1s\n");
     assert_eq!(time_to_timeout(route, Some("200m")).await, 200 * MS);
-    assert_eq!(time_to_timeout(route, Some("5S")).await, Duration::from_secs(1));
+    assert_eq!(
+        time_to_timeout(route, Some("5S")).await,
+        Duration::from_secs(1)
+    );
     assert_eq!(time_to_timeout(route, None).await, Duration::from_secs(1));
     // Inbound (no route): the client's deadline alone.
     assert_eq!(time_to_timeout(None, Some("300m")).await, 300 * MS);
@@ -193,7 +209,10 @@ async fn each_try_is_told_its_own_limit() {
     let both = format!("        timeout: 2s\n{retry}");
     assert_eq!(try_timeout(Some(&both), None).await, Some(Some(250 * MS)));
     // The route's timeout bounds every try together: no per-try limit.
-    assert_eq!(try_timeout(Some("        timeout: 2s\n"), None).await, Some(None));
+    assert_eq!(
+        try_timeout(Some("        timeout: 2s\n"), None).await,
+        Some(None)
+    );
     assert_eq!(try_timeout(None, Some("1S")).await, Some(None));
     let retry_only = "        retry: {attempts: 2, on: [5xx]}\n        timeout: 2s\n";
     assert_eq!(try_timeout(Some(retry_only), None).await, Some(None));
