@@ -621,6 +621,12 @@ impl PooledBody {
         body
     }
 
+    /// A response body on no pooled connection, for the stack's unit tests.
+    #[cfg(test)]
+    pub(crate) fn unpooled(inner: Incoming) -> Self {
+        PooledBody::new(inner, None)
+    }
+
     fn finish(&mut self) {
         let Some(checkin) = self.checkin.take() else {
             return;

@@ -273,3 +273,6 @@ impl<F: Future<Output = Result>, H: Finish> Future for Then<F, H> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -165,7 +165,8 @@ impl tower::retry::Policy<Req, Rsp, ProxyError> for Policy {
 
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
         let policy = self.policy.as_ref()?;
-        if self.attempt >= policy.attempts {
+        // An upgrade's client side went with the first try.
+        if self.attempt >= policy.attempts || !can_retry(&req.http) {
             return None;
         }
         let body = req.http.body().try_clone()?;
