@@ -138,8 +138,14 @@ impl<F: Future<Output = Result>> Future for Deadline<F> {
             match this.timer.as_mut().project() {
                 TimerProj::Off => return Poll::Pending,
                 TimerProj::Waiting { start, limit } => {
-                    let stalled = ready!(start.as_mut().poll(cx));
-                    let sleep = tokio::time::sleep(if stalled { Duration::ZERO } else { *limit });
+                    if ready!(start.as_mut().poll(cx)) {
+                        // The body stalled for a whole limit: that is the timeout.
+                        return Poll::Ready(Err(ProxyError::ResponseTimeout {
+                            addr: *this.addr,
+                            after: *this.limit,
+                        }));
+                    }
+                    let sleep = tokio::time::sleep(*limit);
                     this.timer.set(Timer::Running { sleep });
                 }
                 TimerProj::Running { sleep } => {

@@ -113,7 +113,10 @@ pub fn request(method: Method, body: UpstreamBody) -> Req {
     let mut http = Request::new(body);
     *http.method_mut() = method;
     *http.uri_mut() = "http://web/".parse().expect("uri");
-    Req::new(http)
+    let mut req = Req::new(http);
+    // As on a route that retries: the layers note where each try goes.
+    req.retrying = true;
+    req
 }
 
 /// A response with `status` and no body.

@@ -53,6 +53,36 @@ fn assert_timed_out(result: crate::stack::Result, after: Duration) {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_body_the_upstream_stops_taking_times_out_after_the_limit() {
+    let (inner, mut handle) = mock();
+    let mut svc = timeout::layer(Some(route_with("        timeout: 1s\n")), addr(80)).layer(inner);
+    let req = upload();
+    let state = req.state.clone();
+    let mut future = Box::pin(svc.ready().await.expect("ready").call(req));
+    let _held = handle.next_request().await.expect("the request went down");
+    let flag = Flag::new();
+    state.note_body_progress();
+    assert!(poll_with(&mut future, &flag).is_pending());
+    tokio::time::advance(900 * MS).await;
+    state.note_body_progress();
+    assert!(
+        poll_with(&mut future, &flag).is_pending(),
+        "it moved within the limit"
+    );
+    // No frame taken for a whole limit: the upstream stopped reading.
+    tokio::time::advance(1100 * MS).await;
+    assert!(
+        poll_with(&mut future, &flag).is_pending(),
+        "it moved within the last window of one limit"
+    );
+    tokio::time::advance(1100 * MS).await;
+    match poll_with(&mut future, &flag) {
+        std::task::Poll::Ready(result) => assert_timed_out(result, Duration::from_secs(1)),
+        std::task::Poll::Pending => panic!("a stalled body must time out"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_clock_starts_only_when_the_request_body_has_been_sent() {
     let (inner, mut handle) = mock();
     let mut svc = timeout::layer(Some(route_with("        timeout: 1s\n")), addr(80)).layer(inner);
@@ -64,9 +94,12 @@ async fn the_clock_starts_only_when_the_request_body_has_been_sent() {
     let flag = Flag::new();
     assert!(poll_with(&mut future, &flag).is_pending());
 
-    // A slow upload is not cut off, however long it takes.
-    tokio::time::advance(Duration::from_secs(60)).await;
-    assert!(poll_with(&mut future, &flag).is_pending());
+    // A slow upload is not cut off, however long it takes, while it moves.
+    for _ in 0..120 {
+        state.note_body_progress();
+        tokio::time::advance(500 * MS).await;
+        assert!(poll_with(&mut future, &flag).is_pending());
+    }
 
     state.mark_body_sent();
     assert!(flag.take(), "sending the body wakes the deadline");
