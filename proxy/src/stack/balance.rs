@@ -19,8 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use strait_config::HashKey;
-use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 /// How many endpoints a request that could not be sent anywhere tries.
 pub const MAX_UNSENT_TRIES: usize = 3;
@@ -89,7 +88,7 @@ where
         }
         let tried = [Some(target.addr), None, None];
         Step::inner(Balanced {
-            future: (self.make)(target).oneshot(req),
+            future: super::call_ready((self.make)(target), req),
             route,
             make: self.make.clone(),
             tried,
@@ -137,7 +136,7 @@ pin_project! {
         S: Service<Req>,
     {
         #[pin]
-        future: Oneshot<S, Req>,
+        future: Step<S::Future>,
         route: Option<RouteTarget>,
         make: M,
         tried: [Option<SocketAddr>; MAX_UNSENT_TRIES],
@@ -171,7 +170,7 @@ where
             if request.retrying {
                 request.state.set_upstream(None, Some(target.addr));
             }
-            let future = (this.make)(target).oneshot(request);
+            let future = super::call_ready((this.make)(target), request);
             self.as_mut().project().future.set(future);
         }
     }

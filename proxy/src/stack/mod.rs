@@ -237,6 +237,22 @@ impl<F: Future<Output = Result>> Future for Step<F> {
     }
 }
 
+/// Call `service`, made for this one request. Every layer of the stack is
+/// always ready (limits fail fast rather than wait), so readiness is
+/// checked once, without a waker, and the service is dropped once called:
+/// unlike `oneshot`, the future does not carry it.
+pub fn call_ready<S>(mut service: S, req: Req) -> Step<S::Future>
+where
+    S: tower::Service<Req, Response = Rsp, Error = ProxyError>,
+{
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => Step::inner(service.call(req)),
+        Poll::Ready(Err(e)) => Step::fail(e),
+        Poll::Pending => Step::fail(ProxyError::Internal("a stack layer was not ready")),
+    }
+}
+
 /// What a layer does with the inner service's result on the way up.
 pub trait Finish {
     fn finish(self, result: Result) -> Result;

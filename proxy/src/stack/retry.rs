@@ -28,11 +28,45 @@ use strait_config::{RetryOn, RetryPolicy};
 use tower::retry::budget::Budget;
 use tower::Service;
 
-/// The route's retries around `S` (or `S` as it is, for a route without).
+/// The route's retries around `S`, or `S` as it is for a route without
+/// (which then pays nothing for the layer).
 #[derive(Clone)]
-pub struct Retrying<S> {
-    retry: tower::retry::Retry<Policy, ReadAhead<S>>,
-    policy: Option<Arc<RetryPolicy>>,
+pub enum Retrying<S> {
+    Retry {
+        retry: tower::retry::Retry<Policy, ReadAhead<S>>,
+        policy: Arc<RetryPolicy>,
+    },
+    Pass(S),
+}
+
+pin_project_lite::pin_project! {
+    #[project = RetryingProj]
+    pub enum RetryingFuture<S>
+    where
+        S: Service<Req, Response = Rsp, Error = ProxyError>,
+        S: Clone,
+        S: Send,
+        S: 'static,
+        S::Future: Send,
+    {
+        Retry { #[pin] future: tower::retry::future::ResponseFuture<Policy, ReadAhead<S>, Req> },
+        Pass { #[pin] future: S::Future },
+    }
+}
+
+impl<S> std::future::Future for RetryingFuture<S>
+where
+    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Output = Result;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result> {
+        match self.project() {
+            RetryingProj::Retry { future } => future.poll(cx),
+            RetryingProj::Pass { future } => future.poll(cx),
+        }
+    }
 }
 
 pub fn layer<S>(
@@ -40,18 +74,20 @@ pub fn layer<S>(
     metrics: Arc<Metrics>,
 ) -> impl tower::Layer<S, Service = Retrying<S>> + Clone {
     tower::layer::layer_fn(move |inner| {
-        let policy = route.as_ref().and_then(|r| r.retry.clone());
-        Retrying {
-            retry: tower::retry::Retry::new(
-                Policy {
-                    policy: policy.clone(),
-                    metrics: metrics.clone(),
-                    attempt: 0,
-                    slot: None,
-                },
-                ReadAhead { inner },
-            ),
-            policy,
+        match route.as_ref().and_then(|r| r.retry.clone()) {
+            None => Retrying::Pass(inner),
+            Some(policy) => Retrying::Retry {
+                retry: tower::retry::Retry::new(
+                    Policy {
+                        policy: Some(policy.clone()),
+                        metrics: metrics.clone(),
+                        attempt: 0,
+                        slot: None,
+                    },
+                    ReadAhead { inner },
+                ),
+                policy,
+            },
         }
     })
 }
@@ -63,14 +99,25 @@ where
 {
     type Response = Rsp;
     type Error = ProxyError;
-    type Future = tower::retry::future::ResponseFuture<Policy, ReadAhead<S>, Req>;
+    type Future = RetryingFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), ProxyError>> {
-        self.retry.poll_ready(cx)
+        match self {
+            Retrying::Retry { retry, .. } => retry.poll_ready(cx),
+            Retrying::Pass(inner) => inner.poll_ready(cx),
+        }
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        if let Some(policy) = &self.policy {
+        let (retry, policy) = match self {
+            Retrying::Pass(inner) => {
+                return RetryingFuture::Pass {
+                    future: inner.call(req),
+                }
+            }
+            Retrying::Retry { retry, policy } => (retry, policy),
+        };
+        {
             // The budget is a share of the requests that could be
             // retried: only they deposit, once their cluster is picked.
             req.deposit = true;
@@ -93,7 +140,9 @@ where
                 }
             }
         }
-        self.retry.call(req)
+        RetryingFuture::Retry {
+            future: retry.call(req),
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! response, redirect) is answered here.
 
 use super::split::Dispatch;
-use super::{Finish, Req, Result, Rsp, Step, Then};
+use super::{call_ready, Finish, Req, Result, Rsp, Step, Then};
 use crate::http::body::{ProxyBody, UpstreamBody};
 use crate::http::error::ProxyError;
 use crate::http::vhost::{self, Route};
@@ -15,8 +15,7 @@ use crate::route::Snapshot;
 use http::{Request, StatusCode};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 /// How a request is answered.
 pub enum Routed {
@@ -51,7 +50,7 @@ where
 {
     type Response = Rsp;
     type Error = ProxyError;
-    type Future = Step<Then<Oneshot<S, Req>, EditResponse>>;
+    type Future = Step<Then<Step<S::Future>, EditResponse>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::result::Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
@@ -80,7 +79,7 @@ where
                     route.edit_request(&mut req.http);
                 }
                 let stack = (self.make)(route.clone(), dispatch);
-                Step::inner(Then::new(stack.oneshot(req), EditResponse(route)))
+                Step::inner(Then::new(call_ready(stack, req), EditResponse(route)))
             }
         }
     }

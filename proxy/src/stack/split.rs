@@ -13,8 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::retry::budget::Budget;
-use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 /// Where a routed request goes.
 #[derive(Clone)]
@@ -54,7 +53,7 @@ where
 {
     type Response = Rsp;
     type Error = ProxyError;
-    type Future = super::Step<Oneshot<S, Req>>;
+    type Future = super::Step<S::Future>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
@@ -83,6 +82,6 @@ where
                 target.cluster.retry_budget().1.deposit();
             }
         }
-        super::Step::inner((self.make)(upstream).oneshot(req))
+        super::call_ready((self.make)(upstream), req)
     }
 }
