@@ -73,8 +73,8 @@ pub fn layer<S>(
     route: Option<Arc<Route>>,
     metrics: Arc<Metrics>,
 ) -> impl tower::Layer<S, Service = Retrying<S>> + Clone {
-    tower::layer::layer_fn(move |inner| {
-        match route.as_ref().and_then(|r| r.retry.clone()) {
+    tower::layer::layer_fn(
+        move |inner| match route.as_ref().and_then(|r| r.retry.clone()) {
             None => Retrying::Pass(inner),
             Some(policy) => Retrying::Retry {
                 retry: tower::retry::Retry::new(
@@ -88,8 +88,8 @@ pub fn layer<S>(
                 ),
                 policy,
             },
-        }
-    })
+        },
+    )
 }
 
 impl<S> Service<Req> for Retrying<S>
