@@ -91,60 +91,38 @@ pub async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = ctx.inputs.snapshot.load().config.proxy.http.clone();
-    let metrics = ctx.inputs.metrics.clone();
-    let direction = ctx.direction();
-    match direction {
+    let counters = (ctx.inputs.metrics.clone(), ctx.direction());
+    match ctx.direction() {
         Direction::Outbound => {
             let stack = crate::outbound::stack(ctx);
-            let service = service_fn(move |req| stack.clone().oneshot(req));
-            serve_with(
-                io,
-                protocol,
-                &limits,
-                service,
-                drain,
-                idle_timeout,
-                (metrics, direction),
-            )
-            .await
+            serve_with(io, protocol, &limits, stack, drain, idle_timeout, counters).await
         }
         Direction::Inbound => {
             let stack = crate::inbound::stack(ctx);
-            let service = service_fn(move |req| stack.clone().oneshot(req));
-            serve_with(
-                io,
-                protocol,
-                &limits,
-                service,
-                drain,
-                idle_timeout,
-                (metrics, direction),
-            )
-            .await
+            serve_with(io, protocol, &limits, stack, drain, idle_timeout, counters).await
         }
     }
 }
 
-/// Serve HTTP on `io` with `service` (a direction's stack).
+/// Serve HTTP on `io` with `stack`, one direction's (cloned per request:
+/// a few `Arc`s, and hyper's service is `&self` where tower's is `&mut`).
 async fn serve_with<I, S>(
     io: I,
     protocol: Protocol,
     limits: &HttpSettings,
-    service: S,
+    stack: S,
     drain: CancellationToken,
     idle_timeout: (Arc<AtomicU64>, Duration),
     (metrics, direction): (Arc<Metrics>, Direction),
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<ProxyBody>,
-            Error = Infallible,
-        > + Clone
+    S: tower::Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
 {
+    let service = service_fn(move |req| stack.clone().oneshot(req));
     let io = TokioIo::new(io);
     let result = if protocol == Protocol::Http2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());

@@ -79,7 +79,7 @@ pub fn layer<S>(
             Some(policy) => Retrying::Retry {
                 retry: tower::retry::Retry::new(
                     Policy {
-                        policy: Some(policy.clone()),
+                        policy: policy.clone(),
                         metrics: metrics.clone(),
                         attempt: 0,
                         slot: None,
@@ -117,27 +117,24 @@ where
             }
             Retrying::Retry { retry, policy } => (retry, policy),
         };
-        {
-            // The budget is a share of the requests that could be
-            // retried: only they deposit, once their cluster is picked.
-            req.deposit = true;
-            req.retrying = true;
-            if can_retry(&req.http) {
-                let body = std::mem::replace(req.http.body_mut(), UpstreamBody::full(None));
-                *req.http.body_mut() = match body.take_stream() {
-                    Ok((stream, state)) => {
-                        let mut body =
-                            UpstreamBody::replay(ReplayBody::new(stream, policy.max_body));
-                        if let Some(state) = state {
-                            body.report_to(state);
-                        }
-                        body
+        // The budget is a share of the requests that could be
+        // retried: only they deposit, once their cluster is picked.
+        req.deposit = true;
+        req.retrying = true;
+        if can_retry(&req.http) {
+            let body = std::mem::replace(req.http.body_mut(), UpstreamBody::full(None));
+            *req.http.body_mut() = match body.take_stream() {
+                Ok((stream, state)) => {
+                    let mut body = UpstreamBody::replay(ReplayBody::new(stream, policy.max_body));
+                    if let Some(state) = state {
+                        body.report_to(state);
                     }
-                    Err(body) => body,
-                };
-                if policy.attempts > 0 && wants_grpc(&policy.on) {
-                    req.read_ahead = Some(policy.max_body);
+                    body
                 }
+                Err(body) => body,
+            };
+            if policy.attempts > 0 && wants_grpc(&policy.on) {
+                req.read_ahead = Some(policy.max_body);
             }
         }
         RetryingFuture::Retry {
@@ -161,7 +158,7 @@ fn can_retry<B: Body>(req: &Request<B>) -> bool {
 
 /// One request's retry state (tower clones the policy for each request).
 pub struct Policy {
-    policy: Option<Arc<RetryPolicy>>,
+    policy: Arc<RetryPolicy>,
     metrics: Arc<Metrics>,
     /// Retries made so far.
     attempt: u32,
@@ -185,7 +182,7 @@ impl tower::retry::Policy<Req, Rsp, ProxyError> for Policy {
     type Future = tokio::time::Sleep;
 
     fn retry(&mut self, next: &mut Req, result: &mut Result) -> Option<Self::Future> {
-        let policy = self.policy.as_ref()?;
+        let policy = &self.policy;
         let trailer_status = match result {
             Ok(response) => response.extensions().get::<TrailerStatus>().map(|s| s.0),
             Err(_) => None,
@@ -213,7 +210,7 @@ impl tower::retry::Policy<Req, Rsp, ProxyError> for Policy {
     }
 
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        let policy = self.policy.as_ref()?;
+        let policy = &self.policy;
         // An upgrade's client side went with the first try.
         if self.attempt >= policy.attempts || !can_retry(&req.http) {
             return None;

@@ -12,7 +12,7 @@ use crate::http::error::ProxyError;
 use crate::http::vhost::{self, Route};
 use crate::http::{headers, ConnContext};
 use crate::route::Snapshot;
-use http::{Request, StatusCode};
+use http::Request;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::Service;
@@ -69,9 +69,11 @@ where
                 if req.state.metrics.set(metrics.clone()).is_ok() {
                     metrics.total.inc();
                 }
-                let mut response = local_response(&route, &req.http);
-                route.edit_response(response.headers_mut());
-                Step::now(Ok(response))
+                let answer = local_response(&route, &req.http).map(|mut response| {
+                    route.edit_response(response.headers_mut());
+                    response
+                });
+                Step::now(answer)
             }
             Routed::Forward(route, dispatch) => {
                 if let Some(route) = &route {
@@ -100,8 +102,8 @@ impl Finish for EditResponse {
 }
 
 /// A direct response or redirect configured on an L7 route.
-fn local_response<B>(route: &Route, req: &Request<B>) -> Rsp {
-    let mut response = match &route.action {
+fn local_response<B>(route: &Route, req: &Request<B>) -> Result {
+    Ok(match &route.action {
         vhost::Action::Direct { status, body } => {
             let mut response = Rsp::new(ProxyBody::Full(Some(body.clone())));
             *response.status_mut() = *status;
@@ -119,11 +121,11 @@ fn local_response<B>(route: &Route, req: &Request<B>) -> Rsp {
             }
             response
         }
-        // Forwarding routes never reach here.
-        vhost::Action::Forward(_) => Rsp::new(ProxyBody::empty()),
-    };
-    if matches!(route.action, vhost::Action::Forward(_)) {
-        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    }
-    response
+        // The rules make `Routed::Local` only of routes that answer themselves.
+        vhost::Action::Forward(_) => {
+            return Err(ProxyError::Internal(
+                "a forwarding route was answered locally",
+            ))
+        }
+    })
 }

@@ -71,7 +71,11 @@ where
                     }
                 },
                 // The router answers local routes itself.
-                _ => return super::Step::fail(ProxyError::Internal("local route dispatched")),
+                _ => {
+                    return super::Step::fail(ProxyError::Internal(
+                        "a route that answers itself reached the cluster split",
+                    ))
+                }
             },
             Dispatch::Cluster(target) => Upstream::Cluster(target.clone()),
             Dispatch::Direct(addr) => Upstream::Direct(*addr),
