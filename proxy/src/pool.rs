@@ -301,8 +301,11 @@ impl EndpointPool {
         dedicated: bool,
         limit: Option<&ConnectionLimit>,
     ) -> Result<Checkout, PoolError> {
+        // Connecting is boxed: its future (TCP, TLS, handshake) is several
+        // KiB, and every request's future would otherwise carry (and move)
+        // it although most requests reuse a connection.
         if dedicated {
-            let sender = self.connect_h1(connect_timeout, limit).await?;
+            let sender = Box::pin(self.connect_h1(connect_timeout, limit)).await?;
             return Ok(self.checked_out(Sender::H1(sender), false));
         }
         match self.version {
@@ -315,7 +318,7 @@ impl EndpointPool {
                         return Ok(self.checked_out(Sender::H1(idle.sender), true));
                     }
                 }
-                let sender = self.connect_h1(connect_timeout, limit).await?;
+                let sender = Box::pin(self.connect_h1(connect_timeout, limit)).await?;
                 Ok(self.checked_out(Sender::H1(sender), false))
             }
             HttpVersion::Http2 => {
@@ -326,7 +329,7 @@ impl EndpointPool {
                 if let Some(sender) = self.shared_h2() {
                     return Ok(self.checked_out(Sender::H2(sender), true));
                 }
-                let sender = self.connect_h2(connect_timeout, limit).await?;
+                let sender = Box::pin(self.connect_h2(connect_timeout, limit)).await?;
                 if let Ok(mut h2) = self.h2.lock() {
                     *h2 = Some(sender.clone());
                 }
