@@ -21,15 +21,17 @@ use crate::Direction;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use strait_config::HttpSettings;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
+use tower::util::Oneshot;
 use tower::ServiceExt;
 
 /// How long a client may take to send a request's headers.
@@ -104,8 +106,7 @@ pub async fn serve<I>(
     }
 }
 
-/// Serve HTTP on `io` with `stack`, one direction's (cloned per request:
-/// a few `Arc`s, and hyper's service is `&self` where tower's is `&mut`).
+/// Serve HTTP on `io` with `stack`, one direction's.
 async fn serve_with<I, S>(
     io: I,
     protocol: Protocol,
@@ -122,7 +123,7 @@ async fn serve_with<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let service = service_fn(move |req| stack.clone().oneshot(req));
+    let service = PerConnection(RefCell::new(stack));
     let io = TokioIo::new(io);
     let result = if protocol == Protocol::Http2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -160,6 +161,60 @@ async fn serve_with<I, S>(
         // Malformed requests get hyper's 400 and a close; a client reset is routine.
         tracing::debug!(error = %e, "client connection ended with an error");
         count_ended(&metrics, direction, protocol, &e);
+    }
+}
+
+/// A connection's stack as hyper's service. hyper calls through `&self`,
+/// tower through `&mut self`: hyper calls from the connection's task,
+/// never re-entrantly, so the one stack is borrowed for each call rather
+/// than cloned. Every layer is always ready (limits fail fast, they do
+/// not wait); a layer that is not is served by a clone that waits.
+struct PerConnection<S>(RefCell<S>);
+
+impl<S> hyper::service::Service<Request<Incoming>> for PerConnection<S>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        + Clone,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Called<S::Future, Oneshot<S, Request<Incoming>>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        // Borrowed for this call only: hyper never calls re-entrantly.
+        let mut stack = self.0.borrow_mut();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match stack.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Called::Now {
+                future: stack.call(req),
+            },
+            _ => Called::WhenReady {
+                future: stack.clone().oneshot(req),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = CalledProj]
+    enum Called<F, W> {
+        Now { #[pin] future: F },
+        WhenReady { #[pin] future: W },
+    }
+}
+
+impl<F, W, T> std::future::Future for Called<F, W>
+where
+    F: std::future::Future<Output = T>,
+    W: std::future::Future<Output = T>,
+{
+    type Output = T;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.project() {
+            CalledProj::Now { future } => future.poll(cx),
+            CalledProj::WhenReady { future } => future.poll(cx),
+        }
     }
 }
 
