@@ -129,7 +129,11 @@ fn one_authority<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
             }
         }
     }
-    if req.headers().contains_key(header::HOST) {
+    let host_differs = req
+        .headers()
+        .get(header::HOST)
+        .is_some_and(|h| h.as_bytes() != canonical.as_bytes());
+    if host_differs {
         if let Ok(value) = HeaderValue::from_str(&canonical) {
             req.headers_mut().insert(header::HOST, value);
         }
