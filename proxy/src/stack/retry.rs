@@ -20,6 +20,7 @@ use crate::registry::ClusterState;
 use http::{Method, Request};
 use http_body::Body;
 use http_body_util::BodyExt;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -49,7 +50,9 @@ pin_project_lite::pin_project! {
         S: 'static,
         S::Future: Send,
     {
-        Retry { #[pin] future: tower::retry::future::ResponseFuture<Policy, ReadAhead<S>, Req> },
+        // Boxed: it holds a copy of the request, and every layer above
+        // would otherwise carry (and move) that size on routes that never retry.
+        Retry { future: Pin<Box<tower::retry::future::ResponseFuture<Policy, ReadAhead<S>, Req>>> },
         Pass { #[pin] future: S::Future },
     }
 }
@@ -63,7 +66,7 @@ where
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result> {
         match self.project() {
-            RetryingProj::Retry { future } => future.poll(cx),
+            RetryingProj::Retry { future } => future.as_mut().poll(cx),
             RetryingProj::Pass { future } => future.poll(cx),
         }
     }
@@ -138,7 +141,7 @@ where
             }
         }
         RetryingFuture::Retry {
-            future: retry.call(req),
+            future: Box::pin(retry.call(req)),
         }
     }
 }
