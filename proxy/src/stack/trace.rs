@@ -15,6 +15,7 @@ use super::{Finish, Req, ReqState, Result, Rsp, Then};
 use crate::http::error::ProxyError;
 use crate::http::stream_end::{when_ended, AtEnd};
 use crate::http::ConnContext;
+use crate::metrics::TlsStatus;
 use crate::trace::context::{self, Incoming, SpanId, TraceId};
 use crate::trace::SpanRecord;
 use crate::Direction;
@@ -170,15 +171,23 @@ impl AtEnd for Draft {
 impl Draft {
     fn end(self, broken: bool) {
         let elapsed = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let (cluster, endpoint) = self.state.upstream();
+        // The endpoint layer labels the request with its first try's
+        // target; on a route that retries, the latest try is noted too.
+        let first = self.state.metrics.get().map(|m| m.key());
+        let (latest_cluster, latest_endpoint) = self.state.upstream();
+        let cluster = latest_cluster.map(|c| c.name.clone()).or_else(|| {
+            first
+                .filter(|k| !k.cluster.is_empty())
+                .map(|k| k.cluster.clone())
+        });
+        let endpoint = latest_endpoint.or(first.map(|k| k.target));
         let direction = self.conn.direction();
         let peer_identity = match direction {
             Direction::Inbound => self.conn.client_identity().map(Arc::from),
-            // The identity the endpoint had to prove.
-            Direction::Outbound => cluster.as_ref().zip(endpoint).and_then(|(c, addr)| {
-                let balancer = c.balancer();
-                let found = balancer.endpoints().iter().find(|e| e.addr == addr)?;
-                found.mesh.clone()
+            // The identity the endpoint proved.
+            Direction::Outbound => first.and_then(|k| match &k.tls {
+                TlsStatus::Mesh { server_id, .. } => server_id.clone(),
+                TlsStatus::NoIdentity(_) => None,
             }),
         };
         let record = SpanRecord {
@@ -194,7 +203,7 @@ impl Draft {
             path: self.path,
             authority: self.authority,
             client: self.conn.client,
-            cluster: cluster.map(|c| c.name.clone()),
+            cluster,
             endpoint,
             retries: self.state.retries(),
             peer_identity,
