@@ -52,7 +52,10 @@ impl TraceService for Sink {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut kept = self.0.lock().map_err(|_| tonic::Status::internal("poisoned"))?;
+        let mut kept = self
+            .0
+            .lock()
+            .map_err(|_| tonic::Status::internal("poisoned"))?;
         for resource_spans in request.into_inner().resource_spans {
             let service = resource_spans
                 .resource
@@ -188,7 +191,12 @@ impl Client {
         let req = req.body(Full::default()).expect("request");
         let response = self.0.send_request(req).await.expect("response");
         let status = response.status();
-        let body = response.into_body().collect().await.expect("body").to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
@@ -247,13 +255,18 @@ async fn spans_cross_two_proxies_under_the_clients_traceparent() {
     let collector = Collector::start().await;
     let app = Upstream::start().await;
     let server = server_proxy(app.addr, &tracing_yaml(collector.addr, "server-side", ""));
-    let client = client_proxy(server.inbound, &tracing_yaml(collector.addr, "client-side", ""));
+    let client = client_proxy(
+        server.inbound,
+        &tracing_yaml(collector.addr, "client-side", ""),
+    );
     let mut app_client = Client::connect(client.outbound).await;
 
     // Unsampled first: passes byte for byte and is never exported (the
     // sampled ones after it would carry its span in their wake).
     let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
-    let seen = app_client.headers(&[("traceparent", unsampled), ("x-request-id", "req-0")]).await;
+    let seen = app_client
+        .headers(&[("traceparent", unsampled), ("x-request-id", "req-0")])
+        .await;
     assert_eq!(seen.get("traceparent"), unsampled);
     assert_eq!(seen.get("x-request-id"), "req-0");
 
@@ -280,7 +293,10 @@ async fn spans_cross_two_proxies_under_the_clients_traceparent() {
     let seen = app_client.headers(&[]).await;
     let started = seen.get("traceparent").to_string();
     assert_eq!(started.len(), 55, "{started}");
-    assert!(started.starts_with("00-") && started.ends_with("-01"), "{started}");
+    assert!(
+        started.starts_with("00-") && started.ends_with("-01"),
+        "{started}"
+    );
     assert!(seen.has("x-request-id"));
 
     // Four sampled requests, a span on each proxy for each.
@@ -309,7 +325,10 @@ async fn spans_cross_two_proxies_under_the_clients_traceparent() {
         for span in [outbound, inbound] {
             assert_eq!(attr(span, "http.request.method"), text("GET"));
             assert_eq!(attr(span, "url.path"), text("/headers"));
-            assert_eq!(attr(span, "http.response.status_code"), Some(Value::IntValue(200)));
+            assert_eq!(
+                attr(span, "http.response.status_code"),
+                Some(Value::IntValue(200))
+            );
             assert_eq!(attr(span, "server.address"), text("web"));
             assert!(span.status.is_none(), "{span:?}");
         }
@@ -328,7 +347,10 @@ async fn spans_cross_two_proxies_under_the_clients_traceparent() {
 
     let root = trace(&spans, &started[3..35]);
     assert_eq!(root.len(), 2, "{root:#?}");
-    assert!(root[0].span.parent_span_id.is_empty(), "the client proxy's span is the root");
+    assert!(
+        root[0].span.parent_span_id.is_empty(),
+        "the client proxy's span is the root"
+    );
     assert_eq!(root[1].span.parent_span_id, root[0].span.span_id);
     assert_eq!(hex(&root[1].span.span_id), started[36..52]);
 }
@@ -338,7 +360,10 @@ async fn b3_clients_interoperate() {
     let collector = Collector::start().await;
     let app = Upstream::start().await;
     let server = server_proxy(app.addr, &tracing_yaml(collector.addr, "server-side", ""));
-    let client = client_proxy(server.inbound, &tracing_yaml(collector.addr, "client-side", ""));
+    let client = client_proxy(
+        server.inbound,
+        &tracing_yaml(collector.addr, "client-side", ""),
+    );
     let mut app_client = Client::connect(client.outbound).await;
 
     // B3 single, 128-bit trace id, sampled.
@@ -415,7 +440,10 @@ async fn without_tracing_headers_still_propagate() {
 
     // Untouched end to end: no span here to be the parent.
     let headers = [
-        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
         ("tracestate", "rojo=00f067aa0ba902b7"),
         ("b3", "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"),
         ("x-request-id", "abc-123"),
@@ -425,9 +453,14 @@ async fn without_tracing_headers_still_propagate() {
         assert_eq!(seen.get(name), value);
     }
     // A malformed traceparent is no trace context: a new one replaces it.
-    let seen = app_client.headers(&[("traceparent", "00-nonsense-01")]).await;
+    let seen = app_client
+        .headers(&[("traceparent", "00-nonsense-01")])
+        .await;
     assert_eq!(seen.get("traceparent").len(), 55);
-    assert_eq!(metric_sum(&client.metrics(), "trace_spans_exported_total", &[]), 0.0);
+    assert_eq!(
+        metric_sum(&client.metrics(), "trace_spans_exported_total", &[]),
+        0.0
+    );
 }
 
 /// Send requests until `done` says so or the bound is hit; every one
@@ -443,7 +476,10 @@ async fn load_until(proxy: &Proxy, done: impl Fn(&str) -> bool) -> usize {
         assert_eq!(status, StatusCode::OK, "request {sent}: {body}");
         if sent % 25 == 0 && (done(&proxy.metrics()) || Instant::now() > deadline) {
             // A request never waits on the collector.
-            assert!(slowest < Duration::from_secs(2), "slowest request {slowest:?}");
+            assert!(
+                slowest < Duration::from_secs(2),
+                "slowest request {slowest:?}"
+            );
             return sent;
         }
     }
@@ -456,10 +492,17 @@ async fn a_collector_that_is_down_fails_no_request() {
     let down = free_addr();
     let proxy = client_proxy(app.addr, &tracing_yaml(down, "client-side", ""));
     load_until(&proxy, |m| {
-        metric_sum(m, "trace_spans_dropped_total", &["reason=\"export_failed\""]) > 0.0
+        metric_sum(
+            m,
+            "trace_spans_dropped_total",
+            &["reason=\"export_failed\""],
+        ) > 0.0
     })
     .await;
-    assert_eq!(metric_sum(&proxy.metrics(), "trace_spans_exported_total", &[]), 0.0);
+    assert_eq!(
+        metric_sum(&proxy.metrics(), "trace_spans_exported_total", &[]),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -484,6 +527,38 @@ async fn a_stalled_collector_fails_no_request_and_overflow_is_counted() {
         metric_sum(m, "trace_spans_dropped_total", &["reason=\"queue_full\""]) > 0.0
     })
     .await;
-    assert_eq!(metric_sum(&proxy.metrics(), "trace_spans_exported_total", &[]), 0.0);
+    assert_eq!(
+        metric_sum(&proxy.metrics(), "trace_spans_exported_total", &[]),
+        0.0
+    );
     held.abort();
+}
+
+#[tokio::test]
+async fn export_follows_a_config_reload() {
+    let collector = Collector::start().await;
+    let app = Upstream::start().await;
+    let proxy = client_proxy(app.addr, "");
+    let sampled = [(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )];
+    let mut app_client = Client::connect(proxy.outbound).await;
+    app_client.headers(&sampled).await;
+
+    let yaml = std::fs::read_to_string(proxy.config_path()).expect("config");
+    proxy.rewrite_config(&format!(
+        "{yaml}{}",
+        tracing_yaml(collector.addr, "client-side", "")
+    ));
+    // Until the reload lands, requests go unrecorded; bounded either way.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric_sum(&proxy.metrics(), "config_reload_total", &["result=\"ok\""]) < 1.0 {
+        assert!(Instant::now() < deadline, "no reload: {}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app_client.headers(&sampled).await;
+    let spans = collector.wait_for(1).await;
+    assert_eq!(spans.len(), 1, "{}", proxy.log());
+    assert_eq!(spans[0].service, "client-side");
 }

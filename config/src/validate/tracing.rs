@@ -17,8 +17,7 @@ pub(super) fn tracing(rules: &Rules<'_>, t: FileTracing) -> Result<Tracing, Conf
         // accept a section that does nothing.
         return Err(ConfigError::Invalid {
             at: rules.at("tracing.otlp"),
-            message: "tracing needs `otlp: {address: host:port}`, the collector spans go to"
-                .into(),
+            message: "tracing needs `otlp: {address: host:port}`, the collector spans go to".into(),
         });
     };
     if otlp.address.trim().is_empty() {

@@ -86,7 +86,10 @@ pub trait AtEnd: Send {
 /// has, or the body was never a stream).
 pub fn when_ended(response: &mut http::Response<ProxyBody>, at_end: Box<dyn AtEnd>) {
     match response.body_mut() {
-        ProxyBody::Stream(body) | ProxyBody::Replayed { rest: Some(body), .. } => body.also(at_end),
+        ProxyBody::Stream(body)
+        | ProxyBody::Replayed {
+            rest: Some(body), ..
+        } => body.also(at_end),
         ProxyBody::Replayed { rest: None, .. } | ProxyBody::Full(_) => at_end.at_end(false),
     }
 }

@@ -273,15 +273,24 @@ fn header(bytes: Vec<u8>) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&bytes).ok()
 }
 
-/// A fresh `traceparent` for a trace that starts here.
+/// Hex of `bytes` into `out` from `at`.
+fn put_hex(out: &mut [u8], at: usize, bytes: &[u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        out[at + 2 * i] = HEX[usize::from(b >> 4)];
+        out[at + 2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+}
+
+/// A fresh `traceparent` for a trace that starts here (built on the
+/// stack: every request without a context pays for it).
 pub fn new_traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> Option<HeaderValue> {
-    let mut out = Vec::with_capacity(55);
-    out.extend_from_slice(b"00-");
-    push_hex(&mut out, trace_id);
-    out.push(b'-');
-    push_hex(&mut out, span_id);
-    out.extend_from_slice(if sampled { b"-01" } else { b"-00" });
-    header(out)
+    let mut out = *b"00-________________________________-________________-00";
+    put_hex(&mut out, 3, trace_id);
+    put_hex(&mut out, 36, span_id);
+    if sampled {
+        out[54] = b'1';
+    }
+    HeaderValue::from_bytes(&out).ok()
 }
 
 /// The request's `traceparent` with this hop's span as the parent: the
@@ -356,17 +365,13 @@ pub fn new_request_id(random: u128) -> Option<HeaderValue> {
     let mut bytes = random.to_be_bytes();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut out = Vec::with_capacity(36);
-    for (i, chunk) in [&bytes[0..4], &bytes[4..6], &bytes[6..8], &bytes[8..10], &bytes[10..16]]
-        .into_iter()
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(b'-');
-        }
-        push_hex(&mut out, chunk);
-    }
-    header(out)
+    let mut out = *b"________-____-____-____-____________";
+    put_hex(&mut out, 0, &bytes[0..4]);
+    put_hex(&mut out, 9, &bytes[4..6]);
+    put_hex(&mut out, 14, &bytes[6..8]);
+    put_hex(&mut out, 19, &bytes[8..10]);
+    put_hex(&mut out, 24, &bytes[10..16]);
+    HeaderValue::from_bytes(&out).ok()
 }
 
 #[cfg(test)]
@@ -433,11 +438,22 @@ mod tests {
         let parent = short.parent().unwrap();
         assert_eq!(to_hex(&parent.trace_id), "000000000000000064fe8b2a57d3eff7");
         assert_eq!(parent.sampled, None);
-        assert_eq!(read("64fe8b2a57d3eff7-e457b5a2e4d86bd1-d").parent().unwrap().sampled, Some(true));
+        assert_eq!(
+            read("64fe8b2a57d3eff7-e457b5a2e4d86bd1-d")
+                .parent()
+                .unwrap()
+                .sampled,
+            Some(true)
+        );
         // A decision alone.
         let deny = read("0");
         assert_eq!((deny.parent(), deny.decision_only), (None, Some(false)));
-        for bad in ["1-2", "64fe8b2a57d3eff7-e457b5a2e4d86bd1-x", "64fe8b2a57d3eff7-e457b5a2e4d86bd1-1-zz", "64fe8b2a57d3eff-e457b5a2e4d86bd1"] {
+        for bad in [
+            "1-2",
+            "64fe8b2a57d3eff7-e457b5a2e4d86bd1-x",
+            "64fe8b2a57d3eff7-e457b5a2e4d86bd1-1-zz",
+            "64fe8b2a57d3eff-e457b5a2e4d86bd1",
+        ] {
             assert_eq!(read(bad), Incoming::default(), "{bad}");
         }
     }
@@ -483,9 +499,15 @@ mod tests {
         let span = [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
         rewrite(&mut map, &incoming, &parent, &span);
         let get = |n: &str| map.get(n).unwrap().to_str().unwrap();
-        assert_eq!(get("traceparent"), "00-4bf92f3577b34da6a3ce929d0e0e4736-1122334455667788-01");
+        assert_eq!(
+            get("traceparent"),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-1122334455667788-01"
+        );
         assert_eq!(get("tracestate"), "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
-        assert_eq!(get("b3"), "4bf92f3577b34da6a3ce929d0e0e4736-1122334455667788-1-00f067aa0ba902b7");
+        assert_eq!(
+            get("b3"),
+            "4bf92f3577b34da6a3ce929d0e0e4736-1122334455667788-1-00f067aa0ba902b7"
+        );
         assert_eq!(get("x-b3-traceid"), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(get("x-b3-spanid"), "1122334455667788");
         assert_eq!(get("x-b3-parentspanid"), "00f067aa0ba902b7");

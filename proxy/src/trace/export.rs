@@ -13,7 +13,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
 use std::time::Duration;
 use strait_config::Tracing;
 use tokio::sync::mpsc;
@@ -205,7 +207,10 @@ pub fn to_otlp(record: SpanRecord) -> Span {
     Span {
         trace_id: record.trace_id.to_vec(),
         span_id: record.span_id.to_vec(),
-        parent_span_id: record.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+        parent_span_id: record
+            .parent_span_id
+            .map(|p| p.to_vec())
+            .unwrap_or_default(),
         // Sampled: only sampled spans are recorded.
         flags: 1,
         name,
@@ -225,10 +230,16 @@ pub fn to_otlp(record: SpanRecord) -> Span {
 fn split_authority(authority: &str) -> (&str, Option<u16>) {
     match authority.rsplit_once(':') {
         Some((host, port)) if !port.contains(']') => match port.parse() {
-            Ok(port) => (host.trim_start_matches('[').trim_end_matches(']'), Some(port)),
+            Ok(port) => (
+                host.trim_start_matches('[').trim_end_matches(']'),
+                Some(port),
+            ),
             Err(_) => (authority, None),
         },
-        _ => (authority.trim_start_matches('[').trim_end_matches(']'), None),
+        _ => (
+            authority.trim_start_matches('[').trim_end_matches(']'),
+            None,
+        ),
     }
 }
 
@@ -274,12 +285,21 @@ mod tests {
         let s = |v: &str| any_value::Value::StringValue(v.into());
         assert_eq!(attr(&span, "http.request.method"), Some(&s("GET")));
         assert_eq!(attr(&span, "http.route"), Some(&s("users")));
-        assert_eq!(attr(&span, "http.response.status_code"), Some(&any_value::Value::IntValue(503)));
+        assert_eq!(
+            attr(&span, "http.response.status_code"),
+            Some(&any_value::Value::IntValue(503))
+        );
         assert_eq!(attr(&span, "server.address"), Some(&s("web.default")));
-        assert_eq!(attr(&span, "server.port"), Some(&any_value::Value::IntValue(8080)));
+        assert_eq!(
+            attr(&span, "server.port"),
+            Some(&any_value::Value::IntValue(8080))
+        );
         assert_eq!(attr(&span, "network.peer.address"), Some(&s("10.0.0.9")));
         assert_eq!(attr(&span, "strait.upstream.cluster"), Some(&s("web")));
-        assert_eq!(attr(&span, "http.request.resend_count"), Some(&any_value::Value::IntValue(2)));
+        assert_eq!(
+            attr(&span, "http.request.resend_count"),
+            Some(&any_value::Value::IntValue(2))
+        );
         assert_eq!(span.status.unwrap().code, status::StatusCode::Error as i32);
     }
 
@@ -307,7 +327,10 @@ mod tests {
         }
         let started = Instant::now();
         assert!(next_batch(&mut rx, &mut batch).await);
-        assert_eq!((batch.len(), started.elapsed()), (BATCH_SIZE, Duration::ZERO));
+        assert_eq!(
+            (batch.len(), started.elapsed()),
+            (BATCH_SIZE, Duration::ZERO)
+        );
         batch.clear();
         // Closed: the last span comes with the news.
         drop(tx);

@@ -135,7 +135,9 @@ impl Tracer {
             })
         });
         match config {
-            Some(c) => tracing::info!(collector = %c.otlp_address, sample_rate = c.sample_rate, "exporting spans over OTLP"),
+            Some(c) => {
+                tracing::info!(collector = %c.otlp_address, sample_rate = c.sample_rate, "exporting spans over OTLP")
+            }
             None if current.is_some() => tracing::info!("span export turned off"),
             None => {}
         }
