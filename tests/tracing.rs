@@ -562,3 +562,36 @@ async fn export_follows_a_config_reload() {
     assert_eq!(spans.len(), 1, "{}", proxy.log());
     assert_eq!(spans[0].service, "client-side");
 }
+
+#[tokio::test]
+async fn a_cancelled_request_still_ends_its_span() {
+    let collector = Collector::start().await;
+    let app = Upstream::start().await;
+    let proxy = client_proxy(app.addr, &tracing_yaml(collector.addr, "client-side", ""));
+    let mut app_client = Client::connect(proxy.outbound).await;
+    let request = tokio::spawn(async move {
+        app_client
+            .get(
+                "/hang",
+                &[(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                )],
+            )
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(10), app.started.notified())
+        .await
+        .expect("the request reached the upstream");
+    // The client gives up: its connection goes with the task.
+    request.abort();
+    let spans = collector.wait_for(1).await;
+    assert_eq!(spans.len(), 1, "{}", proxy.log());
+    let span = &spans[0].span;
+    assert_eq!(attr(span, "http.response.status_code"), None);
+    assert_eq!(
+        attr(span, "error.type"),
+        text("request cancelled before the response")
+    );
+    assert_eq!(attr(span, "url.path"), text("/hang"));
+}

@@ -123,12 +123,22 @@ fn unix_nanos(at: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The span being recorded, if any, for the way up.
+/// The span being recorded, if any, for the way up. Dropped before the
+/// answer came (the client went away), it still ends its span.
 pub struct Span(Option<Box<Draft>>);
 
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Some(mut draft) = self.0.take() {
+            draft.error = Some("request cancelled before the response");
+            draft.end(false);
+        }
+    }
+}
+
 impl Finish for Span {
-    fn finish(self, mut result: Result) -> Result {
-        let Some(mut draft) = self.0 else {
+    fn finish(mut self, mut result: Result) -> Result {
+        let Some(mut draft) = self.0.take() else {
             return result;
         };
         match &mut result {

@@ -155,12 +155,15 @@ pub fn to_otlp(record: SpanRecord) -> Span {
     };
     let mut attributes = vec![
         string("http.request.method", record.method.as_str()),
-        int("http.response.status_code", i64::from(record.status)),
         string("url.path", record.path),
         string("client.address", record.client.ip().to_string()),
         int("client.port", i64::from(record.client.port())),
         string("strait.direction", record.direction.as_str()),
     ];
+    // Zero: no response (the request was cancelled first).
+    if record.status != 0 {
+        attributes.push(int("http.response.status_code", i64::from(record.status)));
+    }
     if let Some(route) = &record.route {
         attributes.push(string("http.route", &**route));
     }

@@ -33,6 +33,7 @@ pub struct SpanRecord {
     pub method: http::Method,
     /// `http.route`: the L7 route's name, when one matched.
     pub route: Option<Arc<str>>,
+    /// The response status; 0 when none came (the request was cancelled).
     pub status: u16,
     pub path: String,
     /// The request's authority (`server.address`, `server.port`).
