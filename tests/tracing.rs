@@ -595,3 +595,49 @@ async fn a_cancelled_request_still_ends_its_span() {
     );
     assert_eq!(attr(span, "url.path"), text("/hang"));
 }
+
+#[tokio::test]
+async fn spans_over_mtls_name_the_peer_identity() {
+    const CLIENT_ID: &str = "spiffe://strait.test/ns/default/sa/client";
+    const SERVER_ID: &str = "spiffe://strait.test/ns/default/sa/server";
+    let pki = support::pki::Pki::new("trace-ca");
+    let collector = Collector::start().await;
+    let app = Upstream::start().await;
+    let server = server_proxy(
+        app.addr,
+        &format!(
+            "{}{}",
+            pki.identity_yaml(SERVER_ID, "server"),
+            tracing_yaml(collector.addr, "server-side", "")
+        ),
+    );
+    let client = Proxy::start(&format!(
+        "{}clusters:\n  - name: web\n    tls: {{identity: '{SERVER_ID}'}}\n    endpoints: [{{address: '{}'}}]\n{}{}",
+        EPHEMERAL_LISTENERS.replace(
+            "outbound: {address: 127.0.0.1, port: 0}",
+            "outbound: {address: 127.0.0.1, port: 0, default_cluster: web}"
+        ),
+        server.inbound,
+        pki.identity_yaml(CLIENT_ID, "client"),
+        tracing_yaml(collector.addr, "client-side", ""),
+    ));
+    let mut app_client = Client::connect(client.outbound).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let seen = app_client
+        .headers(&[("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01"))])
+        .await;
+    assert_eq!(seen.get("strait-client-id"), CLIENT_ID, "the hop was mTLS");
+
+    let spans = collector.wait_for(2).await;
+    let hop = trace(&spans, trace_id);
+    assert_eq!(hop.len(), 2, "{spans:#?}");
+    assert_eq!(
+        attr(&hop[0].span, "strait.tls.peer_identity"),
+        text(SERVER_ID)
+    );
+    assert_eq!(
+        attr(&hop[1].span, "strait.tls.peer_identity"),
+        text(CLIENT_ID)
+    );
+    assert_eq!(hop[1].span.parent_span_id, hop[0].span.span_id);
+}
