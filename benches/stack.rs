@@ -63,6 +63,7 @@ async fn connect(yaml: &str) -> http1::SendRequest<Empty<Bytes>> {
         direction: Direction::Outbound,
         snapshot: Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::new(config))),
         pools: Pools::new(Direction::Outbound, settings, metrics.clone(), None),
+        tracer: strait_proxy::trace::Tracer::new(&metrics.registry),
         metrics,
         tls: None,
     });

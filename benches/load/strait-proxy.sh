@@ -4,9 +4,16 @@
 # LISTEN and UPSTREAM are IP:PORT; every connection to LISTEN goes to UPSTREAM
 # (the outbound listener's default cluster), PROTOCOL is the cluster protocol
 # (default http1, like the peers' HTTP/1.1 upstreams).
+# With STRAIT_TRACE_SAMPLE_RATE set (e.g. 0.01), spans are exported to the
+# OTLP/gRPC collector at STRAIT_TRACE_OTLP (default 127.0.0.1:4317), e.g.
+#   --proxy "strait-trace=STRAIT_TRACE_SAMPLE_RATE=0.01 $HERE/strait-proxy.sh {LISTEN} {UPSTREAM} {WORKERS} {TMP}"
 set -euo pipefail
 listen=$1 upstream=$2 workers=$3 dir=$4 protocol=${5:-http1}
 mkdir -p "$dir"
+tracing=""
+if [[ -n "${STRAIT_TRACE_SAMPLE_RATE:-}" ]]; then
+  tracing="tracing: {otlp: {address: \"${STRAIT_TRACE_OTLP:-127.0.0.1:4317}\"}, sample_rate: $STRAIT_TRACE_SAMPLE_RATE}"
+fi
 cat > "$dir/strait.yaml" <<YAML
 log: {level: warn}
 runtime: {worker_threads: $workers}
@@ -18,5 +25,6 @@ clusters:
   - name: upstream
     protocol: $protocol
     endpoints: [{address: "$upstream"}]
+$tracing
 YAML
 exec "${STRAIT_BIN:-$(dirname "$0")/../../target/release/strait}" run --config "$dir/strait.yaml"

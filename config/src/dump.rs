@@ -380,6 +380,14 @@ impl Config {
                 ),
                 initial_fetch_timeout: duration(x.initial_fetch_timeout),
             }),
+            tracing: self.tracing.as_ref().map(|t| FileTracing {
+                otlp: Some(FileOtlp {
+                    address: t.otlp_address.clone(),
+                    max_queued_spans: i64::try_from(t.max_queued_spans).ok(),
+                }),
+                sample_rate: Some(t.sample_rate),
+                service_name: Some(t.service_name.clone()),
+            }),
             xds_resources: None,
         }
     }

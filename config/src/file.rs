@@ -22,6 +22,7 @@ pub struct FileConfig {
     pub virtual_hosts: Vec<FileVirtualHost>,
     pub dns: Option<FileDns>,
     pub xds: Option<FileXds>,
+    pub tracing: Option<FileTracing>,
     /// Written by `/config_dump` to show what the control plane sent
     /// (each resource's version and ACK/NACK state); ignored when read,
     /// so a saved dump stays a config file.
@@ -38,6 +39,26 @@ pub struct FileXds {
     /// sotw | delta
     pub mode: Option<String>,
     pub initial_fetch_timeout: Option<String>,
+}
+
+/// Span export; trace headers are propagated whether or not it is set.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTracing {
+    pub otlp: Option<FileOtlp>,
+    /// The share of new traces sampled, 0.0 to 1.0 (default 1.0).
+    pub sample_rate: Option<f64>,
+    /// `service.name` on exported spans (default `strait`).
+    pub service_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOtlp {
+    /// host:port of the collector's OTLP/gRPC (plaintext HTTP/2) server.
+    pub address: String,
+    /// Spans waiting for export beyond this many are dropped (default 2048).
+    pub max_queued_spans: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

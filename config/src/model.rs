@@ -29,6 +29,22 @@ pub struct Config {
     pub dns: Dns,
     /// Where dynamic resources come from; `None` is file-only.
     pub xds: Option<Xds>,
+    /// Span export over OTLP; `None` is off (headers still propagate).
+    pub tracing: Option<Tracing>,
+}
+
+/// Where and how much the proxy's own spans are exported.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tracing {
+    /// `host:port` of the collector's OTLP/gRPC (plaintext HTTP/2) server.
+    pub otlp_address: String,
+    /// Spans waiting for export beyond this many are dropped and counted.
+    pub max_queued_spans: usize,
+    /// The share of new (root) traces sampled, 0.0 to 1.0; a request
+    /// that arrives with a trace context follows its sampled flag.
+    pub sample_rate: f64,
+    /// `service.name` of the exported spans' resource.
+    pub service_name: String,
 }
 
 /// The xDS bootstrap: the control plane and how this proxy names itself.

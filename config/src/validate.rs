@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub use crate::listeners::distinct_listeners;
 mod http;
+mod tracing;
 mod xds;
 
 /// Defaults: Linkerd's ports, loopback for the outbound and admin listeners.
@@ -531,7 +532,13 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
         None => None,
     };
 
+    let tracing = match file.tracing {
+        Some(t) => Some(tracing::tracing(&rules, t)?),
+        None => None,
+    };
+
     let config = Config {
+        tracing,
         xds,
         dns,
         identity,

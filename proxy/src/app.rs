@@ -40,6 +40,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         (path, stamp)
     });
     let metrics = Metrics::new();
+    let tracer = crate::trace::Tracer::new(&metrics.registry);
     let tls = match &config.identity {
         Some(identity) => Some(
             crate::tls::Tls::load(identity, metrics.clone())
@@ -110,7 +111,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let make_inputs: MakeInputs = {
         // The pools' reapers run on the data-plane runtime.
         let _rt = rt.enter();
-        let data = DataPath::new(pool_settings, metrics.clone(), tls.clone());
+        let data = DataPath::new(pool_settings, metrics.clone(), tls.clone(), tracer.clone());
         Arc::new(move |direction, snapshot| inputs(&data, direction, snapshot))
     };
     let mut listeners = Listeners::new(listeners::Shared {
@@ -157,6 +158,8 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                     // the process: take it over before the proxy is up.
                     let hup =
                         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+                    // The exporter runs here, off the data-plane runtime.
+                    tracer.apply(config.tracing.as_ref());
                     listeners.apply(plan, &config, &clusters).await;
                     if let Some(tls) = tls {
                         tokio::spawn(tls.watch(stop.clone()));
@@ -177,6 +180,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                             registry,
                             listeners: Arc::new(tokio::sync::Mutex::new(listeners)),
                             xds,
+                            tracer,
                         };
                         let watched = Watched {
                             path,
@@ -247,6 +251,7 @@ struct DataPath {
     inbound: Arc<Pools>,
     metrics: Arc<Metrics>,
     tls: Option<Arc<crate::tls::Tls>>,
+    tracer: Arc<crate::trace::Tracer>,
 }
 
 impl DataPath {
@@ -255,6 +260,7 @@ impl DataPath {
         settings: PoolSettings,
         metrics: Arc<Metrics>,
         tls: Option<Arc<crate::tls::Tls>>,
+        tracer: Arc<crate::trace::Tracer>,
     ) -> Self {
         let pools = |direction| {
             let pools = Pools::new(direction, settings, metrics.clone(), tls.clone());
@@ -266,6 +272,7 @@ impl DataPath {
             inbound: pools(Direction::Inbound),
             metrics,
             tls,
+            tracer,
         }
     }
 }
@@ -284,6 +291,7 @@ fn inputs(data: &DataPath, direction: Direction, snapshot: Arc<ArcSwap<Snapshot>
         pools,
         metrics: data.metrics.clone(),
         tls: data.tls.clone(),
+        tracer: data.tracer.clone(),
     })
 }
 
@@ -406,6 +414,7 @@ struct Reloader {
     registry: Arc<Registry>,
     listeners: Arc<tokio::sync::Mutex<Listeners>>,
     xds: Option<Arc<crate::xds::Xds>>,
+    tracer: Arc<crate::trace::Tracer>,
 }
 
 impl Reloader {
@@ -438,6 +447,7 @@ impl Reloader {
         self.snapshot
             .store(Arc::new(Snapshot::build(config.clone(), &clusters)));
         listeners.apply(plan, &config, &clusters).await;
+        self.tracer.apply(config.tracing.as_ref());
         self.metrics
             .config_reload_total
             .with_label_values(&["ok"])

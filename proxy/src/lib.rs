@@ -33,6 +33,7 @@ pub mod socket;
 pub mod stack;
 pub mod tcp;
 pub mod tls;
+pub mod trace;
 pub mod xds;
 
 /// Which way traffic flows through the sidecar.

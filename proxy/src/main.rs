@@ -265,6 +265,12 @@ fn check(path: &PathBuf) -> ExitCode {
             RouteMatch::Port(p) => println!("  route     port {p} -> {}", r.cluster),
         }
     }
+    if let Some(t) = &config.tracing {
+        println!(
+            "  tracing   spans of {} to OTLP {} (sample rate {})",
+            t.service_name, t.otlp_address, t.sample_rate
+        );
+    }
     ExitCode::SUCCESS
 }
 

@@ -45,8 +45,9 @@ pub(super) fn bootstrap(rules: &Rules<'_>, x: FileXds) -> Result<Xds, ConfigErro
     })
 }
 
-/// The control plane's `IP:port` or `name:port`.
-fn xds_address(rules: &Rules<'_>, field: &str, value: &str) -> Result<(), ConfigError> {
+/// A gRPC server's `IP:port` or `name:port` (the control plane's, the
+/// trace collector's).
+pub(super) fn xds_address(rules: &Rules<'_>, field: &str, value: &str) -> Result<(), ConfigError> {
     let value = value.trim();
     match value.parse::<SocketAddr>() {
         Ok(_) => rules.socket_addr(field, value).map(|_| ()),

@@ -32,6 +32,8 @@ pub struct Inputs {
     pub metrics: Arc<Metrics>,
     /// The workload identity, when mTLS is configured.
     pub tls: Option<Arc<Tls>>,
+    /// Span sampling and export (shared by every listener).
+    pub tracer: Arc<crate::trace::Tracer>,
 }
 
 /// Carries an HTTP/1 request's version across the HTTP/2 mesh hop, so the

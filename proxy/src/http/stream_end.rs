@@ -5,6 +5,8 @@
 //! (a long download is still a request in flight). [`Tracked`] wraps an
 //! upstream response body and does both exactly once: at the end of the
 //! stream, at a stream error, or when the client drops the body early.
+//! An outer layer may ask to hear of the end too ([`when_ended`]: the
+//! trace layer ends its span there).
 //!
 //! Depends on: [`crate::metrics`], [`crate::registry`] (the slot).
 
@@ -74,6 +76,24 @@ pub fn track(response: &mut http::Response<ProxyBody>, mut end: ResponseEnd) {
     }
 }
 
+/// What an outer layer does when the response stream ends; `broken` when
+/// it failed midway or the client went away before the end.
+pub trait AtEnd: Send {
+    fn at_end(self: Box<Self>, broken: bool);
+}
+
+/// Run `at_end` when the response stream ends (at once if it already
+/// has, or the body was never a stream).
+pub fn when_ended(response: &mut http::Response<ProxyBody>, at_end: Box<dyn AtEnd>) {
+    match response.body_mut() {
+        ProxyBody::Stream(body)
+        | ProxyBody::Replayed {
+            rest: Some(body), ..
+        } => body.also(at_end),
+        ProxyBody::Replayed { rest: None, .. } | ProxyBody::Full(_) => at_end.at_end(false),
+    }
+}
+
 /// A gRPC status from headers or trailers.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
@@ -88,6 +108,8 @@ pub struct Tracked {
     end: Option<ResponseEnd>,
     /// The circuit-breaker slot, released with the stream.
     slot: Option<RequestSlot>,
+    /// An outer layer's business at the end (see [`when_ended`]).
+    also: Option<Box<dyn AtEnd>>,
 }
 
 impl Tracked {
@@ -96,6 +118,7 @@ impl Tracked {
             inner,
             end: None,
             slot: None,
+            also: None,
         }
     }
 
@@ -115,10 +138,22 @@ impl Tracked {
         }
     }
 
+    /// Run `at_end` when this body ends (at once if it already has).
+    pub fn also(&mut self, at_end: Box<dyn AtEnd>) {
+        if self.inner.is_end_stream() {
+            at_end.at_end(false);
+        } else {
+            self.also = Some(at_end);
+        }
+    }
+
     fn finish(&mut self, broken: bool) {
         self.slot = None;
         if let Some(end) = self.end.take() {
             end.finish(broken);
+        }
+        if let Some(at_end) = self.also.take() {
+            at_end.at_end(broken);
         }
     }
 }

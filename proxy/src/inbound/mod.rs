@@ -17,7 +17,7 @@ use crate::stack::split::{Dispatch, Split, Upstream};
 use crate::stack::{
     admit, authorize, balance::Balance, breaker::Breaker, client::Client,
     endpoint_metrics::EndpointMetrics, headers::ClientIdentity, load::Load, request_metrics,
-    rescue, timeout, Req, Rsp,
+    rescue, timeout, trace, Req, Rsp,
 };
 use http::Request;
 use hyper::body::Incoming;
@@ -34,6 +34,7 @@ pub fn stack(
     ServiceBuilder::new()
         .layer(rescue::layer(conn.clone())) // every error becomes a response naming its cause
         .layer(admit::layer(conn.inputs.snapshot.clone())) // one authority, size limits, path normalisation
+        .layer(trace::layer(conn.clone())) // trace headers kept, started or continued; the proxy's span
         .layer(request_metrics::layer(conn.clone())) // request_total, latency, response_total at stream end
         .layer(authorize::layer(conn.clone())) // the port's policy on the client's mTLS identity: 403
         .service(Router::new(conn, rules, move |_, dispatch| {

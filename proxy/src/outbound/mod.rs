@@ -18,7 +18,7 @@ use crate::stack::split::{Dispatch, Split, Upstream};
 use crate::stack::{
     admit, balance::Balance, breaker::Breaker, client::Client, endpoint_metrics::EndpointMetrics,
     fault, headers::MeshOrigProto, load::Load, rate_limit, request_metrics, rescue, retry, timeout,
-    Req, Rsp,
+    trace, Req, Rsp,
 };
 use http::Request;
 use hyper::body::Incoming;
@@ -34,6 +34,7 @@ pub fn stack(
     ServiceBuilder::new()
         .layer(rescue::layer(conn.clone())) // every error becomes a response naming its cause
         .layer(admit::layer(conn.inputs.snapshot.clone())) // one authority, size limits, path normalisation
+        .layer(trace::layer(conn.clone())) // trace headers kept, started or continued; the proxy's span
         .layer(request_metrics::layer(conn.clone())) // request_total, latency, response_total at stream end
         .service(Router::new(conn, rules, move |route, dispatch| {
             route_stack(&routes, route, dispatch) // virtual host, authority, port, default, original destination

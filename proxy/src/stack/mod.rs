@@ -6,7 +6,7 @@
 //! only looks at a request on its way down or a response on its way up
 //! allocates nothing.
 //!
-//! Layers, outermost first: [`rescue`], [`admit`], [`request_metrics`],
+//! Layers, outermost first: [`rescue`], [`admit`], [`trace`], [`request_metrics`],
 //! [`authorize`] (inbound), [`router`]; per route [`fault`],
 //! [`rate_limit`], [`timeout`], [`retry`], [`split`]; per cluster
 //! [`breaker`], [`balance`]; per endpoint [`load`], [`endpoint_metrics`],
@@ -29,6 +29,7 @@ pub mod retry;
 pub mod router;
 pub mod split;
 pub mod timeout;
+pub mod trace;
 
 use crate::http::body::{ProxyBody, UpstreamBody};
 use crate::http::error::ProxyError;
@@ -39,7 +40,7 @@ use pin_project_lite::pin_project;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -112,6 +113,8 @@ pub struct ReqState {
     /// Frames of the request body sent so far: while the body is still
     /// being sent, progress is what keeps a timeout from starting.
     body_progress: AtomicU64,
+    /// Tries after the first (the retry layer counts them).
+    retries: AtomicU32,
 }
 
 impl ReqState {
@@ -125,6 +128,7 @@ impl ReqState {
             body_sent: AtomicBool::new(false),
             body_sent_notify: Notify::new(),
             body_progress: AtomicU64::new(0),
+            retries: AtomicU32::new(0),
         }
     }
 
@@ -152,6 +156,16 @@ impl ReqState {
     /// The cluster of the latest try.
     pub fn cluster(&self) -> Option<Arc<ClusterState>> {
         self.upstream().0
+    }
+
+    /// Note that another try is on its way.
+    pub fn note_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tries after the first so far.
+    pub fn retries(&self) -> u32 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Note that the request body has been sent to its end.

@@ -209,6 +209,7 @@ impl tower::retry::Policy<Req, Rsp, ProxyError> for Policy {
         self.slot = Some(slot);
         let delay = backoff(policy, self.attempt);
         self.attempt += 1;
+        next.state.note_retry();
         Some(tokio::time::sleep(delay))
     }
 

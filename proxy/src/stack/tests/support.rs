@@ -161,6 +161,7 @@ pub fn conn(yaml: &str, direction: Direction) -> Arc<ConnContext> {
         direction,
         snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::new(config(yaml)))),
         pools: Pools::new(direction, settings, metrics.clone(), None),
+        tracer: crate::trace::Tracer::new(&metrics.registry),
         metrics,
         tls: None,
     });
