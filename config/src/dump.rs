@@ -381,6 +381,7 @@ impl Config {
                 initial_fetch_timeout: duration(x.initial_fetch_timeout),
             }),
             xds_resources: None,
+            access_log: self.access_log.to_file(),
         }
     }
 

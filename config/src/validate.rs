@@ -122,7 +122,7 @@ impl Rules<'_> {
         Ok(parsed)
     }
 
-    fn range(
+    pub(crate) fn range(
         &self,
         field: &str,
         value: Option<i64>,
@@ -532,6 +532,7 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
     };
 
     let config = Config {
+        access_log: crate::access_log::validate(&rules, file.access_log)?,
         xds,
         dns,
         identity,
