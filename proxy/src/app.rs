@@ -78,6 +78,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     );
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
+    let observe = crate::observe::Observers::new(&config.access_log, &metrics)?;
 
     // One worker runs on a current-thread runtime: no work-stealing queues
     // or cross-thread wakeups, which the load benchmark shows is cheaper.
@@ -102,6 +103,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ready: ready.clone(),
         shutdown: shutdown.clone(),
         xds: xds.clone(),
+        observe: observe.clone(),
     });
     let admin_stop = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
@@ -110,7 +112,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let make_inputs: MakeInputs = {
         // The pools' reapers run on the data-plane runtime.
         let _rt = rt.enter();
-        let data = DataPath::new(pool_settings, metrics.clone(), tls.clone());
+        let data = DataPath::new(pool_settings, metrics.clone(), tls.clone(), observe);
         Arc::new(move |direction, snapshot| inputs(&data, direction, snapshot))
     };
     let mut listeners = Listeners::new(listeners::Shared {
@@ -247,6 +249,7 @@ struct DataPath {
     inbound: Arc<Pools>,
     metrics: Arc<Metrics>,
     tls: Option<Arc<crate::tls::Tls>>,
+    observe: Arc<crate::observe::Observers>,
 }
 
 impl DataPath {
@@ -255,6 +258,7 @@ impl DataPath {
         settings: PoolSettings,
         metrics: Arc<Metrics>,
         tls: Option<Arc<crate::tls::Tls>>,
+        observe: Arc<crate::observe::Observers>,
     ) -> Self {
         let pools = |direction| {
             let pools = Pools::new(direction, settings, metrics.clone(), tls.clone());
@@ -266,6 +270,7 @@ impl DataPath {
             inbound: pools(Direction::Inbound),
             metrics,
             tls,
+            observe,
         }
     }
 }
@@ -284,6 +289,7 @@ fn inputs(data: &DataPath, direction: Direction, snapshot: Arc<ArcSwap<Snapshot>
         pools,
         metrics: data.metrics.clone(),
         tls: data.tls.clone(),
+        observe: data.observe.clone(),
     })
 }
 

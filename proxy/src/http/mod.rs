@@ -32,6 +32,8 @@ pub struct Inputs {
     pub metrics: Arc<Metrics>,
     /// The workload identity, when mTLS is configured.
     pub tls: Option<Arc<Tls>>,
+    /// Access logs and taps, fed by [`crate::stack::observe`].
+    pub observe: Arc<crate::observe::Observers>,
 }
 
 /// Carries an HTTP/1 request's version across the HTTP/2 mesh hop, so the

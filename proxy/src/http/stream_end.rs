@@ -6,6 +6,9 @@
 //! upstream response body and does both exactly once: at the end of the
 //! stream, at a stream error, or when the client drops the body early.
 //!
+//! A [`StreamWatch`] (the observe layer's, only when a request is being
+//! recorded) is told the same moment, with the data bytes that passed.
+//!
 //! Depends on: [`crate::metrics`], [`crate::registry`] (the slot).
 
 use super::body::ProxyBody;
@@ -74,6 +77,32 @@ pub fn track(response: &mut http::Response<ProxyBody>, mut end: ResponseEnd) {
     }
 }
 
+/// Told once when a response stream ends: the data bytes sent to the
+/// client and whether the stream broke (failed, or was dropped early).
+pub trait StreamWatch: Send + Sync {
+    fn ended(self: Box<Self>, bytes: u64, broken: bool);
+}
+
+/// Tell `watch` when the response stream ends (at once for a body the
+/// proxy wrote itself).
+pub fn watch(response: &mut http::Response<ProxyBody>, watch: Box<dyn StreamWatch>) {
+    match response.body_mut() {
+        ProxyBody::Stream(body) => body.watch(watch, 0),
+        ProxyBody::Replayed { frames, rest } => {
+            let held: u64 = frames
+                .iter()
+                .filter_map(|f| f.data_ref())
+                .map(|d| d.len() as u64)
+                .sum();
+            match rest {
+                Some(body) => body.watch(watch, held),
+                None => watch.ended(held, false),
+            }
+        }
+        ProxyBody::Full(data) => watch.ended(data.as_ref().map_or(0, |d| d.len() as u64), false),
+    }
+}
+
 /// A gRPC status from headers or trailers.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
@@ -88,6 +117,8 @@ pub struct Tracked {
     end: Option<ResponseEnd>,
     /// The circuit-breaker slot, released with the stream.
     slot: Option<RequestSlot>,
+    /// Data bytes so far, counted only while watched.
+    watched: Option<(Box<dyn StreamWatch>, u64)>,
 }
 
 impl Tracked {
@@ -96,6 +127,16 @@ impl Tracked {
             inner,
             end: None,
             slot: None,
+            watched: None,
+        }
+    }
+
+    /// Tell `watch` when this body ends, counting from `bytes`.
+    pub fn watch(&mut self, watch: Box<dyn StreamWatch>, bytes: u64) {
+        if self.inner.is_end_stream() {
+            watch.ended(bytes, false);
+        } else {
+            self.watched = Some((watch, bytes));
         }
     }
 
@@ -120,6 +161,9 @@ impl Tracked {
         if let Some(end) = self.end.take() {
             end.finish(broken);
         }
+        if let Some((watch, bytes)) = self.watched.take() {
+            watch.ended(bytes, broken);
+        }
     }
 }
 
@@ -135,6 +179,9 @@ impl Body for Tracked {
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
+                if let (Some(data), Some((_, bytes))) = (frame.data_ref(), this.watched.as_mut()) {
+                    *bytes += data.len() as u64;
+                }
                 if let (Some(trailers), Some(end)) = (frame.trailers_ref(), this.end.as_mut()) {
                     end.trailers(trailers);
                 }

@@ -7,7 +7,7 @@
 //! allocates nothing.
 //!
 //! Layers, outermost first: [`rescue`], [`admit`], [`request_metrics`],
-//! [`authorize`] (inbound), [`router`]; per route [`fault`],
+//! [`observe`], [`authorize`] (inbound), [`router`]; per route [`fault`],
 //! [`rate_limit`], [`timeout`], [`retry`], [`split`]; per cluster
 //! [`breaker`], [`balance`]; per endpoint [`load`], [`endpoint_metrics`],
 //! [`headers`], [`client`].
@@ -21,6 +21,7 @@ pub mod endpoint_metrics;
 pub mod fault;
 pub mod headers;
 pub mod load;
+pub mod observe;
 pub mod rate_limit;
 pub mod replay;
 pub mod request_metrics;
@@ -104,6 +105,9 @@ pub struct ReqState {
     pub route: OnceLock<Arc<str>>,
     /// Whether the client's streamed body went over the configured cap.
     pub body_cap: OnceLock<crate::http::authority::body_cap::Tripped>,
+    /// What the observe layer needs counted (retries, body bytes,
+    /// connect time), when the request is being recorded.
+    pub tally: crate::observe::Tally,
     /// The cluster and endpoint of the latest try.
     upstream: Mutex<(Option<Arc<ClusterState>>, Option<SocketAddr>)>,
     /// Set once the request body has been sent whole (timeouts start then).
@@ -121,6 +125,7 @@ impl ReqState {
             metrics: OnceLock::new(),
             route: OnceLock::new(),
             body_cap: OnceLock::new(),
+            tally: Default::default(),
             upstream: Mutex::new((None, None)),
             body_sent: AtomicBool::new(false),
             body_sent_notify: Notify::new(),

@@ -1,0 +1,342 @@
+//! Per-request records and the sinks that take them: each direction's
+//! access log ([`access_log`]) and the live taps opened on the admin port
+//! ([`crate::tap`]). [`crate::stack::observe`] builds a [`Record`] at the
+//! end of each response stream and hands it to [`Observers::emit`].
+//!
+//! What is on is one atomic bit mask ([`Observers::wants`]): with no
+//! access log and no tap, the data path pays one relaxed load per request.
+//! Sinks never block traffic: each has a bounded queue, and a record that
+//! finds it full is dropped and counted.
+
+pub mod access_log;
+pub mod filter;
+pub mod format;
+
+use crate::metrics::Metrics;
+use crate::Direction;
+use access_log::AccessLogWriter;
+use arc_swap::ArcSwap;
+use filter::Filter;
+use prometheus::{IntCounter, IntCounterVec, Opts};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use strait_config::AccessLogs;
+use tokio::sync::mpsc;
+
+/// One request and its response, metadata only.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub direction: Direction,
+    /// Wall-clock time the request arrived.
+    pub start: SystemTime,
+    pub method: http::Method,
+    pub authority: String,
+    /// Path and query, after normalisation.
+    pub path: String,
+    pub protocol: http::Version,
+    pub status: u16,
+    /// From the request's arrival to the end of the response stream.
+    pub duration: Duration,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub route: Arc<str>,
+    pub cluster: Arc<str>,
+    pub endpoint: Option<SocketAddr>,
+    /// Time to open a new upstream connection for the last try; `None`
+    /// when a pooled connection was reused (or no try was made).
+    pub upstream_connect: Option<Duration>,
+    pub retries: u32,
+    /// The client's mesh identity, proven over mTLS (inbound).
+    pub client_identity: Option<Arc<str>>,
+    /// The identity the upstream had to prove (outbound, meshed).
+    pub server_identity: Option<Arc<str>>,
+    pub peer: SocketAddr,
+    pub trace_id: Option<String>,
+    pub request_id: Option<String>,
+    pub user_agent: Option<String>,
+    pub referer: Option<String>,
+    /// Why the proxy answered itself, when it did.
+    pub error: Option<&'static str>,
+    /// The response stream failed or was abandoned before its end.
+    pub stream_broken: bool,
+}
+
+/// What the layers below the observe layer count for it, per request.
+/// Untouched (beyond one load) unless the request is observed.
+#[derive(Debug, Default)]
+pub struct Tally {
+    on: AtomicBool,
+    retries: AtomicU32,
+    request_bytes: AtomicU64,
+    /// Microseconds plus one; zero is "no new connection".
+    connect_micros: AtomicU64,
+}
+
+impl Tally {
+    pub fn switch_on(&self) {
+        self.on.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    pub fn note_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A try sent `bytes` of the request body (every try sends all of it,
+    /// so the largest is the body's size).
+    pub fn note_request_bytes(&self, bytes: u64) {
+        if self.is_on() {
+            self.request_bytes.fetch_max(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// The latest try opened a new connection in `took` (`None`: reused one).
+    pub fn note_connect(&self, took: Option<Duration>) {
+        let micros = took.map_or(0, |d| (d.as_micros() as u64).saturating_add(1));
+        self.connect_micros.store(micros, Ordering::Relaxed);
+    }
+
+    pub fn retries(&self) -> u32 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    pub fn request_bytes(&self) -> u64 {
+        self.request_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn connect(&self) -> Option<Duration> {
+        match self.connect_micros.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_micros(n - 1)),
+        }
+    }
+}
+
+/// Bits of [`Observers::wants`].
+const LOG_OUTBOUND: u8 = 1;
+const LOG_INBOUND: u8 = 2;
+const TAP_OUTBOUND: u8 = 4;
+const TAP_INBOUND: u8 = 8;
+
+fn log_bit(direction: Direction) -> u8 {
+    match direction {
+        Direction::Outbound => LOG_OUTBOUND,
+        Direction::Inbound => LOG_INBOUND,
+    }
+}
+
+fn tap_bit(direction: Direction) -> u8 {
+    match direction {
+        Direction::Outbound => TAP_OUTBOUND,
+        Direction::Inbound => TAP_INBOUND,
+    }
+}
+
+/// One open tap, as the data path sees it.
+pub struct TapSink {
+    pub filter: Filter,
+    tx: mpsc::Sender<Arc<Record>>,
+    /// Records still to send; the reader stops at its limit anyway, this
+    /// stops the data path from queueing past it.
+    remaining: AtomicU64,
+}
+
+/// Every sink, shared by both directions and the admin server.
+pub struct Observers {
+    wants: AtomicU8,
+    logs: [Option<AccessLogWriter>; 2],
+    /// Open taps, read on the data path without a lock...
+    taps: ArcSwap<Vec<Arc<TapSink>>>,
+    /// ...and changed under this one.
+    taps_lock: Mutex<()>,
+    tap_dropped: IntCounter,
+}
+
+fn index(direction: Direction) -> usize {
+    match direction {
+        Direction::Outbound => 0,
+        Direction::Inbound => 1,
+    }
+}
+
+impl Observers {
+    /// Start the access logs `config` turns on (read at start: a reload
+    /// does not change them). Fails when a log file cannot be opened.
+    pub fn new(config: &AccessLogs, metrics: &Metrics) -> anyhow::Result<Arc<Observers>> {
+        let written = counter_vec(
+            metrics,
+            "access_log_written_total",
+            "Access log lines written, by direction.",
+        );
+        let dropped = counter_vec(
+            metrics,
+            "access_log_dropped_total",
+            "Access log lines dropped because the writer's queue was full, by direction.",
+        );
+        let tap_dropped = IntCounter::new(
+            "tap_dropped_total",
+            "Tap records dropped because the tap's reader was behind.",
+        )
+        .unwrap_or_else(|e| panic!("tap_dropped_total is malformed: {e}"));
+        metrics
+            .registry
+            .register(Box::new(tap_dropped.clone()))
+            .unwrap_or_else(|e| panic!("tap_dropped_total registered twice: {e}"));
+        let start = |direction: Direction, log: &Option<strait_config::AccessLog>| {
+            log.as_ref()
+                .map(|log| {
+                    let label = [direction.as_str()];
+                    AccessLogWriter::start(
+                        direction,
+                        log,
+                        written.with_label_values(&label),
+                        dropped.with_label_values(&label),
+                    )
+                })
+                .transpose()
+        };
+        let logs = [
+            start(Direction::Outbound, &config.outbound)?,
+            start(Direction::Inbound, &config.inbound)?,
+        ];
+        let wants = logs[0].as_ref().map_or(0, |_| LOG_OUTBOUND)
+            | logs[1].as_ref().map_or(0, |_| LOG_INBOUND);
+        Ok(Arc::new(Observers {
+            wants: AtomicU8::new(wants),
+            logs,
+            taps: ArcSwap::from_pointee(Vec::new()),
+            taps_lock: Mutex::new(()),
+            tap_dropped,
+        }))
+    }
+
+    /// Whether a request in `direction` may be recorded: the data path's
+    /// one check, an atomic load.
+    #[inline]
+    pub fn wants(&self, direction: Direction) -> bool {
+        self.wants.load(Ordering::Relaxed) & (log_bit(direction) | tap_bit(direction)) != 0
+    }
+
+    /// Whether a request with these request-side facts must be captured:
+    /// its direction's log is on, or an open tap's filter could match it
+    /// once its status is known. Allocates nothing.
+    pub fn wants_request(
+        &self,
+        direction: Direction,
+        method: &http::Method,
+        authority: Option<&str>,
+        path: &str,
+    ) -> bool {
+        let wants = self.wants.load(Ordering::Relaxed);
+        if wants & log_bit(direction) != 0 {
+            return true;
+        }
+        wants & tap_bit(direction) != 0
+            && self
+                .taps
+                .load()
+                .iter()
+                .any(|tap| tap.filter.matches_request(direction, method, authority, path))
+    }
+
+    /// Hand `record` to every sink that wants it. Never blocks.
+    pub fn emit(&self, record: Record) {
+        let direction = record.direction;
+        let record = Arc::new(record);
+        if let Some(log) = &self.logs[index(direction)] {
+            log.send(record.clone());
+        }
+        if self.wants.load(Ordering::Relaxed) & tap_bit(direction) == 0 {
+            return;
+        }
+        for tap in self.taps.load().iter() {
+            if tap.remaining.load(Ordering::Relaxed) == 0 || !tap.filter.matches(&record) {
+                continue;
+            }
+            match tap.tx.try_send(record.clone()) {
+                Ok(()) => {
+                    tap.remaining.fetch_sub(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => self.tap_dropped.inc(),
+                // The reader is gone; its guard removes the tap.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// Open a tap: records matching `filter` arrive on the receiver, at
+    /// most `limit` of them, `queue` at a time. The tap closes when the
+    /// returned guard drops.
+    pub fn open_tap(
+        self: &Arc<Self>,
+        filter: Filter,
+        limit: u64,
+        queue: usize,
+    ) -> (TapGuard, mpsc::Receiver<Arc<Record>>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let sink = Arc::new(TapSink {
+            filter,
+            tx,
+            remaining: AtomicU64::new(limit),
+        });
+        self.change_taps(|taps| taps.push(sink.clone()));
+        let guard = TapGuard {
+            observers: self.clone(),
+            sink,
+        };
+        (guard, rx)
+    }
+
+    /// Taps open now.
+    pub fn open_taps(&self) -> usize {
+        self.taps.load().len()
+    }
+
+    fn change_taps(&self, change: impl FnOnce(&mut Vec<Arc<TapSink>>)) {
+        let _lock = self.taps_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut taps = Vec::clone(&self.taps.load());
+        change(&mut taps);
+        let bits = taps.iter().fold(0, |bits, tap| {
+            bits | match tap.filter.direction {
+                Some(direction) => tap_bit(direction),
+                None => TAP_OUTBOUND | TAP_INBOUND,
+            }
+        });
+        self.taps.store(Arc::new(taps));
+        let logs = self.wants.load(Ordering::Relaxed) & (LOG_OUTBOUND | LOG_INBOUND);
+        self.wants.store(logs | bits, Ordering::Relaxed);
+    }
+}
+
+/// Keeps a tap open; dropping it (the reader finished or went away)
+/// removes the tap from the data path.
+pub struct TapGuard {
+    observers: Arc<Observers>,
+    sink: Arc<TapSink>,
+}
+
+impl Drop for TapGuard {
+    fn drop(&mut self) {
+        let sink = &self.sink;
+        self.observers
+            .change_taps(|taps| taps.retain(|t| !Arc::ptr_eq(t, sink)));
+    }
+}
+
+fn counter_vec(metrics: &Metrics, name: &str, help: &str) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), &["direction"])
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    metrics
+        .registry
+        .register(Box::new(vec.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    vec
+}
+
+#[cfg(test)]
+mod tests;
