@@ -169,7 +169,10 @@ mod tests {
         assert_eq!(out.buffer_lines, super::DEFAULT_BUFFER_LINES);
         let inbound = config.access_log.inbound.expect("inbound on");
         assert_eq!(inbound.format, AccessLogFormat::Combined);
-        assert_eq!(inbound.path, AccessLogPath::File(PathBuf::from("/tmp/in.log")));
+        assert_eq!(
+            inbound.path,
+            AccessLogPath::File(PathBuf::from("/tmp/in.log"))
+        );
         assert_eq!(inbound.buffer_lines, 10);
     }
 

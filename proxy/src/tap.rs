@@ -36,12 +36,22 @@ const BATCH: usize = 64;
 pub type AdminBody = Either<Full<Bytes>, TapBody>;
 
 /// Answer `GET /tap?...`: an error in plain text, or the tap's stream.
-pub fn serve<B>(observers: &Arc<Observers>, peer: SocketAddr, req: &Request<B>) -> Response<AdminBody> {
+pub fn serve<B>(
+    observers: &Arc<Observers>,
+    peer: SocketAddr,
+    req: &Request<B>,
+) -> Response<AdminBody> {
     if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        );
     }
     if !peer.ip().is_loopback() {
-        return text(StatusCode::FORBIDDEN, "tap is served to loopback only\n".into());
+        return text(
+            StatusCode::FORBIDDEN,
+            "tap is served to loopback only\n".into(),
+        );
     }
     let query = match TapQuery::parse(req.uri().query()) {
         Ok(query) => query,

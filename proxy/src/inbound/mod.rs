@@ -16,8 +16,8 @@ use crate::stack::router::{Routed, Router};
 use crate::stack::split::{Dispatch, Split, Upstream};
 use crate::stack::{
     admit, authorize, balance::Balance, breaker::Breaker, client::Client,
-    endpoint_metrics::EndpointMetrics, headers::ClientIdentity, load::Load, observe, request_metrics,
-    rescue, timeout, Req, Rsp,
+    endpoint_metrics::EndpointMetrics, headers::ClientIdentity, load::Load, observe,
+    request_metrics, rescue, timeout, Req, Rsp,
 };
 use http::Request;
 use hyper::body::Incoming;

@@ -69,7 +69,8 @@ pub fn json(record: &Record) -> String {
         stream_broken: record.stream_broken,
     };
     // Every field serializes (strings, numbers, options): no error case.
-    let mut text = serde_json::to_string(&line).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let mut text =
+        serde_json::to_string(&line).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     text.push('\n');
     text
 }
@@ -137,7 +138,10 @@ fn protocol(version: http::Version) -> &'static str {
 /// As Apache does: `"` and `\` escaped, other bytes outside printable
 /// ASCII as `\xHH`, so a line is always one line and its quotes balance.
 fn escape(text: &str) -> String {
-    if text.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+    if text
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
         return text.to_string();
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -270,10 +274,19 @@ mod tests {
         r.error = Some("no-route");
         r.stream_broken = true;
         let line = combined(&r);
-        assert!(line.starts_with("10.1.2.3 - - [24/Nov/2026:13:28:56 +0000] "), "{line}");
+        assert!(
+            line.starts_with("10.1.2.3 - - [24/Nov/2026:13:28:56 +0000] "),
+            "{line}"
+        );
         assert!(line.contains("\" 201 - \"-\" \"bad\\x0aagent\" "), "{line}");
-        assert!(line.contains(" endpoint=- upstream_connect_ms=- "), "{line}");
-        assert!(line.ends_with(" error=no-route stream_broken=true\n"), "{line}");
+        assert!(
+            line.contains(" endpoint=- upstream_connect_ms=- "),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(" error=no-route stream_broken=true\n"),
+            "{line}"
+        );
         assert_eq!(line.matches('\n').count(), 1);
     }
 

@@ -17,7 +17,7 @@ use crate::Direction;
 use access_log::AccessLogWriter;
 use arc_swap::ArcSwap;
 use filter::Filter;
-use prometheus::{IntCounter, IntCounterVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -155,6 +155,7 @@ pub struct Observers {
     /// ...and changed under this one.
     taps_lock: Mutex<()>,
     tap_dropped: IntCounter,
+    tap_open: IntGauge,
 }
 
 fn index(direction: Direction) -> usize {
@@ -187,6 +188,12 @@ impl Observers {
             .registry
             .register(Box::new(tap_dropped.clone()))
             .unwrap_or_else(|e| panic!("tap_dropped_total registered twice: {e}"));
+        let tap_open = IntGauge::new("tap_open", "Taps open on the admin port now.")
+            .unwrap_or_else(|e| panic!("tap_open is malformed: {e}"));
+        metrics
+            .registry
+            .register(Box::new(tap_open.clone()))
+            .unwrap_or_else(|e| panic!("tap_open registered twice: {e}"));
         let start = |direction: Direction, log: &Option<strait_config::AccessLog>| {
             log.as_ref()
                 .map(|log| {
@@ -212,6 +219,7 @@ impl Observers {
             taps: ArcSwap::from_pointee(Vec::new()),
             taps_lock: Mutex::new(()),
             tap_dropped,
+            tap_open,
         }))
     }
 
@@ -237,11 +245,10 @@ impl Observers {
             return true;
         }
         wants & tap_bit(direction) != 0
-            && self
-                .taps
-                .load()
-                .iter()
-                .any(|tap| tap.filter.matches_request(direction, method, authority, path))
+            && self.taps.load().iter().any(|tap| {
+                tap.filter
+                    .matches_request(direction, method, authority, path)
+            })
     }
 
     /// Hand `record` to every sink that wants it. Never blocks.
@@ -307,6 +314,7 @@ impl Observers {
                 None => TAP_OUTBOUND | TAP_INBOUND,
             }
         });
+        self.tap_open.set(taps.len() as i64);
         self.taps.store(Arc::new(taps));
         let logs = self.wants.load(Ordering::Relaxed) & (LOG_OUTBOUND | LOG_INBOUND);
         self.wants.store(logs | bits, Ordering::Relaxed);

@@ -17,8 +17,8 @@ use crate::stack::router::{Routed, Router};
 use crate::stack::split::{Dispatch, Split, Upstream};
 use crate::stack::{
     admit, balance::Balance, breaker::Breaker, client::Client, endpoint_metrics::EndpointMetrics,
-    fault, headers::MeshOrigProto, load::Load, observe, rate_limit, request_metrics, rescue, retry, timeout,
-    Req, Rsp,
+    fault, headers::MeshOrigProto, load::Load, observe, rate_limit, request_metrics, rescue, retry,
+    timeout, Req, Rsp,
 };
 use http::Request;
 use hyper::body::Incoming;

@@ -122,21 +122,17 @@ impl Pending {
             state,
             mut record,
         } = *self;
+        // Noted by the endpoint layer, or by a retrying route's layers.
         let (cluster, endpoint) = state.upstream();
-        // The endpoint layer's metric labels say where the request went
-        // (a route that retries notes it in the state too).
-        if let Some(metrics) = state.metrics.get() {
-            let key = metrics.key();
-            record.cluster = key.cluster.clone();
-            record.endpoint = Some(key.target);
-            if let TlsStatus::Mesh { server_id, .. } = &key.tls {
-                record.server_identity = server_id.clone();
-            }
-        }
         if let Some(cluster) = cluster {
             record.cluster = cluster.name.clone();
         }
-        record.endpoint = endpoint.or(record.endpoint);
+        record.endpoint = endpoint;
+        if let (Some(metrics), Some(_)) = (state.metrics.get(), endpoint) {
+            if let TlsStatus::Mesh { server_id, .. } = &metrics.key().tls {
+                record.server_identity = server_id.clone();
+            }
+        }
         if let Some(route) = state.route.get() {
             record.route = route.clone();
         }
@@ -229,8 +225,11 @@ mod tests {
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
         assert_eq!(
-            trace_id(&headers(&[("b3", "80F198EE56343BA864FE8B2A57D3EFF7-e457b5a2e4d86bd1-1")]))
-                .as_deref(),
+            trace_id(&headers(&[(
+                "b3",
+                "80F198EE56343BA864FE8B2A57D3EFF7-e457b5a2e4d86bd1-1"
+            )]))
+            .as_deref(),
             Some("80f198ee56343ba864fe8b2a57d3eff7")
         );
         assert_eq!(
@@ -239,8 +238,11 @@ mod tests {
         );
         // traceparent wins over B3.
         assert_eq!(
-            trace_id(&headers(&[("traceparent", w3c), ("x-b3-traceid", "463ac35c9f6413ad")]))
-                .as_deref(),
+            trace_id(&headers(&[
+                ("traceparent", w3c),
+                ("x-b3-traceid", "463ac35c9f6413ad")
+            ]))
+            .as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
     }
