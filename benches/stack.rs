@@ -63,6 +63,8 @@ async fn connect(yaml: &str) -> http1::SendRequest<Empty<Bytes>> {
         direction: Direction::Outbound,
         snapshot: Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::new(config))),
         pools: Pools::new(Direction::Outbound, settings, metrics.clone(), None),
+        observe: strait_proxy::observe::Observers::new(&Default::default(), &metrics)
+            .expect("no access log to open"),
         metrics,
         tls: None,
     });
