@@ -344,6 +344,71 @@ fn an_unwritable_access_log_path_stops_startup_naming_the_field() {
     assert!(stderr.contains("access_log.inbound.path"), "{stderr}");
 }
 
+#[tokio::test]
+async fn access_logs_follow_reloads_and_a_log_that_cannot_open_refuses_one() {
+    let (web, flaky) = upstreams().await;
+    let dir = TempDir::new("access-log-reload");
+    let log = dir.0.join("outbound.log");
+    let on = format!("access_log:\n  outbound: {{path: '{}'}}\n", log.display());
+    let bad = format!(
+        "access_log:\n  outbound: {{path: '{}'}}\n",
+        dir.0.join("missing/dir/x.log").display()
+    );
+    let proxy = Proxy::start(&config(&web, &flaky, ""));
+    let reloads = |result: &str| {
+        admin_metric(
+            &proxy,
+            "config_reload_total",
+            &[&format!("result=\"{result}\"")],
+        )
+    };
+    let mut c = client(proxy.outbound).await;
+    assert_eq!(get(&mut c, "web.test", "/before").await, StatusCode::OK);
+
+    proxy.rewrite_config(&config(&web, &flaky, &on));
+    eventually(Duration::from_secs(10), "reload 1", || {
+        (reloads("ok") == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(get(&mut c, "web.test", "/on").await, StatusCode::OK);
+    wait_lines(&log, 1).await;
+
+    proxy.rewrite_config(&config(&web, &flaky, &bad));
+    eventually(Duration::from_secs(10), "refused", || {
+        (reloads("error") == 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        proxy.log_lines(&["config reload refused", "access_log.outbound.path"]) >= 1,
+        "{}",
+        proxy.log()
+    );
+    assert_eq!(get(&mut c, "web.test", "/still-on").await, StatusCode::OK);
+    wait_lines(&log, 2).await;
+
+    proxy.rewrite_config(&config(&web, &flaky, ""));
+    eventually(Duration::from_secs(10), "reload 2", || {
+        (reloads("ok") == 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(get(&mut c, "web.test", "/off").await, StatusCode::OK);
+    proxy.rewrite_config(&config(&web, &flaky, &on));
+    eventually(Duration::from_secs(10), "reload 3", || {
+        (reloads("ok") == 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(get(&mut c, "web.test", "/on-again").await, StatusCode::OK);
+    let lines = wait_lines(&log, 3).await;
+    let paths: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("JSON line");
+            v["path"].as_str().unwrap_or("").to_string()
+        })
+        .collect();
+    assert_eq!(paths, ["/on", "/still-on", "/on-again"]);
+}
+
 /// An open tap: the response's body, and the connection it arrives on.
 struct Tap {
     body: Incoming,

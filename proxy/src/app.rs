@@ -112,7 +112,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let make_inputs: MakeInputs = {
         // The pools' reapers run on the data-plane runtime.
         let _rt = rt.enter();
-        let data = DataPath::new(pool_settings, metrics.clone(), tls.clone(), observe);
+        let data = DataPath::new(pool_settings, metrics.clone(), tls.clone(), observe.clone());
         Arc::new(move |direction, snapshot| inputs(&data, direction, snapshot))
     };
     let mut listeners = Listeners::new(listeners::Shared {
@@ -179,6 +179,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                             registry,
                             listeners: Arc::new(tokio::sync::Mutex::new(listeners)),
                             xds,
+                            observe,
                         };
                         let watched = Watched {
                             path,
@@ -412,6 +413,7 @@ struct Reloader {
     registry: Arc<Registry>,
     listeners: Arc<tokio::sync::Mutex<Listeners>>,
     xds: Option<Arc<crate::xds::Xds>>,
+    observe: Arc<crate::observe::Observers>,
 }
 
 impl Reloader {
@@ -427,6 +429,12 @@ impl Reloader {
         let plan = match listeners.plan(&config) {
             Ok(plan) => plan,
             Err(e) => return self.refused(path, &e),
+        };
+        // Log files opened before anything changes: one that cannot be
+        // opened refuses the reload.
+        let logs = match self.observe.prepare_logs(&config.access_log) {
+            Ok(logs) => logs,
+            Err(e) => return self.refused(path, &format!("{e:#}")),
         };
         if self.snapshot.load().config.identity != config.identity {
             warn!("the identity section changed: it takes effect on restart (rotations of the files it names are picked up live)");
@@ -444,6 +452,7 @@ impl Reloader {
         self.snapshot
             .store(Arc::new(Snapshot::build(config.clone(), &clusters)));
         listeners.apply(plan, &config, &clusters).await;
+        self.observe.install_logs(logs);
         self.metrics
             .config_reload_total
             .with_label_values(&["ok"])

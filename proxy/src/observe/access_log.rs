@@ -6,8 +6,8 @@
 //! `access_log_written_total`. The writer flushes whenever the queue runs
 //! empty, so a quiet proxy's log is never stale.
 //!
-//! The log is configured at start (`access_log:`); a reload does not
-//! change it.
+//! A reload that changes a direction's settings starts a new writer; the
+//! old one writes what it has queued and stops.
 
 use super::{format, Record};
 use crate::Direction;

@@ -149,13 +149,23 @@ pub struct TapSink {
 /// Every sink, shared by both directions and the admin server.
 pub struct Observers {
     wants: AtomicU8,
-    logs: [Option<AccessLogWriter>; 2],
+    /// The access logs, by direction; replaced whole on reload.
+    logs: ArcSwap<Logs>,
     /// Open taps, read on the data path without a lock...
     taps: ArcSwap<Vec<Arc<TapSink>>>,
-    /// ...and changed under this one.
-    taps_lock: Mutex<()>,
+    /// ...while taps and logs change under this one.
+    change_lock: Mutex<()>,
+    written: IntCounterVec,
+    dropped: IntCounterVec,
     tap_dropped: IntCounter,
     tap_open: IntGauge,
+}
+
+/// The access logs of one config, writers started.
+#[derive(Default)]
+pub struct Logs {
+    config: AccessLogs,
+    writers: [Option<Arc<AccessLogWriter>>; 2],
 }
 
 fn index(direction: Direction) -> usize {
@@ -166,8 +176,8 @@ fn index(direction: Direction) -> usize {
 }
 
 impl Observers {
-    /// Start the access logs `config` turns on (read at start: a reload
-    /// does not change them). Fails when a log file cannot be opened.
+    /// Start the access logs `config` turns on. Fails when a log file
+    /// cannot be opened.
     pub fn new(config: &AccessLogs, metrics: &Metrics) -> anyhow::Result<Arc<Observers>> {
         let written = counter_vec(
             metrics,
@@ -194,33 +204,56 @@ impl Observers {
             .registry
             .register(Box::new(tap_open.clone()))
             .unwrap_or_else(|e| panic!("tap_open registered twice: {e}"));
-        let start = |direction: Direction, log: &Option<strait_config::AccessLog>| {
-            log.as_ref()
-                .map(|log| {
-                    let label = [direction.as_str()];
-                    AccessLogWriter::start(
-                        direction,
-                        log,
-                        written.with_label_values(&label),
-                        dropped.with_label_values(&label),
-                    )
-                })
-                .transpose()
-        };
-        let logs = [
-            start(Direction::Outbound, &config.outbound)?,
-            start(Direction::Inbound, &config.inbound)?,
-        ];
-        let wants = logs[0].as_ref().map_or(0, |_| LOG_OUTBOUND)
-            | logs[1].as_ref().map_or(0, |_| LOG_INBOUND);
-        Ok(Arc::new(Observers {
-            wants: AtomicU8::new(wants),
-            logs,
+        let observers = Observers {
+            wants: AtomicU8::new(0),
+            logs: ArcSwap::from_pointee(Logs::default()),
             taps: ArcSwap::from_pointee(Vec::new()),
-            taps_lock: Mutex::new(()),
+            change_lock: Mutex::new(()),
+            written,
+            dropped,
             tap_dropped,
             tap_open,
-        }))
+        };
+        let logs = observers.prepare_logs(config)?;
+        observers.install_logs(logs);
+        Ok(Arc::new(observers))
+    }
+
+    /// The access logs of a new config, ready to install: a direction
+    /// whose settings did not change keeps its writer, a changed one gets
+    /// a new writer (the old one finishes its queue and stops). Fails,
+    /// changing nothing, when a log file cannot be opened.
+    pub fn prepare_logs(&self, config: &AccessLogs) -> anyhow::Result<Logs> {
+        let current = self.logs.load();
+        let start = |direction: Direction| -> anyhow::Result<Option<Arc<AccessLogWriter>>> {
+            let (new, old) = match direction {
+                Direction::Outbound => (&config.outbound, &current.config.outbound),
+                Direction::Inbound => (&config.inbound, &current.config.inbound),
+            };
+            if new == old {
+                return Ok(current.writers[index(direction)].clone());
+            }
+            let Some(log) = new else { return Ok(None) };
+            let label = [direction.as_str()];
+            let writer = AccessLogWriter::start(
+                direction,
+                log,
+                self.written.with_label_values(&label),
+                self.dropped.with_label_values(&label),
+            )?;
+            Ok(Some(Arc::new(writer)))
+        };
+        Ok(Logs {
+            config: config.clone(),
+            writers: [start(Direction::Outbound)?, start(Direction::Inbound)?],
+        })
+    }
+
+    /// Switch to `logs` (from [`Observers::prepare_logs`]).
+    pub fn install_logs(&self, logs: Logs) {
+        let _lock = self.change_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.logs.store(Arc::new(logs));
+        self.update_wants();
     }
 
     /// Whether a request in `direction` may be recorded: the data path's
@@ -255,7 +288,7 @@ impl Observers {
     pub fn emit(&self, record: Record) {
         let direction = record.direction;
         let record = Arc::new(record);
-        if let Some(log) = &self.logs[index(direction)] {
+        if let Some(log) = &self.logs.load().writers[index(direction)] {
             log.send(record.clone());
         }
         if self.wants.load(Ordering::Relaxed) & tap_bit(direction) == 0 {
@@ -305,19 +338,26 @@ impl Observers {
     }
 
     fn change_taps(&self, change: impl FnOnce(&mut Vec<Arc<TapSink>>)) {
-        let _lock = self.taps_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _lock = self.change_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut taps = Vec::clone(&self.taps.load());
         change(&mut taps);
-        let bits = taps.iter().fold(0, |bits, tap| {
-            bits | match tap.filter.direction {
-                Some(direction) => tap_bit(direction),
-                None => TAP_OUTBOUND | TAP_INBOUND,
-            }
-        });
         self.tap_open.set(taps.len() as i64);
         self.taps.store(Arc::new(taps));
-        let logs = self.wants.load(Ordering::Relaxed) & (LOG_OUTBOUND | LOG_INBOUND);
-        self.wants.store(logs | bits, Ordering::Relaxed);
+        self.update_wants();
+    }
+
+    /// Recompute [`Observers::wants`]; called under `change_lock`.
+    fn update_wants(&self) {
+        let logs = self.logs.load();
+        let mut wants = logs.writers[0].as_ref().map_or(0, |_| LOG_OUTBOUND)
+            | logs.writers[1].as_ref().map_or(0, |_| LOG_INBOUND);
+        for tap in self.taps.load().iter() {
+            wants |= match tap.filter.direction {
+                Some(direction) => tap_bit(direction),
+                None => TAP_OUTBOUND | TAP_INBOUND,
+            };
+        }
+        self.wants.store(wants, Ordering::Relaxed);
     }
 }
 
