@@ -17,7 +17,7 @@ use crate::Direction;
 use access_log::AccessLogWriter;
 use arc_swap::ArcSwap;
 use filter::Filter;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -179,31 +179,11 @@ impl Observers {
     /// Start the access logs `config` turns on. Fails when a log file
     /// cannot be opened.
     pub fn new(config: &AccessLogs, metrics: &Metrics) -> anyhow::Result<Arc<Observers>> {
-        let written = counter_vec(
-            metrics,
-            "access_log_written_total",
-            "Access log lines written, by direction.",
-        );
-        let dropped = counter_vec(
-            metrics,
-            "access_log_dropped_total",
-            "Access log lines dropped because the writer's queue was full, by direction.",
-        );
-        let tap_dropped = IntCounter::new(
-            "tap_dropped_total",
-            "Tap records dropped because the tap's reader was behind.",
-        )
-        .unwrap_or_else(|e| panic!("tap_dropped_total is malformed: {e}"));
-        metrics
-            .registry
-            .register(Box::new(tap_dropped.clone()))
-            .unwrap_or_else(|e| panic!("tap_dropped_total registered twice: {e}"));
-        let tap_open = IntGauge::new("tap_open", "Taps open on the admin port now.")
-            .unwrap_or_else(|e| panic!("tap_open is malformed: {e}"));
-        metrics
-            .registry
-            .register(Box::new(tap_open.clone()))
-            .unwrap_or_else(|e| panic!("tap_open registered twice: {e}"));
+        let families = &metrics.observe;
+        let written = families.access_log_written_total.clone();
+        let dropped = families.access_log_dropped_total.clone();
+        let tap_dropped = families.tap_dropped_total.clone();
+        let tap_open = families.tap_open.clone();
         let observers = Observers {
             wants: AtomicU8::new(0),
             logs: ArcSwap::from_pointee(Logs::default()),
@@ -374,16 +354,6 @@ impl Drop for TapGuard {
         self.observers
             .change_taps(|taps| taps.retain(|t| !Arc::ptr_eq(t, sink)));
     }
-}
-
-fn counter_vec(metrics: &Metrics, name: &str, help: &str) -> IntCounterVec {
-    let vec = IntCounterVec::new(Opts::new(name, help), &["direction"])
-        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-    metrics
-        .registry
-        .register(Box::new(vec.clone()))
-        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
-    vec
 }
 
 #[cfg(test)]
