@@ -16,8 +16,8 @@ use crate::stack::router::{Routed, Router};
 use crate::stack::split::{Dispatch, Split, Upstream};
 use crate::stack::{
     admit, authorize, balance::Balance, breaker::Breaker, client::Client,
-    endpoint_metrics::EndpointMetrics, headers::ClientIdentity, load::Load, observe,
-    request_metrics, rescue, timeout, Req, Rsp,
+    endpoint_metrics::EndpointMetrics, headers::ClientIdentity, load::Load, request_metrics,
+    rescue, timeout, Req, Rsp,
 };
 use http::Request;
 use hyper::body::Incoming;
@@ -35,7 +35,7 @@ pub fn stack(
         .layer(rescue::layer(conn.clone())) // every error becomes a response naming its cause
         .layer(admit::layer(conn.inputs.snapshot.clone())) // one authority, size limits, path normalisation
         .layer(request_metrics::layer(conn.clone())) // request_total, latency, response_total at stream end
-        .layer(observe::layer(conn.clone())) // access log and tap records at stream end; one load when off
+        .layer(crate::stack::observe::layer(conn.clone())) // access log and tap records at stream end; one load when off
         .layer(authorize::layer(conn.clone())) // the port's policy on the client's mTLS identity: 403
         .service(Router::new(conn, rules, move |_, dispatch| {
             route_stack(&routes, dispatch) // the app's port, or the default cluster

@@ -17,8 +17,8 @@ use crate::stack::router::{Routed, Router};
 use crate::stack::split::{Dispatch, Split, Upstream};
 use crate::stack::{
     admit, balance::Balance, breaker::Breaker, client::Client, endpoint_metrics::EndpointMetrics,
-    fault, headers::MeshOrigProto, load::Load, observe, rate_limit, request_metrics, rescue, retry,
-    timeout, Req, Rsp,
+    fault, headers::MeshOrigProto, load::Load, rate_limit, request_metrics, rescue, retry, timeout,
+    Req, Rsp,
 };
 use http::Request;
 use hyper::body::Incoming;
@@ -35,7 +35,7 @@ pub fn stack(
         .layer(rescue::layer(conn.clone())) // every error becomes a response naming its cause
         .layer(admit::layer(conn.inputs.snapshot.clone())) // one authority, size limits, path normalisation
         .layer(request_metrics::layer(conn.clone())) // request_total, latency, response_total at stream end
-        .layer(observe::layer(conn.clone())) // access log and tap records at stream end; one load when off
+        .layer(crate::stack::observe::layer(conn.clone())) // access log and tap records at stream end; one load when off
         .service(Router::new(conn, rules, move |route, dispatch| {
             route_stack(&routes, route, dispatch) // virtual host, authority, port, default, original destination
         }))
