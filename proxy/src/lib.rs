@@ -6,7 +6,8 @@
 //! → [`http`] (L7 forwarding over a [`pool`]) or [`tcp`] (opaque bytes).
 //! [`app`] wires them together and owns shutdown; [`listeners`] runs the
 //! listeners the config names and follows it on reload; [`admin`] serves
-//! metrics and health; [`metrics`] holds every metric family.
+//! metrics and health; [`metrics`] holds every metric family; [`observe`]
+//! turns finished requests into access-log lines and [`tap`] records.
 #![forbid(unsafe_code)]
 
 pub mod admin;
