@@ -64,6 +64,8 @@ async fn connect(yaml: &str) -> http1::SendRequest<Empty<Bytes>> {
         snapshot: Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::new(config))),
         pools: Pools::new(Direction::Outbound, settings, metrics.clone(), None),
         tracer: strait_proxy::trace::Tracer::new(&metrics.registry),
+        observe: strait_proxy::observe::Observers::new(&Default::default(), &metrics)
+            .expect("no access log to open"),
         metrics,
         tls: None,
     });

@@ -4,7 +4,8 @@
 //! connections sharing one mesh connection; opaque TCP over mTLS; peers
 //! from another CA, expired or with the wrong identity refused; inbound
 //! policy (403 with a reason, probe paths open); certificate rotation
-//! without dropped requests; and openssl s_client as a real TLS client.
+//! without dropped requests; openssl s_client as a real TLS client; and
+//! taps on both proxies naming the identities each side proved.
 
 mod support;
 
@@ -769,4 +770,58 @@ async fn app_tls_passes_through_and_denied_tcp_is_closed() {
         1.0,
         "{m}"
     );
+}
+
+/// `GET /tap?{query}` on `admin`, read until `n` records have arrived.
+async fn tap_records(admin: SocketAddr, query: &str, n: usize) -> Vec<serde_json::Value> {
+    let stream = TcpStream::connect(admin).await.expect("connect admin");
+    let (mut sender, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::get(format!("/tap?{query}&limit={n}"))
+        .header("host", "admin")
+        .body(Full::default())
+        .expect("req");
+    let response = sender.send_request(req).await.expect("tap response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the tap reached its limit within 10 s")
+        .expect("tap body")
+        .to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[tokio::test]
+async fn taps_on_both_sides_name_the_mesh_identities() {
+    let pki = Pki::new("mesh-tap-ca");
+    let app = Upstream::start().await;
+    let server = server_proxy(&pki, app.addr, "auto", "");
+    let (cert, key) = pki.issue(CLIENT_ID, "client", 2099);
+    let client = client_proxy(&pki, &cert, &key, server.inbound, SERVER_ID, "auto");
+    let outbound = tokio::spawn(tap_records(client.admin, "direction=outbound", 1));
+    let inbound = tokio::spawn(tap_records(server.admin, "direction=inbound", 1));
+    // Each tap is open once its proxy counts it.
+    for proxy in [&client, &server] {
+        wait_for(|| metric_sum(&proxy.metrics(), "tap_open", &[]) == 1.0).await;
+    }
+    let (status, _, _) = get(client.outbound, "/tapped").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let outbound = outbound.await.expect("task");
+    assert_eq!(outbound[0]["path"], "/tapped");
+    assert_eq!(outbound[0]["protocol"], "HTTP/1.1");
+    assert_eq!(outbound[0]["server_identity"], SERVER_ID);
+    assert_eq!(outbound[0]["client_identity"], serde_json::Value::Null);
+    assert_eq!(outbound[0]["endpoint"], server.inbound.to_string());
+    let inbound = inbound.await.expect("task");
+    assert_eq!(inbound[0]["path"], "/tapped");
+    // The mesh hop is HTTP/2, whatever the app spoke.
+    assert_eq!(inbound[0]["protocol"], "HTTP/2.0");
+    assert_eq!(inbound[0]["client_identity"], CLIENT_ID);
+    assert_eq!(inbound[0]["endpoint"], app.addr.to_string());
 }

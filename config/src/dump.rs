@@ -389,6 +389,7 @@ impl Config {
                 service_name: Some(t.service_name.clone()),
             }),
             xds_resources: None,
+            access_log: self.access_log.to_file(),
         }
     }
 

@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub dns: Option<FileDns>,
     pub xds: Option<FileXds>,
     pub tracing: Option<FileTracing>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<crate::access_log::FileAccessLogs>,
     /// Written by `/config_dump` to show what the control plane sent
     /// (each resource's version and ACK/NACK state); ignored when read,
     /// so a saved dump stays a config file.

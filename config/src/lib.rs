@@ -4,6 +4,7 @@
 //! [`ConfigError`] naming the field and line, so the caller can keep
 //! serving the previous one.
 
+pub mod access_log;
 pub mod dump;
 pub mod error;
 pub mod file;
@@ -13,6 +14,7 @@ pub mod model;
 pub mod validate;
 pub mod vhosts;
 
+pub use access_log::{AccessLog, AccessLogFormat, AccessLogPath, AccessLogs};
 pub use error::{At, ConfigError};
 pub use model::*;
 pub use validate::{defaults, normalize_authority};

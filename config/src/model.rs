@@ -29,6 +29,8 @@ pub struct Config {
     pub dns: Dns,
     /// Where dynamic resources come from; `None` is file-only.
     pub xds: Option<Xds>,
+    /// Per-direction request logs (see [`crate::access_log`]).
+    pub access_log: crate::access_log::AccessLogs,
     /// Span export over OTLP; `None` is off (headers still propagate).
     pub tracing: Option<Tracing>,
 }

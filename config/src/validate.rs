@@ -123,7 +123,7 @@ impl Rules<'_> {
         Ok(parsed)
     }
 
-    fn range(
+    pub(crate) fn range(
         &self,
         field: &str,
         value: Option<i64>,
@@ -539,6 +539,7 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
 
     let config = Config {
         tracing,
+        access_log: crate::access_log::validate(&rules, file.access_log)?,
         xds,
         dns,
         identity,

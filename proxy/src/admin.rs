@@ -3,7 +3,8 @@
 //! `/metrics`, `/ready` (200 once every listener is bound and a config
 //! is loaded), `/live`, `/config_dump` (the running config as JSON in
 //! the config file's shape, so a saved dump is a config file) and
-//! `POST /shutdown` (from loopback only).
+//! `POST /shutdown` (from loopback only), and `GET /tap`, a live stream of
+//! request records ([`crate::tap`]).
 
 use crate::metrics::Metrics;
 use crate::route::Snapshot;
@@ -31,6 +32,8 @@ pub struct AdminState {
     pub shutdown: CancellationToken,
     /// The xDS client, whose resources `/config_dump` lists.
     pub xds: Option<Arc<crate::xds::Xds>>,
+    /// Access logs and taps; `/tap` opens taps on it.
+    pub observe: Arc<crate::observe::Observers>,
 }
 
 /// Serve admin requests until `stop` fires.
@@ -51,7 +54,12 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, peer, req)) }
+                async move {
+                    if req.uri().path() == "/tap" {
+                        return Ok::<_, Infallible>(crate::tap::serve(&state.observe, peer, &req));
+                    }
+                    Ok(route(&state, peer, req).map(http_body_util::Either::Left))
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -137,7 +145,7 @@ fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Respon
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; try /metrics /ready /live /config_dump or POST /shutdown\n",
+            "not found; try /metrics /ready /live /config_dump /tap or POST /shutdown\n",
         ),
     }
 }

@@ -79,6 +79,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     );
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
+    let observe = crate::observe::Observers::new(&config.access_log, &metrics)?;
 
     // One worker runs on a current-thread runtime: no work-stealing queues
     // or cross-thread wakeups, which the load benchmark shows is cheaper.
@@ -103,6 +104,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ready: ready.clone(),
         shutdown: shutdown.clone(),
         xds: xds.clone(),
+        observe: observe.clone(),
     });
     let admin_stop = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
@@ -111,7 +113,13 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let make_inputs: MakeInputs = {
         // The pools' reapers run on the data-plane runtime.
         let _rt = rt.enter();
-        let data = DataPath::new(pool_settings, metrics.clone(), tls.clone(), tracer.clone());
+        let data = DataPath::new(
+            pool_settings,
+            metrics.clone(),
+            tls.clone(),
+            tracer.clone(),
+            observe.clone(),
+        );
         Arc::new(move |direction, snapshot| inputs(&data, direction, snapshot))
     };
     let mut listeners = Listeners::new(listeners::Shared {
@@ -181,6 +189,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                             listeners: Arc::new(tokio::sync::Mutex::new(listeners)),
                             xds,
                             tracer,
+                            observe,
                         };
                         let watched = Watched {
                             path,
@@ -252,6 +261,7 @@ struct DataPath {
     metrics: Arc<Metrics>,
     tls: Option<Arc<crate::tls::Tls>>,
     tracer: Arc<crate::trace::Tracer>,
+    observe: Arc<crate::observe::Observers>,
 }
 
 impl DataPath {
@@ -261,6 +271,7 @@ impl DataPath {
         metrics: Arc<Metrics>,
         tls: Option<Arc<crate::tls::Tls>>,
         tracer: Arc<crate::trace::Tracer>,
+        observe: Arc<crate::observe::Observers>,
     ) -> Self {
         let pools = |direction| {
             let pools = Pools::new(direction, settings, metrics.clone(), tls.clone());
@@ -273,6 +284,7 @@ impl DataPath {
             metrics,
             tls,
             tracer,
+            observe,
         }
     }
 }
@@ -292,6 +304,7 @@ fn inputs(data: &DataPath, direction: Direction, snapshot: Arc<ArcSwap<Snapshot>
         metrics: data.metrics.clone(),
         tls: data.tls.clone(),
         tracer: data.tracer.clone(),
+        observe: data.observe.clone(),
     })
 }
 
@@ -415,6 +428,7 @@ struct Reloader {
     listeners: Arc<tokio::sync::Mutex<Listeners>>,
     xds: Option<Arc<crate::xds::Xds>>,
     tracer: Arc<crate::trace::Tracer>,
+    observe: Arc<crate::observe::Observers>,
 }
 
 impl Reloader {
@@ -430,6 +444,12 @@ impl Reloader {
         let plan = match listeners.plan(&config) {
             Ok(plan) => plan,
             Err(e) => return self.refused(path, &e),
+        };
+        // Log files opened before anything changes: one that cannot be
+        // opened refuses the reload.
+        let logs = match self.observe.prepare_logs(&config.access_log) {
+            Ok(logs) => logs,
+            Err(e) => return self.refused(path, &format!("{e:#}")),
         };
         if self.snapshot.load().config.identity != config.identity {
             warn!("the identity section changed: it takes effect on restart (rotations of the files it names are picked up live)");
@@ -448,6 +468,7 @@ impl Reloader {
             .store(Arc::new(Snapshot::build(config.clone(), &clusters)));
         listeners.apply(plan, &config, &clusters).await;
         self.tracer.apply(config.tracing.as_ref());
+        self.observe.install_logs(logs);
         self.metrics
             .config_reload_total
             .with_label_values(&["ok"])

@@ -6,7 +6,8 @@
 //! → [`http`] (L7 forwarding over a [`pool`]) or [`tcp`] (opaque bytes).
 //! [`app`] wires them together and owns shutdown; [`listeners`] runs the
 //! listeners the config names and follows it on reload; [`admin`] serves
-//! metrics and health; [`metrics`] holds every metric family.
+//! metrics and health; [`metrics`] holds every metric family; [`observe`]
+//! turns finished requests into access-log lines and [`tap`] records.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod listen;
 pub mod listeners;
 pub mod log_limit;
 pub mod metrics;
+pub mod observe;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pool;
@@ -31,6 +33,7 @@ pub mod registry;
 pub mod route;
 pub mod socket;
 pub mod stack;
+pub mod tap;
 pub mod tcp;
 pub mod tls;
 pub mod trace;

@@ -116,6 +116,57 @@ pub struct Metrics {
     owned_requests: Mutex<HashMap<RequestKey, usize>>,
     /// The xDS client's families.
     pub xds: XdsMetrics,
+    /// The access logs' and taps' families.
+    pub observe: ObserveMetrics,
+}
+
+/// Access logs and taps ([`crate::observe`]): what was written and what
+/// was dropped rather than waited for.
+pub struct ObserveMetrics {
+    /// Lines written, by `direction`.
+    pub access_log_written_total: IntCounterVec,
+    /// Lines dropped because the writer's queue was full, by `direction`.
+    pub access_log_dropped_total: IntCounterVec,
+    /// Records dropped because a tap's reader was behind.
+    pub tap_dropped_total: prometheus::IntCounter,
+    /// Taps open now.
+    pub tap_open: IntGauge,
+}
+
+impl ObserveMetrics {
+    fn new(registry: &Registry) -> ObserveMetrics {
+        let tap_dropped_total = prometheus::IntCounter::new(
+            "tap_dropped_total",
+            "Tap records dropped because the tap's reader was behind.",
+        )
+        .unwrap_or_else(|e| panic!("tap_dropped_total is malformed: {e}"));
+        let tap_open = IntGauge::new("tap_open", "Taps open on the admin port now.")
+            .unwrap_or_else(|e| panic!("tap_open is malformed: {e}"));
+        for metric in [
+            Box::new(tap_dropped_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tap_open.clone()),
+        ] {
+            registry
+                .register(metric)
+                .unwrap_or_else(|e| panic!("a tap metric registered twice: {e}"));
+        }
+        ObserveMetrics {
+            access_log_written_total: counter_vec(
+                registry,
+                "access_log_written_total",
+                "Access log lines written, by direction.",
+                &["direction"],
+            ),
+            access_log_dropped_total: counter_vec(
+                registry,
+                "access_log_dropped_total",
+                "Access log lines dropped because the writer's queue was full, by direction.",
+                &["direction"],
+            ),
+            tap_dropped_total,
+            tap_open,
+        }
+    }
 }
 
 /// The xDS client: is the stream up, what it accepted and refused.
@@ -262,6 +313,7 @@ impl Metrics {
             request_cache: Mutex::new(HashMap::new()),
             owned_requests: Mutex::new(HashMap::new()),
             xds: XdsMetrics::new(&registry),
+            observe: ObserveMetrics::new(&registry),
             registry,
         })
     }

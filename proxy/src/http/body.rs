@@ -91,6 +91,8 @@ pub struct UpstreamBody {
     source: Source,
     /// Told when the body has been sent to its end.
     state: Option<Arc<ReqState>>,
+    /// Data bytes this copy has sent, told to the observe layer's tally.
+    sent_bytes: u64,
 }
 
 enum Source {
@@ -127,6 +129,7 @@ impl UpstreamBody {
         UpstreamBody {
             source,
             state: None,
+            sent_bytes: 0,
         }
     }
 
@@ -147,6 +150,7 @@ impl UpstreamBody {
             source => Err(UpstreamBody {
                 source,
                 state: self.state,
+                sent_bytes: self.sent_bytes,
             }),
         }
     }
@@ -171,11 +175,13 @@ impl UpstreamBody {
         Some(UpstreamBody {
             source,
             state: self.state.clone(),
+            sent_bytes: 0,
         })
     }
 
     fn sent(&mut self) {
         if let Some(state) = self.state.take() {
+            state.tally.note_request_bytes(self.sent_bytes);
             state.mark_body_sent();
         }
     }
@@ -195,6 +201,9 @@ impl Body for UpstreamBody {
             Source::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Source::Replay(body) => Pin::new(body).poll_frame(cx),
         });
+        if let Some(Ok(data)) = &frame {
+            this.sent_bytes += data.data_ref().map_or(0, |d| d.len() as u64);
+        }
         match &frame {
             None => this.sent(),
             Some(Ok(_)) if this.is_end_stream() => this.sent(),

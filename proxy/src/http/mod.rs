@@ -34,6 +34,8 @@ pub struct Inputs {
     pub tls: Option<Arc<Tls>>,
     /// Span sampling and export (shared by every listener).
     pub tracer: Arc<crate::trace::Tracer>,
+    /// Access logs and taps, fed by [`crate::stack::observe`].
+    pub observe: Arc<crate::observe::Observers>,
 }
 
 /// Carries an HTTP/1 request's version across the HTTP/2 mesh hop, so the

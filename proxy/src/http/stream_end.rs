@@ -5,8 +5,10 @@
 //! (a long download is still a request in flight). [`Tracked`] wraps an
 //! upstream response body and does both exactly once: at the end of the
 //! stream, at a stream error, or when the client drops the body early.
-//! An outer layer may ask to hear of the end too ([`when_ended`]: the
-//! trace layer ends its span there).
+//! Outer layers may ask to hear of the end too: a [`StreamWatch`] (the
+//! trace layer's span, the observe layer's record, only for a request
+//! being traced or recorded) is told the same moment, with the data bytes
+//! that passed.
 //!
 //! Depends on: [`crate::metrics`], [`crate::registry`] (the slot).
 
@@ -76,21 +78,29 @@ pub fn track(response: &mut http::Response<ProxyBody>, mut end: ResponseEnd) {
     }
 }
 
-/// What an outer layer does when the response stream ends; `broken` when
-/// it failed midway or the client went away before the end.
-pub trait AtEnd: Send {
-    fn at_end(self: Box<Self>, broken: bool);
+/// Told once when a response stream ends: the data bytes sent to the
+/// client and whether the stream broke (failed, or was dropped early).
+pub trait StreamWatch: Send + Sync {
+    fn ended(self: Box<Self>, bytes: u64, broken: bool);
 }
 
-/// Run `at_end` when the response stream ends (at once if it already
-/// has, or the body was never a stream).
-pub fn when_ended(response: &mut http::Response<ProxyBody>, at_end: Box<dyn AtEnd>) {
+/// Tell `watch` when the response stream ends (at once for a body the
+/// proxy wrote itself).
+pub fn watch(response: &mut http::Response<ProxyBody>, watch: Box<dyn StreamWatch>) {
     match response.body_mut() {
-        ProxyBody::Stream(body)
-        | ProxyBody::Replayed {
-            rest: Some(body), ..
-        } => body.also(at_end),
-        ProxyBody::Replayed { rest: None, .. } | ProxyBody::Full(_) => at_end.at_end(false),
+        ProxyBody::Stream(body) => body.watch(watch, 0),
+        ProxyBody::Replayed { frames, rest } => {
+            let held: u64 = frames
+                .iter()
+                .filter_map(|f| f.data_ref())
+                .map(|d| d.len() as u64)
+                .sum();
+            match rest {
+                Some(body) => body.watch(watch, held),
+                None => watch.ended(held, false),
+            }
+        }
+        ProxyBody::Full(data) => watch.ended(data.as_ref().map_or(0, |d| d.len() as u64), false),
     }
 }
 
@@ -108,8 +118,10 @@ pub struct Tracked {
     end: Option<ResponseEnd>,
     /// The circuit-breaker slot, released with the stream.
     slot: Option<RequestSlot>,
-    /// An outer layer's business at the end (see [`when_ended`]).
-    also: Option<Box<dyn AtEnd>>,
+    /// Outer layers' business at the end (see [`watch`]) and the data
+    /// bytes so far, counted only while watched.
+    watched: Vec<Box<dyn StreamWatch>>,
+    bytes: u64,
 }
 
 impl Tracked {
@@ -118,7 +130,18 @@ impl Tracked {
             inner,
             end: None,
             slot: None,
-            also: None,
+            watched: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Tell `watch` when this body ends, counting from `bytes`.
+    pub fn watch(&mut self, watch: Box<dyn StreamWatch>, bytes: u64) {
+        if self.inner.is_end_stream() {
+            watch.ended(bytes, false);
+        } else {
+            self.bytes = bytes;
+            self.watched.push(watch);
         }
     }
 
@@ -138,22 +161,13 @@ impl Tracked {
         }
     }
 
-    /// Run `at_end` when this body ends (at once if it already has).
-    pub fn also(&mut self, at_end: Box<dyn AtEnd>) {
-        if self.inner.is_end_stream() {
-            at_end.at_end(false);
-        } else {
-            self.also = Some(at_end);
-        }
-    }
-
     fn finish(&mut self, broken: bool) {
         self.slot = None;
         if let Some(end) = self.end.take() {
             end.finish(broken);
         }
-        if let Some(at_end) = self.also.take() {
-            at_end.at_end(broken);
+        for watch in self.watched.drain(..) {
+            watch.ended(self.bytes, broken);
         }
     }
 }
@@ -170,6 +184,9 @@ impl Body for Tracked {
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
+                if let (Some(data), false) = (frame.data_ref(), this.watched.is_empty()) {
+                    this.bytes += data.len() as u64;
+                }
                 if let (Some(trailers), Some(end)) = (frame.trailers_ref(), this.end.as_mut()) {
                     end.trailers(trailers);
                 }

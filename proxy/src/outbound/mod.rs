@@ -36,6 +36,7 @@ pub fn stack(
         .layer(admit::layer(conn.inputs.snapshot.clone())) // one authority, size limits, path normalisation
         .layer(trace::layer(conn.clone())) // trace headers kept, started or continued; the proxy's span
         .layer(request_metrics::layer(conn.clone())) // request_total, latency, response_total at stream end
+        .layer(crate::stack::observe::layer(conn.clone())) // access log and tap records at stream end; one load when off
         .service(Router::new(conn, rules, move |route, dispatch| {
             route_stack(&routes, route, dispatch) // virtual host, authority, port, default, original destination
         }))

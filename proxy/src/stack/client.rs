@@ -122,8 +122,17 @@ async fn forward(conn: &ConnContext, target: &Target, req: Req) -> Result<Rsp, P
         };
         let limit = limits.map(|(_, _, connections, _)| connections);
         let cluster = limits.map_or("", |(_, _, _, name)| name);
+        // Timed only for a request being recorded (one load otherwise).
+        let began = state.tally.is_on().then(std::time::Instant::now);
         let checkout = match pool.checkout(connect_timeout, upgrade, limit).await {
-            Ok(checkout) => checkout,
+            Ok(checkout) => {
+                if let Some(began) = began {
+                    state
+                        .tally
+                        .note_connect((!checkout.reused()).then(|| began.elapsed()));
+                }
+                checkout
+            }
             // No connection: never sent, and (unless it is an upgrade,
             // whose client side is already taken) it can go elsewhere.
             Err(e) => {

@@ -48,6 +48,13 @@ where
                 handles.total.inc();
             }
         }
+        if req.state.tally.is_on() && !req.retrying {
+            // The observe layer's record names this try's endpoint (a
+            // retrying route's layers note it already).
+            let target = &self.target;
+            req.state
+                .set_upstream(target.cluster.as_ref(), Some(target.addr));
+        }
         self.inner.call(req)
     }
 }

@@ -7,7 +7,7 @@
 //! allocates nothing.
 //!
 //! Layers, outermost first: [`rescue`], [`admit`], [`trace`], [`request_metrics`],
-//! [`authorize`] (inbound), [`router`]; per route [`fault`],
+//! [`observe`], [`authorize`] (inbound), [`router`]; per route [`fault`],
 //! [`rate_limit`], [`timeout`], [`retry`], [`split`]; per cluster
 //! [`breaker`], [`balance`]; per endpoint [`load`], [`endpoint_metrics`],
 //! [`headers`], [`client`].
@@ -21,6 +21,7 @@ pub mod endpoint_metrics;
 pub mod fault;
 pub mod headers;
 pub mod load;
+pub mod observe;
 pub mod rate_limit;
 pub mod replay;
 pub mod request_metrics;
@@ -40,7 +41,7 @@ use pin_project_lite::pin_project;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -105,6 +106,9 @@ pub struct ReqState {
     pub route: OnceLock<Arc<str>>,
     /// Whether the client's streamed body went over the configured cap.
     pub body_cap: OnceLock<crate::http::authority::body_cap::Tripped>,
+    /// What the observe layer needs counted (retries, body bytes,
+    /// connect time), when the request is being recorded.
+    pub tally: crate::observe::Tally,
     /// The cluster and endpoint of the latest try.
     upstream: Mutex<(Option<Arc<ClusterState>>, Option<SocketAddr>)>,
     /// Set once the request body has been sent whole (timeouts start then).
@@ -113,8 +117,6 @@ pub struct ReqState {
     /// Frames of the request body sent so far: while the body is still
     /// being sent, progress is what keeps a timeout from starting.
     body_progress: AtomicU64,
-    /// Tries after the first (the retry layer counts them).
-    retries: AtomicU32,
 }
 
 impl ReqState {
@@ -124,11 +126,11 @@ impl ReqState {
             metrics: OnceLock::new(),
             route: OnceLock::new(),
             body_cap: OnceLock::new(),
+            tally: Default::default(),
             upstream: Mutex::new((None, None)),
             body_sent: AtomicBool::new(false),
             body_sent_notify: Notify::new(),
             body_progress: AtomicU64::new(0),
-            retries: AtomicU32::new(0),
         }
     }
 
@@ -156,16 +158,6 @@ impl ReqState {
     /// The cluster of the latest try.
     pub fn cluster(&self) -> Option<Arc<ClusterState>> {
         self.upstream().0
-    }
-
-    /// Note that another try is on its way.
-    pub fn note_retry(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Tries after the first so far.
-    pub fn retries(&self) -> u32 {
-        self.retries.load(Ordering::Relaxed)
     }
 
     /// Note that the request body has been sent to its end.

@@ -206,10 +206,10 @@ impl tower::retry::Policy<Req, Rsp, ProxyError> for Policy {
             return None;
         }
         self.metrics.retry(&cluster.name);
+        next.state.tally.note_retry();
         self.slot = Some(slot);
         let delay = backoff(policy, self.attempt);
         self.attempt += 1;
-        next.state.note_retry();
         Some(tokio::time::sleep(delay))
     }
 

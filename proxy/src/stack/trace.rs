@@ -13,7 +13,7 @@
 
 use super::{Finish, Req, ReqState, Result, Rsp, Then};
 use crate::http::error::ProxyError;
-use crate::http::stream_end::{when_ended, AtEnd};
+use crate::http::stream_end::{watch, StreamWatch};
 use crate::http::ConnContext;
 use crate::metrics::TlsStatus;
 use crate::trace::context::{self, Incoming, SpanId, TraceId};
@@ -144,7 +144,7 @@ impl Finish for Span {
         match &mut result {
             Ok(response) => {
                 draft.status = response.status().as_u16();
-                when_ended(response, draft);
+                watch(response, draft);
             }
             Err(e) => {
                 draft.status = e.status().as_u16();
@@ -172,8 +172,8 @@ struct Draft {
     error: Option<&'static str>,
 }
 
-impl AtEnd for Draft {
-    fn at_end(self: Box<Self>, broken: bool) {
+impl StreamWatch for Draft {
+    fn ended(self: Box<Self>, _bytes: u64, broken: bool) {
         self.end(broken);
     }
 }
@@ -215,7 +215,7 @@ impl Draft {
             client: self.conn.client,
             cluster,
             endpoint,
-            retries: self.state.retries(),
+            retries: self.state.tally.retries(),
             peer_identity,
             error: self
                 .error

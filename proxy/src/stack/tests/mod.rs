@@ -7,6 +7,7 @@ mod breaker;
 mod fault;
 mod load;
 mod metrics;
+mod observe;
 mod rate_limit;
 mod replay;
 mod rescue;

@@ -162,6 +162,8 @@ pub fn conn(yaml: &str, direction: Direction) -> Arc<ConnContext> {
         snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::new(config(yaml)))),
         pools: Pools::new(direction, settings, metrics.clone(), None),
         tracer: crate::trace::Tracer::new(&metrics.registry),
+        observe: crate::observe::Observers::new(&Default::default(), &metrics)
+            .expect("no access log to open"),
         metrics,
         tls: None,
     });
