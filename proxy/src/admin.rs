@@ -3,7 +3,14 @@
 //! `/metrics`, `/ready` (200 once every listener is bound and a config
 //! is loaded), `/live`, `/config_dump` (the running config as JSON in
 //! the config file's shape, so a saved dump is a config file) and
-//! `POST /shutdown` (from loopback only).
+//! `POST /shutdown` (from loopback only); `/debug/route` (route explain),
+//! `/log-level`, and the live page at `/` with its `/stats.json`, each in
+//! its own module below.
+
+mod debug_route;
+mod log_level;
+mod page;
+mod stats;
 
 use crate::metrics::Metrics;
 use crate::route::Snapshot;
@@ -51,7 +58,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, peer, req)) }
+                async move { Ok::<_, Infallible>(route(&state, peer, req).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -79,8 +86,16 @@ fn reply(
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
-fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: &AdminState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => page::page(peer),
+        (&Method::GET, "/stats.json") => page::stats(state, peer),
+        (&Method::GET, "/debug/route") => debug_route::get(state, req.uri().query()),
+        (_, "/log-level") => log_level::handle(peer, req).await,
         (&Method::GET, "/metrics") => {
             for cluster in state.snapshot.load().clusters() {
                 let balancer = cluster.balancer();
@@ -131,13 +146,14 @@ fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Respon
                 )
             }
         }
-        (_, "/metrics" | "/ready" | "/live" | "/config_dump" | "/shutdown") => {
+        (_, "/metrics" | "/ready" | "/live" | "/config_dump" | "/shutdown")
+        | (_, "/" | "/stats.json" | "/debug/route") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; try /metrics /ready /live /config_dump or POST /shutdown\n",
+            "not found; try / /metrics /ready /live /config_dump /debug/route /log-level or POST /shutdown\n",
         ),
     }
 }

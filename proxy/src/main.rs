@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use strait_config::{Config, ConfigError, LogFormat, RouteMatch};
 use strait_proxy::metrics::Metrics;
-use strait_proxy::{app, iptables};
+use strait_proxy::{app, iptables, log_level};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -164,11 +164,35 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
+    // The filter sits behind a reload handle for the admin `/log-level`.
     match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Plain => builder.init(),
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            log_level::install(&config.log.level, move |f| {
+                handle.reload(parse_filter(f)?).map_err(|e| e.to_string())
+            });
+        }
+        LogFormat::Plain => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            log_level::install(&config.log.level, move |f| {
+                handle.reload(parse_filter(f)?).map_err(|e| e.to_string())
+            });
+        }
     }
     app::run(config, path)
+}
+
+/// A log filter as `/log-level` takes it; an empty one is refused rather
+/// than taken as "errors only".
+fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
+    if filter.trim().is_empty() {
+        return Err("the filter is empty".into());
+    }
+    EnvFilter::try_new(filter).map_err(|e| e.to_string())
 }
 
 fn check(path: &PathBuf) -> ExitCode {
