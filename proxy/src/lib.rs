@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod app;
 pub mod authz;
+pub mod await_ready;
 pub mod balance;
 pub mod connection;
 pub mod detect;
