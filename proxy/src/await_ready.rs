@@ -46,8 +46,8 @@ pub fn dial_addr(addr: SocketAddr) -> SocketAddr {
 
 /// One request to the admin server: its status code, or why none came.
 fn request(admin: SocketAddr, method: &str, path: &str) -> Result<u16, String> {
-    let mut stream = TcpStream::connect_timeout(&admin, REQUEST_TIMEOUT)
-        .map_err(|e| format!("connect: {e}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&admin, REQUEST_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(REQUEST_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(REQUEST_TIMEOUT)))
@@ -74,7 +74,12 @@ fn request(admin: SocketAddr, method: &str, path: &str) -> Result<u16, String> {
     line.split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP response: {:?}",
+                line.lines().next().unwrap_or("")
+            )
+        })
 }
 
 /// Poll `/ready` until it answers 200 or `timeout` passes.

@@ -120,7 +120,10 @@ pub fn parse_port(value: &str) -> Result<u16, String> {
 
 /// Explain `query` against `snapshot` as JSON.
 pub fn explain(snapshot: &Snapshot, query: &Query) -> Result<Value, String> {
-    let req = query.request()?;
+    let mut req = query.request()?;
+    // The admit layer checks limits and normalises the path before any
+    // routing; explain routes what it would.
+    let admitted = crate::http::authority::admit(&mut req, &snapshot.config.proxy.http);
     let listener = match query.direction {
         Direction::Outbound => snapshot.config.outbound.addr,
         Direction::Inbound => snapshot.config.inbound.addr,
@@ -149,9 +152,15 @@ pub fn explain(snapshot: &Snapshot, query: &Query) -> Result<Value, String> {
             "headers": query.headers.iter().map(|(n, v)| format!("{n}: {v}")).collect::<Vec<_>>(),
             "original_destination_port": query.port,
         },
+        "routed_path": req.uri().path(),
         "virtual_host": Value::Null,
         "route": Value::Null,
     });
+    if let Err(e) = admitted {
+        out["rule"] = "rejected".into();
+        out["reason"] = format!("the request is refused before routing: {e}").into();
+        return Ok(out);
+    }
     let decided = match query.direction {
         Direction::Outbound => {
             if let Some(authority) = &query.authority {

@@ -171,7 +171,9 @@ fn main() -> ExitCode {
             method,
             headers,
             port,
-        } => explain(&config, &direction, authority, path, &method, &headers, port),
+        } => explain(
+            &config, &direction, authority, path, &method, &headers, port,
+        ),
         Command::Await {
             timeout,
             shutdown,
@@ -302,7 +304,11 @@ fn await_then_run(
     use strait_proxy::await_ready;
     let admin = match admin {
         Some(admin) => admin,
-        None => match load(std::env::var_os("STRAIT_CONFIG").map(PathBuf::from).as_ref()) {
+        None => match load(
+            std::env::var_os("STRAIT_CONFIG")
+                .map(PathBuf::from)
+                .as_ref(),
+        ) {
             Ok(config) => config.admin,
             Err(e) => {
                 eprintln!("strait await: cannot find the admin address: {e:#}");
