@@ -38,6 +38,9 @@ pub struct AdminState {
     pub shutdown: CancellationToken,
     /// The xDS client, whose resources `/config_dump` lists.
     pub xds: Option<Arc<crate::xds::Xds>>,
+    /// The listeners' addresses as bound at startup, by name (the admin
+    /// page shows these rather than a configured port 0).
+    pub listening: std::sync::OnceLock<std::collections::HashMap<String, SocketAddr>>,
 }
 
 /// Serve admin requests until `stop` fires.

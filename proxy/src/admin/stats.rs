@@ -15,16 +15,25 @@ use strait_config::LoadBalancer;
 pub fn render(state: &AdminState) -> String {
     let snapshot = state.snapshot.load();
     let config = &snapshot.config;
+    // The address bound at startup when it is still the configured one
+    // (a configured port 0 shows the port it got).
+    let shown = |name: &str, configured: std::net::SocketAddr| {
+        let bound = state.listening.get().and_then(|b| b.get(name)).copied();
+        match bound {
+            Some(b) if configured.port() == 0 || b == configured => b.to_string(),
+            _ => configured.to_string(),
+        }
+    };
     let mut listeners = vec![
-        json!({"name": "outbound", "direction": "outbound", "address": config.outbound.addr.to_string()}),
-        json!({"name": "inbound", "direction": "inbound", "address": config.inbound.addr.to_string()}),
-        json!({"name": "admin", "direction": "admin", "address": config.admin.to_string()}),
+        json!({"name": "outbound", "direction": "outbound", "address": shown("outbound", config.outbound.addr)}),
+        json!({"name": "inbound", "direction": "inbound", "address": shown("inbound", config.inbound.addr)}),
+        json!({"name": "admin", "direction": "admin", "address": shown("admin", config.admin)}),
     ];
     for l in &config.extra_listeners {
         listeners.push(json!({
             "name": l.name,
             "direction": format!("{:?}", l.direction).to_ascii_lowercase(),
-            "address": l.addr.to_string(),
+            "address": shown(&l.name, l.addr),
         }));
     }
     let mut clusters: Vec<Value> = snapshot.clusters().iter().map(|c| cluster(c)).collect();
