@@ -356,7 +356,7 @@ fn virtual_host_trail(vhosts: &VirtualHosts, host: &str, req: &Request<()>) -> V
 }
 
 fn route_json(route: &Route) -> Value {
-    let (delay, abort) = route.fault_policy();
+    let (delay, abort) = (route.fault_delay_policy(), route.fault_abort_policy());
     json!({
         "name": &*route.name,
         "timeout": route.timeout.map(|t| humantime::format_duration(t).to_string()),

@@ -444,15 +444,14 @@ impl Route {
         (fastrand::f64() < share).then_some(delay)
     }
 
-    /// (delay, share) and (abort status, share) of the route's fault
-    /// injection, each share in 0..=1.
-    pub fn fault_policy(
-        &self,
-    ) -> (
-        Option<(std::time::Duration, f64)>,
-        Option<(http::StatusCode, f64)>,
-    ) {
-        (self.fault_delay, self.fault_abort)
+    /// (delay, share in 0..=1) of the route's fault injection.
+    pub fn fault_delay_policy(&self) -> Option<(std::time::Duration, f64)> {
+        self.fault_delay
+    }
+
+    /// (abort status, share in 0..=1) of the route's fault injection.
+    pub fn fault_abort_policy(&self) -> Option<(http::StatusCode, f64)> {
+        self.fault_abort
     }
 
     /// (requests per second, burst) of the route's rate limit.
