@@ -615,3 +615,39 @@ fn await_gives_up_clearly_when_the_proxy_never_gets_ready() {
         .expect("run strait await");
     assert!(!out.status.success(), "a command is required");
 }
+
+#[test]
+fn await_passes_a_stop_signal_to_the_command_then_shuts_the_proxy_down() {
+    let dir = support::TempDir::new("await-signal");
+    let started = dir.0.join("started");
+    let mut proxy = Proxy::start(EPHEMERAL_LISTENERS);
+    let script = format!(
+        "sleep 30 & pid=$!; trap 'kill $pid; exit 42' TERM; touch {}; wait",
+        started.display()
+    );
+    let mut waiting = strait_await(&["--admin", &proxy.admin.to_string(), "--shutdown", "--"])
+        .args(["sh", "-c", &script])
+        .spawn()
+        .expect("spawn strait await");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &waiting.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let status = wait_exit(&mut waiting, Duration::from_secs(20));
+    assert_eq!(
+        status.code(),
+        Some(42),
+        "the command got SIGTERM and its status came back"
+    );
+    let exit = wait_exit(&mut proxy.child, Duration::from_secs(30));
+    assert!(
+        exit.success(),
+        "the proxy shut down after the command: {exit:?}"
+    );
+}

@@ -103,19 +103,77 @@ pub fn wait_ready(admin: SocketAddr, timeout: Duration) -> Result<(), AwaitError
     }
 }
 
-/// Run `command` (program and arguments) to completion.
+/// Pass SIGTERM, SIGINT and SIGHUP on to `pid` from now on, so stopping
+/// the pod stops the command and `--shutdown` still follows. A thread of
+/// its own: the rest of `await` is blocking code.
+fn forward_signals(pid: u32) {
+    use nix::sys::signal::{kill, Signal};
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(pid) = i32::try_from(pid).map(nix::unistd::Pid::from_raw) else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("strait await: cannot forward signals to the command");
+        return;
+    };
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) else {
+                eprintln!("strait await: cannot forward signals to the command");
+                return;
+            };
+            loop {
+                let received = tokio::select! {
+                    _ = term.recv() => Signal::SIGTERM,
+                    _ = int.recv() => Signal::SIGINT,
+                    _ = hup.recv() => Signal::SIGHUP,
+                };
+                let _ = kill(pid, received);
+            }
+        });
+    });
+}
+
+/// Run `command` (program and arguments) to completion, forwarding the
+/// signals that stop a container to it.
 pub fn run(command: &[String]) -> Result<ExitStatus, AwaitError> {
     let (program, args) = command.split_first().ok_or_else(|| AwaitError::Spawn {
         command: String::new(),
         error: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given"),
     })?;
-    Command::new(program)
+    let spawn_error = |error| AwaitError::Spawn {
+        command: program.clone(),
+        error,
+    };
+    let mut child = Command::new(program)
         .args(args)
-        .status()
-        .map_err(|error| AwaitError::Spawn {
-            command: program.clone(),
-            error,
-        })
+        .spawn()
+        .map_err(spawn_error)?;
+    forward_signals(child.id());
+    child.wait().map_err(spawn_error)
+}
+
+/// Replace this process with `command`; returns only when it cannot.
+pub fn exec(command: &[String]) -> AwaitError {
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = command.split_first() else {
+        return AwaitError::Spawn {
+            command: String::new(),
+            error: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given"),
+        };
+    };
+    let error = Command::new(program).args(args).exec();
+    AwaitError::Spawn {
+        command: program.clone(),
+        error,
+    }
 }
 
 /// Ask the proxy to shut down; Err says why it did not take the request.

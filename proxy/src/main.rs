@@ -321,11 +321,16 @@ fn await_then_run(
         eprintln!("strait await: {e}");
         return ExitCode::from(69);
     }
+    if !shutdown {
+        // Nothing to do after it: become the command, so signals reach
+        // it directly (as linkerd-await does).
+        let e = await_ready::exec(command);
+        eprintln!("strait await: {e}");
+        return ExitCode::from(127);
+    }
     let status = await_ready::run(command);
-    if shutdown {
-        if let Err(e) = await_ready::shutdown(admin) {
-            eprintln!("strait await: the proxy did not take the shutdown request: {e}");
-        }
+    if let Err(e) = await_ready::shutdown(admin) {
+        eprintln!("strait await: the proxy did not take the shutdown request: {e}");
     }
     match status {
         Ok(status) => ExitCode::from(await_ready::exit_code(status)),
