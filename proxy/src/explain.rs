@@ -412,3 +412,82 @@ fn policy_name(lb: &LoadBalancer) -> &'static str {
         LoadBalancer::RingHash { .. } => "ring_hash",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strait_config::Config;
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        Snapshot::new(Config::from_yaml(yaml).expect("valid config"))
+    }
+
+    fn ask(snapshot: &Snapshot, query: &str) -> Value {
+        let query = Query::from_query_string(query).expect("a valid query");
+        explain(snapshot, &query).expect("an answer")
+    }
+
+    const CLUSTERS: &str = "clusters:\n  - {name: web, endpoints: [{address: '127.0.0.1:1'}]}\n  - {name: db, endpoints: [{address: '127.0.0.1:2', weight: 3}]}\n";
+
+    #[test]
+    fn simple_routes_then_default_then_original_destination() {
+        let routes = format!(
+            "{CLUSTERS}routes:\n  - {{authority: web.svc, cluster: web}}\n  - {{port: 5432, cluster: db}}\n"
+        );
+        let snap = snapshot(&routes);
+        let answer = ask(&snap, "authority=WEB.svc:80");
+        assert_eq!(answer["rule"], "authority");
+        assert_eq!(answer["upstream"]["cluster"], "web");
+        let answer = ask(&snap, "authority=other&port=5432");
+        assert_eq!(answer["rule"], "port");
+        assert_eq!(answer["clusters"][0]["endpoints"][0]["weight"], 3);
+        assert_eq!(
+            ask(&snap, "authority=other&port=80")["rule"],
+            "original_destination"
+        );
+        assert_eq!(ask(&snap, "authority=other")["rule"], "none");
+
+        let with_default = format!("listeners:\n  outbound: {{default_cluster: web}}\n{CLUSTERS}");
+        let snap = snapshot(&with_default);
+        let answer = ask(&snap, "authority=anything&port=80");
+        assert_eq!(answer["rule"], "default_cluster");
+        assert_eq!(answer["upstream"]["cluster"], "web");
+    }
+
+    #[test]
+    fn inbound_goes_to_the_app_or_the_default_cluster() {
+        let snap = snapshot(CLUSTERS);
+        let answer = ask(&snap, "direction=inbound&authority=me&port=8080");
+        assert_eq!(answer["rule"], "application");
+        assert_eq!(answer["upstream"]["address"], "127.0.0.1:8080");
+        assert_eq!(ask(&snap, "direction=inbound&authority=me")["rule"], "none");
+
+        let snap = snapshot(&format!(
+            "listeners:\n  inbound: {{default_cluster: db}}\n{CLUSTERS}"
+        ));
+        let answer = ask(&snap, "direction=inbound&authority=me&port=8080");
+        assert_eq!(answer["rule"], "default_cluster");
+        assert_eq!(answer["upstream"]["cluster"], "db");
+    }
+
+    #[test]
+    fn a_request_refused_before_routing_says_so() {
+        let snap = snapshot(CLUSTERS);
+        let long = "a".repeat(9000);
+        let answer = ask(&snap, &format!("authority=web&path=/{long}"));
+        assert_eq!(answer["rule"], "rejected", "{answer:#}");
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        for (query, named) in [
+            ("direction=up", "direction 'up'"),
+            ("port=http", "port 'http'"),
+            ("header=novalue", "header 'novalue'"),
+            ("colour=red", "unknown parameter 'colour'"),
+        ] {
+            let error = Query::from_query_string(query).expect_err(query);
+            assert!(error.contains(named), "{query}: {error}");
+        }
+    }
+}
