@@ -128,28 +128,26 @@ pub fn decide(snapshot: &Snapshot, orig_dst: OrigDst) -> Decision<'_> {
     ))
 }
 
-/// Pick the target for an inbound HTTP request or TCP connection.
+/// Pick the target for an inbound HTTP request or TCP connection, by
+/// [`decide`]'s rule.
 pub fn resolve_http(
     snapshot: &Snapshot,
     orig_dst: OrigDst,
     authority: Option<&str>,
 ) -> Result<Target, ProxyError> {
-    if let Some(route) = snapshot.inbound_default.as_ref() {
-        return to_cluster(route, None);
-    }
-    if !orig_dst.redirected {
-        return Err(ProxyError::NoRoute {
+    match decide(snapshot, orig_dst) {
+        Decision::Default(route) => to_cluster(route, None),
+        Decision::App(app) => Ok(Target {
+            addr: app,
+            authority: snapshot.no_authority.clone(),
+            route: snapshot.no_authority.clone(),
+            cluster: None,
+            endpoint: None,
+        }),
+        Decision::NoRoute => Err(ProxyError::NoRoute {
             authority: authority.unwrap_or("").to_string(),
-        });
+        }),
     }
-    let app = SocketAddr::new(snapshot.config.inbound.forward_ip, orig_dst.addr.port());
-    Ok(Target {
-        addr: app,
-        authority: snapshot.no_authority.clone(),
-        route: snapshot.no_authority.clone(),
-        cluster: None,
-        endpoint: None,
-    })
 }
 
 /// Pick the target for an inbound opaque TCP connection.
