@@ -339,6 +339,32 @@ fn admin_page_is_loopback_only_and_serves_its_stats() {
     );
     assert_eq!(address("outbound"), Some(proxy.outbound.to_string()));
 
+    // The config version changes when a reload changes the config.
+    let version = stats["config"]["version"]
+        .as_str()
+        .expect("a config version")
+        .to_string();
+    proxy.rewrite_config(&format!(
+        "{EPHEMERAL_LISTENERS}clusters:\n  - {{name: added, endpoints: [{{address: '127.0.0.1:1'}}]}}\n"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats: Value =
+            serde_json::from_str(&http_get(proxy.admin, "/stats.json").1).expect("stats JSON");
+        if stats["config"]["version"].as_str() != Some(version.as_str()) {
+            assert_eq!(stats["config"]["reloads"]["ok"], 1.0, "{stats:#}");
+            assert!(stats["clusters"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == "added")));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the config version never changed after a reload"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // From a non-loopback address: 403, for the page and its data.
     let open = Proxy::start(&EPHEMERAL_LISTENERS.replace(
         "admin: {address: 127.0.0.1, port: 0}",

@@ -50,6 +50,9 @@ pub fn render(state: &AdminState) -> String {
         "clusters": clusters,
         "traffic": traffic(&families),
         "config": {
+            // A digest of the running config as /config_dump shows it: it
+            // changes exactly when a reload or xDS update changes something.
+            "version": config.dump_json().ok().map(|dump| format!("{:016x}", xxhash_rust::xxh64::xxh64(&dump, 0))),
             "reloads": by_label(&families, "config_reload_total", "result"),
             "xds": config.xds.as_ref().map(|x| json!({
                 "address": x.address.to_string(),
