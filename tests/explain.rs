@@ -483,6 +483,54 @@ fn log_level_get_put_invalid_and_loopback_only() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    // In force both ways: under `warn` a reload's info line is not
+    // written; back under `info`, the next reload's is. The log is
+    // written in order, so once the second line is there the first
+    // would be too.
+    let reloads = |proxy: &Proxy| {
+        support::metric_sum(&proxy.metrics(), "config_reload_total", &["result=\"ok\""])
+    };
+    let reloaded = |proxy: &Proxy, count: f64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reloads(proxy) < count {
+            assert!(Instant::now() < deadline, "reload {count} did not happen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (status, _) = admin_request(admin, None, "PUT", "/log-level", "warn");
+    assert_eq!(status, 200);
+    proxy.rewrite_config(&format!(
+        "{yaml}clusters: [{{name: one, endpoints: [{{address: '127.0.0.1:1'}}]}}]\n"
+    ));
+    reloaded(&proxy, 1.0);
+    let (status, _) = admin_request(
+        admin,
+        None,
+        "PUT",
+        "/log-level",
+        "info,strait_proxy::admin=trace",
+    );
+    assert_eq!(status, 200);
+    proxy.rewrite_config(&format!(
+        "{yaml}clusters: [{{name: two, endpoints: [{{address: '127.0.0.1:1'}}]}}]\n"
+    ));
+    reloaded(&proxy, 2.0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.log_lines(&["config reloaded"]) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no 'config reloaded' line under info:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        proxy.log_lines(&["config reloaded"]),
+        1,
+        "the reload under warn logged at info:\n{}",
+        proxy.log()
+    );
+
     let (status, body) = admin_request(admin, None, "PUT", "/log-level", "strait_proxy=loudest");
     assert_eq!(status, 400, "{body}");
     assert!(

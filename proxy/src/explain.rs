@@ -471,6 +471,20 @@ mod tests {
     }
 
     #[test]
+    fn a_meshed_cluster_names_the_identity_its_endpoints_must_prove() {
+        let snap = snapshot(
+            "identity: {certificate: /c.pem, private_key: /k.pem, trust_bundle: /ca.pem}\nclusters:\n  - name: web\n    tls: {identity: spiffe://td/ns/prod/sa/web}\n    endpoints: [{address: '127.0.0.1:1'}]\nroutes:\n  - {authority: web, cluster: web}\n",
+        );
+        let answer = ask(&snap, "authority=web");
+        let cluster = &answer["clusters"][0];
+        assert_eq!(cluster["tls_identity"], "spiffe://td/ns/prod/sa/web");
+        assert_eq!(
+            cluster["endpoints"][0]["tls_identity"],
+            "spiffe://td/ns/prod/sa/web"
+        );
+    }
+
+    #[test]
     fn a_request_refused_before_routing_says_so() {
         let snap = snapshot(CLUSTERS);
         let long = "a".repeat(9000);
