@@ -52,15 +52,22 @@ pub enum Mismatch<'a> {
 
 impl std::fmt::Display for Mismatch<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let not = |invert: bool| if invert { "not " } else { "" };
+        // An inverted condition fails when the value does match.
+        let condition = |invert: bool, m: &Matcher| {
+            if invert {
+                format!("is {m} (the route requires it not to be)")
+            } else {
+                format!("is not {m}")
+            }
+        };
         match self {
             Mismatch::Path(m) => write!(f, "path is not {m}"),
             Mismatch::Method(m) => write!(f, "method is not {m}"),
             Mismatch::Header(name, m, invert) => {
-                write!(f, "header {name} is not {}{m}", not(*invert))
+                write!(f, "header {name} {}", condition(*invert, m))
             }
             Mismatch::Query(name, m, invert) => {
-                write!(f, "query parameter {name} is not {}{m}", not(*invert))
+                write!(f, "query parameter {name} {}", condition(*invert, m))
             }
         }
     }
@@ -491,4 +498,48 @@ pub fn redirect_location<B>(
             .unwrap_or("/"),
     };
     format!("http://{host}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Snapshot;
+
+    #[test]
+    fn mismatch_names_the_first_failing_condition() {
+        let config = strait_config::Config::from_yaml(
+            "clusters:\n  - {name: a, endpoints: [{address: '127.0.0.1:1'}]}\nvirtual_hosts:\n  - name: h\n    domains: [\"*\"]\n    routes:\n      - name: r\n        match: {path: {prefix: /app}, method: GET, headers: [{name: user-agent, prefix: Mobile, invert: true}], query: [{name: debug, present: true}]}\n        cluster: a\n",
+        )
+        .expect("valid");
+        let snapshot = Snapshot::new(config);
+        let (index, how) = snapshot.vhosts.host_index("any.host").expect("the * host");
+        assert_eq!(how, DomainMatch::Any);
+        let route = &snapshot.vhosts.host(index).expect("host").1[0];
+        let why = |method: &str, uri: &str, agent: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("user-agent", agent)
+                .body(())
+                .expect("request");
+            route.mismatch(&req).map(|m| m.to_string())
+        };
+        assert_eq!(
+            why("GET", "/x", "curl").as_deref(),
+            Some("path is not prefixed \"/app\"")
+        );
+        assert_eq!(
+            why("POST", "/app", "curl").as_deref(),
+            Some("method is not GET")
+        );
+        assert_eq!(
+            why("GET", "/app", "Mobile Safari").as_deref(),
+            Some("header user-agent is prefixed \"Mobile\" (the route requires it not to be)")
+        );
+        assert_eq!(
+            why("GET", "/app", "curl").as_deref(),
+            Some("query parameter debug is not present")
+        );
+        assert_eq!(why("GET", "/app?debug", "curl"), None);
+    }
 }
