@@ -381,6 +381,19 @@ fn admin_page_is_loopback_only_and_serves_its_stats() {
         "/",
     );
     assert_eq!(status, 200);
+
+    // Unless the operator opens it up.
+    let opened = Proxy::start_with(
+        &EPHEMERAL_LISTENERS.replace(
+            "admin: {address: 127.0.0.1, port: 0}",
+            "admin: {address: 0.0.0.0, port: 0}",
+        ),
+        &[("STRAIT_ADMIN_PAGE_REMOTE", "true")],
+    );
+    for path in ["/", "/stats.json"] {
+        let (status, body) = get_from(ip, SocketAddr::new(ip, opened.admin.port()), path);
+        assert_eq!(status, 200, "{path}: {body}");
+    }
 }
 
 /// A non-loopback address of this machine (the one its default route uses).
