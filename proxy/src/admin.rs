@@ -3,8 +3,15 @@
 //! `/metrics`, `/ready` (200 once every listener is bound and a config
 //! is loaded), `/live`, `/config_dump` (the running config as JSON in
 //! the config file's shape, so a saved dump is a config file) and
-//! `POST /shutdown` (from loopback only), and `GET /tap`, a live stream of
-//! request records ([`crate::tap`]).
+//! `POST /shutdown` (from loopback only); `GET /tap`, a live stream of
+//! request records ([`crate::tap`]); `/debug/route` (route explain),
+//! `/log-level`, and the live page at `/` with its `/stats.json`, each in
+//! its own module below.
+
+mod debug_route;
+mod log_level;
+mod page;
+mod stats;
 
 use crate::metrics::Metrics;
 use crate::route::Snapshot;
@@ -34,6 +41,9 @@ pub struct AdminState {
     pub xds: Option<Arc<crate::xds::Xds>>,
     /// Access logs and taps; `/tap` opens taps on it.
     pub observe: Arc<crate::observe::Observers>,
+    /// The listeners' addresses as bound at startup, by name (the admin
+    /// page shows these rather than a configured port 0).
+    pub listening: std::sync::OnceLock<std::collections::HashMap<String, SocketAddr>>,
 }
 
 /// Serve admin requests until `stop` fires.
@@ -58,7 +68,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
                     if req.uri().path() == "/tap" {
                         return Ok::<_, Infallible>(crate::tap::serve(&state.observe, peer, &req));
                     }
-                    Ok(route(&state, peer, req).map(http_body_util::Either::Left))
+                    Ok(route(&state, peer, req)
+                        .await
+                        .map(http_body_util::Either::Left))
                 }
             });
             let conn = http1::Builder::new()
@@ -87,8 +99,16 @@ fn reply(
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
-fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: &AdminState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => page::page(peer),
+        (&Method::GET, "/stats.json") => page::stats(state, peer),
+        (&Method::GET, "/debug/route") => debug_route::get(state, req.uri().query()),
+        (_, "/log-level") => log_level::handle(peer, req).await,
         (&Method::GET, "/metrics") => {
             for cluster in state.snapshot.load().clusters() {
                 let balancer = cluster.balancer();
@@ -139,13 +159,14 @@ fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Respon
                 )
             }
         }
-        (_, "/metrics" | "/ready" | "/live" | "/config_dump" | "/shutdown") => {
+        (_, "/metrics" | "/ready" | "/live" | "/config_dump" | "/shutdown")
+        | (_, "/" | "/stats.json" | "/debug/route") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; try /metrics /ready /live /config_dump /tap or POST /shutdown\n",
+            "not found; try / /metrics /ready /live /config_dump /tap /debug/route /log-level or POST /shutdown\n",
         ),
     }
 }

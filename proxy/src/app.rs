@@ -105,6 +105,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         xds: xds.clone(),
         observe: observe.clone(),
+        listening: Default::default(),
     });
     let admin_stop = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
@@ -130,12 +131,13 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tracker: tracker.clone(),
         stop_accepting: stop_accepting.clone(),
         drain: drain.clone(),
-        admin: admin_state,
+        admin: admin_state.clone(),
         admin_stop: admin_stop.clone(),
     });
     // Bind every listener before anything starts: a bad address fails here.
     let plan = listeners.plan(&config)?;
     let bound = plan.bound();
+    let _ = admin_state.listening.set(bound.clone());
     let addr = |name: &str| {
         bound
             .get(name)

@@ -1,5 +1,6 @@
-//! The `strait` binary: `run` the proxy, `check` a config file, print or
-//! apply the `iptables` redirect, or print the `version`.
+//! The `strait` binary: `run` the proxy, `check` a config file, `explain`
+//! a route under one, `await` the proxy's readiness around a command,
+//! print or apply the `iptables` redirect, or print the `version`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use strait_config::{Config, ConfigError, LogFormat, RouteMatch};
 use strait_proxy::metrics::Metrics;
-use strait_proxy::{app, iptables};
+use strait_proxy::{app, iptables, log_level};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -71,6 +72,46 @@ enum Command {
         #[arg(long, default_value = "default")]
         mode: iptables::Mode,
     },
+    /// Explain where a request would be routed under a config file, and
+    /// why, without sending it (the admin port's /debug/route, offline).
+    Explain {
+        /// YAML config file.
+        config: PathBuf,
+        /// outbound | inbound
+        #[arg(long, default_value = "outbound")]
+        direction: String,
+        /// The request's Host / :authority.
+        #[arg(long)]
+        authority: Option<String>,
+        /// The request's path (and query).
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// A request header as name:value; repeatable.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// The original destination port, for a request iptables redirected.
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Wait until the proxy is ready, run a command, and exit with its
+    /// status (as linkerd-await).
+    Await {
+        /// How long to wait for the proxy's /ready before giving up.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Ask the proxy to shut down (POST /shutdown) when the command exits.
+        #[arg(long)]
+        shutdown: bool,
+        /// The proxy's admin address; default: STRAIT_ADMIN_ADDR, else the
+        /// config's (STRAIT_CONFIG), else 127.0.0.1:4191.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Print the version.
     Version,
 }
@@ -122,6 +163,23 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Explain {
+            config,
+            direction,
+            authority,
+            path,
+            method,
+            headers,
+            port,
+        } => explain(
+            &config, &direction, authority, path, &method, &headers, port,
+        ),
+        Command::Await {
+            timeout,
+            shutdown,
+            admin,
+            command,
+        } => await_then_run(timeout, shutdown, admin, &command),
         Command::Version => {
             println!("strait {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -164,11 +222,123 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
+    // The filter sits behind a reload handle for the admin `/log-level`.
     match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Plain => builder.init(),
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            log_level::install(&config.log.level, move |f| {
+                handle.reload(parse_filter(f)?).map_err(|e| e.to_string())
+            });
+        }
+        LogFormat::Plain => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            log_level::install(&config.log.level, move |f| {
+                handle.reload(parse_filter(f)?).map_err(|e| e.to_string())
+            });
+        }
     }
     app::run(config, path)
+}
+
+/// A log filter as `/log-level` takes it; an empty one is refused rather
+/// than taken as "errors only".
+fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
+    if filter.trim().is_empty() {
+        return Err("the filter is empty".into());
+    }
+    EnvFilter::try_new(filter).map_err(|e| e.to_string())
+}
+
+fn explain(
+    path: &PathBuf,
+    direction: &str,
+    authority: Option<String>,
+    request_path: String,
+    method: &str,
+    headers: &[String],
+    port: Option<u16>,
+) -> ExitCode {
+    let query = (|| -> Result<strait_proxy::explain::Query, String> {
+        Ok(strait_proxy::explain::Query {
+            direction: direction.parse()?,
+            authority,
+            path: request_path,
+            method: strait_proxy::explain::parse_method(method)?,
+            headers: headers
+                .iter()
+                .map(|h| strait_proxy::explain::parse_header(h))
+                .collect::<Result<_, _>>()?,
+            port,
+        })
+    })();
+    let answer = load(Some(path))
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|config| {
+            let snapshot = strait_proxy::route::Snapshot::new(config);
+            strait_proxy::explain::explain(&snapshot, &query?)
+        });
+    match answer {
+        Ok(answer) => {
+            println!("{answer:#}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("strait explain: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `strait await`: the exit code is the command's, or 69 (EX_UNAVAILABLE)
+/// when the proxy never became ready, or 127 when the command cannot run.
+fn await_then_run(
+    timeout: std::time::Duration,
+    shutdown: bool,
+    admin: Option<std::net::SocketAddr>,
+    command: &[String],
+) -> ExitCode {
+    use strait_proxy::await_ready;
+    let admin = match admin {
+        Some(admin) => admin,
+        None => match load(
+            std::env::var_os("STRAIT_CONFIG")
+                .map(PathBuf::from)
+                .as_ref(),
+        ) {
+            Ok(config) => config.admin,
+            Err(e) => {
+                eprintln!("strait await: cannot find the admin address: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let admin = await_ready::dial_addr(admin);
+    if let Err(e) = await_ready::wait_ready(admin, timeout) {
+        eprintln!("strait await: {e}");
+        return ExitCode::from(69);
+    }
+    if !shutdown {
+        // Nothing to do after it: become the command, so signals reach
+        // it directly (as linkerd-await does).
+        let e = await_ready::exec(command);
+        eprintln!("strait await: {e}");
+        return ExitCode::from(127);
+    }
+    let status = await_ready::run(command);
+    if let Err(e) = await_ready::shutdown(admin) {
+        eprintln!("strait await: the proxy did not take the shutdown request: {e}");
+    }
+    match status {
+        Ok(status) => ExitCode::from(await_ready::exit_code(status)),
+        Err(e) => {
+            eprintln!("strait await: {e}");
+            ExitCode::from(127)
+        }
+    }
 }
 
 fn check(path: &PathBuf) -> ExitCode {

@@ -92,6 +92,11 @@ impl Balancer {
         &self.endpoints
     }
 
+    /// Each endpoint's weight, in [`Balancer::endpoints`] order.
+    pub fn weights(&self) -> &[u32] {
+        &self.weights
+    }
+
     pub fn len(&self) -> usize {
         self.endpoints.len()
     }

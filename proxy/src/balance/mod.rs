@@ -94,6 +94,16 @@ impl<T> WeightedRoundRobin<T> {
     pub fn items(&self) -> &[T] {
         &self.items
     }
+
+    /// Each item's share of the picks (0..=1), in [`Self::items`] order.
+    pub fn shares(&self) -> Vec<f64> {
+        match &self.schedule {
+            Schedule::Equal { .. } => vec![1.0 / self.items.len().max(1) as f64; self.items.len()],
+            Schedule::Smooth { weights, total, .. } => {
+                weights.iter().map(|w| *w as f64 / *total as f64).collect()
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,53 @@ pub struct VirtualHosts {
     prefixes: Vec<(String, usize)>,
     any: Option<usize>,
     hosts: Vec<Vec<Arc<Route>>>,
+    /// Each host's name, for route explain.
+    names: Vec<Arc<str>>,
+}
+
+/// How an authority picked its virtual host (for route explain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainMatch<'a> {
+    Exact,
+    /// `*.suffix`; holds the suffix with its leading dot.
+    Suffix(&'a str),
+    /// `prefix.*`; holds the prefix with its trailing dot.
+    Prefix(&'a str),
+    Any,
+}
+
+/// The first condition of a route that a request fails (for route
+/// explain; the data path only asks whether there is one).
+#[derive(Debug, Clone, Copy)]
+pub enum Mismatch<'a> {
+    Path(&'a Matcher),
+    Method(&'a http::Method),
+    /// (name, condition, inverted)
+    Header(&'a HeaderName, &'a Matcher, bool),
+    Query(&'a str, &'a Matcher, bool),
+}
+
+impl std::fmt::Display for Mismatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // An inverted condition fails when the value does match.
+        let condition = |invert: bool, m: &Matcher| {
+            if invert {
+                format!("is {m} (the route requires it not to be)")
+            } else {
+                format!("is not {m}")
+            }
+        };
+        match self {
+            Mismatch::Path(m) => write!(f, "path is not {m}"),
+            Mismatch::Method(m) => write!(f, "method is not {m}"),
+            Mismatch::Header(name, m, invert) => {
+                write!(f, "header {name} {}", condition(*invert, m))
+            }
+            Mismatch::Query(name, m, invert) => {
+                write!(f, "query parameter {name} {}", condition(*invert, m))
+            }
+        }
+    }
 }
 
 /// One compiled route.
@@ -98,12 +145,24 @@ pub enum Action {
     },
 }
 
+/// One compiled string condition.
 #[derive(Debug)]
-enum Matcher {
+pub enum Matcher {
     Exact(String),
     Prefix(String),
     Regex(Regex),
     Present,
+}
+
+impl std::fmt::Display for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Matcher::Exact(s) => write!(f, "exactly {s:?}"),
+            Matcher::Prefix(s) => write!(f, "prefixed {s:?}"),
+            Matcher::Regex(re) => write!(f, "matching /{}/", re.as_str()),
+            Matcher::Present => write!(f, "present"),
+        }
+    }
 }
 
 impl Matcher {
@@ -185,6 +244,7 @@ impl VirtualHosts {
                 }
             }
             let host_name: Arc<str> = host.name.as_str().into();
+            out.names.push(host_name.clone());
             out.hosts.push(
                 host.routes
                     .iter()
@@ -205,27 +265,38 @@ impl VirtualHosts {
 
     /// The route for a request to `host` (lowercase, no port).
     pub fn find<B>(&self, host: &str, req: &Request<B>) -> Option<&Arc<Route>> {
-        let index = self
-            .exact
-            .get(host)
-            .copied()
-            .or_else(|| {
-                self.suffixes
-                    .iter()
-                    .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
-                    .map(|(_, i)| *i)
-            })
-            .or_else(|| {
-                self.prefixes
-                    .iter()
-                    .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
-                    .map(|(_, i)| *i)
-            })
-            .or(self.any)?;
+        let (index, _) = self.host_index(host)?;
         self.hosts
             .get(index)?
             .iter()
-            .find(|route| route.matches(req))
+            .find(|route| route.mismatch(req).is_none())
+    }
+
+    /// The virtual host `host` (lowercase, no port) belongs to, and why.
+    pub fn host_index(&self, host: &str) -> Option<(usize, DomainMatch<'_>)> {
+        if let Some(i) = self.exact.get(host) {
+            return Some((*i, DomainMatch::Exact));
+        }
+        if let Some((s, i)) = self
+            .suffixes
+            .iter()
+            .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+        {
+            return Some((*i, DomainMatch::Suffix(s)));
+        }
+        if let Some((p, i)) = self
+            .prefixes
+            .iter()
+            .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
+        {
+            return Some((*i, DomainMatch::Prefix(p)));
+        }
+        self.any.map(|i| (i, DomainMatch::Any))
+    }
+
+    /// Virtual host `index`'s name and routes, in match order.
+    pub fn host(&self, index: usize) -> Option<(&Arc<str>, &[Arc<Route>])> {
+        Some((self.names.get(index)?, self.hosts.get(index)?.as_slice()))
     }
 }
 
@@ -306,23 +377,29 @@ fn compile_route(
 }
 
 impl Route {
-    fn matches<B>(&self, req: &Request<B>) -> bool {
+    /// The first of the route's conditions `req` fails, None when all
+    /// hold (the route matches).
+    pub fn mismatch<B>(&self, req: &Request<B>) -> Option<Mismatch<'_>> {
         if let Some(path) = &self.path {
             if !path.matches(Some(req.uri().path())) {
-                return false;
+                return Some(Mismatch::Path(path));
             }
         }
-        if self.method.as_ref().is_some_and(|m| m != req.method()) {
-            return false;
+        if let Some(method) = self.method.as_ref().filter(|m| *m != req.method()) {
+            return Some(Mismatch::Method(method));
         }
-        let headers_hold = self.headers.iter().all(|(name, matcher, invert)| {
+        for (name, matcher, invert) in &self.headers {
             let value = req.headers().get(name).and_then(|v| v.to_str().ok());
-            matcher.matches(value) != *invert
-        });
-        headers_hold
-            && self.query.iter().all(|(name, matcher, invert)| {
-                matcher.matches(query_param(req.uri().query(), name)) != *invert
-            })
+            if matcher.matches(value) == *invert {
+                return Some(Mismatch::Header(name, matcher, *invert));
+            }
+        }
+        for (name, matcher, invert) in &self.query {
+            if matcher.matches(query_param(req.uri().query(), name)) == *invert {
+                return Some(Mismatch::Query(name, matcher, *invert));
+            }
+        }
+        None
     }
 
     /// Header edits and rewrites on the request going upstream.
@@ -374,6 +451,21 @@ impl Route {
         (fastrand::f64() < share).then_some(delay)
     }
 
+    /// (delay, share in 0..=1) of the route's fault injection.
+    pub fn fault_delay_policy(&self) -> Option<(std::time::Duration, f64)> {
+        self.fault_delay
+    }
+
+    /// (abort status, share in 0..=1) of the route's fault injection.
+    pub fn fault_abort_policy(&self) -> Option<(http::StatusCode, f64)> {
+        self.fault_abort
+    }
+
+    /// (requests per second, burst) of the route's rate limit.
+    pub fn rate_limit_policy(&self) -> Option<(f64, f64)> {
+        self.rate_limit.as_ref().map(|b| (b.rate, b.burst))
+    }
+
     /// Header edits on the response going back.
     pub fn edit_response(&self, headers: &mut HeaderMap) {
         self.response_headers.apply(headers);
@@ -406,4 +498,48 @@ pub fn redirect_location<B>(
             .unwrap_or("/"),
     };
     format!("http://{host}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Snapshot;
+
+    #[test]
+    fn mismatch_names_the_first_failing_condition() {
+        let config = strait_config::Config::from_yaml(
+            "clusters:\n  - {name: a, endpoints: [{address: '127.0.0.1:1'}]}\nvirtual_hosts:\n  - name: h\n    domains: [\"*\"]\n    routes:\n      - name: r\n        match: {path: {prefix: /app}, method: GET, headers: [{name: user-agent, prefix: Mobile, invert: true}], query: [{name: debug, present: true}]}\n        cluster: a\n",
+        )
+        .expect("valid");
+        let snapshot = Snapshot::new(config);
+        let (index, how) = snapshot.vhosts.host_index("any.host").expect("the * host");
+        assert_eq!(how, DomainMatch::Any);
+        let route = &snapshot.vhosts.host(index).expect("host").1[0];
+        let why = |method: &str, uri: &str, agent: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("user-agent", agent)
+                .body(())
+                .expect("request");
+            route.mismatch(&req).map(|m| m.to_string())
+        };
+        assert_eq!(
+            why("GET", "/x", "curl").as_deref(),
+            Some("path is not prefixed \"/app\"")
+        );
+        assert_eq!(
+            why("POST", "/app", "curl").as_deref(),
+            Some("method is not GET")
+        );
+        assert_eq!(
+            why("GET", "/app", "Mobile Safari").as_deref(),
+            Some("header user-agent is prefixed \"Mobile\" (the route requires it not to be)")
+        );
+        assert_eq!(
+            why("GET", "/app", "curl").as_deref(),
+            Some("query parameter debug is not present")
+        );
+        assert_eq!(why("GET", "/app?debug", "curl"), None);
+    }
 }

@@ -88,52 +88,68 @@ fn endpoint_stack(
     )
 }
 
-/// Route an inbound HTTP request: the default cluster, else the app at
-/// the port the client dialled.
+/// Route an inbound HTTP request by [`decide`]'s rule.
 fn rules(
     snapshot: &Snapshot,
     conn: &ConnContext,
     req: &Request<crate::http::body::UpstreamBody>,
 ) -> Result<Routed, ProxyError> {
-    if let Some(route) = snapshot.inbound_default.as_ref() {
-        return Ok(Routed::Forward(None, Dispatch::Cluster(route.clone())));
-    }
-    if !conn.orig_dst.redirected {
-        return Err(ProxyError::NoRoute {
+    match decide(snapshot, conn.orig_dst) {
+        Decision::Default(route) => Ok(Routed::Forward(None, Dispatch::Cluster(route.clone()))),
+        Decision::App(app) => Ok(Routed::Forward(None, Dispatch::Direct(app))),
+        Decision::NoRoute => Err(ProxyError::NoRoute {
             authority: crate::http::headers::authority(req)
                 .unwrap_or("")
                 .to_string(),
-        });
+        }),
     }
-    let app = SocketAddr::new(
-        snapshot.config.inbound.forward_ip,
-        conn.orig_dst.addr.port(),
-    );
-    Ok(Routed::Forward(None, Dispatch::Direct(app)))
 }
 
-/// Pick the target for an inbound HTTP request or TCP connection.
+/// Which inbound rule claims a request. The data path and route explain
+/// both decide here.
+#[derive(Debug)]
+pub enum Decision<'a> {
+    /// The inbound listener's default cluster.
+    Default(&'a crate::route::RouteTarget),
+    /// The app, at the port the client dialled on the forward address.
+    App(SocketAddr),
+    NoRoute,
+}
+
+/// The default cluster, else the app at the port the client dialled.
+pub fn decide(snapshot: &Snapshot, orig_dst: OrigDst) -> Decision<'_> {
+    if let Some(route) = snapshot.inbound_default.as_ref() {
+        return Decision::Default(route);
+    }
+    if !orig_dst.redirected {
+        return Decision::NoRoute;
+    }
+    Decision::App(SocketAddr::new(
+        snapshot.config.inbound.forward_ip,
+        orig_dst.addr.port(),
+    ))
+}
+
+/// Pick the target for an inbound HTTP request or TCP connection, by
+/// [`decide`]'s rule.
 pub fn resolve_http(
     snapshot: &Snapshot,
     orig_dst: OrigDst,
     authority: Option<&str>,
 ) -> Result<Target, ProxyError> {
-    if let Some(route) = snapshot.inbound_default.as_ref() {
-        return to_cluster(route, None);
-    }
-    if !orig_dst.redirected {
-        return Err(ProxyError::NoRoute {
+    match decide(snapshot, orig_dst) {
+        Decision::Default(route) => to_cluster(route, None),
+        Decision::App(app) => Ok(Target {
+            addr: app,
+            authority: snapshot.no_authority.clone(),
+            route: snapshot.no_authority.clone(),
+            cluster: None,
+            endpoint: None,
+        }),
+        Decision::NoRoute => Err(ProxyError::NoRoute {
             authority: authority.unwrap_or("").to_string(),
-        });
+        }),
     }
-    let app = SocketAddr::new(snapshot.config.inbound.forward_ip, orig_dst.addr.port());
-    Ok(Target {
-        addr: app,
-        authority: snapshot.no_authority.clone(),
-        route: snapshot.no_authority.clone(),
-        cluster: None,
-        endpoint: None,
-    })
 }
 
 /// Pick the target for an inbound opaque TCP connection.

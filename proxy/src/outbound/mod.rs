@@ -98,42 +98,77 @@ fn endpoint_stack(
     )
 }
 
-/// Route an outbound HTTP request: virtual hosts first, then the simple
-/// authority and port routes, the default cluster, the original destination.
+/// Route an outbound HTTP request by [`decide`]'s rule.
 fn rules(
     snapshot: &Snapshot,
     conn: &ConnContext,
     req: &Request<crate::http::body::UpstreamBody>,
 ) -> Result<Routed, ProxyError> {
+    match decide(snapshot, conn.orig_dst, req) {
+        Decision::VirtualHost(route) => Ok(match &route.action {
+            Action::Forward(_) => {
+                Routed::Forward(Some(route.clone()), Dispatch::Route(route.clone()))
+            }
+            Action::Direct { .. } | Action::Redirect { .. } => Routed::Local(route.clone()),
+        }),
+        Decision::Authority(route) | Decision::Port(route) | Decision::Default(route) => {
+            Ok(Routed::Forward(None, Dispatch::Cluster(route.clone())))
+        }
+        Decision::OriginalDestination(addr) => Ok(Routed::Forward(None, Dispatch::Direct(addr))),
+        Decision::NoRoute => Err(ProxyError::NoRoute {
+            authority: headers::authority(req).unwrap_or("").to_string(),
+        }),
+    }
+}
+
+/// Which outbound rule claims a request. The data path and route explain
+/// ([`crate::admin`]'s `/debug/route`, `strait explain`) both decide here.
+#[derive(Debug)]
+pub enum Decision<'a> {
+    /// A virtual host's route.
+    VirtualHost(&'a Arc<Route>),
+    /// The simple route for the request's authority.
+    Authority(&'a RouteTarget),
+    /// The simple route for the destination port.
+    Port(&'a RouteTarget),
+    /// The listener's default cluster.
+    Default(&'a RouteTarget),
+    /// Where iptables found the connection headed.
+    OriginalDestination(std::net::SocketAddr),
+    NoRoute,
+}
+
+/// Virtual hosts first, then the simple authority and port routes, the
+/// default cluster, the original destination.
+pub fn decide<'a, B>(snapshot: &'a Snapshot, orig_dst: OrigDst, req: &Request<B>) -> Decision<'a> {
     let authority = headers::authority(req);
     if let (false, Some(authority)) = (snapshot.vhosts.is_empty(), authority) {
-        let host = crate::route::strip_port(authority);
-        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Owned(host.to_ascii_lowercase())
-        } else {
-            std::borrow::Cow::Borrowed(host)
-        };
-        if let Some(route) = snapshot.vhosts.find(&host, req) {
-            return Ok(match &route.action {
-                Action::Forward(_) => {
-                    Routed::Forward(Some(route.clone()), Dispatch::Route(route.clone()))
-                }
-                Action::Direct { .. } | Action::Redirect { .. } => Routed::Local(route.clone()),
-            });
+        if let Some(route) = snapshot.vhosts.find(&vhost_host(authority), req) {
+            return Decision::VirtualHost(route);
         }
     }
-    let route = authority
-        .and_then(|a| snapshot.by_authority(a))
-        .or_else(|| snapshot.by_port(conn.orig_dst.addr.port()))
-        .or(snapshot.outbound_default.as_ref());
-    match route {
-        Some(route) => Ok(Routed::Forward(None, Dispatch::Cluster(route.clone()))),
-        None if conn.orig_dst.redirected => {
-            Ok(Routed::Forward(None, Dispatch::Direct(conn.orig_dst.addr)))
-        }
-        None => Err(ProxyError::NoRoute {
-            authority: authority.unwrap_or("").to_string(),
-        }),
+    if let Some(route) = authority.and_then(|a| snapshot.by_authority(a)) {
+        return Decision::Authority(route);
+    }
+    if let Some(route) = snapshot.by_port(orig_dst.addr.port()) {
+        return Decision::Port(route);
+    }
+    if let Some(route) = snapshot.outbound_default.as_ref() {
+        return Decision::Default(route);
+    }
+    if orig_dst.redirected {
+        return Decision::OriginalDestination(orig_dst.addr);
+    }
+    Decision::NoRoute
+}
+
+/// The host virtual hosts are looked up by: lowercase, without the port.
+pub fn vhost_host(authority: &str) -> std::borrow::Cow<'_, str> {
+    let host = crate::route::strip_port(authority);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
     }
 }
 
