@@ -331,9 +331,25 @@ impl Config {
                 })
                 .collect(),
             identity: self.identity.as_ref().map(|id| FileIdentity {
-                certificate: id.certificate.display().to_string(),
-                private_key: id.private_key.display().to_string(),
-                trust_bundle: id.trust_bundle.display().to_string(),
+                certificate: match &id.source {
+                    IdentitySource::Files(f) => f.certificate.display().to_string(),
+                    IdentitySource::Sds(_) => String::new(),
+                },
+                private_key: match &id.source {
+                    IdentitySource::Files(f) => f.private_key.display().to_string(),
+                    IdentitySource::Sds(_) => String::new(),
+                },
+                trust_bundle: match &id.source {
+                    IdentitySource::Files(f) => f.trust_bundle.display().to_string(),
+                    IdentitySource::Sds(_) => String::new(),
+                },
+                sds: match &id.source {
+                    IdentitySource::Files(_) => None,
+                    IdentitySource::Sds(s) => Some(FileSdsIdentity {
+                        certificate: s.certificate.clone(),
+                        trust_bundle: s.trust_bundle.clone(),
+                    }),
+                },
                 min_tls_version: Some(if id.allow_tls12 { "1.2" } else { "1.3" }.into()),
                 handshake_timeout: duration(id.handshake_timeout),
             }),

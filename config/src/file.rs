@@ -201,11 +201,26 @@ pub struct FileRewrite {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileIdentity {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub certificate: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub private_key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trust_bundle: String,
+    /// The identity from xDS secrets instead of files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sds: Option<FileSdsIdentity>,
     pub min_tls_version: Option<String>,
     pub handshake_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSdsIdentity {
+    /// Name of the `tls_certificate` secret.
+    pub certificate: String,
+    /// Name of the `validation_context` secret.
+    pub trust_bundle: String,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

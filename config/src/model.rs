@@ -228,16 +228,39 @@ pub struct Rewrite {
     pub host: Option<String>,
 }
 
-/// Where the workload certificate, key and trust bundle are mounted.
+/// The workload's mTLS identity: where its certificate, key and trust
+/// bundle come from, and how handshakes go.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Identity {
-    pub certificate: PathBuf,
-    pub private_key: PathBuf,
-    pub trust_bundle: PathBuf,
+    pub source: IdentitySource,
     /// Allow TLS 1.2 as well as 1.3 between proxies.
     pub allow_tls12: bool,
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// Mounted files, watched for rotation.
+    Files(IdentityFiles),
+    /// xDS secrets (SDS) from the control plane, by name.
+    Sds(SdsIdentity),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IdentityFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub trust_bundle: PathBuf,
+}
+
+/// The names of the two secrets the control plane serves: a
+/// `tls_certificate` (chain and key) and a `validation_context` (trusted CA).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SdsIdentity {
+    pub certificate: String,
+    pub trust_bundle: String,
 }
 
 /// Inbound authorization, per destination port.
