@@ -2,7 +2,7 @@
 //! on envoy-types' generated service trait, serving state-of-the-world and
 //! delta responses from a snapshot the test edits, and recording every request
 //! (ACKs, NACKs and their error_detail) so tests can assert on the
-//! protocol. Only `tests/xds.rs` includes it.
+//! protocol. `tests/xds.rs` and `tests/xds_tls.rs` include it.
 #![allow(dead_code)]
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -26,6 +26,7 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// Every resource by type URL, then name; one version for all.
 #[derive(Clone, Default)]

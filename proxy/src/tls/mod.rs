@@ -20,11 +20,11 @@ use arc_swap::ArcSwapOption;
 use material::{Material, MaterialError};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
-use strait_config::{IdentityFiles, IdentitySource};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use strait_config::{IdentityFiles, IdentitySource};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 

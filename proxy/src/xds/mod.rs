@@ -31,7 +31,7 @@ use state::{Decoded, Kind, Resources, Status, Subscription};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use strait_config::Config;
+use strait_config::{Config, IdentitySource};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -63,6 +63,8 @@ pub type Apply = Box<dyn Fn(Config) + Send + Sync>;
 /// sent, and how to apply the merge.
 pub struct Xds {
     bootstrap: strait_config::Xds,
+    /// Where an SDS identity is installed (`None` without an identity).
+    tls: Option<Arc<crate::tls::Tls>>,
     inner: Mutex<Inner>,
     apply: Apply,
     metrics: Arc<Metrics>,
@@ -84,17 +86,30 @@ struct Inner {
 
 impl Xds {
     /// The client for `base`'s `xds:` section; `None` without one.
-    pub fn new(base: &Config, apply: Apply, metrics: Arc<Metrics>) -> Option<Arc<Xds>> {
+    pub fn new(
+        base: &Config,
+        apply: Apply,
+        metrics: Arc<Metrics>,
+        tls: Option<Arc<crate::tls::Tls>>,
+    ) -> Option<Arc<Xds>> {
         let bootstrap = base.xds.clone()?;
+        let mut subs: BTreeMap<Kind, Subscription> = Kind::ALL
+            .iter()
+            .map(|k| (*k, Subscription::default()))
+            .collect();
+        // The identity's secrets are wanted from the first request on.
+        if let Some(IdentitySource::Sds(sds)) = base.identity.as_ref().map(|i| &i.source) {
+            if let Some(sub) = subs.get_mut(&Kind::Secret) {
+                sub.names = [sds.certificate.clone(), sds.trust_bundle.clone()].into();
+            }
+        }
         Some(Arc::new(Xds {
             bootstrap,
+            tls,
             inner: Mutex::new(Inner {
                 base: base.clone(),
                 resources: Resources::default(),
-                subs: Kind::ALL
-                    .iter()
-                    .map(|k| (*k, Subscription::default()))
-                    .collect(),
+                subs,
                 status: BTreeMap::new(),
                 warming: BTreeMap::new(),
                 expired: HashSet::new(),
@@ -195,7 +210,7 @@ impl Xds {
         kind: Kind,
         version: &str,
         change: Result<Change, String>,
-    ) -> Result<[(Kind, BTreeSet<String>); 2], String> {
+    ) -> Result<[(Kind, BTreeSet<String>); 3], String> {
         let label = kind.label();
         let sent: Vec<String> = change
             .as_ref()
@@ -215,6 +230,12 @@ impl Xds {
             }
             let t = translate::translate(&inner.base, &candidate, &inner.expired)
                 .map_err(|r| r.to_string())?;
+            // New handshakes use a rotated identity from here on; the
+            // connections up keep theirs. Last step: nothing fails after.
+            if let (Some(tls), Some(identity)) = (&self.tls, &t.identity) {
+                tls.install(identity.clone())
+                    .map_err(|e| format!("Secret: the identity cannot be built: {e}"))?;
+            }
             Ok((candidate, t, c.versions))
         });
         let (mut candidate, t, versions) = match outcome {
@@ -247,6 +268,7 @@ impl Xds {
         };
         candidate.retain_subscribed(Kind::Endpoint, &t.eds_names);
         candidate.retain_subscribed(Kind::Route, &t.rds_names);
+        candidate.retain_subscribed(Kind::Secret, &t.sds_names);
         let now = Instant::now();
         let warming = std::mem::take(&mut inner.warming);
         inner.warming = t
@@ -291,7 +313,11 @@ impl Xds {
             .with_label_values(&[label, "ack"])
             .inc();
         info!(r#type = label, %version, resources = sent.len(), warming = inner.warming.len(), "xds: update accepted");
-        Ok([(Kind::Endpoint, t.eds_names), (Kind::Route, t.rds_names)])
+        Ok([
+            (Kind::Endpoint, t.eds_names),
+            (Kind::Route, t.rds_names),
+            (Kind::Secret, t.sds_names),
+        ])
     }
 
     /// When the next warming cluster stops waiting for its endpoints.

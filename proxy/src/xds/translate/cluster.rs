@@ -1,7 +1,8 @@
 //! `Cluster` and `ClusterLoadAssignment` into strait clusters. What maps
 //! is listed in the README's xDS section; anything that would change
-//! behaviour if ignored (a TLS transport socket, `ORIGINAL_DST`, a custom
-//! load-balancing policy) is refused with the field that holds it.
+//! behaviour if ignored (`ORIGINAL_DST`, a custom load-balancing policy)
+//! is refused with the field that holds it. The TLS transport socket is
+//! `upstream_tls.rs`'s.
 
 use super::{duration, Rejected};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -79,17 +80,6 @@ pub fn cluster(
             ))
         }
     };
-    if let Some(ts) = &c.transport_socket {
-        if ts.name != "envoy.transport_sockets.raw_buffer" {
-            return Err(reject(
-                "transport_socket",
-                format!(
-                    "'{}' is not supported yet: only plaintext clusters come from xDS",
-                    ts.name
-                ),
-            ));
-        }
-    }
     if c.load_balancing_policy.is_some() {
         return Err(reject(
             "load_balancing_policy",
@@ -142,6 +132,7 @@ pub fn cluster(
         protocol: Protocol::Auto,
         connect_timeout,
         response_timeout: proxy.response_timeout,
+        // Set from the transport socket by the caller.
         tls_identity: None,
         load_balancer,
         retry_budget: RetryBudget {

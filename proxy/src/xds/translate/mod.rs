@@ -8,14 +8,17 @@
 mod cluster;
 mod listener;
 mod route;
+mod secret;
+mod upstream_tls;
 
 use super::state::Resources;
+use crate::tls::material::Material;
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use strait_config::file::FileVirtualHost;
 use strait_config::lines::LineIndex;
-use strait_config::Config;
+use strait_config::{Config, IdentitySource};
 use tracing::warn;
 
 /// Why a resource was refused.
@@ -56,12 +59,17 @@ pub struct Translated {
     pub eds_names: BTreeSet<String>,
     /// RDS names of the listeners.
     pub rds_names: BTreeSet<String>,
-    /// EDS clusters waiting for their endpoints (not live).
+    /// SDS secrets: the identity's and those TLS clusters name.
+    pub sds_names: BTreeSet<String>,
+    /// Clusters waiting for their endpoints or secrets (not live).
     pub warming: BTreeSet<String>,
+    /// The workload identity from SDS, once both its secrets are held.
+    pub identity: Option<Material>,
 }
 
-/// Merge `resources` into `base`. `expired` are EDS clusters whose
-/// `initial_fetch_timeout` passed: they go live with no endpoints.
+/// Merge `resources` into `base`. `expired` are clusters whose
+/// `initial_fetch_timeout` passed: they go live without what they waited
+/// for (no endpoints yet; TLS handshakes failing until the identity comes).
 pub fn translate(
     base: &Config,
     resources: &Resources,
@@ -76,11 +84,21 @@ pub fn translate(
         inline.extend(routes.inline);
     }
 
+    let sds = match base.identity.as_ref().map(|i| &i.source) {
+        Some(IdentitySource::Sds(sds)) => Some(sds),
+        _ => None,
+    };
+    let identity = secret::identity(&resources.secrets, sds)?;
+    let mut sds_names: BTreeSet<String> = sds
+        .map(|s| [s.certificate.clone(), s.trust_bundle.clone()].into())
+        .unwrap_or_default();
+
     // Which clusters can take traffic.
     let file_clusters: HashSet<&str> = base.clusters.iter().map(|c| c.name.as_str()).collect();
     let mut eds_names = BTreeSet::new();
     let mut live: BTreeSet<String> = base.clusters.iter().map(|c| c.name.clone()).collect();
     let mut warming = BTreeSet::new();
+    let mut tls_of = HashMap::new();
     for (name, c) in &resources.clusters {
         if file_clusters.contains(name.as_str()) {
             return Err(Rejected::new(
@@ -90,19 +108,24 @@ pub fn translate(
                 "a cluster of this name is defined in the config file".into(),
             ));
         }
-        match cluster::source(c) {
+        let tls = upstream_tls::upstream_tls(c, sds)?;
+        let secrets_held = tls.as_ref().is_none_or(|t| {
+            sds_names.extend(t.secrets.iter().cloned());
+            t.secrets.iter().all(|s| resources.secrets.contains_key(s))
+        });
+        let endpoints_held = match cluster::source(c) {
             cluster::Source::Eds(service) => {
                 eds_names.insert(service.to_string());
-                if resources.endpoints.contains_key(service) || expired.contains(name) {
-                    live.insert(name.clone());
-                } else {
-                    warming.insert(name.clone());
-                }
+                resources.endpoints.contains_key(service)
             }
-            cluster::Source::Inline => {
-                live.insert(name.clone());
-            }
+            cluster::Source::Inline => true,
+        };
+        if (endpoints_held && secrets_held) || expired.contains(name) {
+            live.insert(name.clone());
+        } else {
+            warming.insert(name.clone());
         }
+        tls_of.insert(name.as_str(), tls);
     }
 
     // Routes, in the file's shape; they also say which header a ring
@@ -126,12 +149,13 @@ pub fn translate(
             cluster::Source::Eds(service) => resources.endpoints.get(service),
             cluster::Source::Inline => None,
         };
-        config.clusters.push(cluster::cluster(
-            c,
-            assignment,
-            &config.proxy,
-            hash.get(name).cloned(),
-        )?);
+        let mut translated =
+            cluster::cluster(c, assignment, &config.proxy, hash.get(name).cloned())?;
+        translated.tls_identity = tls_of
+            .get(name.as_str())
+            .and_then(|t| t.as_ref())
+            .map(|t| t.identity.clone());
+        config.clusters.push(translated);
     }
     config
         .virtual_hosts
@@ -140,7 +164,9 @@ pub fn translate(
         config,
         eds_names,
         rds_names,
+        sds_names,
         warming,
+        identity,
     })
 }
 
@@ -393,7 +419,7 @@ mod tests {
         ));
         let mut tls = eds("tls", cluster::LbPolicy::RoundRobin);
         tls.transport_socket = Some(TransportSocket {
-            name: "envoy.transport_sockets.tls".into(),
+            name: "envoy.transport_sockets.alts".into(),
             config_type: None,
         });
         let custom = eds("custom", cluster::LbPolicy::ClusterProvided);

@@ -1,0 +1,621 @@
+//! TLS from the control plane, end to end: two real proxies whose workload
+//! identity and trust bundle come as SDS secrets over ADS (each from its
+//! own control plane, as two pods would get theirs), a cluster whose
+//! `UpstreamTlsContext` makes the client proxy originate mTLS to the
+//! server proxy, secret rotation under load, a bad secret NACKed with its
+//! field while the old one keeps serving, and SAN matchers.
+
+#[path = "support/control_plane.rs"]
+mod control_plane;
+mod support;
+#[path = "support/xds_resources.rs"]
+mod xds_resources;
+
+use bytes::Bytes;
+use control_plane::{ControlPlane, CLUSTER, SECRET};
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    data_source, transport_socket, DataSource, TransportSocket,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
+    CombinedCertificateValidationContext, ValidationContextType,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    secret, CertificateValidationContext, CommonTlsContext, SdsSecretConfig, Secret,
+    SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::google::protobuf::Any;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType as RcgenSan,
+};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::upstream::Upstream;
+use support::{metric_sum, Proxy, TempDir, EPHEMERAL_LISTENERS};
+use xds_resources::*;
+
+const CLIENT_ID: &str = "spiffe://strait.test/ns/default/sa/client";
+const SERVER_ID: &str = "spiffe://strait.test/ns/default/sa/server";
+/// The secret names istiod uses.
+const CERT: &str = "default";
+const TRUST: &str = "ROOTCA";
+const UPSTREAM_TLS: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+
+// ---- certificates ----
+
+/// A CA issuing workload certificates as PEM.
+struct Pki {
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+/// A workload certificate and its key, PEM.
+#[derive(Clone)]
+struct Leaf {
+    cert: String,
+    key: String,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca_pem = params.self_signed(&key).expect("CA cert").pem();
+        Pki {
+            issuer: Issuer::new(params, key),
+            ca_pem,
+        }
+    }
+
+    /// A certificate for `identity` that expires on 1 January of `year`.
+    fn issue(&self, identity: &str, year: i32) -> Leaf {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
+        params.subject_alt_names = vec![RcgenSan::URI(identity.try_into().expect("URI SAN"))];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+// ---- xDS resources ----
+
+fn inline(pem: &str) -> Option<DataSource> {
+    Some(DataSource {
+        specifier: Some(data_source::Specifier::InlineString(pem.into())),
+        ..Default::default()
+    })
+}
+
+fn certificate_secret(name: &str, leaf: &Leaf) -> Any {
+    any(
+        SECRET,
+        &Secret {
+            name: name.into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: inline(&leaf.cert),
+                private_key: inline(&leaf.key),
+                ..Default::default()
+            })),
+        },
+    )
+}
+
+fn trust_secret(name: &str, ca_pem: &str) -> Any {
+    any(
+        SECRET,
+        &Secret {
+            name: name.into(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: inline(ca_pem),
+                    ..Default::default()
+                },
+            )),
+        },
+    )
+}
+
+fn sds(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.into(),
+        sds_config: None,
+    }
+}
+
+/// A STATIC cluster at `addr` whose endpoints must prove an identity
+/// matching `san` (as istiod writes it: combined validation context).
+fn tls_cluster(name: &str, addr: SocketAddr, san: MatchPattern) -> Any {
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(CERT)],
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                            san_type: SanType::Uri as i32,
+                            matcher: Some(StringMatcher {
+                                match_pattern: Some(san),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds(TRUST)),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    any(
+        CLUSTER,
+        &Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Static as i32,
+            )),
+            load_assignment: Some(assignment_of(name, &[addr])),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+                    UPSTREAM_TLS,
+                    &context,
+                ))),
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+// ---- the two proxies ----
+
+fn bootstrap(cp: &ControlPlane, mode: &str, node: &str) -> String {
+    format!(
+        "xds:\n  address: {}\n  node: {{id: {node}, cluster: test}}\n  mode: {mode}\n  initial_fetch_timeout: 5s\nidentity:\n  sds: {{certificate: {CERT}, trust_bundle: {TRUST}}}\n",
+        cp.addr
+    )
+}
+
+/// The server side: inbound mTLS with its identity from `cp`, forwarding to `app`.
+fn server_proxy(cp: &ControlPlane, mode: &str, app: SocketAddr) -> Proxy {
+    let listeners = EPHEMERAL_LISTENERS.replace(
+        "inbound: {address: 127.0.0.1, port: 0}",
+        "inbound: {address: 127.0.0.1, port: 0, default_cluster: app}",
+    );
+    Proxy::start(&format!(
+        "{listeners}{}clusters:\n  - name: app\n    endpoints: [{{address: '{app}'}}]\n",
+        bootstrap(cp, mode, "server")
+    ))
+}
+
+/// The client side: everything but its listeners from `cp`.
+fn client_proxy(cp: &ControlPlane, mode: &str) -> Proxy {
+    Proxy::start(&format!(
+        "{EPHEMERAL_LISTENERS}{}",
+        bootstrap(cp, mode, "client")
+    ))
+}
+
+/// Serve `leaf` and the CA as the two identity secrets.
+fn serve_identity(cp: &ControlPlane, pki: &Pki, leaf: &Leaf) -> u64 {
+    cp.update(|s| {
+        put(s, SECRET, CERT, certificate_secret(CERT, leaf));
+        put(s, SECRET, TRUST, trust_secret(TRUST, &pki.ca_pem));
+    })
+}
+
+/// The client's routes: host `web` to the TLS cluster `web` at `server`.
+fn serve_routes(cp: &ControlPlane, server: SocketAddr, san: MatchPattern) -> u64 {
+    cp.update(|s| {
+        put(
+            s,
+            control_plane::LISTENER,
+            "outbound",
+            listener("outbound", "web-routes", vec![router()]),
+        );
+        put(
+            s,
+            control_plane::ROUTE,
+            "web-routes",
+            routes("web-routes", &[("web", to("web"))]),
+        );
+        put(s, CLUSTER, "web", tls_cluster("web", server, san));
+    })
+}
+
+// ---- traffic ----
+
+/// GET `path` with Host `web` on a new connection: status and body.
+async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "web")
+        .body(Full::<Bytes>::default())
+        .expect("request");
+    let response = sender.send_request(req).await.expect("response");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Poll GET until its status is `want`, or panic at the deadline.
+async fn until_status(proxy: &Proxy, want: StatusCode) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = get(proxy.outbound, "/headers").await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {want} within 15s (last {status}: {body})\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within 15s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The expiry (`notAfter=...`) of the certificate a new mesh handshake
+/// with `server` is served, read by openssl s_client as a mesh client.
+fn served_expiry(server: SocketAddr, client: &Leaf, ca_pem: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("xds-tls-s-client");
+    let path = |f: &str| -> PathBuf { dir.0.join(f) };
+    std::fs::write(path("ca.pem"), ca_pem).expect("write CA");
+    std::fs::write(path("client.crt"), &client.cert).expect("write cert");
+    std::fs::write(path("client.key"), &client.key).expect("write key");
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &server.to_string(),
+            "-alpn",
+            "h2,strait.mesh",
+        ])
+        .arg("-CAfile")
+        .arg(path("ca.pem"))
+        .arg("-cert")
+        .arg(path("client.crt"))
+        .arg("-key")
+        .arg(path("client.key"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("openssl s_client (apt-get install openssl): {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pem: String = text
+        .split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
+        .map(|body| format!("-----BEGIN CERTIFICATE-----{body}-----END CERTIFICATE-----\n"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no certificate served:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-enddate"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl x509");
+    if let Some(mut stdin) = x509.stdin.take() {
+        stdin
+            .write_all(pem.as_bytes())
+            .expect("pipe to openssl x509");
+    }
+    let out = x509.wait_with_output().expect("openssl x509 output");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+// ---- the scenarios ----
+
+/// Both proxies up with their identities; the client's route to the
+/// server's inbound over mTLS works.
+struct Mesh {
+    pki: Pki,
+    _app: Upstream,
+    server_cp: ControlPlane,
+    client_cp: ControlPlane,
+    server: Proxy,
+    client: Proxy,
+    client_leaf: Leaf,
+}
+
+async fn mesh(mode: &str) -> Mesh {
+    let pki = Pki::new("xds-tls-ca");
+    let app = Upstream::start().await;
+    let server_cp = ControlPlane::start().await;
+    let client_cp = ControlPlane::start().await;
+    let server = server_proxy(&server_cp, mode, app.addr);
+    let client = client_proxy(&client_cp, mode);
+
+    // The cluster comes before the secrets: it warms, so its route
+    // answers 503 rather than failing handshakes.
+    let v = serve_routes(
+        &client_cp,
+        server.inbound,
+        MatchPattern::Exact(SERVER_ID.into()),
+    );
+    client_cp.acked(CLUSTER, v).await;
+    let (status, body) = get(client.outbound, "/headers").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let dump = support::http_get(client.admin, "/config_dump").1;
+    assert!(
+        dump.contains("\"warming\""),
+        "the TLS cluster warms: {dump}"
+    );
+
+    let server_leaf = pki.issue(SERVER_ID, 2099);
+    let client_leaf = pki.issue(CLIENT_ID, 2099);
+    let v = serve_identity(&server_cp, &pki, &server_leaf);
+    server_cp.acked(SECRET, v).await;
+    let v = serve_identity(&client_cp, &pki, &client_leaf);
+    client_cp.acked(SECRET, v).await;
+    Mesh {
+        pki,
+        _app: app,
+        server_cp,
+        client_cp,
+        server,
+        client,
+        client_leaf,
+    }
+}
+
+async fn identity_and_trust_from_sds_carry_a_mesh_hop(mode: &str) {
+    let m = mesh(mode).await;
+    let body = until_status(&m.client, StatusCode::OK).await;
+    assert!(
+        body.to_ascii_lowercase()
+            .contains(&format!("strait-client-id: {CLIENT_ID}")),
+        "the server proxy saw the client's SDS identity: {body}"
+    );
+    let s = m.server.metrics();
+    assert_eq!(
+        metric_sum(&s, "identity_cert_expiration_timestamp_seconds", &[]),
+        4_070_908_800.0,
+        "the 2099 certificate from SDS:\n{s}"
+    );
+}
+
+async fn rotation_under_load_drops_nothing(mode: &str) {
+    let m = mesh(mode).await;
+    until_status(&m.client, StatusCode::OK).await;
+
+    const REQUESTS: usize = 200;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let addr = m.client.outbound;
+    let load = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut failures = Vec::new();
+            for _ in 0..REQUESTS {
+                if Instant::now() > deadline {
+                    failures.push("load ran past 30s".to_string());
+                    break;
+                }
+                let (status, body) = get(addr, "/").await;
+                if status != StatusCode::OK {
+                    failures.push(format!("{status}: {body}"));
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }
+    });
+    // Rotate both identities (new keys, new expiry) once the load runs.
+    wait_for("load started", || sent.load(Ordering::Relaxed) >= 20).await;
+    let server_new = m.pki.issue(SERVER_ID, 2098);
+    let client_new = m.pki.issue(CLIENT_ID, 2098);
+    let v = serve_identity(&m.server_cp, &m.pki, &server_new);
+    m.server_cp.acked(SECRET, v).await;
+    let v = serve_identity(&m.client_cp, &m.pki, &client_new);
+    m.client_cp.acked(SECRET, v).await;
+    let failures = load.await.expect("load task");
+    assert!(
+        failures.is_empty(),
+        "{} of {REQUESTS} requests failed across the rotation: {failures:?}\n{}",
+        failures.len(),
+        m.client.log()
+    );
+    assert!(
+        sent.load(Ordering::Relaxed) > 20,
+        "the load went on past the rotation"
+    );
+
+    // A new handshake gets the new certificate (and the old client
+    // certificate is still trusted: same CA).
+    let served = tokio::task::spawn_blocking({
+        let (server, leaf) = (m.server.inbound, m.client_leaf.clone());
+        let ca = m.pki.ca_pem.clone();
+        move || served_expiry(server, &leaf, &ca)
+    })
+    .await
+    .expect("s_client");
+    assert_eq!(served, "notAfter=Jan  1 00:00:00 2098 GMT");
+    let s = m.server.metrics();
+    assert_eq!(
+        metric_sum(&s, "identity_cert_expiration_timestamp_seconds", &[]),
+        4_039_372_800.0,
+        "the 2098 certificate:\n{s}"
+    );
+}
+
+async fn a_bad_secret_is_nacked_and_the_old_one_serves(mode: &str) {
+    let m = mesh(mode).await;
+    until_status(&m.client, StatusCode::OK).await;
+
+    // A key that does not sign for its certificate.
+    let other = m.pki.issue(SERVER_ID, 2097);
+    let mismatched = Leaf {
+        cert: other.cert.clone(),
+        key: m.pki.issue(SERVER_ID, 2097).key,
+    };
+    m.server_cp
+        .update(|s| put(s, SECRET, CERT, certificate_secret(CERT, &mismatched)));
+    let nack = m
+        .server_cp
+        .wait_for("NACK of the mismatched key", |r| {
+            r.type_url == SECRET && r.error.is_some()
+        })
+        .await;
+    let error = nack.error.unwrap_or_default();
+    assert!(
+        error.contains("Secret 'default': tls_certificate.private_key: the private key does not belong to the certificate"),
+        "{error}"
+    );
+
+    // Unparsable PEM.
+    let garbage = Leaf {
+        cert: "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".into(),
+        key: other.key.clone(),
+    };
+    m.server_cp
+        .update(|s| put(s, SECRET, CERT, certificate_secret(CERT, &garbage)));
+    let nack = m
+        .server_cp
+        .wait_for("NACK of the unparsable chain", |r| {
+            r.type_url == SECRET
+                && r.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("certificate_chain"))
+        })
+        .await;
+    assert!(
+        nack.error.as_deref().unwrap_or_default().contains(
+            "Secret 'default': tls_certificate.certificate_chain: no PEM certificate found"
+        ),
+        "{nack:?}"
+    );
+
+    // The old identity keeps serving, old connections and new handshakes alike.
+    let (status, body) = get(m.client.outbound, "/").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let served = tokio::task::spawn_blocking({
+        let (server, leaf, ca) = (
+            m.server.inbound,
+            m.client_leaf.clone(),
+            m.pki.ca_pem.clone(),
+        );
+        move || served_expiry(server, &leaf, &ca)
+    })
+    .await
+    .expect("s_client");
+    assert_eq!(served, "notAfter=Jan  1 00:00:00 2099 GMT");
+    let dump = support::http_get(m.server.admin, "/config_dump").1;
+    assert!(dump.contains("\"nacked\""), "{dump}");
+    assert!(
+        !dump.contains("PRIVATE KEY"),
+        "secrets never reach the dump: {dump}"
+    );
+}
+
+async fn san_matchers_choose_who_may_answer(mode: &str) {
+    let m = mesh(mode).await;
+    until_status(&m.client, StatusCode::OK).await;
+    // A prefix the server's identity has.
+    m.client_cp.update(|s| {
+        put(
+            s,
+            CLUSTER,
+            "web",
+            tls_cluster(
+                "web",
+                m.server.inbound,
+                MatchPattern::Prefix("spiffe://strait.test/ns/default/".into()),
+            ),
+        )
+    });
+    until_status(&m.client, StatusCode::OK).await;
+    // An identity the server does not have: the handshake is refused.
+    let v = m.client_cp.update(|s| {
+        put(
+            s,
+            CLUSTER,
+            "web",
+            tls_cluster(
+                "web",
+                m.server.inbound,
+                MatchPattern::Suffix("/sa/billing".into()),
+            ),
+        )
+    });
+    m.client_cp.acked(CLUSTER, v).await;
+    let body = until_status(&m.client, StatusCode::BAD_GATEWAY).await;
+    assert!(body.contains("expected '*/sa/billing'"), "{body}");
+}
+
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod sotw {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name("sotw").await
+            })*
+        }
+        mod delta {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name("delta").await
+            })*
+        }
+    };
+}
+
+both_modes!(
+    identity_and_trust_from_sds_carry_a_mesh_hop,
+    rotation_under_load_drops_nothing,
+    a_bad_secret_is_nacked_and_the_old_one_serves,
+    san_matchers_choose_who_may_answer,
+);
