@@ -89,9 +89,13 @@ impl Pki {
 
     /// A certificate for `identity` that expires on 1 January of `year`.
     fn issue(&self, identity: &str, year: i32) -> Leaf {
+        self.issue_san(RcgenSan::URI(identity.try_into().expect("URI SAN")), year)
+    }
+
+    fn issue_san(&self, san: RcgenSan, year: i32) -> Leaf {
         let key = KeyPair::generate().expect("leaf key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
-        params.subject_alt_names = vec![RcgenSan::URI(identity.try_into().expect("URI SAN"))];
+        params.subject_alt_names = vec![san];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -594,6 +598,125 @@ async fn san_matchers_choose_who_may_answer(mode: &str) {
     m.client_cp.acked(CLUSTER, v).await;
     let body = until_status(&m.client, StatusCode::BAD_GATEWAY).await;
     assert!(body.contains("expected '*/sa/billing'"), "{body}");
+}
+
+/// The control plane's TLS: its certificate for `control-plane.test`,
+/// and client certificates from `pki` required.
+fn control_plane_tls(pki: &Pki) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let leaf = pki.issue_san(
+        RcgenSan::DnsName("control-plane.test".try_into().expect("DNS SAN")),
+        2099,
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(ca.expect("CA PEM")).expect("CA");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("client verifier");
+    let chain = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain PEM");
+    let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).expect("key PEM");
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// A proxy whose ADS stream goes over TLS to `cp`, trusting `trust` and
+/// presenting `client` if given.
+fn proxy_over_tls(cp: &ControlPlane, dir: &TempDir, trust: &str, client: Option<&Leaf>) -> Proxy {
+    let file = |name: &str, text: &str| {
+        let path = dir.0.join(name);
+        std::fs::write(&path, text).expect("write PEM");
+        path.display().to_string()
+    };
+    let mut tls = format!(
+        "{{trust_bundle: '{}', server_name: control-plane.test",
+        file("ca.pem", trust)
+    );
+    if let Some(leaf) = client {
+        tls.push_str(&format!(
+            ", certificate: '{}', private_key: '{}'",
+            file("tls.crt", &leaf.cert),
+            file("tls.key", &leaf.key)
+        ));
+    }
+    Proxy::start(&format!(
+        "{EPHEMERAL_LISTENERS}xds:
+  address: {}
+  node: {{id: tls-node}}
+  tls: {tls}}}
+",
+        cp.addr
+    ))
+}
+
+#[tokio::test]
+async fn ads_runs_over_tls_to_a_control_plane_that_requires_it() {
+    let pki = Pki::new("xds-tls-control-plane");
+    let cp = ControlPlane::start_tls(control_plane_tls(&pki)).await;
+    let app = Upstream::start().await;
+    cp.update(|s| {
+        put(
+            s,
+            control_plane::LISTENER,
+            "outbound",
+            listener("outbound", "web-routes", vec![router()]),
+        );
+        put(
+            s,
+            control_plane::ROUTE,
+            "web-routes",
+            routes("web-routes", &[("web", to("web"))]),
+        );
+        put(s, CLUSTER, "web", static_cluster("web", app.addr));
+    });
+
+    // With the CA and a client certificate: the config arrives over TLS.
+    let dir = TempDir::new("xds-tls-bootstrap");
+    let good = proxy_over_tls(&cp, &dir, &pki.ca_pem, Some(&pki.issue(CLIENT_ID, 2099)));
+    let body = until_status(&good, StatusCode::OK).await;
+    assert!(body.contains("host: web"), "{body}");
+    assert_eq!(metric_sum(&good.metrics(), "xds_connected", &[]), 1.0);
+
+    // Without a client certificate the control plane refuses the handshake.
+    let dir = TempDir::new("xds-tls-no-cert");
+    let anonymous = proxy_over_tls(&cp, &dir, &pki.ca_pem, None);
+    wait_for(
+        "the control plane refuses a client without a certificate",
+        || !cp.handshake_errors().is_empty(),
+    )
+    .await;
+    let (status, _) = get(anonymous.outbound, "/headers").await;
+    assert_ne!(status, StatusCode::OK, "no config without the handshake");
+    assert_eq!(metric_sum(&anonymous.metrics(), "xds_connected", &[]), 0.0);
+
+    // Trusting another CA: the proxy refuses the control plane, and says why.
+    let dir = TempDir::new("xds-tls-wrong-ca");
+    let stranger = Pki::new("another-ca");
+    let wary = proxy_over_tls(
+        &cp,
+        &dir,
+        &stranger.ca_pem,
+        Some(&pki.issue(CLIENT_ID, 2099)),
+    );
+    wait_for("the proxy logs the untrusted control plane", || {
+        wary.log_lines(&["xds: stream to the control plane ended", "UnknownIssuer"]) > 0
+    })
+    .await;
+    assert_eq!(metric_sum(&wary.metrics(), "xds_connected", &[]), 0.0);
 }
 
 macro_rules! both_modes {

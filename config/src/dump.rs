@@ -381,6 +381,12 @@ impl Config {
                 max_refresh: duration(self.dns.max_refresh),
             }),
             xds: self.xds.as_ref().map(|x| FileXds {
+                tls: x.tls.as_ref().map(|t| FileXdsTls {
+                    trust_bundle: t.trust_bundle.display().to_string(),
+                    certificate: t.client.as_ref().map(|c| c.0.display().to_string()),
+                    private_key: t.client.as_ref().map(|c| c.1.display().to_string()),
+                    server_name: t.server_name.clone(),
+                }),
                 address: x.address.clone(),
                 node: Some(FileXdsNode {
                     id: Some(x.node.id.clone()),

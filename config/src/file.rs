@@ -38,6 +38,20 @@ pub struct FileXds {
     /// sotw | delta
     pub mode: Option<String>,
     pub initial_fetch_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<FileXdsTls>,
+}
+
+/// TLS to the control plane: the CA that signs its certificate, and the
+/// client certificate when it asks for one.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileXdsTls {
+    pub trust_bundle: String,
+    pub certificate: Option<String>,
+    pub private_key: Option<String>,
+    /// The name its certificate must carry; the address's host otherwise.
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

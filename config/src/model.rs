@@ -35,7 +35,7 @@ pub struct Config {
 /// Resources from it are added to the file's clusters and virtual hosts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Xds {
-    /// `host:port` of the control plane's gRPC (plaintext HTTP/2) server.
+    /// `host:port` of the control plane's gRPC server.
     pub address: String,
     pub node: XdsNode,
     pub mode: XdsMode,
@@ -43,6 +43,20 @@ pub struct Xds {
     /// known is applied without it (a cluster with no endpoints yet).
     #[serde(with = "humantime_serde")]
     pub initial_fetch_timeout: Duration,
+    /// `None`: plaintext HTTP/2.
+    pub tls: Option<XdsTls>,
+}
+
+/// TLS to the control plane (standard name verification, not the mesh's
+/// identity check: control planes carry DNS names).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct XdsTls {
+    pub trust_bundle: PathBuf,
+    /// Certificate and key, for a control plane that wants a client certificate.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The DNS name or IP its certificate must carry; `None`: the
+    /// address's host.
+    pub server_name: Option<String>,
 }
 
 /// The `Node` sent on the first request of every stream.

@@ -20,6 +20,7 @@ mod client;
 mod delta;
 mod sotw;
 mod state;
+mod tls_channel;
 mod translate;
 
 pub use translate::Rejected;
