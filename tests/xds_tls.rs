@@ -719,6 +719,175 @@ async fn ads_runs_over_tls_to_a_control_plane_that_requires_it() {
     assert_eq!(metric_sum(&wary.metrics(), "xds_connected", &[]), 0.0);
 }
 
+// ---- ORIGINAL_DST ----
+
+/// An iptables rule for the test's lifetime: connections to `to` from
+/// sockets carrying `mark` are REDIRECTed to `port` (as the mesh's
+/// redirect does for an app's connections); the proxy's own connections
+/// are unmarked and go where they were going.
+struct Redirect(Vec<String>);
+
+const MARK: u32 = 0x5a7d;
+
+impl Redirect {
+    fn install(to: SocketAddr, port: u16) -> Redirect {
+        let rule: Vec<String> = [
+            "-t",
+            "nat",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &to.ip().to_string(),
+            "--dport",
+            &to.port().to_string(),
+            "-m",
+            "mark",
+            "--mark",
+            &MARK.to_string(),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &port.to_string(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let r = Redirect(rule);
+        r.iptables("-A").unwrap_or_else(|e| {
+            panic!("this test needs root and iptables (apt-get install iptables; .ci/run installs it): {e}")
+        });
+        r
+    }
+
+    /// Run iptables with `action` (-A or -D) inserted before the chain.
+    fn iptables(&self, action: &str) -> Result<(), String> {
+        let mut args = vec![
+            "-w".to_string(),
+            self.0[0].clone(),
+            self.0[1].clone(),
+            action.to_string(),
+        ];
+        args.extend(self.0[2..].iter().cloned());
+        let out = std::process::Command::new("iptables")
+            .args(&args)
+            .output()
+            .map_err(|e| format!("iptables: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "iptables {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+impl Drop for Redirect {
+    fn drop(&mut self) {
+        if let Err(e) = self.iptables("-D") {
+            eprintln!("cannot remove the test's iptables rule: {e}");
+        }
+    }
+}
+
+/// GET / with Host `host` over a connection marked for the redirect to `to`.
+async fn get_redirected(to: SocketAddr, host: &str) -> (StatusCode, http::HeaderMap, String) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_mark(MARK).expect("SO_MARK (needs root)");
+    socket.connect(&to.into()).expect("connect");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let stream = tokio::net::TcpStream::from_std(socket.into()).expect("tokio stream");
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", host)
+        .body(Full::<Bytes>::default())
+        .expect("request");
+    let response = sender.send_request(req).await.expect("response");
+    let (status, headers) = (response.status(), response.headers().clone());
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn an_original_dst_cluster_forwards_to_the_original_destination() {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+    let app = Upstream::start().await;
+    let cp = ControlPlane::start().await;
+    // Istio's shape: a catch-all virtual host to PassthroughCluster
+    // (ORIGINAL_DST, CLUSTER_PROVIDED), marked on its way back.
+    let mut passthrough = to("PassthroughCluster");
+    passthrough.response_headers_to_add = vec![HeaderValueOption {
+        header: Some(HeaderValue {
+            key: "x-passthrough".into(),
+            value: "strait".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let v = cp.update(|s| {
+        put(
+            s,
+            control_plane::LISTENER,
+            "virtualOutbound",
+            listener("virtualOutbound", "80", vec![router()]),
+        );
+        put(
+            s,
+            control_plane::ROUTE,
+            "80",
+            routes("80", &[("*", passthrough)]),
+        );
+        put(
+            s,
+            CLUSTER,
+            "PassthroughCluster",
+            any(
+                CLUSTER,
+                &Cluster {
+                    name: "PassthroughCluster".into(),
+                    cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                        cluster::DiscoveryType::OriginalDst as i32,
+                    )),
+                    lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+                    ..Default::default()
+                },
+            ),
+        );
+    });
+    let proxy = Proxy::start(&format!(
+        "{EPHEMERAL_LISTENERS}xds:\n  address: {}\n  node: {{id: passthrough}}\n",
+        cp.addr
+    ));
+    cp.acked(control_plane::ROUTE, v).await;
+
+    let _redirect = Redirect::install(app.addr, proxy.outbound.port());
+    let (status, headers, body) = get_redirected(app.addr, "api.example.com").await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", proxy.log());
+    assert_eq!(body, "hello from upstream");
+    assert_eq!(
+        headers.get("x-passthrough").map(|v| v.as_bytes()),
+        Some(&b"strait"[..]),
+        "the answer came through the proxy's passthrough route"
+    );
+
+    // Straight to the proxy there is no original destination to go to.
+    let (status, body) = get(proxy.outbound, "/").await;
+    assert_ne!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("original destination"), "{body}");
+}
+
 macro_rules! both_modes {
     ($($name:ident),* $(,)?) => {
         mod sotw {

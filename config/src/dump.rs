@@ -176,6 +176,7 @@ fn retry_on(on: &RetryOn) -> String {
 
 fn route_rule(r: &RouteRule) -> FileRouteRule {
     let (mut cluster, mut split, mut direct_response, mut redirect) = (None, None, None, None);
+    let mut original_destination = None;
     match &r.action {
         RouteAction::Cluster(c) => cluster = Some(c.clone()),
         RouteAction::Split(parts) => {
@@ -202,6 +203,7 @@ fn route_rule(r: &RouteRule) -> FileRouteRule {
                 status: Some(i64::from(*status)),
             })
         }
+        RouteAction::OriginalDestination => original_destination = Some(true),
     }
     let fault = (r.fault.delay.is_some() || r.fault.abort.is_some()).then(|| FileFault {
         delay: r
@@ -229,6 +231,7 @@ fn route_rule(r: &RouteRule) -> FileRouteRule {
         split,
         direct_response,
         redirect,
+        original_destination,
         request_headers: header_ops(&r.request_headers),
         response_headers: header_ops(&r.response_headers),
         rewrite: (r.rewrite.prefix.is_some() || r.rewrite.host.is_some()).then(|| FileRewrite {

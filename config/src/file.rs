@@ -92,6 +92,10 @@ pub struct FileRouteRule {
     pub split: Option<Vec<FileSplit>>,
     pub direct_response: Option<FileDirectResponse>,
     pub redirect: Option<FileRedirect>,
+    /// `true`: forward to where the client was connecting (the address
+    /// iptables redirected from), as xDS's ORIGINAL_DST clusters do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_destination: Option<bool>,
     pub request_headers: Option<FileHeaderOps>,
     pub response_headers: Option<FileHeaderOps>,
     pub rewrite: Option<FileRewrite>,

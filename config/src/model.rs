@@ -225,6 +225,9 @@ pub enum RouteAction {
         path: Option<String>,
         status: u16,
     },
+    /// Forward to the connection's original destination (no route when
+    /// the connection was not redirected to the proxy).
+    OriginalDestination,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]

@@ -96,6 +96,8 @@ pub enum Action {
         path: Option<String>,
         status: http::StatusCode,
     },
+    /// To the connection's original destination (ORIGINAL_DST).
+    OriginalDestination,
 }
 
 #[derive(Debug)]
@@ -260,6 +262,7 @@ fn compile_route(
             path: path.clone(),
             status: http::StatusCode::from_u16(*status).ok()?,
         },
+        RouteAction::OriginalDestination => Action::OriginalDestination,
     };
     let named = |list: &[NamedMatch]| -> Vec<(String, Matcher, bool)> {
         list.iter()

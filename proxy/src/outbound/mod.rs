@@ -117,6 +117,14 @@ fn rules(
                     Routed::Forward(Some(route.clone()), Dispatch::Route(route.clone()))
                 }
                 Action::Direct { .. } | Action::Redirect { .. } => Routed::Local(route.clone()),
+                Action::OriginalDestination if conn.orig_dst.redirected => {
+                    Routed::Forward(Some(route.clone()), Dispatch::Direct(conn.orig_dst.addr))
+                }
+                Action::OriginalDestination => {
+                    return Err(ProxyError::NoRoute {
+                        authority: host.into_owned(),
+                    })
+                }
             });
         }
     }

@@ -1,8 +1,9 @@
 //! `Cluster` and `ClusterLoadAssignment` into strait clusters. What maps
 //! is listed in the README's xDS section; anything that would change
-//! behaviour if ignored (`ORIGINAL_DST`, a custom load-balancing policy)
-//! is refused with the field that holds it. The TLS transport socket is
-//! `upstream_tls.rs`'s.
+//! behaviour if ignored (a custom load-balancing policy) is refused with
+//! the field that holds it. The TLS transport socket is `upstream_tls.rs`'s;
+//! `ORIGINAL_DST` clusters become routes to the original destination
+//! (`mod.rs`), whatever their `lb_policy` (Istio sends CLUSTER_PROVIDED).
 
 use super::{duration, Rejected};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -43,6 +44,12 @@ pub fn source(c: &XdsCluster) -> Source<'_> {
     }
 }
 
+/// `ORIGINAL_DST`: no endpoints of its own; the caller routes to it as
+/// the original destination.
+pub fn is_original_dst(c: &XdsCluster) -> bool {
+    discovery_type(c) == Some(DiscoveryType::OriginalDst)
+}
+
 fn discovery_type(c: &XdsCluster) -> Option<DiscoveryType> {
     match &c.cluster_discovery_type {
         // Unset is proto3's default: STATIC.
@@ -76,7 +83,7 @@ pub fn cluster(
         DiscoveryType::OriginalDst => {
             return Err(reject(
                 "type",
-                "ORIGINAL_DST is not supported yet (unrouted traffic already goes to its original destination)".into(),
+                "an ORIGINAL_DST cluster has no endpoints to translate".into(),
             ))
         }
     };

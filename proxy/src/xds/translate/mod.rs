@@ -99,6 +99,7 @@ pub fn translate(
     let mut live: BTreeSet<String> = base.clusters.iter().map(|c| c.name.clone()).collect();
     let mut warming = BTreeSet::new();
     let mut tls_of = HashMap::new();
+    let mut original_dst = BTreeSet::new();
     for (name, c) in &resources.clusters {
         if file_clusters.contains(name.as_str()) {
             return Err(Rejected::new(
@@ -109,6 +110,21 @@ pub fn translate(
             ));
         }
         let tls = upstream_tls::upstream_tls(c, sds)?;
+        if cluster::is_original_dst(c) {
+            if tls.is_some() {
+                return Err(Rejected::new(
+                    "Cluster",
+                    name,
+                    "transport_socket",
+                    "TLS to original destinations is not supported".into(),
+                ));
+            }
+            // No endpoints to wait for: routes to it forward each request
+            // to where its connection was going.
+            original_dst.insert(name.clone());
+            live.insert(name.clone());
+            continue;
+        }
         let secrets_held = tls.as_ref().is_none_or(|t| {
             sds_names.extend(t.secrets.iter().cloned());
             t.secrets.iter().all(|s| resources.secrets.contains_key(s))
@@ -139,10 +155,11 @@ pub fn translate(
     for rc in inline.iter().chain(in_use) {
         route::route_config(rc, &live, &mut hash, &mut hosts)?;
     }
+    to_original_destination(&mut hosts, &original_dst)?;
 
     let mut config = base.clone();
     for (name, c) in &resources.clusters {
-        if warming.contains(name) {
+        if warming.contains(name) || original_dst.contains(name) {
             continue;
         }
         let assignment = match cluster::source(c) {
@@ -168,6 +185,48 @@ pub fn translate(
         warming,
         identity,
     })
+}
+
+/// Routes to an ORIGINAL_DST cluster forward to the original destination;
+/// a weighted split cannot mix it with clusters.
+fn to_original_destination(
+    hosts: &mut [(FileVirtualHost, route::Origin)],
+    original_dst: &BTreeSet<String>,
+) -> Result<(), Rejected> {
+    if original_dst.is_empty() {
+        return Ok(());
+    }
+    for (host, origin) in hosts.iter_mut() {
+        for (r, rule) in host.routes.iter_mut().enumerate() {
+            if rule
+                .cluster
+                .as_ref()
+                .is_some_and(|c| original_dst.contains(c))
+            {
+                rule.cluster = None;
+                rule.original_destination = Some(true);
+            }
+            let split = rule.split.iter().flatten();
+            if let Some(s) = split
+                .into_iter()
+                .find(|s| original_dst.contains(&s.cluster))
+            {
+                return Err(Rejected::new(
+                    "RouteConfiguration",
+                    &origin.route_config,
+                    &format!(
+                        "virtual_hosts[{}].routes[{r}].route.weighted_clusters",
+                        origin.index
+                    ),
+                    format!(
+                        "'{}' is an ORIGINAL_DST cluster: it cannot be part of a weighted split",
+                        s.cluster
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Validate the translated hosts with the file's own rules. strait has
@@ -412,22 +471,62 @@ mod tests {
     }
 
     #[test]
-    fn what_would_change_behaviour_if_ignored_is_refused_with_its_field() {
-        let mut original_dst = eds("odst", cluster::LbPolicy::RoundRobin);
-        original_dst.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+    fn routes_to_an_original_dst_cluster_forward_to_the_original_destination() {
+        // Istio's PassthroughCluster: ORIGINAL_DST with CLUSTER_PROVIDED.
+        let mut passthrough = eds("PassthroughCluster", cluster::LbPolicy::ClusterProvided);
+        passthrough.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::OriginalDst as i32,
         ));
+        let r = with(vec![passthrough], vec![]);
+        let t = translate(&base(), &r, &HashSet::new()).expect("translates");
+        assert!(t.warming.is_empty(), "nothing to wait for");
+        assert!(t.eds_names.is_empty());
+        assert!(
+            t.config.cluster("PassthroughCluster").is_none(),
+            "no strait cluster: it has no endpoints of its own"
+        );
+
+        let to = |c: &str| Route {
+            action: Some(Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(c.into())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let rc = RouteConfiguration {
+            name: "80".into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "allow_any".into(),
+                domains: vec!["*".into()],
+                routes: vec![to("PassthroughCluster")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let live: BTreeSet<String> = ["PassthroughCluster".to_string()].into();
+        let original_dst = live.clone();
+        let mut hosts = Vec::new();
+        route::route_config(&rc, &live, &mut HashMap::new(), &mut hosts).expect("routes");
+        to_original_destination(&mut hosts, &original_dst).expect("maps");
+        let rule = &hosts[0].0.routes[0];
+        assert_eq!(rule.cluster, None);
+        assert_eq!(rule.original_destination, Some(true));
+        let config = virtual_hosts(&base(), hosts, &live).expect("valid hosts");
+        assert_eq!(
+            config[0].routes[0].action,
+            strait_config::RouteAction::OriginalDestination
+        );
+    }
+
+    #[test]
+    fn what_would_change_behaviour_if_ignored_is_refused_with_its_field() {
         let mut tls = eds("tls", cluster::LbPolicy::RoundRobin);
         tls.transport_socket = Some(TransportSocket {
             name: "envoy.transport_sockets.alts".into(),
             config_type: None,
         });
         let custom = eds("custom", cluster::LbPolicy::ClusterProvided);
-        for (c, field) in [
-            (original_dst, "type"),
-            (tls, "transport_socket"),
-            (custom, "lb_policy"),
-        ] {
+        for (c, field) in [(tls, "transport_socket"), (custom, "lb_policy")] {
             let name = c.name.clone();
             let r = with(vec![c], vec![cla(&name, vec![])]);
             let e = translate(&base(), &r, &HashSet::new()).expect_err("refused");
