@@ -25,6 +25,19 @@ mod translate;
 
 pub use translate::Rejected;
 
+/// How far the first configuration from the control plane has come, for
+/// `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Still within `initial_fetch_timeout`, something subscribed missing.
+    Waiting,
+    /// Listeners and clusters answered, nothing subscribed missing, no
+    /// cluster warming (latched: later updates do not make it unready).
+    Complete,
+    /// `initial_fetch_timeout` passed first: ready with what is known.
+    TimedOut,
+}
+
 use crate::metrics::Metrics;
 use envoy_types::pb::envoy::config::core::v3::{node, Node};
 use envoy_types::pb::google::protobuf::{value, Struct, Value};
@@ -69,6 +82,8 @@ pub struct Xds {
     inner: Mutex<Inner>,
     apply: Apply,
     metrics: Arc<Metrics>,
+    started: Instant,
+    initial_complete: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -118,7 +133,48 @@ impl Xds {
             }),
             apply,
             metrics,
+            started: Instant::now(),
+            initial_complete: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// For `/ready`: whether the initial configuration has come.
+    pub fn readiness(&self) -> Readiness {
+        if self
+            .initial_complete
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            Readiness::Complete
+        } else if self.started.elapsed() >= self.bootstrap.initial_fetch_timeout {
+            Readiness::TimedOut
+        } else {
+            Readiness::Waiting
+        }
+    }
+
+    /// Latch `initial_complete` once everything first asked for is held.
+    fn check_initial(&self, inner: &Inner) {
+        use std::sync::atomic::Ordering;
+        if self.initial_complete.load(Ordering::Relaxed) {
+            return;
+        }
+        let answered = |k: Kind| inner.subs.get(&k).is_some_and(|s| s.answered);
+        let held = |k: Kind| {
+            let have = inner.resources.names(k);
+            inner
+                .subs
+                .get(&k)
+                .is_none_or(|s| s.names.iter().all(|n| have.contains(n)))
+        };
+        if answered(Kind::Cluster)
+            && answered(Kind::Listener)
+            && inner.warming.is_empty()
+            && held(Kind::Route)
+            && held(Kind::Secret)
+        {
+            self.initial_complete.store(true, Ordering::Release);
+            info!(after = ?self.started.elapsed(), "xds: initial configuration complete");
+        }
     }
 
     /// Run the ADS client until `stop`.
@@ -313,6 +369,7 @@ impl Xds {
             .updates_total
             .with_label_values(&[label, "ack"])
             .inc();
+        inner.subs.entry(kind).or_default().answered = true;
         info!(r#type = label, %version, resources = sent.len(), warming = inner.warming.len(), "xds: update accepted");
         Ok([
             (Kind::Endpoint, t.eds_names),
@@ -351,7 +408,8 @@ impl Xds {
             inner.warming.remove(c);
             inner.expired.insert(c.clone());
         }
-        warn!(clusters = ?due, ?timeout, "xds: no endpoints arrived in time; clusters go live without endpoints");
+        warn!(clusters = ?due, ?timeout, "xds: endpoints or secrets did not arrive in time; clusters go live without them");
+        self.check_initial(&inner);
         match translate::translate(&inner.base, &inner.resources, &inner.expired) {
             Ok(t) => (self.apply)(t.config),
             Err(e) => {

@@ -208,6 +208,8 @@ pub struct Subscription {
     pub nonce: String,
     /// Whether a request for this type went out on this stream.
     pub requested: bool,
+    /// Whether a response of this type was ever accepted (any stream).
+    pub answered: bool,
 }
 
 /// A resource's line in `/config_dump`.
