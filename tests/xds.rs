@@ -595,6 +595,64 @@ async fn a_file_reload_keeps_the_control_planes_resources(mode: &str) {
     assert!(requests(&b) > 0);
 }
 
+async fn eds_priorities_fail_over_when_no_endpoint_of_the_first_serves(mode: &str) {
+    use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+    use envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints;
+    let (primary, standby) = (Upstream::start().await, Upstream::start().await);
+    let cp = ControlPlane::start().await;
+    // Priority 0: `primary` in `health`; priority 1: `standby`.
+    let endpoints = |health: HealthStatus| {
+        let mut first = lb_endpoint(primary.addr);
+        first.health_status = health as i32;
+        let mut cla = assignment_of("web", &[]);
+        cla.endpoints = vec![
+            LocalityLbEndpoints {
+                priority: 0,
+                lb_endpoints: vec![first],
+                ..Default::default()
+            },
+            LocalityLbEndpoints {
+                priority: 1,
+                lb_endpoints: vec![lb_endpoint(standby.addr)],
+                ..Default::default()
+            },
+        ];
+        any(ENDPOINT, &cla)
+    };
+    let version = cp.update(|s| {
+        web(s, &[]);
+        put(s, ENDPOINT, "web", endpoints(HealthStatus::Healthy));
+    });
+    let proxy = Proxy::start(&bootstrap(&cp, mode));
+    cp.acked(ENDPOINT, version).await;
+    let mut client = Client::connect(&proxy).await;
+    until(&mut client, "web", "the primary", |s| s == StatusCode::OK).await;
+    for _ in 0..20 {
+        assert_eq!(client.get("web").await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        requests(&standby),
+        0,
+        "priority 1 idles while priority 0 serves"
+    );
+
+    let version = cp.update(|s| put(s, ENDPOINT, "web", endpoints(HealthStatus::Unhealthy)));
+    cp.acked(ENDPOINT, version).await;
+    let before = requests(&primary);
+    for _ in 0..20 {
+        assert_eq!(client.get("web").await.0, StatusCode::OK);
+    }
+    assert_eq!(requests(&standby), 20, "priority 1 took over");
+    assert_eq!(requests(&primary), before);
+
+    let version = cp.update(|s| put(s, ENDPOINT, "web", endpoints(HealthStatus::Unknown)));
+    cp.acked(ENDPOINT, version).await;
+    for _ in 0..20 {
+        assert_eq!(client.get("web").await.0, StatusCode::OK);
+    }
+    assert_eq!(requests(&standby), 20, "back to priority 0 once it serves");
+}
+
 /// `/ready` until it answers `status`, or panic at the deadline.
 async fn ready_until(proxy: &Proxy, status: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -715,4 +773,5 @@ in_both_modes!(
     a_file_reload_keeps_the_control_planes_resources,
     ready_waits_for_the_initial_configuration,
     ready_is_honest_when_the_control_plane_is_down,
+    eds_priorities_fail_over_when_no_endpoint_of_the_first_serves,
 );

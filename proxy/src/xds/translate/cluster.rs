@@ -236,22 +236,33 @@ fn outlier_detection(c: &XdsCluster) -> Result<Option<OutlierDetection>, (String
 
 type Endpoints = (Vec<Endpoint>, Vec<DnsEndpoint>);
 
-/// The endpoints that may receive traffic: priority 0 (failover to lower
-/// priorities is not supported yet), health UNKNOWN or HEALTHY. The same
-/// address twice adds up its weights.
+/// Whether the control plane lets an endpoint take traffic.
+fn serves(lb: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint) -> bool {
+    matches!(
+        HealthStatus::try_from(lb.health_status).unwrap_or(HealthStatus::Unknown),
+        HealthStatus::Unknown | HealthStatus::Healthy
+    )
+}
+
+/// The endpoints that may receive traffic: those in health UNKNOWN or
+/// HEALTHY, of the lowest priority that has any (failover: priority 1
+/// takes over only when no endpoint of priority 0 serves; Envoy's gradual
+/// spill-over by overprovisioning factor is not modelled). Every endpoint
+/// is checked, whatever its priority, so a broken failover target is
+/// refused when it arrives, not when it is needed. The same address twice
+/// adds up its weights.
 fn endpoints(a: &ClusterLoadAssignment, dns: bool) -> Result<Endpoints, (String, String)> {
+    let active = a
+        .endpoints
+        .iter()
+        .filter(|locality| locality.lb_endpoints.iter().any(serves))
+        .map(|locality| locality.priority)
+        .min();
     let mut ips: Vec<Endpoint> = Vec::new();
     let mut names: Vec<DnsEndpoint> = Vec::new();
     for (l, locality) in a.endpoints.iter().enumerate() {
-        if locality.priority != 0 {
-            continue;
-        }
         for (e, lb) in locality.lb_endpoints.iter().enumerate() {
             let field = format!("endpoints[{l}].lb_endpoints[{e}]");
-            let health = HealthStatus::try_from(lb.health_status).unwrap_or(HealthStatus::Unknown);
-            if !matches!(health, HealthStatus::Unknown | HealthStatus::Healthy) {
-                continue;
-            }
             let weight = lb.load_balancing_weight.map_or(1, |w| w.value);
             if !(1..=MAX_WEIGHT).contains(&weight) {
                 return Err((
@@ -290,7 +301,10 @@ fn endpoints(a: &ClusterLoadAssignment, dns: bool) -> Result<Endpoints, (String,
                     "needs a port from 1 to 65535".to_string(),
                 )
             })?;
+            let take = serves(lb) && Some(locality.priority) == active;
             match socket.address.parse::<IpAddr>() {
+                Ok(_) if !take => {}
+                Err(_) if !take && dns && !socket.address.is_empty() => {}
                 Ok(ip) => {
                     let addr = SocketAddr::new(ip, port);
                     match ips.iter_mut().find(|e| e.addr == addr) {

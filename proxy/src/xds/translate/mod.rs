@@ -411,6 +411,52 @@ mod tests {
     }
 
     #[test]
+    fn the_lowest_priority_with_a_serving_endpoint_takes_all_traffic() {
+        let locality = |priority: u32, endpoints: Vec<LbEndpoint>| LocalityLbEndpoints {
+            priority,
+            lb_endpoints: endpoints,
+            ..Default::default()
+        };
+        let addrs = |health_0: HealthStatus| {
+            let mut a = cla("web", vec![]);
+            a.endpoints = vec![
+                locality(2, vec![endpoint("10.0.2.1", 80, HealthStatus::Healthy, 1)]),
+                locality(0, vec![endpoint("10.0.0.1", 80, health_0, 1)]),
+                locality(1, vec![endpoint("10.0.1.1", 80, HealthStatus::Unknown, 1)]),
+                locality(1, vec![endpoint("10.0.1.2", 80, HealthStatus::Degraded, 1)]),
+            ];
+            let r = with(vec![eds("web", cluster::LbPolicy::RoundRobin)], vec![a]);
+            let t = translate(&base(), &r, &HashSet::new()).expect("translates");
+            let web = t.config.cluster("web").expect("live");
+            web.endpoints
+                .iter()
+                .map(|e| e.addr.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(addrs(HealthStatus::Healthy), ["10.0.0.1:80"]);
+        assert_eq!(
+            addrs(HealthStatus::Unhealthy),
+            ["10.0.1.1:80"],
+            "priority 0 has none serving: priority 1's serving endpoints"
+        );
+        // A broken endpoint is refused even where it takes no traffic.
+        let mut a = cla(
+            "web",
+            vec![endpoint("10.0.0.1", 80, HealthStatus::Healthy, 1)],
+        );
+        a.endpoints.push(locality(
+            1,
+            vec![endpoint("10.0.1.1", 80, HealthStatus::Healthy, 0)],
+        ));
+        let r = with(vec![eds("web", cluster::LbPolicy::RoundRobin)], vec![a]);
+        let e = translate(&base(), &r, &HashSet::new()).expect_err("refused");
+        assert_eq!(
+            e.field,
+            "endpoints[1].lb_endpoints[0].load_balancing_weight"
+        );
+    }
+
+    #[test]
     fn an_eds_cluster_warms_until_its_endpoints_come_and_routes_to_it_answer_503() {
         let mut r = with(vec![eds("web", cluster::LbPolicy::Maglev)], vec![]);
         r.routes.insert(
