@@ -186,6 +186,10 @@ fn check(path: &PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let Some(Err(e)) = config.xds.as_ref().map(strait_proxy::xds::check_tls) {
+        eprintln!("{}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
     println!("{}: ok", path.display());
     println!(
         "  outbound  {}{}",

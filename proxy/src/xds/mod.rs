@@ -25,6 +25,15 @@ mod translate;
 
 pub use translate::Rejected;
 
+/// Load `xds.tls`'s files as a connect would: what `strait check` runs.
+/// The error names the setting and file at fault.
+pub fn check_tls(bootstrap: &strait_config::Xds) -> Result<(), String> {
+    match &bootstrap.tls {
+        Some(tls) => tls_channel::Connector::new(tls, &bootstrap.address).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 /// How far the first configuration from the control plane has come, for
 /// `/ready`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
