@@ -168,6 +168,7 @@ async fn mesh(mode: &str) -> Mesh {
         MatchPattern::Exact(SERVER_ID.into()),
     );
     client_cp.acked(CLUSTER, v).await;
+    client_cp.acked(control_plane::ROUTE, v).await;
     let (status, body) = get(client.outbound, "/headers").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     let dump = support::http_get(client.admin, "/config_dump").1;
@@ -346,7 +347,7 @@ async fn san_matchers_choose_who_may_answer(mode: &str) {
     let m = mesh(mode).await;
     until_status(&m.client, StatusCode::OK).await;
     // A prefix the server's identity has.
-    m.client_cp.update(|s| {
+    let v = m.client_cp.update(|s| {
         put(
             s,
             CLUSTER,
@@ -358,6 +359,8 @@ async fn san_matchers_choose_who_may_answer(mode: &str) {
             ),
         )
     });
+    m.client_cp.acked(CLUSTER, v).await;
+    // The ACK comes after the update is applied.
     until_status(&m.client, StatusCode::OK).await;
     // An identity the server does not have: the handshake is refused.
     let v = m.client_cp.update(|s| {
