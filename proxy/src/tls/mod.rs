@@ -4,8 +4,9 @@
 //! swaps in new rustls configs for new handshakes while established
 //! connections keep theirs, and a broken rotation is refused with the old
 //! identity still serving. An SDS identity has none until its secrets
-//! arrive: mesh handshakes fail with that reason meanwhile. Crypto provider: `ring` (builds with a C
-//! compiler only, which keeps the static image simple; see the README).
+//! arrive: mesh handshakes fail with that reason meanwhile. Crypto
+//! provider: `ring` (builds with a C compiler only, which keeps the
+//! static image simple; see the README).
 //!
 //! Mesh traffic is marked by ALPN: an HTTP client offers `h2` plus the
 //! never-selected marker `strait.mesh`; an opaque TCP client offers

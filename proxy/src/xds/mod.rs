@@ -1,11 +1,14 @@
 //! The xDS v3 client: strait as a data plane of an Envoy-style control
 //! plane (istiod, go-control-plane). One ADS stream (`client.rs`), state
-//! of the world (`sotw.rs`) or delta (`delta.rs`), receives clusters,
-//! endpoints, listeners and routes (`state.rs` holds them); every accepted
-//! response is translated, together with everything accepted before, into
-//! the same validated [`Config`] the YAML file gives (`translate/`), and
-//! handed to the same apply path a file reload uses, so the registry's
-//! diff keeps the state of every endpoint that stays.
+//! of the world (`sotw.rs`) or delta (`delta.rs`), over TLS if asked
+//! (`tls_channel.rs`), receives clusters, endpoints, listeners, routes and
+//! secrets (`state.rs` holds them); every accepted response is
+//! translated, together with everything accepted before, into the same
+//! validated [`Config`] the YAML file gives (`translate/`), and handed to
+//! the same apply path a file reload uses, so the registry's diff keeps
+//! the state of every endpoint that stays. Secrets become the
+//! workload identity (`crate::tls`), installed just before the config
+//! that may need it is applied.
 //!
 //! A response whose resources cannot all be translated is refused whole
 //! (NACK with the resource and field), and the previous config keeps
@@ -24,6 +27,17 @@ mod tls_channel;
 mod translate;
 
 pub use translate::Rejected;
+
+use crate::metrics::Metrics;
+use envoy_types::pb::envoy::config::core::v3::{node, Node};
+use envoy_types::pb::google::protobuf::{value, Struct, Value};
+use state::{Decoded, Kind, Resources, Status, Subscription};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use strait_config::{Config, IdentitySource};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
 /// Load `xds.tls`'s files as a connect would: what `strait check` runs.
 /// The error names the setting and file at fault.
@@ -46,17 +60,6 @@ pub enum Readiness {
     /// `initial_fetch_timeout` passed first: ready with what is known.
     TimedOut,
 }
-
-use crate::metrics::Metrics;
-use envoy_types::pb::envoy::config::core::v3::{node, Node};
-use envoy_types::pb::google::protobuf::{value, Struct, Value};
-use state::{Decoded, Kind, Resources, Status, Subscription};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
-use strait_config::{Config, IdentitySource};
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
 
 /// One response's resources, decoded, whichever the protocol variant.
 struct Change {
