@@ -82,6 +82,10 @@ fn check_refuses_what_run_would_fail_on() {
         "{stderr}"
     );
     assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+    assert_check_fails(
+        "xds:\n  address: 127.0.0.1:15012\n  node: {id: n}\n  tls: {trust_bundle: /nonexistent/root.pem}\n",
+        &["xds.tls.trust_bundle: cannot read /nonexistent/root.pem"],
+    );
 
     assert_check_fails(
         "listeners:\n  outbound: {address: 127.0.0.1, port: 4140}\n  admin:\n    address: 127.0.0.1\n    port: 4140\n",

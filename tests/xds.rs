@@ -595,6 +595,151 @@ async fn a_file_reload_keeps_the_control_planes_resources(mode: &str) {
     assert!(requests(&b) > 0);
 }
 
+async fn eds_priorities_fail_over_when_no_endpoint_of_the_first_serves(mode: &str) {
+    use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+    use envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints;
+    let (primary, standby) = (Upstream::start().await, Upstream::start().await);
+    let cp = ControlPlane::start().await;
+    // Priority 0: `primary` in `health`; priority 1: `standby`.
+    let endpoints = |health: HealthStatus| {
+        let mut first = lb_endpoint(primary.addr);
+        first.health_status = health as i32;
+        let mut cla = assignment_of("web", &[]);
+        cla.endpoints = vec![
+            LocalityLbEndpoints {
+                priority: 0,
+                lb_endpoints: vec![first],
+                ..Default::default()
+            },
+            LocalityLbEndpoints {
+                priority: 1,
+                lb_endpoints: vec![lb_endpoint(standby.addr)],
+                ..Default::default()
+            },
+        ];
+        any(ENDPOINT, &cla)
+    };
+    let version = cp.update(|s| {
+        web(s, &[]);
+        put(s, ENDPOINT, "web", endpoints(HealthStatus::Healthy));
+    });
+    let proxy = Proxy::start(&bootstrap(&cp, mode));
+    cp.acked(ENDPOINT, version).await;
+    let mut client = Client::connect(&proxy).await;
+    until(&mut client, "web", "the primary", |s| s == StatusCode::OK).await;
+    for _ in 0..20 {
+        assert_eq!(client.get("web").await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        requests(&standby),
+        0,
+        "priority 1 idles while priority 0 serves"
+    );
+
+    let version = cp.update(|s| put(s, ENDPOINT, "web", endpoints(HealthStatus::Unhealthy)));
+    cp.acked(ENDPOINT, version).await;
+    let before = requests(&primary);
+    for _ in 0..20 {
+        assert_eq!(client.get("web").await.0, StatusCode::OK);
+    }
+    assert_eq!(requests(&standby), 20, "priority 1 took over");
+    assert_eq!(requests(&primary), before);
+
+    let version = cp.update(|s| put(s, ENDPOINT, "web", endpoints(HealthStatus::Unknown)));
+    cp.acked(ENDPOINT, version).await;
+    for _ in 0..20 {
+        assert_eq!(client.get("web").await.0, StatusCode::OK);
+    }
+    assert_eq!(requests(&standby), 20, "back to priority 0 once it serves");
+}
+
+/// `/ready` until it answers `status`, or panic at the deadline.
+async fn ready_until(proxy: &Proxy, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (got, body) = http_get(proxy.admin, "/ready");
+        if got == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/ready never {status}: {got} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn ready_waits_for_the_initial_configuration(mode: &str) {
+    let app = Upstream::start().await;
+    let cp = ControlPlane::start().await;
+    // A listener and an EDS cluster: their routes and endpoints not yet.
+    let version = cp.update(|s| {
+        put(
+            s,
+            LISTENER,
+            "outbound",
+            listener("outbound", "web-routes", vec![router()]),
+        );
+        put(s, CLUSTER, "web", eds_cluster("web"));
+    });
+    // Long enough that the timeout never decides this test.
+    let proxy = Proxy::start(
+        &bootstrap(&cp, mode).replace("initial_fetch_timeout: 5s", "initial_fetch_timeout: 60s"),
+    );
+    cp.acked(LISTENER, version).await;
+    cp.acked(CLUSTER, version).await;
+    let (status, body) = http_get(proxy.admin, "/ready");
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            503,
+            "not ready: waiting for the initial xDS configuration\n"
+        )
+    );
+
+    let version = cp.update(|s| {
+        put(
+            s,
+            ROUTE,
+            "web-routes",
+            routes("web-routes", &[("web", to("web"))]),
+        )
+    });
+    cp.acked(ROUTE, version).await;
+    let (status, body) = http_get(proxy.admin, "/ready");
+    assert_eq!(
+        status, 503,
+        "the cluster still waits for its endpoints: {body}"
+    );
+
+    cp.update(|s| put(s, ENDPOINT, "web", assignment("web", &[app.addr])));
+    assert_eq!(ready_until(&proxy, 200).await, "ready\n");
+    // Latched: a later change does not make the proxy unready.
+    let version = cp.update(|s| remove(s, ENDPOINT, "web"));
+    cp.acked(ENDPOINT, version).await;
+    assert_eq!(http_get(proxy.admin, "/ready").0, 200);
+}
+
+async fn ready_is_honest_when_the_control_plane_is_down(mode: &str) {
+    let down = support::free_addr();
+    let proxy = Proxy::start(&format!(
+        "{EPHEMERAL_LISTENERS}xds:\n  address: {down}\n  node: {{id: test-node}}\n  mode: {mode}\n  initial_fetch_timeout: 2s\n"
+    ));
+    let started = Instant::now();
+    let (status, body) = http_get(proxy.admin, "/ready");
+    assert_eq!(status, 503, "{body}");
+    let body = ready_until(&proxy, 200).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "ready before the timeout"
+    );
+    assert!(
+        body.contains("incomplete after initial_fetch_timeout"),
+        "{body}"
+    );
+    assert_eq!(metric_sum(&proxy.metrics(), "xds_connected", &[]), 0.0);
+}
+
 /// Every scenario runs over both protocol variants.
 macro_rules! in_both_modes {
     ($($name:ident),* $(,)?) => {
@@ -626,4 +771,7 @@ in_both_modes!(
     config_dump_lists_resources_and_stays_a_config_file,
     a_cluster_warms_until_its_endpoints_arrive,
     a_file_reload_keeps_the_control_planes_resources,
+    ready_waits_for_the_initial_configuration,
+    ready_is_honest_when_the_control_plane_is_down,
+    eds_priorities_fail_over_when_no_endpoint_of_the_first_serves,
 );

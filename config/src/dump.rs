@@ -176,6 +176,7 @@ fn retry_on(on: &RetryOn) -> String {
 
 fn route_rule(r: &RouteRule) -> FileRouteRule {
     let (mut cluster, mut split, mut direct_response, mut redirect) = (None, None, None, None);
+    let mut original_destination = None;
     match &r.action {
         RouteAction::Cluster(c) => cluster = Some(c.clone()),
         RouteAction::Split(parts) => {
@@ -202,6 +203,7 @@ fn route_rule(r: &RouteRule) -> FileRouteRule {
                 status: Some(i64::from(*status)),
             })
         }
+        RouteAction::OriginalDestination => original_destination = Some(true),
     }
     let fault = (r.fault.delay.is_some() || r.fault.abort.is_some()).then(|| FileFault {
         delay: r
@@ -229,6 +231,7 @@ fn route_rule(r: &RouteRule) -> FileRouteRule {
         split,
         direct_response,
         redirect,
+        original_destination,
         request_headers: header_ops(&r.request_headers),
         response_headers: header_ops(&r.response_headers),
         rewrite: (r.rewrite.prefix.is_some() || r.rewrite.host.is_some()).then(|| FileRewrite {
@@ -331,9 +334,25 @@ impl Config {
                 })
                 .collect(),
             identity: self.identity.as_ref().map(|id| FileIdentity {
-                certificate: id.certificate.display().to_string(),
-                private_key: id.private_key.display().to_string(),
-                trust_bundle: id.trust_bundle.display().to_string(),
+                certificate: match &id.source {
+                    IdentitySource::Files(f) => f.certificate.display().to_string(),
+                    IdentitySource::Sds(_) => String::new(),
+                },
+                private_key: match &id.source {
+                    IdentitySource::Files(f) => f.private_key.display().to_string(),
+                    IdentitySource::Sds(_) => String::new(),
+                },
+                trust_bundle: match &id.source {
+                    IdentitySource::Files(f) => f.trust_bundle.display().to_string(),
+                    IdentitySource::Sds(_) => String::new(),
+                },
+                sds: match &id.source {
+                    IdentitySource::Files(_) => None,
+                    IdentitySource::Sds(s) => Some(FileSdsIdentity {
+                        certificate: s.certificate.clone(),
+                        trust_bundle: s.trust_bundle.clone(),
+                    }),
+                },
                 min_tls_version: Some(if id.allow_tls12 { "1.2" } else { "1.3" }.into()),
                 handshake_timeout: duration(id.handshake_timeout),
             }),
@@ -365,6 +384,12 @@ impl Config {
                 max_refresh: duration(self.dns.max_refresh),
             }),
             xds: self.xds.as_ref().map(|x| FileXds {
+                tls: x.tls.as_ref().map(|t| FileXdsTls {
+                    trust_bundle: t.trust_bundle.display().to_string(),
+                    certificate: t.client.as_ref().map(|c| c.0.display().to_string()),
+                    private_key: t.client.as_ref().map(|c| c.1.display().to_string()),
+                    server_name: t.server_name.clone(),
+                }),
                 address: x.address.clone(),
                 node: Some(FileXdsNode {
                     id: Some(x.node.id.clone()),

@@ -41,6 +41,20 @@ pub struct FileXds {
     /// sotw | delta
     pub mode: Option<String>,
     pub initial_fetch_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<FileXdsTls>,
+}
+
+/// TLS to the control plane: the CA that signs its certificate, and the
+/// client certificate when it asks for one.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileXdsTls {
+    pub trust_bundle: String,
+    pub certificate: Option<String>,
+    pub private_key: Option<String>,
+    /// The name its certificate must carry; the address's host otherwise.
+    pub server_name: Option<String>,
 }
 
 /// Span export; trace headers are propagated whether or not it is set.
@@ -101,6 +115,10 @@ pub struct FileRouteRule {
     pub split: Option<Vec<FileSplit>>,
     pub direct_response: Option<FileDirectResponse>,
     pub redirect: Option<FileRedirect>,
+    /// `true`: forward to where the client was connecting (the address
+    /// iptables redirected from), as xDS's ORIGINAL_DST clusters do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_destination: Option<bool>,
     pub request_headers: Option<FileHeaderOps>,
     pub response_headers: Option<FileHeaderOps>,
     pub rewrite: Option<FileRewrite>,
@@ -224,11 +242,26 @@ pub struct FileRewrite {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileIdentity {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub certificate: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub private_key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trust_bundle: String,
+    /// The identity from xDS secrets instead of files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sds: Option<FileSdsIdentity>,
     pub min_tls_version: Option<String>,
     pub handshake_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSdsIdentity {
+    /// Name of the `tls_certificate` secret.
+    pub certificate: String,
+    /// Name of the `validation_context` secret.
+    pub trust_bundle: String,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

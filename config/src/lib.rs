@@ -156,6 +156,7 @@ impl Config {
                     },
                     mode: XdsMode::Sotw,
                     initial_fetch_timeout: defaults::XDS_INITIAL_FETCH_TIMEOUT,
+                    tls: None,
                 }),
                 (None, None) => return Err(ConfigError::Env {
                     var: "STRAIT_XDS_NODE_ID",

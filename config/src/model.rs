@@ -53,7 +53,7 @@ pub struct Tracing {
 /// Resources from it are added to the file's clusters and virtual hosts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Xds {
-    /// `host:port` of the control plane's gRPC (plaintext HTTP/2) server.
+    /// `host:port` of the control plane's gRPC server.
     pub address: String,
     pub node: XdsNode,
     pub mode: XdsMode,
@@ -61,6 +61,20 @@ pub struct Xds {
     /// known is applied without it (a cluster with no endpoints yet).
     #[serde(with = "humantime_serde")]
     pub initial_fetch_timeout: Duration,
+    /// `None`: plaintext HTTP/2.
+    pub tls: Option<XdsTls>,
+}
+
+/// TLS to the control plane (standard name verification, not the mesh's
+/// identity check: control planes carry DNS names).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct XdsTls {
+    pub trust_bundle: PathBuf,
+    /// Certificate and key, for a control plane that wants a client certificate.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The DNS name or IP its certificate must carry; `None`: the
+    /// address's host.
+    pub server_name: Option<String>,
 }
 
 /// The `Node` sent on the first request of every stream.
@@ -229,6 +243,9 @@ pub enum RouteAction {
         path: Option<String>,
         status: u16,
     },
+    /// Forward to the connection's original destination (no route when
+    /// the connection was not redirected to the proxy).
+    OriginalDestination,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -246,16 +263,39 @@ pub struct Rewrite {
     pub host: Option<String>,
 }
 
-/// Where the workload certificate, key and trust bundle are mounted.
+/// The workload's mTLS identity: where its certificate, key and trust
+/// bundle come from, and how handshakes go.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Identity {
-    pub certificate: PathBuf,
-    pub private_key: PathBuf,
-    pub trust_bundle: PathBuf,
+    pub source: IdentitySource,
     /// Allow TLS 1.2 as well as 1.3 between proxies.
     pub allow_tls12: bool,
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// Mounted files, watched for rotation.
+    Files(IdentityFiles),
+    /// xDS secrets (SDS) from the control plane, by name.
+    Sds(SdsIdentity),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IdentityFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub trust_bundle: PathBuf,
+}
+
+/// The names of the two secrets the control plane serves: a
+/// `tls_certificate` (chain and key) and a `validation_context` (trusted CA).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SdsIdentity {
+    pub certificate: String,
+    pub trust_bundle: String,
 }
 
 /// Inbound authorization, per destination port.

@@ -471,17 +471,7 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
     let identity = match file.identity {
         None => None,
         Some(id) => {
-            for (name, value) in [
-                ("certificate", &id.certificate),
-                ("private_key", &id.private_key),
-                ("trust_bundle", &id.trust_bundle),
-            ] {
-                if value.trim().is_empty() {
-                    return Err(ConfigError::Empty {
-                        at: rules.at(&format!("identity.{name}")),
-                    });
-                }
-            }
+            let source = identity_source(&rules, &id, file.xds.is_some())?;
             let allow_tls12 = match id.min_tls_version.as_deref() {
                 None | Some("1.3") => false,
                 Some("1.2") => true,
@@ -493,9 +483,7 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
                 }
             };
             Some(Identity {
-                certificate: id.certificate.into(),
-                private_key: id.private_key.into(),
-                trust_bundle: id.trust_bundle.into(),
+                source,
                 allow_tls12,
                 handshake_timeout: rules.duration(
                     "identity.handshake_timeout",
@@ -557,6 +545,60 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
     };
     distinct_listeners(&config, Some(index))?;
     Ok(config)
+}
+
+/// Files, or xDS secrets by name (which needs the `xds:` section); never
+/// both, so where the identity comes from is never a guess.
+fn identity_source(
+    rules: &Rules<'_>,
+    id: &FileIdentity,
+    has_xds: bool,
+) -> Result<IdentitySource, ConfigError> {
+    let files = [
+        ("certificate", &id.certificate),
+        ("private_key", &id.private_key),
+        ("trust_bundle", &id.trust_bundle),
+    ];
+    let Some(sds) = &id.sds else {
+        for (name, value) in files {
+            if value.trim().is_empty() {
+                return Err(ConfigError::Empty {
+                    at: rules.at(&format!("identity.{name}")),
+                });
+            }
+        }
+        return Ok(IdentitySource::Files(IdentityFiles {
+            certificate: id.certificate.clone().into(),
+            private_key: id.private_key.clone().into(),
+            trust_bundle: id.trust_bundle.clone().into(),
+        }));
+    };
+    if let Some((name, _)) = files.iter().find(|(_, v)| !v.trim().is_empty()) {
+        return Err(ConfigError::Syntax {
+            at: rules.at(&format!("identity.{name}")),
+            message: "give the identity as files or as identity.sds secrets, not both".into(),
+        });
+    }
+    if !has_xds {
+        return Err(ConfigError::Syntax {
+            at: rules.at("identity.sds"),
+            message: "secrets come from the control plane: needs the xds: section".into(),
+        });
+    }
+    for (name, value) in [
+        ("certificate", &sds.certificate),
+        ("trust_bundle", &sds.trust_bundle),
+    ] {
+        if value.trim().is_empty() {
+            return Err(ConfigError::Empty {
+                at: rules.at(&format!("identity.sds.{name}")),
+            });
+        }
+    }
+    Ok(IdentitySource::Sds(SdsIdentity {
+        certificate: sds.certificate.trim().to_string(),
+        trust_bundle: sds.trust_bundle.trim().to_string(),
+    }))
 }
 
 fn allow(

@@ -274,12 +274,13 @@ fn rule(
         route.split.is_some(),
         route.direct_response.is_some(),
         route.redirect.is_some(),
+        route.original_destination == Some(true),
     ];
     if actions.iter().filter(|a| **a).count() != 1 {
         return Err(invalid(
             index,
             rf,
-            "a route takes exactly one of cluster, split, direct_response or redirect",
+            "a route takes exactly one of cluster, split, direct_response, redirect or original_destination: true",
         ));
     }
     let action = if let Some(c) = route.cluster {
@@ -330,6 +331,8 @@ fn rule(
             path: r.path,
             status: status as u16,
         }
+    } else if route.original_destination == Some(true) {
+        RouteAction::OriginalDestination
     } else {
         unreachable!("exactly one action was checked above")
     };

@@ -192,7 +192,7 @@ fn virtual_host_rules() {
         &format!("{base}      - cluster: a\n        direct_response: {{status: 200}}\n"),
         "virtual_hosts[0].routes[0]",
         8,
-        "exactly one of cluster, split, direct_response or redirect",
+        "exactly one of cluster, split, direct_response, redirect or original_destination: true",
     );
     assert_refused(
         &format!("{base}      - split: [{{cluster: a, weight: 1}}, {{cluster: b, weight: 1}}]\n"),
@@ -394,4 +394,17 @@ fn anyhow_like(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[test]
+fn a_route_to_the_original_destination_reads_and_survives_a_dump() {
+    let yaml = "virtual_hosts:\n  - name: any\n    domains: ['*']\n    routes:\n      - original_destination: true\n";
+    let config = strait_config::Config::from_yaml(yaml).expect("valid");
+    assert_eq!(
+        config.virtual_hosts[0].routes[0].action,
+        strait_config::RouteAction::OriginalDestination
+    );
+    let dump = String::from_utf8(config.dump_json().expect("dump")).expect("utf-8");
+    let again = strait_config::Config::from_yaml(&dump).unwrap_or_else(|e| panic!("{e}\n{dump}"));
+    assert_eq!(again, config, "{dump}");
 }

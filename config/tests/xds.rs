@@ -137,3 +137,79 @@ fn environment_sets_address_and_node() {
         .expect_err("no port");
     assert!(err.to_string().contains("host:port"), "{err}");
 }
+
+#[test]
+fn the_identity_can_come_from_sds_secrets_and_survives_a_dump() {
+    let yaml =
+        format!("{BOOTSTRAP}identity:\n  sds: {{certificate: default, trust_bundle: ROOTCA}}\n");
+    let config = Config::from_yaml(&yaml).expect("valid");
+    let identity = config.identity.as_ref().expect("identity");
+    assert_eq!(
+        identity.source,
+        strait_config::IdentitySource::Sds(strait_config::SdsIdentity {
+            certificate: "default".into(),
+            trust_bundle: "ROOTCA".into(),
+        })
+    );
+    let dump = String::from_utf8(config.dump_json().expect("dump")).expect("utf-8");
+    let again = Config::from_yaml(&dump).unwrap_or_else(|e| panic!("{e}\n{dump}"));
+    assert_eq!(again, config, "{dump}");
+}
+
+#[test]
+fn an_sds_identity_needs_xds_and_is_never_mixed_with_files() {
+    let refused = |yaml: &str, expected: &str| {
+        let e = Config::from_yaml(yaml).expect_err("refused").to_string();
+        assert!(e.contains(expected), "{e}");
+    };
+    refused(
+        "identity:\n  sds: {certificate: default, trust_bundle: ROOTCA}\n",
+        "identity.sds: secrets come from the control plane: needs the xds: section (line 2)",
+    );
+    refused(
+        &format!("{BOOTSTRAP}identity:\n  certificate: /etc/tls.crt\n  sds: {{certificate: default, trust_bundle: ROOTCA}}\n"),
+        "identity.certificate: give the identity as files or as identity.sds secrets, not both",
+    );
+    refused(
+        &format!("{BOOTSTRAP}identity:\n  sds: {{certificate: default, trust_bundle: ' '}}\n"),
+        "identity.sds.trust_bundle",
+    );
+}
+
+#[test]
+fn tls_to_the_control_plane_reads_and_half_a_client_certificate_is_refused() {
+    let yaml = format!(
+        "{BOOTSTRAP}  tls: {{trust_bundle: /etc/istio/root-cert.pem, certificate: /etc/certs/tls.crt, private_key: /etc/certs/tls.key, server_name: istiod.istio-system.svc}}\n"
+    );
+    let config = Config::from_yaml(&yaml).expect("valid");
+    let tls = config
+        .xds
+        .as_ref()
+        .and_then(|x| x.tls.clone())
+        .expect("tls");
+    assert_eq!(tls.server_name.as_deref(), Some("istiod.istio-system.svc"));
+    assert_eq!(
+        tls.client,
+        Some(("/etc/certs/tls.crt".into(), "/etc/certs/tls.key".into()))
+    );
+    let dump = String::from_utf8(config.dump_json().expect("dump")).expect("utf-8");
+    let again = Config::from_yaml(&dump).unwrap_or_else(|e| panic!("{e}\n{dump}"));
+    assert_eq!(again, config, "{dump}");
+
+    for (tls, expected) in [
+        (
+            "{trust_bundle: /ca.pem, certificate: /tls.crt}",
+            "xds.tls.private_key",
+        ),
+        ("{trust_bundle: ' '}", "xds.tls.trust_bundle"),
+        (
+            "{trust_bundle: /ca.pem, server_name: 'a b'}",
+            "xds.tls.server_name: 'a b' is not a DNS name or IP address",
+        ),
+    ] {
+        let e = Config::from_yaml(&format!("{BOOTSTRAP}  tls: {tls}\n"))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains(expected), "{tls}: {e}");
+    }
+}

@@ -1,7 +1,8 @@
 //! The admin server, on its own port and its own thread's runtime so a
 //! busy data plane never starves a Prometheus scrape or a kubelet probe:
 //! `/metrics`, `/ready` (200 once every listener is bound and a config
-//! is loaded), `/live`, `/config_dump` (the running config as JSON in
+//! is loaded, and with xDS the initial configuration came or its
+//! `initial_fetch_timeout` passed), `/live`, `/config_dump` (the running config as JSON in
 //! the config file's shape, so a saved dump is a config file) and
 //! `POST /shutdown` (from loopback only); `GET /tap`, a live stream of
 //! request records ([`crate::tap`]); `/debug/route` (route explain),
@@ -124,10 +125,24 @@ async fn route(
             )
         }
         (&Method::GET, "/ready") => {
-            if state.ready.load(Ordering::Acquire) {
-                reply(StatusCode::OK, TEXT, "ready\n")
-            } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n")
+            use crate::xds::Readiness;
+            let xds = state
+                .xds
+                .as_ref()
+                .map_or(Readiness::Complete, |x| x.readiness());
+            match (state.ready.load(Ordering::Acquire), xds) {
+                (false, _) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n"),
+                (true, Readiness::Waiting) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "not ready: waiting for the initial xDS configuration\n",
+                ),
+                (true, Readiness::Complete) => reply(StatusCode::OK, TEXT, "ready\n"),
+                (true, Readiness::TimedOut) => reply(
+                    StatusCode::OK,
+                    TEXT,
+                    "ready (the initial xDS configuration is incomplete after initial_fetch_timeout: serving what is known)\n",
+                ),
             }
         }
         (&Method::GET, "/live") => reply(StatusCode::OK, TEXT, "live\n"),

@@ -76,6 +76,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             move |config| apply_xds(config, &snapshot, &discovery, &registry)
         }),
         metrics.clone(),
+        tls.clone(),
     );
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();

@@ -275,7 +275,7 @@ impl Accepted<'_> {
         debug!(client_id = %client_id, opaque, "mesh connection established");
         let status = TlsStatus::Mesh {
             client_id: Some(client_id.clone()),
-            server_id: Some(Arc::from(tls.current().name.as_str())),
+            server_id: tls.current().map(|l| Arc::from(l.name.as_str())),
         };
         let metrics = self.inputs.metrics.tcp_connection(
             self.inputs.direction,

@@ -286,6 +286,9 @@ fn outbound_decision(snapshot: &Snapshot, decision: outbound::Decision<'_>) -> D
                     Vec::new(),
                     json!({"redirect": {"host": host, "path": path, "status": status.as_u16()}}),
                 ),
+                // Where iptables found the connection headed (404 when it
+                // was not redirected).
+                Action::OriginalDestination => (Vec::new(), json!({"original_destination": true})),
             };
             Decided {
                 rule: "virtual_host",

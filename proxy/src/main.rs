@@ -356,6 +356,10 @@ fn check(path: &PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let Some(Err(e)) = config.xds.as_ref().map(strait_proxy::xds::check_tls) {
+        eprintln!("{}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
     println!("{}: ok", path.display());
     println!(
         "  outbound  {}{}",
@@ -421,13 +425,18 @@ fn check(path: &PathBuf) -> ExitCode {
                 .join(", ")
         );
     }
-    if let Some(identity) = &config.identity {
-        println!(
+    match config.identity.as_ref().map(|i| &i.source) {
+        Some(strait_config::IdentitySource::Files(files)) => println!(
             "  identity  {} (key {}, trust {})",
-            identity.certificate.display(),
-            identity.private_key.display(),
-            identity.trust_bundle.display()
-        );
+            files.certificate.display(),
+            files.private_key.display(),
+            files.trust_bundle.display()
+        ),
+        Some(strait_config::IdentitySource::Sds(sds)) => println!(
+            "  identity  xDS secret {} (trust: secret {})",
+            sds.certificate, sds.trust_bundle
+        ),
+        None => {}
     }
     for r in &config.routes {
         match &r.matches {
@@ -458,10 +467,16 @@ fn identity_error(
     identity: &strait_config::Identity,
     error: &strait_proxy::tls::TlsError,
 ) -> String {
-    let field = match error.path() {
-        Some(p) if p == identity.certificate => "identity.certificate",
-        Some(p) if p == identity.private_key => "identity.private_key",
-        Some(p) if p == identity.trust_bundle => "identity.trust_bundle",
+    let field = match (&identity.source, error.path()) {
+        (strait_config::IdentitySource::Files(f), Some(p)) if p == f.certificate => {
+            "identity.certificate"
+        }
+        (strait_config::IdentitySource::Files(f), Some(p)) if p == f.private_key => {
+            "identity.private_key"
+        }
+        (strait_config::IdentitySource::Files(f), Some(p)) if p == f.trust_bundle => {
+            "identity.trust_bundle"
+        }
         _ => "identity",
     };
     let line = std::fs::read_to_string(path)

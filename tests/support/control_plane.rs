@@ -2,7 +2,7 @@
 //! on envoy-types' generated service trait, serving state-of-the-world and
 //! delta responses from a snapshot the test edits, and recording every request
 //! (ACKs, NACKs and their error_detail) so tests can assert on the
-//! protocol. Only `tests/xds.rs` includes it.
+//! protocol. `tests/xds.rs` and `tests/xds_tls.rs` include it.
 #![allow(dead_code)]
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -26,6 +26,7 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// Every resource by type URL, then name; one version for all.
 #[derive(Clone, Default)]
@@ -54,6 +55,8 @@ struct Shared {
     snapshot: watch::Sender<Snapshot>,
     requests: Mutex<Vec<Seen>>,
     streams: Mutex<usize>,
+    /// TLS handshakes that failed (`start_tls`).
+    handshake_errors: Mutex<Vec<String>>,
     /// Delta: which snapshot version each nonce carried.
     nonces: Mutex<BTreeMap<String, u64>>,
 }
@@ -62,6 +65,8 @@ struct Shared {
 /// the same port, keeping its snapshot and what it recorded.
 pub struct ControlPlane {
     pub addr: SocketAddr,
+    /// Serve over TLS with this acceptor (`start_tls`).
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     kill: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -75,10 +80,20 @@ struct Service {
 
 impl ControlPlane {
     pub async fn start() -> ControlPlane {
+        ControlPlane::start_with(None).await
+    }
+
+    /// Serve gRPC over TLS only.
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> ControlPlane {
+        ControlPlane::start_with(Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> ControlPlane {
         let shared = Arc::new(Shared {
             snapshot: watch::Sender::new(Snapshot::default()),
             requests: Mutex::new(Vec::new()),
             streams: Mutex::new(0),
+            handshake_errors: Mutex::new(Vec::new()),
             nonces: Mutex::new(BTreeMap::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -87,6 +102,7 @@ impl ControlPlane {
         let addr = listener.local_addr().expect("addr");
         let mut cp = ControlPlane {
             addr,
+            tls,
             shared,
             kill: CancellationToken::new(),
             server: None,
@@ -100,16 +116,45 @@ impl ControlPlane {
             shared: self.shared.clone(),
             kill: self.kill.clone(),
         };
-        let incoming = futures_util::stream::unfold(listener, |listener| async move {
-            let accepted = listener.accept().await.map(|(s, _)| s);
-            Some((accepted, listener))
+        let server = tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(service));
+        self.server = Some(match self.tls.clone() {
+            None => {
+                let incoming = futures_util::stream::unfold(listener, |listener| async move {
+                    let accepted = listener.accept().await.map(|(s, _)| s);
+                    Some((accepted, listener))
+                });
+                tokio::spawn(async move {
+                    let _ = server.serve_with_incoming(incoming).await;
+                })
+            }
+            Some(acceptor) => {
+                // A failed handshake is recorded and skipped, not served.
+                let shared = self.shared.clone();
+                let incoming = futures_util::stream::unfold(listener, move |listener| {
+                    let (acceptor, shared) = (acceptor.clone(), shared.clone());
+                    async move {
+                        loop {
+                            let tcp = match listener.accept().await {
+                                Ok((s, _)) => s,
+                                Err(e) => return Some((Err(e), listener)),
+                            };
+                            match acceptor.accept(tcp).await {
+                                Ok(tls) => return Some((Ok(TlsIo(tls)), listener)),
+                                Err(e) => shared
+                                    .handshake_errors
+                                    .lock()
+                                    .expect("lock")
+                                    .push(e.to_string()),
+                            }
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = server.serve_with_incoming(incoming).await;
+                })
+            }
         });
-        self.server = Some(tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(AggregatedDiscoveryServiceServer::new(service))
-                .serve_with_incoming(incoming)
-                .await;
-        }));
     }
 
     /// Stop serving: the listener closes and every open stream ends.
@@ -150,6 +195,10 @@ impl ControlPlane {
 
     pub fn requests(&self) -> Vec<Seen> {
         self.shared.requests.lock().expect("lock").clone()
+    }
+
+    pub fn handshake_errors(&self) -> Vec<String> {
+        self.shared.handshake_errors.lock().expect("lock").clone()
     }
 
     pub fn streams(&self) -> usize {
@@ -383,6 +432,46 @@ impl AggregatedDiscoveryService for Service {
                 |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
             );
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// A TLS connection tonic can serve (it needs `Connected`).
+struct TlsIo(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsIo {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 

@@ -4,8 +4,8 @@
 
 use super::{defaults, dns_name, Rules};
 use crate::error::ConfigError;
-use crate::file::FileXds;
-use crate::model::{Xds, XdsMode, XdsNode};
+use crate::file::{FileXds, FileXdsTls};
+use crate::model::{Xds, XdsMode, XdsNode, XdsTls};
 use std::net::SocketAddr;
 
 pub(super) fn bootstrap(rules: &Rules<'_>, x: FileXds) -> Result<Xds, ConfigError> {
@@ -29,7 +29,12 @@ pub(super) fn bootstrap(rules: &Rules<'_>, x: FileXds) -> Result<Xds, ConfigErro
             })
         }
     };
+    let tls = match x.tls {
+        None => None,
+        Some(t) => Some(tls(rules, t)?),
+    };
     Ok(Xds {
+        tls,
         address: x.address.trim().to_string(),
         node: XdsNode {
             id,
@@ -43,6 +48,48 @@ pub(super) fn bootstrap(rules: &Rules<'_>, x: FileXds) -> Result<Xds, ConfigErro
             defaults::XDS_INITIAL_FETCH_TIMEOUT,
         )?,
     })
+}
+
+fn tls(rules: &Rules<'_>, t: FileXdsTls) -> Result<XdsTls, ConfigError> {
+    let empty = |field: &str| ConfigError::Empty {
+        at: rules.at(&format!("xds.tls.{field}")),
+    };
+    if t.trust_bundle.trim().is_empty() {
+        return Err(empty("trust_bundle"));
+    }
+    let client = match (t.certificate, t.private_key) {
+        (None, None) => None,
+        (Some(c), Some(k)) if !c.trim().is_empty() && !k.trim().is_empty() => {
+            Some((c.trim().into(), k.trim().into()))
+        }
+        (Some(c), _) if c.trim().is_empty() => return Err(empty("certificate")),
+        (Some(_), _) => return Err(empty("private_key")),
+        (None, Some(_)) => return Err(empty("certificate")),
+    };
+    let server_name = t.server_name.map(|n| n.trim().to_string());
+    if let Some(name) = server_name.as_ref().filter(|n| !verifiable_name(n)) {
+        return Err(ConfigError::Syntax {
+            at: rules.at("xds.tls.server_name"),
+            message: format!("'{name}' is not a DNS name or IP address"),
+        });
+    }
+    Ok(XdsTls {
+        trust_bundle: t.trust_bundle.trim().into(),
+        client,
+        server_name,
+    })
+}
+
+/// Whether `name` can be verified against a certificate: an IP address or
+/// a DNS name of letters, digits, hyphens and dots.
+fn verifiable_name(name: &str) -> bool {
+    name.parse::<std::net::IpAddr>().is_ok()
+        || (!name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }))
 }
 
 /// A gRPC server's `IP:port` or `name:port` (the control plane's, the

@@ -143,6 +143,8 @@ pub enum Action {
         path: Option<String>,
         status: http::StatusCode,
     },
+    /// To the connection's original destination (ORIGINAL_DST).
+    OriginalDestination,
 }
 
 /// One compiled string condition.
@@ -331,6 +333,7 @@ fn compile_route(
             path: path.clone(),
             status: http::StatusCode::from_u16(*status).ok()?,
         },
+        RouteAction::OriginalDestination => Action::OriginalDestination,
     };
     let named = |list: &[NamedMatch]| -> Vec<(String, Matcher, bool)> {
         list.iter()

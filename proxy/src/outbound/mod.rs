@@ -105,12 +105,20 @@ fn rules(
     req: &Request<crate::http::body::UpstreamBody>,
 ) -> Result<Routed, ProxyError> {
     match decide(snapshot, conn.orig_dst, req) {
-        Decision::VirtualHost(route) => Ok(match &route.action {
-            Action::Forward(_) => {
-                Routed::Forward(Some(route.clone()), Dispatch::Route(route.clone()))
-            }
-            Action::Direct { .. } | Action::Redirect { .. } => Routed::Local(route.clone()),
-        }),
+        Decision::VirtualHost(route) => match &route.action {
+            Action::Forward(_) => Ok(Routed::Forward(
+                Some(route.clone()),
+                Dispatch::Route(route.clone()),
+            )),
+            Action::Direct { .. } | Action::Redirect { .. } => Ok(Routed::Local(route.clone())),
+            Action::OriginalDestination if conn.orig_dst.redirected => Ok(Routed::Forward(
+                Some(route.clone()),
+                Dispatch::Direct(conn.orig_dst.addr),
+            )),
+            Action::OriginalDestination => Err(ProxyError::NoRoute {
+                authority: headers::authority(req).unwrap_or("").to_string(),
+            }),
+        },
         Decision::Authority(route) | Decision::Port(route) | Decision::Default(route) => {
             Ok(Routed::Forward(None, Dispatch::Cluster(route.clone())))
         }

@@ -122,7 +122,7 @@ fn local_response<B>(route: &Route, req: &Request<B>) -> Result {
             response
         }
         // The rules make `Routed::Local` only of routes that answer themselves.
-        vhost::Action::Forward(_) => {
+        vhost::Action::Forward(_) | vhost::Action::OriginalDestination => {
             return Err(ProxyError::Internal(
                 "a forwarding route was answered locally",
             ))

@@ -1,28 +1,31 @@
 //! Mutual TLS between sidecars. The workload identity (certificate chain,
-//! private key, trust bundle) is loaded from files and watched; a rotation
+//! private key, trust bundle) is loaded from files and watched, or comes
+//! from the control plane as xDS secrets (`Tls::install`); a rotation
 //! swaps in new rustls configs for new handshakes while established
 //! connections keep theirs, and a broken rotation is refused with the old
-//! identity still serving. Crypto provider: `ring` (builds with a C
-//! compiler only, which keeps the static image simple; see the README).
+//! identity still serving. An SDS identity has none until its secrets
+//! arrive: mesh handshakes fail with that reason meanwhile. Crypto
+//! provider: `ring` (builds with a C compiler only, which keeps the
+//! static image simple; see the README).
 //!
 //! Mesh traffic is marked by ALPN: an HTTP client offers `h2` plus the
 //! never-selected marker `strait.mesh`; an opaque TCP client offers
 //! `strait.opaque`. The inbound side terminates only ClientHellos that
 //! carry one of the two; any other TLS passes through untouched.
 
+pub mod material;
 pub mod verify;
 
 use crate::metrics::Metrics;
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
+use material::{Material, MaterialError};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use strait_config::{IdentityFiles, IdentitySource};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -63,6 +66,8 @@ pub enum TlsError {
     },
     #[error("cannot build the TLS configuration: {0}")]
     Config(String),
+    #[error("no workload identity yet: its secrets have not come from the control plane")]
+    NotYet,
 }
 
 impl TlsError {
@@ -76,7 +81,7 @@ impl TlsError {
             | TlsError::NoIdentity { path }
             | TlsError::EmptyBundle { path } => Some(path),
             TlsError::KeyMismatch { key, .. } => Some(key),
-            TlsError::Config(_) => None,
+            TlsError::Config(_) | TlsError::NotYet => None,
         }
     }
 }
@@ -95,8 +100,8 @@ pub struct Loaded {
     /// Expiry of the leaf, seconds since the epoch.
     pub not_after: i64,
     pub server: Arc<ServerConfig>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    /// What it was built from, to tell a real rotation from a resend.
+    material: Material,
     roots: Arc<RootCertStore>,
     /// Client configs per (expected server identity, protocol), built on first use.
     clients: Mutex<HashMap<(String, MeshProtocol), Arc<ClientConfig>>>,
@@ -106,7 +111,7 @@ pub struct Loaded {
 pub struct Tls {
     settings: strait_config::Identity,
     provider: Arc<CryptoProvider>,
-    current: ArcSwap<Loaded>,
+    current: ArcSwapOption<Loaded>,
     metrics: Arc<Metrics>,
 }
 
@@ -119,25 +124,45 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 impl Tls {
     /// Load the identity named by `settings`; the proxy refuses to start
-    /// without a valid one.
+    /// without a valid one from files. An SDS identity starts empty.
     pub fn load(
         settings: &strait_config::Identity,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Tls>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let loaded = load(settings, &provider)?;
-        metrics.identity_loaded(&loaded, true);
-        info!(identity = %loaded.name, not_after = loaded.not_after, "workload identity loaded");
+        let provider = material::provider();
+        let current = ArcSwapOption::empty();
+        if let IdentitySource::Files(files) = &settings.source {
+            let loaded = load(files, settings.allow_tls12, &provider)?;
+            metrics.identity_loaded(&loaded, true);
+            info!(identity = %loaded.name, not_after = loaded.not_after, "workload identity loaded");
+            current.store(Some(Arc::new(loaded)));
+        }
         Ok(Arc::new(Tls {
             settings: settings.clone(),
             provider,
-            current: ArcSwap::from_pointee(loaded),
+            current,
             metrics,
         }))
     }
 
-    pub fn current(&self) -> Arc<Loaded> {
+    /// The identity serving now; `None` while an SDS identity waits for
+    /// its secrets.
+    pub fn current(&self) -> Option<Arc<Loaded>> {
         self.current.load_full()
+    }
+
+    /// Serve `m` from the next handshake on (an SDS rotation). Returns
+    /// whether anything changed: the same material sent again keeps the
+    /// current configs and their cached client configs.
+    pub fn install(&self, m: Material) -> Result<bool, MaterialError> {
+        if self.current().is_some_and(|l| l.material == m) {
+            return Ok(false);
+        }
+        let loaded = material::build(m, self.settings.allow_tls12, &self.provider)?;
+        self.metrics.identity_loaded(&loaded, true);
+        info!(identity = %loaded.name, not_after = loaded.not_after, "workload identity from the control plane installed");
+        self.current.store(Some(Arc::new(loaded)));
+        Ok(true)
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -146,15 +171,20 @@ impl Tls {
 
     /// Reload from the files; on failure the current identity stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        match load(&self.settings, &self.provider) {
+        let IdentitySource::Files(files) = &self.settings.source else {
+            return Ok(());
+        };
+        match load(files, self.settings.allow_tls12, &self.provider) {
             Ok(loaded) => {
                 self.metrics.identity_loaded(&loaded, true);
                 info!(identity = %loaded.name, not_after = loaded.not_after, "workload identity rotated");
-                self.current.store(Arc::new(loaded));
+                self.current.store(Some(Arc::new(loaded)));
                 Ok(())
             }
             Err(e) => {
-                self.metrics.identity_loaded(&self.current(), false);
+                if let Some(current) = self.current() {
+                    self.metrics.identity_loaded(&current, false);
+                }
                 Err(e)
             }
         }
@@ -166,7 +196,7 @@ impl Tls {
         expected: &str,
         protocol: MeshProtocol,
     ) -> Result<Arc<ClientConfig>, TlsError> {
-        let loaded = self.current();
+        let loaded = self.current().ok_or(TlsError::NotYet)?;
         let key = (expected.to_string(), protocol);
         if let Some(config) = loaded
             .clients
@@ -186,7 +216,10 @@ impl Tls {
             .map_err(|e| TlsError::Config(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_auth_cert(loaded.chain.clone(), loaded.key.clone_key())
+            .with_client_auth_cert(
+                loaded.material.chain.certs.clone(),
+                loaded.material.key.clone_key(),
+            )
             .map_err(|e| TlsError::Config(e.to_string()))?;
         config.alpn_protocols = match protocol {
             MeshProtocol::Http2 => vec![ALPN_H2.to_vec(), ALPN_MESH.to_vec()],
@@ -203,10 +236,14 @@ impl Tls {
 
     /// Poll the identity files and reload when any of them changes.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        // Secrets from xDS rotate by the control plane's push.
+        let IdentitySource::Files(identity) = &self.settings.source else {
+            return;
+        };
         let files = [
-            self.settings.certificate.clone(),
-            self.settings.private_key.clone(),
-            self.settings.trust_bundle.clone(),
+            identity.certificate.clone(),
+            identity.private_key.clone(),
+            identity.trust_bundle.clone(),
         ];
         let stamp = |files: &[PathBuf; 3]| -> Vec<Option<(SystemTime, u64)>> {
             files
@@ -248,69 +285,36 @@ fn versions(allow_tls12: bool) -> &'static [&'static SupportedProtocolVersion] {
     }
 }
 
+/// The identity from its files; each error names the file at fault.
 fn load(
-    settings: &strait_config::Identity,
+    files: &IdentityFiles,
+    allow_tls12: bool,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Loaded, TlsError> {
-    let cert_pem = read(&settings.certificate)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .filter_map(Result::ok)
-        .collect();
-    let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate {
-        path: settings.certificate.clone(),
+    let cert_path = || files.certificate.clone();
+    let chain = material::chain(&read(&files.certificate)?).map_err(|e| match e {
+        MaterialError::NoIdentity => TlsError::NoIdentity { path: cert_path() },
+        _ => TlsError::NoCertificate { path: cert_path() },
     })?;
-    let name = verify::identity_of(leaf).ok_or_else(|| TlsError::NoIdentity {
-        path: settings.certificate.clone(),
-    })?;
-    let not_after = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map(|(_, c)| c.validity().not_after.timestamp())
-        .unwrap_or(0);
-    let key_pem = read(&settings.private_key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::NoKey {
-        path: settings.private_key.clone(),
-    })?;
-    // Refuse a key that does not match the certificate before anything uses it.
-    rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), provider).map_err(
-        |error| TlsError::KeyMismatch {
-            cert: settings.certificate.clone(),
-            key: settings.private_key.clone(),
-            error,
+    let mismatch = |error| TlsError::KeyMismatch {
+        cert: cert_path(),
+        key: files.private_key.clone(),
+        error,
+    };
+    let key = material::key(&read(&files.private_key)?, &chain, provider).map_err(|e| match e {
+        MaterialError::KeyMismatch(error) => mismatch(error),
+        _ => TlsError::NoKey {
+            path: files.private_key.clone(),
         },
-    )?;
-    let bundle_pem = read(&settings.trust_bundle)?;
-    let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(&bundle_pem).filter_map(Result::ok) {
-        let _ = roots.add(ca);
-    }
-    if roots.is_empty() {
-        return Err(TlsError::EmptyBundle {
-            path: settings.trust_bundle.clone(),
-        });
-    }
-    let roots = Arc::new(roots);
-    let client_verifier =
-        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-    let mut server = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions(settings.allow_tls12))
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(client_verifier)
-        .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(|error| TlsError::KeyMismatch {
-            cert: settings.certificate.clone(),
-            key: settings.private_key.clone(),
-            error,
+    })?;
+    let roots =
+        material::bundle(&read(&files.trust_bundle)?).map_err(|_| TlsError::EmptyBundle {
+            path: files.trust_bundle.clone(),
         })?;
-    server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_OPAQUE.to_vec()];
-    Ok(Loaded {
-        name,
-        not_after,
-        server: Arc::new(server),
-        chain,
-        key,
-        roots,
-        clients: Mutex::new(HashMap::new()),
+    let m = Material { chain, key, roots };
+    material::build(m, allow_tls12, provider).map_err(|e| match e {
+        MaterialError::KeyMismatch(error) => mismatch(error),
+        other => TlsError::Config(other.to_string()),
     })
 }
 
@@ -378,7 +382,8 @@ pub async fn accept<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current().server.clone());
+    let loaded = tls.current().ok_or_else(|| TlsError::NotYet.to_string())?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(loaded.server.clone());
     let stream = match tokio::time::timeout(tls.handshake_timeout(), acceptor.accept(stream)).await
     {
         Err(_) => {

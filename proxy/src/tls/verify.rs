@@ -1,6 +1,7 @@
 //! Certificate checks of the mesh: the server's chain must lead to the
 //! trust bundle and its identity (SPIFFE URI SAN, or else first DNS SAN)
-//! must be the one the cluster expects. Standard hostname verification
+//! must be the one the cluster expects (exactly, or `prefix*` / `*suffix`
+//! as the policy's identity patterns, which xDS SAN matchers map onto). Standard hostname verification
 //! does not fit: SPIFFE identities are URIs, not DNS names.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -8,6 +9,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
 use std::sync::Arc;
+use strait_config::IdentityMatch;
 use webpki::{EndEntityCert, KeyUsage};
 
 /// The identity a certificate carries: its `spiffe://` URI SAN, else its
@@ -35,6 +37,7 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Option<String> {
 pub struct MeshServerVerifier {
     roots: Arc<rustls::RootCertStore>,
     expected: String,
+    matcher: IdentityMatch,
     provider: Arc<CryptoProvider>,
 }
 
@@ -46,6 +49,7 @@ impl MeshServerVerifier {
     ) -> Self {
         MeshServerVerifier {
             roots,
+            matcher: IdentityMatch::parse(&expected),
             expected,
             provider,
         }
@@ -74,7 +78,9 @@ impl ServerCertVerifier for MeshServerVerifier {
         )
         .map_err(webpki_error)?;
         match identity_of(end_entity) {
-            Some(identity) if identity == self.expected => Ok(ServerCertVerified::assertion()),
+            Some(identity) if self.matcher.matches(&identity) => {
+                Ok(ServerCertVerified::assertion())
+            }
             found => Err(Error::InvalidCertificate(CertificateError::Other(
                 rustls::OtherError(Arc::new(IdentityMismatch {
                     expected: self.expected.clone(),

@@ -1,4 +1,4 @@
-//! The ADS stream: connect, send the opening requests (with the versions
+//! The ADS stream: connect (over TLS with `xds.tls`), send the opening requests (with the versions
 //! and names already known, so a reconnect resubscribes where it left
 //! off), answer every response with its ACK or NACK, and reconnect with
 //! jittered exponential backoff when the stream ends. While disconnected
@@ -56,6 +56,18 @@ pub async fn run(xds: Arc<Xds>, stop: CancellationToken) {
     }
 }
 
+/// An error with its causes: tonic's own says only "transport error".
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 fn backoff(attempt: u32) -> Duration {
     let full = BASE_BACKOFF
         .saturating_mul(1u32 << attempt.min(16))
@@ -75,11 +87,19 @@ async fn session(xds: &Xds, answered: &mut bool) -> String {
             .keep_alive_timeout(Duration::from_secs(10)),
         Err(e) => return format!("'{address}' is not a usable address: {e}"),
     };
-    let channel = match endpoint.connect().await {
+    let connected = match &xds.bootstrap.tls {
+        None => endpoint.connect().await,
+        Some(tls) => match super::tls_channel::Connector::new(tls, address) {
+            Ok(connector) => endpoint.connect_with_connector(connector).await,
+            Err(e) => return e,
+        },
+    };
+    let channel = match connected {
         Ok(c) => c,
         Err(e) => {
             return format!(
-                "cannot connect to {address}: {e} (is the control plane up and the address right?)"
+                "cannot connect to {address}: {} (is the control plane up and the address right?)",
+                causes(&e)
             )
         }
     };

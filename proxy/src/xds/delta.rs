@@ -90,6 +90,7 @@ impl Xds {
                         out.push(request);
                     }
                 }
+                self.check_initial(&inner);
                 out
             }
         }

@@ -1,11 +1,14 @@
 //! The xDS v3 client: strait as a data plane of an Envoy-style control
 //! plane (istiod, go-control-plane). One ADS stream (`client.rs`), state
-//! of the world (`sotw.rs`) or delta (`delta.rs`), receives clusters,
-//! endpoints, listeners and routes (`state.rs` holds them); every accepted
-//! response is translated, together with everything accepted before, into
-//! the same validated [`Config`] the YAML file gives (`translate/`), and
-//! handed to the same apply path a file reload uses, so the registry's
-//! diff keeps the state of every endpoint that stays.
+//! of the world (`sotw.rs`) or delta (`delta.rs`), over TLS if asked
+//! (`tls_channel.rs`), receives clusters, endpoints, listeners, routes and
+//! secrets (`state.rs` holds them); every accepted response is
+//! translated, together with everything accepted before, into the same
+//! validated [`Config`] the YAML file gives (`translate/`), and handed to
+//! the same apply path a file reload uses, so the registry's diff keeps
+//! the state of every endpoint that stays. Secrets become the
+//! workload identity (`crate::tls`), installed just before the config
+//! that may need it is applied.
 //!
 //! A response whose resources cannot all be translated is refused whole
 //! (NACK with the resource and field), and the previous config keeps
@@ -20,6 +23,7 @@ mod client;
 mod delta;
 mod sotw;
 mod state;
+mod tls_channel;
 mod translate;
 
 pub use translate::Rejected;
@@ -31,9 +35,31 @@ use state::{Decoded, Kind, Resources, Status, Subscription};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use strait_config::Config;
+use strait_config::{Config, IdentitySource};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+
+/// Load `xds.tls`'s files as a connect would: what `strait check` runs.
+/// The error names the setting and file at fault.
+pub fn check_tls(bootstrap: &strait_config::Xds) -> Result<(), String> {
+    match &bootstrap.tls {
+        Some(tls) => tls_channel::Connector::new(tls, &bootstrap.address).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// How far the first configuration from the control plane has come, for
+/// `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Still within `initial_fetch_timeout`, something subscribed missing.
+    Waiting,
+    /// Listeners and clusters answered, nothing subscribed missing, no
+    /// cluster warming (latched: later updates do not make it unready).
+    Complete,
+    /// `initial_fetch_timeout` passed first: ready with what is known.
+    TimedOut,
+}
 
 /// One response's resources, decoded, whichever the protocol variant.
 struct Change {
@@ -63,9 +89,13 @@ pub type Apply = Box<dyn Fn(Config) + Send + Sync>;
 /// sent, and how to apply the merge.
 pub struct Xds {
     bootstrap: strait_config::Xds,
+    /// Where an SDS identity is installed (`None` without an identity).
+    tls: Option<Arc<crate::tls::Tls>>,
     inner: Mutex<Inner>,
     apply: Apply,
     metrics: Arc<Metrics>,
+    started: Instant,
+    initial_complete: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -84,17 +114,30 @@ struct Inner {
 
 impl Xds {
     /// The client for `base`'s `xds:` section; `None` without one.
-    pub fn new(base: &Config, apply: Apply, metrics: Arc<Metrics>) -> Option<Arc<Xds>> {
+    pub fn new(
+        base: &Config,
+        apply: Apply,
+        metrics: Arc<Metrics>,
+        tls: Option<Arc<crate::tls::Tls>>,
+    ) -> Option<Arc<Xds>> {
         let bootstrap = base.xds.clone()?;
+        let mut subs: BTreeMap<Kind, Subscription> = Kind::ALL
+            .iter()
+            .map(|k| (*k, Subscription::default()))
+            .collect();
+        // The identity's secrets are wanted from the first request on.
+        if let Some(IdentitySource::Sds(sds)) = base.identity.as_ref().map(|i| &i.source) {
+            if let Some(sub) = subs.get_mut(&Kind::Secret) {
+                sub.names = [sds.certificate.clone(), sds.trust_bundle.clone()].into();
+            }
+        }
         Some(Arc::new(Xds {
             bootstrap,
+            tls,
             inner: Mutex::new(Inner {
                 base: base.clone(),
                 resources: Resources::default(),
-                subs: Kind::ALL
-                    .iter()
-                    .map(|k| (*k, Subscription::default()))
-                    .collect(),
+                subs,
                 status: BTreeMap::new(),
                 warming: BTreeMap::new(),
                 expired: HashSet::new(),
@@ -102,7 +145,48 @@ impl Xds {
             }),
             apply,
             metrics,
+            started: Instant::now(),
+            initial_complete: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// For `/ready`: whether the initial configuration has come.
+    pub fn readiness(&self) -> Readiness {
+        if self
+            .initial_complete
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            Readiness::Complete
+        } else if self.started.elapsed() >= self.bootstrap.initial_fetch_timeout {
+            Readiness::TimedOut
+        } else {
+            Readiness::Waiting
+        }
+    }
+
+    /// Latch `initial_complete` once everything first asked for is held.
+    fn check_initial(&self, inner: &Inner) {
+        use std::sync::atomic::Ordering;
+        if self.initial_complete.load(Ordering::Relaxed) {
+            return;
+        }
+        let answered = |k: Kind| inner.subs.get(&k).is_some_and(|s| s.answered);
+        let held = |k: Kind| {
+            let have = inner.resources.names(k);
+            inner
+                .subs
+                .get(&k)
+                .is_none_or(|s| s.names.iter().all(|n| have.contains(n)))
+        };
+        if answered(Kind::Cluster)
+            && answered(Kind::Listener)
+            && inner.warming.is_empty()
+            && held(Kind::Route)
+            && held(Kind::Secret)
+        {
+            self.initial_complete.store(true, Ordering::Release);
+            info!(after = ?self.started.elapsed(), "xds: initial configuration complete");
+        }
     }
 
     /// Run the ADS client until `stop`.
@@ -195,7 +279,7 @@ impl Xds {
         kind: Kind,
         version: &str,
         change: Result<Change, String>,
-    ) -> Result<[(Kind, BTreeSet<String>); 2], String> {
+    ) -> Result<[(Kind, BTreeSet<String>); 3], String> {
         let label = kind.label();
         let sent: Vec<String> = change
             .as_ref()
@@ -215,6 +299,12 @@ impl Xds {
             }
             let t = translate::translate(&inner.base, &candidate, &inner.expired)
                 .map_err(|r| r.to_string())?;
+            // New handshakes use a rotated identity from here on; the
+            // connections up keep theirs. Last step: nothing fails after.
+            if let (Some(tls), Some(identity)) = (&self.tls, &t.identity) {
+                tls.install(identity.clone())
+                    .map_err(|e| format!("Secret: the identity cannot be built: {e}"))?;
+            }
             Ok((candidate, t, c.versions))
         });
         let (mut candidate, t, versions) = match outcome {
@@ -247,6 +337,7 @@ impl Xds {
         };
         candidate.retain_subscribed(Kind::Endpoint, &t.eds_names);
         candidate.retain_subscribed(Kind::Route, &t.rds_names);
+        candidate.retain_subscribed(Kind::Secret, &t.sds_names);
         let now = Instant::now();
         let warming = std::mem::take(&mut inner.warming);
         inner.warming = t
@@ -290,8 +381,13 @@ impl Xds {
             .updates_total
             .with_label_values(&[label, "ack"])
             .inc();
+        inner.subs.entry(kind).or_default().answered = true;
         info!(r#type = label, %version, resources = sent.len(), warming = inner.warming.len(), "xds: update accepted");
-        Ok([(Kind::Endpoint, t.eds_names), (Kind::Route, t.rds_names)])
+        Ok([
+            (Kind::Endpoint, t.eds_names),
+            (Kind::Route, t.rds_names),
+            (Kind::Secret, t.sds_names),
+        ])
     }
 
     /// When the next warming cluster stops waiting for its endpoints.
@@ -324,7 +420,8 @@ impl Xds {
             inner.warming.remove(c);
             inner.expired.insert(c.clone());
         }
-        warn!(clusters = ?due, ?timeout, "xds: no endpoints arrived in time; clusters go live without endpoints");
+        warn!(clusters = ?due, ?timeout, "xds: endpoints or secrets did not arrive in time; clusters go live without them");
+        self.check_initial(&inner);
         match translate::translate(&inner.base, &inner.resources, &inner.expired) {
             Ok(t) => (self.apply)(t.config),
             Err(e) => {

@@ -85,6 +85,7 @@ impl Xds {
                         out.push(self.sotw_request(&mut inner, k, None));
                     }
                 }
+                self.check_initial(&inner);
                 out
             }
         }

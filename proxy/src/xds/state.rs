@@ -7,24 +7,33 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-/// The four resource types of this client, in the order they are
-/// subscribed: a cluster before its endpoints, a listener before its routes.
+/// The resource types of this client, in the order they are subscribed:
+/// a cluster before its endpoints, a listener before its routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Kind {
     Cluster,
     Endpoint,
     Listener,
     Route,
+    /// SDS: the workload certificate and trust bundle.
+    Secret,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+    pub const ALL: [Kind; 5] = [
+        Kind::Cluster,
+        Kind::Endpoint,
+        Kind::Listener,
+        Kind::Route,
+        Kind::Secret,
+    ];
 
     pub fn type_url(self) -> &'static str {
         match self {
@@ -32,6 +41,7 @@ impl Kind {
             Kind::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
             Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            Kind::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
         }
     }
 
@@ -46,11 +56,12 @@ impl Kind {
             Kind::Endpoint => "ClusterLoadAssignment",
             Kind::Listener => "Listener",
             Kind::Route => "RouteConfiguration",
+            Kind::Secret => "Secret",
         }
     }
 
     /// Listeners and clusters are subscribed by wildcard (every one the
-    /// server has for this node); routes and endpoints by name.
+    /// server has for this node); routes, endpoints and secrets by name.
     pub fn wildcard(self) -> bool {
         matches!(self, Kind::Cluster | Kind::Listener)
     }
@@ -63,6 +74,7 @@ pub struct Resources {
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
     pub listeners: BTreeMap<String, Listener>,
     pub routes: BTreeMap<String, RouteConfiguration>,
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 impl Resources {
@@ -72,6 +84,7 @@ impl Resources {
             Kind::Endpoint => self.endpoints.keys().cloned().collect(),
             Kind::Listener => self.listeners.keys().cloned().collect(),
             Kind::Route => self.routes.keys().cloned().collect(),
+            Kind::Secret => self.secrets.keys().cloned().collect(),
         }
     }
 
@@ -99,14 +112,16 @@ impl Resources {
             Decoded::Listeners(l) => put(&mut self.listeners, l, whole_state, removed),
             Decoded::Endpoints(l) => put(&mut self.endpoints, l, whole_state, removed),
             Decoded::Routes(l) => put(&mut self.routes, l, whole_state, removed),
+            Decoded::Secrets(l) => put(&mut self.secrets, l, whole_state, removed),
         }
     }
 
-    /// Forget routes and endpoints nobody subscribes to any more.
+    /// Forget routes, endpoints and secrets nobody subscribes to any more.
     pub fn retain_subscribed(&mut self, kind: Kind, names: &BTreeSet<String>) {
         match kind {
             Kind::Endpoint => self.endpoints.retain(|n, _| names.contains(n)),
             Kind::Route => self.routes.retain(|n, _| names.contains(n)),
+            Kind::Secret => self.secrets.retain(|n, _| names.contains(n)),
             Kind::Cluster | Kind::Listener => {}
         }
     }
@@ -119,6 +134,7 @@ pub enum Decoded {
     Endpoints(Vec<(String, ClusterLoadAssignment)>),
     Listeners(Vec<(String, Listener)>),
     Routes(Vec<(String, RouteConfiguration)>),
+    Secrets(Vec<(String, Secret)>),
 }
 
 impl Decoded {
@@ -128,6 +144,7 @@ impl Decoded {
             Decoded::Endpoints(l) => l.iter().map(|(n, _)| n.clone()).collect(),
             Decoded::Listeners(l) => l.iter().map(|(n, _)| n.clone()).collect(),
             Decoded::Routes(l) => l.iter().map(|(n, _)| n.clone()).collect(),
+            Decoded::Secrets(l) => l.iter().map(|(n, _)| n.clone()).collect(),
         }
     }
 }
@@ -175,6 +192,7 @@ pub fn decode(kind: Kind, resources: &[Any]) -> Result<Decoded, String> {
         }
         Kind::Listener => Decoded::Listeners(each(kind, resources, |l: &Listener| &l.name)?),
         Kind::Route => Decoded::Routes(each(kind, resources, |r: &RouteConfiguration| &r.name)?),
+        Kind::Secret => Decoded::Secrets(each(kind, resources, |s: &Secret| &s.name)?),
     })
 }
 
@@ -190,6 +208,8 @@ pub struct Subscription {
     pub nonce: String,
     /// Whether a request for this type went out on this stream.
     pub requested: bool,
+    /// Whether a response of this type was ever accepted (any stream).
+    pub answered: bool,
 }
 
 /// A resource's line in `/config_dump`.

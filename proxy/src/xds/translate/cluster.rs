@@ -1,7 +1,9 @@
 //! `Cluster` and `ClusterLoadAssignment` into strait clusters. What maps
 //! is listed in the README's xDS section; anything that would change
-//! behaviour if ignored (a TLS transport socket, `ORIGINAL_DST`, a custom
-//! load-balancing policy) is refused with the field that holds it.
+//! behaviour if ignored (a custom load-balancing policy) is refused with
+//! the field that holds it. The TLS transport socket is `upstream_tls.rs`'s;
+//! `ORIGINAL_DST` clusters become routes to the original destination
+//! (`mod.rs`), whatever their `lb_policy` (Istio sends CLUSTER_PROVIDED).
 
 use super::{duration, Rejected};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -42,6 +44,12 @@ pub fn source(c: &XdsCluster) -> Source<'_> {
     }
 }
 
+/// `ORIGINAL_DST`: no endpoints of its own; the caller routes to it as
+/// the original destination.
+pub fn is_original_dst(c: &XdsCluster) -> bool {
+    discovery_type(c) == Some(DiscoveryType::OriginalDst)
+}
+
 fn discovery_type(c: &XdsCluster) -> Option<DiscoveryType> {
     match &c.cluster_discovery_type {
         // Unset is proto3's default: STATIC.
@@ -75,21 +83,10 @@ pub fn cluster(
         DiscoveryType::OriginalDst => {
             return Err(reject(
                 "type",
-                "ORIGINAL_DST is not supported yet (unrouted traffic already goes to its original destination)".into(),
+                "an ORIGINAL_DST cluster has no endpoints to translate".into(),
             ))
         }
     };
-    if let Some(ts) = &c.transport_socket {
-        if ts.name != "envoy.transport_sockets.raw_buffer" {
-            return Err(reject(
-                "transport_socket",
-                format!(
-                    "'{}' is not supported yet: only plaintext clusters come from xDS",
-                    ts.name
-                ),
-            ));
-        }
-    }
     if c.load_balancing_policy.is_some() {
         return Err(reject(
             "load_balancing_policy",
@@ -142,6 +139,7 @@ pub fn cluster(
         protocol: Protocol::Auto,
         connect_timeout,
         response_timeout: proxy.response_timeout,
+        // Set from the transport socket by the caller.
         tls_identity: None,
         load_balancer,
         retry_budget: RetryBudget {
@@ -238,22 +236,33 @@ fn outlier_detection(c: &XdsCluster) -> Result<Option<OutlierDetection>, (String
 
 type Endpoints = (Vec<Endpoint>, Vec<DnsEndpoint>);
 
-/// The endpoints that may receive traffic: priority 0 (failover to lower
-/// priorities is not supported yet), health UNKNOWN or HEALTHY. The same
-/// address twice adds up its weights.
+/// Whether the control plane lets an endpoint take traffic.
+fn serves(lb: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint) -> bool {
+    matches!(
+        HealthStatus::try_from(lb.health_status).unwrap_or(HealthStatus::Unknown),
+        HealthStatus::Unknown | HealthStatus::Healthy
+    )
+}
+
+/// The endpoints that may receive traffic: those in health UNKNOWN or
+/// HEALTHY, of the lowest priority that has any (failover: priority 1
+/// takes over only when no endpoint of priority 0 serves; Envoy's gradual
+/// spill-over by overprovisioning factor is not modelled). Every endpoint
+/// is checked, whatever its priority, so a broken failover target is
+/// refused when it arrives, not when it is needed. The same address twice
+/// adds up its weights.
 fn endpoints(a: &ClusterLoadAssignment, dns: bool) -> Result<Endpoints, (String, String)> {
+    let active = a
+        .endpoints
+        .iter()
+        .filter(|locality| locality.lb_endpoints.iter().any(serves))
+        .map(|locality| locality.priority)
+        .min();
     let mut ips: Vec<Endpoint> = Vec::new();
     let mut names: Vec<DnsEndpoint> = Vec::new();
     for (l, locality) in a.endpoints.iter().enumerate() {
-        if locality.priority != 0 {
-            continue;
-        }
         for (e, lb) in locality.lb_endpoints.iter().enumerate() {
             let field = format!("endpoints[{l}].lb_endpoints[{e}]");
-            let health = HealthStatus::try_from(lb.health_status).unwrap_or(HealthStatus::Unknown);
-            if !matches!(health, HealthStatus::Unknown | HealthStatus::Healthy) {
-                continue;
-            }
             let weight = lb.load_balancing_weight.map_or(1, |w| w.value);
             if !(1..=MAX_WEIGHT).contains(&weight) {
                 return Err((
@@ -292,7 +301,10 @@ fn endpoints(a: &ClusterLoadAssignment, dns: bool) -> Result<Endpoints, (String,
                     "needs a port from 1 to 65535".to_string(),
                 )
             })?;
+            let take = serves(lb) && Some(locality.priority) == active;
             match socket.address.parse::<IpAddr>() {
+                Ok(_) if !take => {}
+                Err(_) if !take && dns && !socket.address.is_empty() => {}
                 Ok(ip) => {
                     let addr = SocketAddr::new(ip, port);
                     match ips.iter_mut().find(|e| e.addr == addr) {

@@ -8,14 +8,17 @@
 mod cluster;
 mod listener;
 mod route;
+mod secret;
+mod upstream_tls;
 
 use super::state::Resources;
+use crate::tls::material::Material;
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use strait_config::file::FileVirtualHost;
 use strait_config::lines::LineIndex;
-use strait_config::Config;
+use strait_config::{Config, IdentitySource};
 use tracing::warn;
 
 /// Why a resource was refused.
@@ -56,12 +59,17 @@ pub struct Translated {
     pub eds_names: BTreeSet<String>,
     /// RDS names of the listeners.
     pub rds_names: BTreeSet<String>,
-    /// EDS clusters waiting for their endpoints (not live).
+    /// SDS secrets: the identity's and those TLS clusters name.
+    pub sds_names: BTreeSet<String>,
+    /// Clusters waiting for their endpoints or secrets (not live).
     pub warming: BTreeSet<String>,
+    /// The workload identity from SDS, once both its secrets are held.
+    pub identity: Option<Material>,
 }
 
-/// Merge `resources` into `base`. `expired` are EDS clusters whose
-/// `initial_fetch_timeout` passed: they go live with no endpoints.
+/// Merge `resources` into `base`. `expired` are clusters whose
+/// `initial_fetch_timeout` passed: they go live without what they waited
+/// for (no endpoints yet; TLS handshakes failing until the identity comes).
 pub fn translate(
     base: &Config,
     resources: &Resources,
@@ -76,11 +84,22 @@ pub fn translate(
         inline.extend(routes.inline);
     }
 
+    let sds = match base.identity.as_ref().map(|i| &i.source) {
+        Some(IdentitySource::Sds(sds)) => Some(sds),
+        _ => None,
+    };
+    let identity = secret::identity(&resources.secrets, sds)?;
+    let mut sds_names: BTreeSet<String> = sds
+        .map(|s| [s.certificate.clone(), s.trust_bundle.clone()].into())
+        .unwrap_or_default();
+
     // Which clusters can take traffic.
     let file_clusters: HashSet<&str> = base.clusters.iter().map(|c| c.name.as_str()).collect();
     let mut eds_names = BTreeSet::new();
     let mut live: BTreeSet<String> = base.clusters.iter().map(|c| c.name.clone()).collect();
     let mut warming = BTreeSet::new();
+    let mut tls_of = HashMap::new();
+    let mut original_dst = BTreeSet::new();
     for (name, c) in &resources.clusters {
         if file_clusters.contains(name.as_str()) {
             return Err(Rejected::new(
@@ -90,19 +109,39 @@ pub fn translate(
                 "a cluster of this name is defined in the config file".into(),
             ));
         }
-        match cluster::source(c) {
+        let tls = upstream_tls::upstream_tls(c, sds)?;
+        if cluster::is_original_dst(c) {
+            if tls.is_some() {
+                return Err(Rejected::new(
+                    "Cluster",
+                    name,
+                    "transport_socket",
+                    "TLS to original destinations is not supported".into(),
+                ));
+            }
+            // No endpoints to wait for: routes to it forward each request
+            // to where its connection was going.
+            original_dst.insert(name.clone());
+            live.insert(name.clone());
+            continue;
+        }
+        let secrets_held = tls.as_ref().is_none_or(|t| {
+            sds_names.extend(t.secrets.iter().cloned());
+            t.secrets.iter().all(|s| resources.secrets.contains_key(s))
+        });
+        let endpoints_held = match cluster::source(c) {
             cluster::Source::Eds(service) => {
                 eds_names.insert(service.to_string());
-                if resources.endpoints.contains_key(service) || expired.contains(name) {
-                    live.insert(name.clone());
-                } else {
-                    warming.insert(name.clone());
-                }
+                resources.endpoints.contains_key(service)
             }
-            cluster::Source::Inline => {
-                live.insert(name.clone());
-            }
+            cluster::Source::Inline => true,
+        };
+        if (endpoints_held && secrets_held) || expired.contains(name) {
+            live.insert(name.clone());
+        } else {
+            warming.insert(name.clone());
         }
+        tls_of.insert(name.as_str(), tls);
     }
 
     // Routes, in the file's shape; they also say which header a ring
@@ -116,22 +155,24 @@ pub fn translate(
     for rc in inline.iter().chain(in_use) {
         route::route_config(rc, &live, &mut hash, &mut hosts)?;
     }
+    to_original_destination(&mut hosts, &original_dst)?;
 
     let mut config = base.clone();
     for (name, c) in &resources.clusters {
-        if warming.contains(name) {
+        if warming.contains(name) || original_dst.contains(name) {
             continue;
         }
         let assignment = match cluster::source(c) {
             cluster::Source::Eds(service) => resources.endpoints.get(service),
             cluster::Source::Inline => None,
         };
-        config.clusters.push(cluster::cluster(
-            c,
-            assignment,
-            &config.proxy,
-            hash.get(name).cloned(),
-        )?);
+        let mut translated =
+            cluster::cluster(c, assignment, &config.proxy, hash.get(name).cloned())?;
+        translated.tls_identity = tls_of
+            .get(name.as_str())
+            .and_then(|t| t.as_ref())
+            .map(|t| t.identity.clone());
+        config.clusters.push(translated);
     }
     config
         .virtual_hosts
@@ -140,8 +181,52 @@ pub fn translate(
         config,
         eds_names,
         rds_names,
+        sds_names,
         warming,
+        identity,
     })
+}
+
+/// Routes to an ORIGINAL_DST cluster forward to the original destination;
+/// a weighted split cannot mix it with clusters.
+fn to_original_destination(
+    hosts: &mut [(FileVirtualHost, route::Origin)],
+    original_dst: &BTreeSet<String>,
+) -> Result<(), Rejected> {
+    if original_dst.is_empty() {
+        return Ok(());
+    }
+    for (host, origin) in hosts.iter_mut() {
+        for (r, rule) in host.routes.iter_mut().enumerate() {
+            if rule
+                .cluster
+                .as_ref()
+                .is_some_and(|c| original_dst.contains(c))
+            {
+                rule.cluster = None;
+                rule.original_destination = Some(true);
+            }
+            let split = rule.split.iter().flatten();
+            if let Some(s) = split
+                .into_iter()
+                .find(|s| original_dst.contains(&s.cluster))
+            {
+                return Err(Rejected::new(
+                    "RouteConfiguration",
+                    &origin.route_config,
+                    &format!(
+                        "virtual_hosts[{}].routes[{r}].route.weighted_clusters",
+                        origin.index
+                    ),
+                    format!(
+                        "'{}' is an ORIGINAL_DST cluster: it cannot be part of a weighted split",
+                        s.cluster
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Validate the translated hosts with the file's own rules. strait has
@@ -326,6 +411,52 @@ mod tests {
     }
 
     #[test]
+    fn the_lowest_priority_with_a_serving_endpoint_takes_all_traffic() {
+        let locality = |priority: u32, endpoints: Vec<LbEndpoint>| LocalityLbEndpoints {
+            priority,
+            lb_endpoints: endpoints,
+            ..Default::default()
+        };
+        let addrs = |health_0: HealthStatus| {
+            let mut a = cla("web", vec![]);
+            a.endpoints = vec![
+                locality(2, vec![endpoint("10.0.2.1", 80, HealthStatus::Healthy, 1)]),
+                locality(0, vec![endpoint("10.0.0.1", 80, health_0, 1)]),
+                locality(1, vec![endpoint("10.0.1.1", 80, HealthStatus::Unknown, 1)]),
+                locality(1, vec![endpoint("10.0.1.2", 80, HealthStatus::Degraded, 1)]),
+            ];
+            let r = with(vec![eds("web", cluster::LbPolicy::RoundRobin)], vec![a]);
+            let t = translate(&base(), &r, &HashSet::new()).expect("translates");
+            let web = t.config.cluster("web").expect("live");
+            web.endpoints
+                .iter()
+                .map(|e| e.addr.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(addrs(HealthStatus::Healthy), ["10.0.0.1:80"]);
+        assert_eq!(
+            addrs(HealthStatus::Unhealthy),
+            ["10.0.1.1:80"],
+            "priority 0 has none serving: priority 1's serving endpoints"
+        );
+        // A broken endpoint is refused even where it takes no traffic.
+        let mut a = cla(
+            "web",
+            vec![endpoint("10.0.0.1", 80, HealthStatus::Healthy, 1)],
+        );
+        a.endpoints.push(locality(
+            1,
+            vec![endpoint("10.0.1.1", 80, HealthStatus::Healthy, 0)],
+        ));
+        let r = with(vec![eds("web", cluster::LbPolicy::RoundRobin)], vec![a]);
+        let e = translate(&base(), &r, &HashSet::new()).expect_err("refused");
+        assert_eq!(
+            e.field,
+            "endpoints[1].lb_endpoints[0].load_balancing_weight"
+        );
+    }
+
+    #[test]
     fn an_eds_cluster_warms_until_its_endpoints_come_and_routes_to_it_answer_503() {
         let mut r = with(vec![eds("web", cluster::LbPolicy::Maglev)], vec![]);
         r.routes.insert(
@@ -386,22 +517,62 @@ mod tests {
     }
 
     #[test]
-    fn what_would_change_behaviour_if_ignored_is_refused_with_its_field() {
-        let mut original_dst = eds("odst", cluster::LbPolicy::RoundRobin);
-        original_dst.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+    fn routes_to_an_original_dst_cluster_forward_to_the_original_destination() {
+        // Istio's PassthroughCluster: ORIGINAL_DST with CLUSTER_PROVIDED.
+        let mut passthrough = eds("PassthroughCluster", cluster::LbPolicy::ClusterProvided);
+        passthrough.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::OriginalDst as i32,
         ));
+        let r = with(vec![passthrough], vec![]);
+        let t = translate(&base(), &r, &HashSet::new()).expect("translates");
+        assert!(t.warming.is_empty(), "nothing to wait for");
+        assert!(t.eds_names.is_empty());
+        assert!(
+            t.config.cluster("PassthroughCluster").is_none(),
+            "no strait cluster: it has no endpoints of its own"
+        );
+
+        let to = |c: &str| Route {
+            action: Some(Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(c.into())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let rc = RouteConfiguration {
+            name: "80".into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "allow_any".into(),
+                domains: vec!["*".into()],
+                routes: vec![to("PassthroughCluster")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let live: BTreeSet<String> = ["PassthroughCluster".to_string()].into();
+        let original_dst = live.clone();
+        let mut hosts = Vec::new();
+        route::route_config(&rc, &live, &mut HashMap::new(), &mut hosts).expect("routes");
+        to_original_destination(&mut hosts, &original_dst).expect("maps");
+        let rule = &hosts[0].0.routes[0];
+        assert_eq!(rule.cluster, None);
+        assert_eq!(rule.original_destination, Some(true));
+        let config = virtual_hosts(&base(), hosts, &live).expect("valid hosts");
+        assert_eq!(
+            config[0].routes[0].action,
+            strait_config::RouteAction::OriginalDestination
+        );
+    }
+
+    #[test]
+    fn what_would_change_behaviour_if_ignored_is_refused_with_its_field() {
         let mut tls = eds("tls", cluster::LbPolicy::RoundRobin);
         tls.transport_socket = Some(TransportSocket {
-            name: "envoy.transport_sockets.tls".into(),
+            name: "envoy.transport_sockets.alts".into(),
             config_type: None,
         });
         let custom = eds("custom", cluster::LbPolicy::ClusterProvided);
-        for (c, field) in [
-            (original_dst, "type"),
-            (tls, "transport_socket"),
-            (custom, "lb_policy"),
-        ] {
+        for (c, field) in [(tls, "transport_socket"), (custom, "lb_policy")] {
             let name = c.name.clone();
             let r = with(vec![c], vec![cla(&name, vec![])]);
             let e = translate(&base(), &r, &HashSet::new()).expect_err("refused");

@@ -129,6 +129,7 @@ fn rule(
         split: None,
         direct_response: None,
         redirect: None,
+        original_destination: None,
         request_headers: None,
         response_headers: None,
         rewrite: None,
