@@ -18,6 +18,8 @@ const HOP_BY_HOP: [HeaderName; 5] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+const UPGRADE_BIT: u8 = 1 << 4;
+const TE_BIT: u8 = 1 << 5;
 
 /// Whether an HTTP/1.1 request asks to switch protocols (WebSocket, h2c…).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -39,26 +41,46 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Remove hop-by-hop headers. `keep_upgrade` preserves `Upgrade` and
 /// `Connection: upgrade`, which an upgrade handshake must carry through.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Headers named in `Connection` are hop-by-hop too.
-    if headers.contains_key(header::CONNECTION) {
+    // One pass over the names (no hashing) finds which are present: most
+    // messages carry none, and the rest only `Connection: keep-alive`.
+    let mut present = 0u8; // bit i: HOP_BY_HOP[i]; TE_BIT: `TE`
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        } else if name == header::TE {
+            present |= TE_BIT;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    // Headers named in `Connection` are hop-by-hop too; the tokens that
+    // name no header of their own (or one removed below anyway) are skipped.
+    if present & 1 != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| {
+                !["close", "keep-alive", "upgrade"]
+                    .iter()
+                    .any(|k| t.eq_ignore_ascii_case(k))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(&name);
-            }
+            headers.remove(&name);
         }
     }
-    let upgrade = keep_upgrade
+    let upgrade = (keep_upgrade && present & UPGRADE_BIT != 0)
         .then(|| headers.remove(header::UPGRADE))
         .flatten();
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     // `TE: trailers` is how gRPC clients ask for trailers; anything else goes.
     if let Some(te) = headers.get(header::TE) {
@@ -180,6 +202,23 @@ mod tests {
             Some(&b"trailers"[..])
         );
         assert!(h.get("x-app").is_some());
+    }
+
+    #[test]
+    fn strips_each_hop_by_hop_header_alone_and_keeps_the_rest() {
+        for (name, value) in [
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(value));
+            h.insert("x-app", HeaderValue::from_static("kept"));
+            strip_hop_by_hop(&mut h, false);
+            assert!(h.get(name).is_none(), "{name} removed");
+            assert_eq!(h.len(), 1, "only x-app left after {name}");
+        }
     }
 
     #[test]

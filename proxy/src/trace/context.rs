@@ -87,10 +87,30 @@ impl B3Sampling {
 
 impl Incoming {
     pub fn read(headers: &HeaderMap) -> Incoming {
+        // One pass over the names (no hashing) first: most requests carry
+        // no trace context, and seven lookups would each hash a name.
+        let (mut has_request_id, mut has_context) = (false, false);
+        for name in headers.keys() {
+            let name = name.as_str();
+            if name == REQUEST_ID.as_str() {
+                has_request_id = true;
+            } else if name == TRACEPARENT.as_str()
+                || name == B3.as_str()
+                || name.starts_with("x-b3-")
+            {
+                has_context = true;
+            }
+        }
+        if !has_context {
+            return Incoming {
+                has_request_id,
+                ..Incoming::default()
+            };
+        }
         let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         let mut incoming = Incoming {
             traceparent: text(&TRACEPARENT).and_then(parse_traceparent),
-            has_request_id: headers.contains_key(REQUEST_ID),
+            has_request_id,
             ..Incoming::default()
         };
         if let Some(b3) = text(&B3) {
