@@ -88,7 +88,7 @@ async fn forward(conn: &ConnContext, target: &Target, req: Req) -> Result<Rsp, P
     let version = upstream_version(target, request.version())?;
     let is_connect = request.method() == Method::CONNECT && request.version() < Version::HTTP_2;
     let upgrade = version == HttpVersion::Http1 && (is_connect || headers::is_upgrade(&request));
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *request));
     headers::prepare_request(&mut request, version, upgrade, target.addr);
 
     let (connect_timeout, cluster_timeout) = timeouts(conn, target);
@@ -200,7 +200,7 @@ fn timeouts(conn: &ConnContext, target: &Target) -> (Duration, Duration) {
 /// `error`, with the request handed back when it was never sent.
 fn unsent(
     error: ProxyError,
-    request: Option<http::Request<crate::http::body::UpstreamBody>>,
+    request: Option<Box<http::Request<crate::http::body::UpstreamBody>>>,
     state: &Arc<super::ReqState>,
 ) -> ProxyError {
     match request {
@@ -246,19 +246,25 @@ async fn send(
     connect_timeout: Duration,
     limit: Option<&ConnectionLimit>,
     cluster: &str,
-    req: http::Request<crate::http::body::UpstreamBody>,
+    req: Box<http::Request<crate::http::body::UpstreamBody>>,
     pool_on_end: bool,
     state: &Arc<super::ReqState>,
 ) -> Result<http::Response<crate::pool::PooledBody>, ProxyError> {
     let reused = checkout.reused();
     let addr = pool.addr();
-    match checkout.send(req, pool_on_end).await {
+    match checkout.send(*req, pool_on_end).await {
         Ok(response) => Ok(response),
         Err((_, Some(NotSent(req)))) if reused => {
             debug!(%addr, "pooled connection was closed; sending on a new one");
             let fresh = match pool.checkout(connect_timeout, true, limit).await {
                 Ok(fresh) => fresh,
-                Err(e) => return Err(unsent(overloaded_or(e, cluster), Some(req), state)),
+                Err(e) => {
+                    return Err(unsent(
+                        overloaded_or(e, cluster),
+                        Some(Box::new(req)),
+                        state,
+                    ))
+                }
             };
             fresh
                 .send(req, pool_on_end)

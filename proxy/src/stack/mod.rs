@@ -55,7 +55,9 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = Result> + Send>>;
 /// A request on its way down the stack: the HTTP request and what the
 /// layers learn about it.
 pub struct Req {
-    pub http: Request<UpstreamBody>,
+    /// Boxed: a `Req` moves into every layer's call and future, and a
+    /// pointer is cheaper to move than the request's 320 bytes.
+    pub http: Box<Request<UpstreamBody>>,
     pub state: Arc<ReqState>,
     /// The time one try may wait for response headers, set by the route
     /// (`None`: no per-try limit, the route's own timeout bounds it);
@@ -77,7 +79,7 @@ impl Req {
         let state = Arc::new(ReqState::new());
         http.body_mut().report_to(state.clone());
         Req {
-            http,
+            http: Box::new(http),
             state,
             try_timeout: None,
             read_ahead: None,

@@ -228,7 +228,7 @@ impl tower::retry::Policy<Req, Rsp, ProxyError> for Policy {
         // The try after the next is the last: no use reading it ahead.
         let last = self.attempt + 1 >= policy.attempts;
         Some(Req {
-            http,
+            http: Box::new(http),
             state: req.state.clone(),
             try_timeout: req.try_timeout,
             read_ahead: if last { None } else { req.read_ahead },
