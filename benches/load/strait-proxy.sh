@@ -7,6 +7,10 @@
 # With STRAIT_TRACE_SAMPLE_RATE set (e.g. 0.01), spans are exported to the
 # OTLP/gRPC collector at STRAIT_TRACE_OTLP (default 127.0.0.1:4317), e.g.
 #   --proxy "strait-trace=STRAIT_TRACE_SAMPLE_RATE=0.01 $HERE/strait-proxy.sh {LISTEN} {UPSTREAM} {WORKERS} {TMP}"
+# (otlp-sink.py next to this script is such a collector). The admin port is
+# STRAIT_ADMIN_PORT (default: any free one); with STRAIT_TAP_QUERY set (e.g.
+# "authority=nomatch.test&seconds=600") a tap with that filter is held open
+# on it for the proxy's whole run.
 set -euo pipefail
 listen=$1 upstream=$2 workers=$3 dir=$4 protocol=${5:-http1}
 mkdir -p "$dir"
@@ -20,11 +24,16 @@ runtime: {worker_threads: $workers}
 listeners:
   outbound: {address: ${listen%:*}, port: ${listen##*:}, default_cluster: upstream}
   inbound: {address: 127.0.0.1, port: 0}
-  admin: {address: 127.0.0.1, port: 0}
+  admin: {address: 127.0.0.1, port: ${STRAIT_ADMIN_PORT:-0}}
 clusters:
   - name: upstream
     protocol: $protocol
     endpoints: [{address: "$upstream"}]
 $tracing
 YAML
+if [[ -n "${STRAIT_TAP_QUERY:-}" ]]; then
+  (curl -sN --retry 30 --retry-connrefused --retry-delay 1 \
+    "http://127.0.0.1:${STRAIT_ADMIN_PORT:?a tap needs STRAIT_ADMIN_PORT}/tap?$STRAIT_TAP_QUERY" \
+    > "$dir/tap.out" 2>&1 &)
+fi
 exec "${STRAIT_BIN:-$(dirname "$0")/../../target/release/strait}" run --config "$dir/strait.yaml"

@@ -376,12 +376,26 @@ fn route_json(route: &Route) -> Value {
 /// balancer sees them now.
 fn cluster_json(cluster: &ClusterState, share: f64) -> Value {
     let settings = cluster.settings();
+    json!({
+        "name": &*cluster.name,
+        "share": share,
+        "load_balancer": policy_name(&settings.load_balancer),
+        "tls_identity": settings.tls_identity.as_deref(),
+        "in_flight": cluster.active.load(std::sync::atomic::Ordering::Relaxed),
+        "endpoints": endpoints_json(cluster),
+    })
+}
+
+/// A cluster's endpoints as its balancer sees them now: weight, requests
+/// in flight, Peak-EWMA latency (for a Peak-EWMA cluster), ejection and
+/// the identity each must prove (also the admin page's, `/stats.json`).
+pub(crate) fn endpoints_json(cluster: &ClusterState) -> Vec<Value> {
     let balancer = cluster.balancer();
-    let decay_ns = match &settings.load_balancer {
+    let decay_ns = match &cluster.settings().load_balancer {
         LoadBalancer::PeakEwma { decay, .. } => Some(decay.as_nanos() as f64),
         _ => None,
     };
-    let endpoints: Vec<Value> = balancer
+    balancer
         .endpoints()
         .iter()
         .zip(balancer.weights())
@@ -395,15 +409,7 @@ fn cluster_json(cluster: &ClusterState, share: f64) -> Value {
                 "tls_identity": e.mesh.as_deref(),
             })
         })
-        .collect();
-    json!({
-        "name": &*cluster.name,
-        "share": share,
-        "load_balancer": policy_name(&settings.load_balancer),
-        "tls_identity": settings.tls_identity.as_deref(),
-        "in_flight": cluster.active.load(std::sync::atomic::Ordering::Relaxed),
-        "endpoints": endpoints,
-    })
+        .collect()
 }
 
 fn policy_name(lb: &LoadBalancer) -> &'static str {

@@ -10,7 +10,6 @@ use prometheus::proto::MetricFamily;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use strait_config::LoadBalancer;
 
 pub fn render(state: &AdminState) -> String {
     let snapshot = state.snapshot.load();
@@ -66,25 +65,7 @@ pub fn render(state: &AdminState) -> String {
 
 fn cluster(c: &ClusterState) -> Value {
     let settings = c.settings();
-    let balancer = c.balancer();
-    let decay_ns = match &settings.load_balancer {
-        LoadBalancer::PeakEwma { decay, .. } => Some(decay.as_nanos() as f64),
-        _ => None,
-    };
-    let endpoints: Vec<Value> = balancer
-        .endpoints()
-        .iter()
-        .zip(balancer.weights())
-        .map(|(e, weight)| {
-            json!({
-                "address": e.addr.to_string(),
-                "weight": weight,
-                "in_flight": e.inflight(),
-                "ewma_ms": decay_ns.and_then(|d| e.ewma_ns(d)).map(|ns| ns / 1e6),
-                "ejected": e.is_ejected(),
-            })
-        })
-        .collect();
+    let endpoints = crate::explain::endpoints_json(c);
     json!({
         "name": &*c.name,
         "tls_identity": settings.tls_identity.as_deref(),
