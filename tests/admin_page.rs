@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::upstream::Upstream;
-use support::{free_addr, http_get, Proxy, EPHEMERAL_LISTENERS};
+use support::{admin_request, free_addr, http_get, non_loopback_ip, Proxy, EPHEMERAL_LISTENERS};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -372,7 +372,13 @@ fn admin_page_is_loopback_only_and_serves_its_stats() {
     ));
     let ip = non_loopback_ip();
     for path in ["/", "/stats.json"] {
-        let (status, body) = get_from(ip, SocketAddr::new(ip, open.admin.port()), path);
+        let (status, body) = admin_request(
+            SocketAddr::new(ip, open.admin.port()),
+            Some(ip),
+            "GET",
+            path,
+            "",
+        );
         assert_eq!(status, 403, "{path}: {body}");
         assert!(body.contains("loopback only"), "{body}");
     }
@@ -391,57 +397,13 @@ fn admin_page_is_loopback_only_and_serves_its_stats() {
         &[("STRAIT_ADMIN_PAGE_REMOTE", "true")],
     );
     for path in ["/", "/stats.json"] {
-        let (status, body) = get_from(ip, SocketAddr::new(ip, opened.admin.port()), path);
+        let (status, body) = admin_request(
+            SocketAddr::new(ip, opened.admin.port()),
+            Some(ip),
+            "GET",
+            path,
+            "",
+        );
         assert_eq!(status, 200, "{path}: {body}");
     }
-}
-
-/// A non-loopback address of this machine (the one its default route uses).
-fn non_loopback_ip() -> std::net::IpAddr {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
-    // A UDP connect only looks up the route; nothing is sent.
-    socket
-        .connect("192.0.2.1:9")
-        .and_then(|()| socket.local_addr())
-        .map(|a| a.ip())
-        .ok()
-        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
-        .expect("this test needs a non-loopback IPv4 address with a route (none found)")
-}
-
-/// GET `path` from `to` over a connection from `from`: (status, body).
-fn get_from(from: std::net::IpAddr, to: SocketAddr, path: &str) -> (u16, String) {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(to),
-        socket2::Type::STREAM,
-        None,
-    )
-    .expect("socket");
-    socket
-        .bind(&SocketAddr::new(from, 0).into())
-        .expect("bind the client address");
-    socket
-        .connect_timeout(&to.into(), Duration::from_secs(5))
-        .expect("connect admin");
-    let mut stream = TcpStream::from(socket);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }

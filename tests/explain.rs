@@ -15,13 +15,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::upstream::Upstream;
-use support::{http_get, Proxy, EPHEMERAL_LISTENERS};
+use support::{admin_request, http_get, non_loopback_ip, Proxy, EPHEMERAL_LISTENERS};
 use tokio::net::TcpStream;
 
 /// The fenced block after `<!-- marker -->` in the README.
@@ -382,68 +381,6 @@ fn explain_shows_why_earlier_routes_did_not_match_and_the_policy() {
     let (status, body) = http_get(proxy.admin, "/debug/route?direction=sideways");
     assert_eq!(status, 400);
     assert!(body.contains("direction 'sideways'"), "{body}");
-}
-
-/// A raw HTTP/1.1 request from `from` (None: any local address) to the
-/// admin port: (status, body).
-fn admin_request(
-    admin: SocketAddr,
-    from: Option<std::net::IpAddr>,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, String) {
-    let stream = match from {
-        Some(ip) => {
-            let s = socket2::Socket::new(
-                socket2::Domain::for_address(admin),
-                socket2::Type::STREAM,
-                None,
-            )
-            .expect("socket");
-            s.bind(&SocketAddr::new(ip, 0).into())
-                .expect("bind the client address");
-            s.connect_timeout(&admin.into(), Duration::from_secs(5))
-                .expect("connect admin");
-            std::net::TcpStream::from(s)
-        }
-        None => std::net::TcpStream::connect(admin).expect("connect admin"),
-    };
-    let mut stream = stream;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// A non-loopback address of this machine (the one its default route uses).
-fn non_loopback_ip() -> std::net::IpAddr {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
-    // A UDP connect only looks up the route; nothing is sent.
-    socket
-        .connect("192.0.2.1:9")
-        .and_then(|()| socket.local_addr())
-        .map(|a| a.ip())
-        .ok()
-        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
-        .expect("this test needs a non-loopback IPv4 address with a route (none found)")
 }
 
 #[test]

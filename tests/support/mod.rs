@@ -167,14 +167,43 @@ impl Drop for Proxy {
 
 /// Minimal blocking GET used for admin endpoints: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    admin_request(addr, None, "GET", path, "")
+}
+
+/// A raw HTTP/1.1 request from `from` (None: any local address) to the
+/// admin port: (status, body).
+pub fn admin_request(
+    admin: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect admin");
+    let stream = match from {
+        Some(ip) => {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(admin),
+                socket2::Type::STREAM,
+                None,
+            )
+            .expect("socket");
+            s.bind(&SocketAddr::new(ip, 0).into())
+                .expect("bind the client address");
+            s.connect_timeout(&admin.into(), Duration::from_secs(5))
+                .expect("connect admin");
+            std::net::TcpStream::from(s)
+        }
+        None => std::net::TcpStream::connect(admin).expect("connect admin"),
+    };
+    let mut stream = stream;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .expect("write");
     let mut response = String::new();
@@ -189,6 +218,19 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A non-loopback address of this machine (the one its default route uses).
+pub fn non_loopback_ip() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+    // A UDP connect only looks up the route; nothing is sent.
+    socket
+        .connect("192.0.2.1:9")
+        .and_then(|()| socket.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .expect("this test needs a non-loopback IPv4 address with a route (none found)")
 }
 
 /// Sum of every sample of `family` whose labels contain all `labels`
