@@ -14,73 +14,17 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use support::pki::Pki;
 use support::upstream::Upstream;
-use support::{metric_sum, Proxy, TempDir, EPHEMERAL_LISTENERS};
+use support::{metric_sum, Proxy, EPHEMERAL_LISTENERS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const CLIENT_ID: &str = "spiffe://strait.test/ns/default/sa/client";
 const SERVER_ID: &str = "spiffe://strait.test/ns/default/sa/server";
-
-/// A certificate authority that issues workload certificates into files.
-struct Pki {
-    issuer: Issuer<'static, KeyPair>,
-    dir: TempDir,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let ca_pem = params.self_signed(&key).expect("CA cert").pem();
-        let dir = TempDir::new(name);
-        std::fs::write(dir.0.join("ca.pem"), &ca_pem).expect("write CA");
-        std::fs::write(dir.0.join("ca.key"), key.serialize_pem()).expect("write CA key");
-        Pki {
-            issuer: Issuer::new(params, key),
-            dir,
-        }
-    }
-
-    fn bundle(&self) -> PathBuf {
-        self.dir.0.join("ca.pem")
-    }
-
-    /// Issue a certificate for `identity` into `<dir>/<file>.{crt,key}`;
-    /// `valid_until_year` sets the expiry (a past year gives an expired one).
-    fn issue(&self, identity: &str, file: &str, valid_until_year: i32) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().expect("leaf key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
-        params.subject_alt_names = vec![SanType::URI(identity.try_into().expect("URI SAN"))];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(valid_until_year, 1, 1);
-        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
-        let crt = self.dir.0.join(format!("{file}.crt"));
-        let key_path = self.dir.0.join(format!("{file}.key"));
-        std::fs::write(&crt, cert.pem()).expect("write cert");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        (crt, key_path)
-    }
-}
 
 impl Pki {
     /// Issue an RSA-2048 certificate with openssl (rcgen on ring cannot
