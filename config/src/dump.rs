@@ -375,6 +375,7 @@ impl Config {
                 .map(|h| FileVirtualHost {
                     name: h.name.clone(),
                     domains: h.domains.clone(),
+                    port: h.port.map(i64::from),
                     routes: h.routes.iter().map(route_rule).collect(),
                 })
                 .collect(),

@@ -31,6 +31,8 @@ pub struct Snapshot {
     clusters: Vec<Arc<ClusterState>>,
     /// L7 routes, consulted before `by_authority`.
     pub vhosts: VirtualHosts,
+    /// L7 routes of one original destination port, consulted first.
+    port_vhosts: HashMap<u16, VirtualHosts>,
     by_authority: HashMap<String, RouteTarget>,
     by_port: HashMap<u16, RouteTarget>,
     pub outbound_default: Option<RouteTarget>,
@@ -86,10 +88,12 @@ impl Snapshot {
             .as_deref()
             .and_then(|c| target(c, c));
         let vhosts = VirtualHosts::compile(&config.virtual_hosts, clusters);
+        let port_vhosts = VirtualHosts::compile_by_port(&config.virtual_hosts, clusters);
         let cluster_list = clusters.values().cloned().collect();
         Snapshot {
             clusters: cluster_list,
             vhosts,
+            port_vhosts,
             by_authority,
             by_port,
             outbound_default,
@@ -115,6 +119,14 @@ impl Snapshot {
     /// Every cluster of this snapshot.
     pub fn clusters(&self) -> &[Arc<ClusterState>] {
         &self.clusters
+    }
+
+    /// The virtual hosts scoped to traffic for destination `port`.
+    pub fn port_vhosts(&self, port: u16) -> Option<&VirtualHosts> {
+        if self.port_vhosts.is_empty() {
+            return None;
+        }
+        self.port_vhosts.get(&port)
     }
 
     /// The route for a destination port.

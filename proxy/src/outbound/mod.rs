@@ -146,10 +146,17 @@ pub enum Decision<'a> {
     NoRoute,
 }
 
-/// Virtual hosts first, then the simple authority and port routes, the
-/// default cluster, the original destination.
+/// Virtual hosts first (those scoped to the destination port, then the
+/// rest), then the simple authority and port routes, the default cluster,
+/// the original destination.
 pub fn decide<'a, B>(snapshot: &'a Snapshot, orig_dst: OrigDst, req: &Request<B>) -> Decision<'a> {
     let authority = headers::authority(req);
+    let scoped = snapshot.port_vhosts(orig_dst.addr.port());
+    if let (Some(vhosts), Some(authority)) = (scoped, authority) {
+        if let Some(route) = vhosts.find(&vhost_host(authority), req) {
+            return Decision::VirtualHost(route);
+        }
+    }
     if let (false, Some(authority)) = (snapshot.vhosts.is_empty(), authority) {
         if let Some(route) = snapshot.vhosts.find(&vhost_host(authority), req) {
             return Decision::VirtualHost(route);
