@@ -324,11 +324,19 @@ impl Config {
                     RouteMatch::Authority(a) => FileRoute {
                         authority: Some(a.clone()),
                         port: None,
+                        destination: None,
                         cluster: r.cluster.clone(),
                     },
                     RouteMatch::Port(port) => FileRoute {
                         authority: None,
                         port: Some(i64::from(*port)),
+                        destination: None,
+                        cluster: r.cluster.clone(),
+                    },
+                    RouteMatch::Destination(addr) => FileRoute {
+                        authority: None,
+                        port: None,
+                        destination: Some(addr.to_string()),
                         cluster: r.cluster.clone(),
                     },
                 })

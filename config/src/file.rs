@@ -484,5 +484,8 @@ pub struct FileEndpoint {
 pub struct FileRoute {
     pub authority: Option<String>,
     pub port: Option<i64>,
+    /// `IP:port`: connections to this original destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
     pub cluster: String,
 }

@@ -603,6 +603,9 @@ pub enum RouteMatch {
     Authority(String),
     /// Connections whose original destination port is this.
     Port(u16),
+    /// Connections whose original destination is this address (a
+    /// service's virtual IP and port); consulted before `Port`.
+    Destination(SocketAddr),
 }
 
 /// Optional durations, likewise.

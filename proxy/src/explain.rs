@@ -306,6 +306,11 @@ fn outbound_decision(snapshot: &Snapshot, decision: outbound::Decision<'_>) -> D
             ),
             target,
         ),
+        outbound::Decision::Destination(target) => Decided::cluster(
+            "destination",
+            "no virtual host or authority route matched; the routes entry for the destination address did".into(),
+            target,
+        ),
         outbound::Decision::Port(target) => Decided::cluster(
             "port",
             "no virtual host or authority route matched; the routes entry for the destination port did".into(),

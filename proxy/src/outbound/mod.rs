@@ -119,9 +119,10 @@ fn rules(
                 authority: headers::authority(req).unwrap_or("").to_string(),
             }),
         },
-        Decision::Authority(route) | Decision::Port(route) | Decision::Default(route) => {
-            Ok(Routed::Forward(None, Dispatch::Cluster(route.clone())))
-        }
+        Decision::Authority(route)
+        | Decision::Destination(route)
+        | Decision::Port(route)
+        | Decision::Default(route) => Ok(Routed::Forward(None, Dispatch::Cluster(route.clone()))),
         Decision::OriginalDestination(addr) => Ok(Routed::Forward(None, Dispatch::Direct(addr))),
         Decision::NoRoute => Err(ProxyError::NoRoute {
             authority: headers::authority(req).unwrap_or("").to_string(),
@@ -137,6 +138,8 @@ pub enum Decision<'a> {
     VirtualHost(&'a Arc<Route>),
     /// The simple route for the request's authority.
     Authority(&'a RouteTarget),
+    /// The simple route for the destination address (IP and port).
+    Destination(&'a RouteTarget),
     /// The simple route for the destination port.
     Port(&'a RouteTarget),
     /// The listener's default cluster.
@@ -165,6 +168,9 @@ pub fn decide<'a, B>(snapshot: &'a Snapshot, orig_dst: OrigDst, req: &Request<B>
     if let Some(route) = authority.and_then(|a| snapshot.by_authority(a)) {
         return Decision::Authority(route);
     }
+    if let Some(route) = snapshot.by_destination(orig_dst.addr) {
+        return Decision::Destination(route);
+    }
     if let Some(route) = snapshot.by_port(orig_dst.addr.port()) {
         return Decision::Port(route);
     }
@@ -190,7 +196,7 @@ pub fn vhost_host(authority: &str) -> std::borrow::Cow<'_, str> {
 /// Pick the target for an outbound opaque TCP connection.
 pub fn resolve_tcp(snapshot: &Snapshot, orig_dst: OrigDst) -> Result<Target, ProxyError> {
     let route = snapshot
-        .by_port(orig_dst.addr.port())
+        .by_orig_dst(orig_dst.addr)
         .or(snapshot.outbound_default.as_ref());
     route_or_original(snapshot, orig_dst, route, None, || {
         format!("(tcp to port {})", orig_dst.addr.port())

@@ -89,10 +89,13 @@ pub enum HttpRoutes {
     Inline(Box<RouteConfiguration>),
 }
 
-/// Where one port's (or every port's) non-HTTP traffic goes.
+/// Where one port's (or every port's, or one destination address's)
+/// non-HTTP traffic goes.
 #[derive(Debug)]
 pub struct TcpChain {
     pub port: Option<u16>,
+    /// A listener for one IP: this destination address only.
+    pub destination: Option<std::net::SocketAddr>,
     pub cluster: String,
     pub listener: String,
     pub field: String,
@@ -134,16 +137,25 @@ pub fn listener(l: &Listener) -> Result<Routes, Rejected> {
         })?,
         _ => 0,
     };
+    // Istio gives a TCP service its own `<service IP>:<port>` listener:
+    // its TCP proxy routes that destination address only.
+    let mut ip = None;
     if let Some(s) = socket {
         let any = s.address.is_empty() || s.address == "0.0.0.0" || s.address == "::";
         if !any && !virtual_listener {
-            return Err(reject(
-                "address.socket_address.address",
-                format!(
-                    "'{}': listeners for one destination IP are not supported (strait routes by destination port; use 0.0.0.0)",
-                    s.address
-                ),
-            ));
+            let parsed = s.address.parse::<std::net::IpAddr>().map_err(|_| {
+                reject(
+                    "address.socket_address.address",
+                    format!("'{}' is not an IP address", s.address),
+                )
+            })?;
+            if own_port == 0 {
+                return Err(reject(
+                    "address.socket_address.port_value",
+                    "a listener for one IP needs its port".into(),
+                ));
+            }
+            ip = Some(parsed);
         }
     }
     // Traffic reaches a use_original_dst listener for every port; any
@@ -172,7 +184,12 @@ pub fn listener(l: &Listener) -> Result<Routes, Rejected> {
         else {
             continue;
         };
-        chain_routes(&l.name, &field, chain, port, http_only, &mut routes)?;
+        let at = Scope {
+            ip,
+            port,
+            http_only,
+        };
+        chain_routes(&l.name, &field, chain, at, &mut routes)?;
     }
     Ok(routes)
 }
@@ -282,12 +299,25 @@ fn chain_port(
     Ok(Some((port, http_only)))
 }
 
+/// The traffic one filter chain takes.
+#[derive(Debug, Clone, Copy)]
+struct Scope {
+    /// One destination IP (with `port`); `None`: any.
+    ip: Option<std::net::IpAddr>,
+    port: Option<u16>,
+    /// The chain matches HTTP application protocols only.
+    http_only: bool,
+}
+
 fn chain_routes(
     listener: &str,
     field: &str,
     chain: &FilterChain,
-    port: Option<u16>,
-    http_only: bool,
+    Scope {
+        ip,
+        port,
+        http_only,
+    }: Scope,
     routes: &mut Routes,
 ) -> Result<(), Rejected> {
     let mut terminal = false;
@@ -336,12 +366,19 @@ fn chain_routes(
             let cluster =
                 tcp_cluster(&tcp).map_err(|(sub, m)| reject(&format!(".typed_config.{sub}"), m))?;
             routes.tcp.push(TcpChain {
+                destination: ip.zip(port).map(std::net::SocketAddr::from),
                 port,
                 cluster,
                 listener: listener.to_string(),
                 field,
             });
             continue;
+        }
+        if ip.is_some() {
+            return Err(reject(
+                "",
+                "HTTP routes for one destination IP are not supported (strait scopes HTTP routes by port; Istio's HTTP listeners are 0.0.0.0:<port>)".into(),
+            ));
         }
         let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
             reject(

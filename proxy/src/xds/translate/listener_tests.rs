@@ -167,21 +167,23 @@ fn resources(clusters: Vec<Cluster>, listeners: Vec<Listener>) -> Resources {
     }
 }
 
-fn redirected(port: u16) -> OrigDst {
-    OrigDst {
-        addr: std::net::SocketAddr::from(([10, 96, 0, 9], port)),
-        redirected: true,
-    }
+fn cluster_of(snapshot: &Snapshot, port: u16) -> String {
+    cluster_at(snapshot, [10, 96, 0, 9], port)
 }
 
-fn cluster_of(snapshot: &Snapshot, port: u16) -> String {
+fn cluster_at(snapshot: &Snapshot, ip: [u8; 4], port: u16) -> String {
+    let orig_dst = OrigDst {
+        addr: std::net::SocketAddr::from((ip, port)),
+        redirected: true,
+    };
     let req = http::Request::get("/")
         .header("host", "anything.example")
         .body(())
         .expect("request");
-    match decide(snapshot, redirected(port), &req) {
+    match decide(snapshot, orig_dst, &req) {
         Decision::VirtualHost(route) => format!("vhost {}", route.name),
         Decision::Port(t) => format!("port {}", t.cluster.name),
+        Decision::Destination(t) => format!("destination {}", t.cluster.name),
         Decision::Default(t) => format!("default {}", t.cluster.name),
         Decision::Authority(t) => format!("authority {}", t.cluster.name),
         Decision::OriginalDestination(a) => format!("original {a}"),
@@ -202,6 +204,11 @@ fn each_port_gets_its_own_routes_and_tcp_proxies_become_port_routes() {
             port_listener(80, vec![chain(hcm("80"))]),
             port_listener(8080, vec![chain(hcm("8080"))]),
             port_listener(5432, vec![chain(tcp_to("db"))]),
+            // Istio's TCP service listener: its virtual IP and port.
+            Listener {
+                address: Some(socket("10.96.0.7", 3306)),
+                ..port_listener(3306, vec![chain(tcp_to("db"))])
+            },
             Listener {
                 name: "virtualOutbound".into(),
                 address: Some(socket("0.0.0.0", 15001)),
@@ -243,6 +250,15 @@ fn each_port_gets_its_own_routes_and_tcp_proxies_become_port_routes() {
     assert_eq!(cluster_of(&snapshot, 8080), "vhost 8080/allow_any/0");
     assert_eq!(cluster_of(&snapshot, 5432), "port db");
     assert_eq!(cluster_of(&snapshot, 9999), "default BlackHoleCluster");
+    assert_eq!(
+        cluster_at(&snapshot, [10, 96, 0, 7], 3306),
+        "destination db"
+    );
+    assert_eq!(
+        cluster_of(&snapshot, 3306),
+        "default BlackHoleCluster",
+        "another IP on the port is not the service's"
+    );
 }
 
 #[test]
@@ -293,7 +309,7 @@ fn what_strait_cannot_match_on_is_refused_with_its_field() {
         }),
         ..chain(tcp_to("a"))
     };
-    let mut one_ip = port_listener(3306, vec![chain(tcp_to("a"))]);
+    let mut one_ip = port_listener(3306, vec![chain(hcm("3306"))]);
     one_ip.address = Some(socket("10.96.0.7", 3306));
     let split = tcp(tcp_proxy::ClusterSpecifier::WeightedClusters(
         tcp_proxy::WeightedCluster {
@@ -313,11 +329,7 @@ fn what_strait_cannot_match_on_is_refused_with_its_field() {
             "0.0.0.0_443",
             "filter_chains[0].filter_chain_match.server_names",
         ),
-        (
-            vec![one_ip],
-            "0.0.0.0_3306",
-            "address.socket_address.address",
-        ),
+        (vec![one_ip], "0.0.0.0_3306", "filter_chains[0].filters[0]"),
         (
             vec![port_listener(9000, vec![chain(split)])],
             "0.0.0.0_9000",

@@ -19,17 +19,41 @@ pub fn check_unique(http: &[HttpChain], tcp: &[TcpChain]) -> Result<(), Rejected
         .filter(|c| c.port.is_some())
         .map(|c| (c.port, &c.listener, &c.field));
     unique(http, "HTTP")?;
-    unique(tcp.iter().map(|c| (c.port, &c.listener, &c.field)), "TCP")
+    let tcp = tcp.iter().map(|c| {
+        let key = match c.destination {
+            Some(addr) => Key::Destination(addr),
+            None => Key::Port(c.port),
+        };
+        (key, &c.listener, &c.field)
+    });
+    unique(tcp, "TCP")
 }
 
-fn unique<'a>(
-    chains: impl Iterator<Item = (Option<u16>, &'a String, &'a String)>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Port(Option<u16>),
+    Destination(std::net::SocketAddr),
+}
+
+impl From<Option<u16>> for Key {
+    fn from(port: Option<u16>) -> Key {
+        Key::Port(port)
+    }
+}
+
+fn unique<'a, K: Into<Key>>(
+    chains: impl Iterator<Item = (K, &'a String, &'a String)>,
     what: &str,
 ) -> Result<(), Rejected> {
-    let mut seen: HashMap<Option<u16>, (&String, &String)> = HashMap::new();
-    for (port, listener, field) in chains {
-        if let Some((first_listener, first_field)) = seen.insert(port, (listener, field)) {
-            let which = port.map_or("every port".to_string(), |p| format!("port {p}"));
+    let mut seen: HashMap<Key, (&String, &String)> = HashMap::new();
+    for (key, listener, field) in chains {
+        let key = key.into();
+        if let Some((first_listener, first_field)) = seen.insert(key, (listener, field)) {
+            let which = match key {
+                Key::Port(None) => "every port".to_string(),
+                Key::Port(Some(p)) => format!("port {p}"),
+                Key::Destination(a) => a.to_string(),
+            };
             return Err(Rejected::new(
                 "Listener",
                 listener,
@@ -68,7 +92,9 @@ pub fn tcp_routes(
     ordered.extend(tcp.iter().filter(|c| c.port.is_some()));
     for c in ordered {
         if original_dst.contains(&c.cluster) {
-            if c.port.is_some() && config.outbound.default_cluster.is_some() {
+            if (c.port.is_some() || c.destination.is_some())
+                && config.outbound.default_cluster.is_some()
+            {
                 return Err(reject(
                     c,
                     format!(
@@ -86,6 +112,21 @@ pub fn tcp_routes(
                 continue;
             }
             return Err(reject(c, format!("no cluster '{}'", c.cluster)));
+        }
+        if let Some(addr) = c.destination {
+            let taken = config
+                .routes
+                .iter()
+                .any(|r| r.matches == RouteMatch::Destination(addr));
+            if taken {
+                warn!(listener = %c.listener, %addr, "xds: destination already routed by the config file; TCP proxy left out");
+            } else {
+                config.routes.push(Route {
+                    matches: RouteMatch::Destination(addr),
+                    cluster: c.cluster.clone(),
+                });
+            }
+            continue;
         }
         match c.port {
             Some(port) => {
