@@ -4,7 +4,8 @@
 //! the mesh redirects an application's traffic, reach the upstream their
 //! original destination picks: HTTP by the route configuration of its
 //! port, a TCP service by its virtual IP, anything else to where it was
-//! going; a route's fault config answers for it.
+//! going; a route's fault config answers for it and its local rate
+//! limit holds it to its bucket.
 
 #[path = "support/control_plane.rs"]
 mod control_plane;
@@ -118,6 +119,8 @@ async fn istio_snapshot_routes_by_original_destination(mode: &str) {
     );
     let mut faulty = service_route("fault", "/fault", &api_c);
     faulty.typed_per_filter_config = [abort_all(418)].into();
+    let mut limited = service_route("limited", "/limited", &api_c);
+    limited.typed_per_filter_config = [rate_limit(2)].into();
     let v = cp.update(|s| {
         put(s, CLUSTER, &web_c, outbound_cluster(&web_c));
         put(s, CLUSTER, &api_c, outbound_cluster(&api_c));
@@ -161,7 +164,7 @@ async fn istio_snapshot_routes_by_original_destination(mode: &str) {
                 vec![service_host(
                     API,
                     api_vip,
-                    vec![faulty, service_route("default", "/", &api_c)],
+                    vec![faulty, limited, service_route("default", "/", &api_c)],
                 )],
             ),
         );
@@ -215,6 +218,21 @@ async fn istio_snapshot_routes_by_original_destination(mode: &str) {
     let (status, _) = get(api_vip, API, "/fault/x").await;
     assert_eq!(status, StatusCode::IM_A_TEAPOT);
     assert_eq!(api.requests.load(Ordering::SeqCst), 1);
+
+    // The route's local rate limit: its two tokens, then 429.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(get(api_vip, API, "/limited").await.0);
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    assert_eq!(api.requests.load(Ordering::SeqCst), 3);
 
     // Port 8080's table has no web host: web's name there is "allow_any",
     // passed through to where it was going (the api VIP, which nothing

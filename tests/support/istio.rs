@@ -41,6 +41,8 @@ const TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const TYPED_STRUCT: &str = "type.googleapis.com/udpa.type.v1.TypedStruct";
 pub const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+const LOCAL_RATE_LIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 
 fn secs(seconds: i64) -> Option<PbDuration> {
     Some(PbDuration { seconds, nanos: 0 })
@@ -300,6 +302,8 @@ pub fn http_port_listener(port: u16) -> Any {
             typed_filter("istio.metadata_exchange", TYPED_STRUCT),
             // Installed empty; routes configure it (typed_per_filter_config).
             typed_filter("envoy.filters.http.fault", FAULT),
+            // As an EnvoyFilter adds it: empty, for routes to configure.
+            typed_filter("envoy.filters.http.local_ratelimit", LOCAL_RATE_LIMIT),
             typed_filter(
                 "envoy.filters.http.cors",
                 "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors",
@@ -410,6 +414,38 @@ pub fn abort_all(status: u32) -> (String, Any) {
                     error_type: Some(fault_abort::ErrorType::HttpStatus(status)),
                     ..Default::default()
                 }),
+                ..Default::default()
+            },
+        ),
+    )
+}
+
+/// A bucket of `tokens` refilled one an hour, enabled and enforced for
+/// every request, as a route's `typed_per_filter_config`.
+pub fn rate_limit(tokens: u32) -> (String, Any) {
+    use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use envoy_types::pb::envoy::r#type::v3::TokenBucket;
+    let all = Some(RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent {
+            numerator: 100,
+            denominator: DenominatorType::Hundred as i32,
+        }),
+        runtime_key: "local_rate_limit_enabled".into(),
+    });
+    (
+        "envoy.filters.http.local_ratelimit".into(),
+        any(
+            LOCAL_RATE_LIMIT,
+            &LocalRateLimit {
+                stat_prefix: "http_local_rate_limiter".into(),
+                token_bucket: Some(TokenBucket {
+                    max_tokens: tokens,
+                    tokens_per_fill: Some(UInt32Value { value: 1 }),
+                    fill_interval: secs(3600),
+                }),
+                filter_enabled: all.clone(),
+                filter_enforced: all,
                 ..Default::default()
             },
         ),

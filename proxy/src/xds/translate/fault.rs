@@ -114,34 +114,42 @@ fn percent(p: Option<&FractionalPercent>, field: &str) -> Result<f64, Fail> {
     Ok((f64::from(p.numerator) / denominator * 100.0).min(100.0))
 }
 
-/// The fault config of the most specific `typed_per_filter_config` that
-/// has one, in order route, virtual host, route configuration: `Some`
-/// when one of them configures the filter (`Some(None)`: to inject
-/// nothing), with the field it was found at for errors.
+/// The most specific `typed_per_filter_config` entry for `filter`, in the
+/// order given (route, virtual host, route configuration): the field it
+/// is at, and its config (`None`: the entry disables the filter there).
+/// `envoy.config.route.v3.FilterConfig` wrappers are unwrapped.
+pub fn lookup(
+    levels: [(&str, &HashMap<String, Any>); 3],
+    filter: &str,
+) -> Result<Option<(String, Option<Any>)>, Fail> {
+    for (field, map) in levels {
+        let Some(any) = map.get(filter) else { continue };
+        let at = format!("{field}typed_per_filter_config[\"{filter}\"]");
+        if any.type_url != FILTER_CONFIG_TYPE {
+            return Ok(Some((at, Some(any.clone()))));
+        }
+        let wrapper = FilterConfig::decode(any.value.as_slice())
+            .map_err(|e| (at.clone(), format!("not a valid FilterConfig: {e}")))?;
+        let inner = wrapper.config.filter(|_| !wrapper.disabled);
+        return Ok(Some((format!("{at}.config"), inner)));
+    }
+    Ok(None)
+}
+
+/// The fault config of the most specific level that configures the
+/// filter: `Some(None)` when it injects nothing there.
 pub fn per_filter(
     levels: [(&str, &HashMap<String, Any>); 3],
 ) -> Result<Option<Option<FileFault>>, Fail> {
-    for (field, map) in levels {
-        let Some(any) = map.get(FAULT) else { continue };
-        let at = format!("{field}typed_per_filter_config[\"{FAULT}\"]");
-        if any.type_url == FILTER_CONFIG_TYPE {
-            let wrapper = FilterConfig::decode(any.value.as_slice())
-                .map_err(|e| (at.clone(), format!("not a valid FilterConfig: {e}")))?;
-            if wrapper.disabled {
-                return Ok(Some(None));
-            }
-            let Some(inner) = wrapper.config else {
-                return Ok(Some(None));
-            };
-            return fault(&inner)
-                .map(Some)
-                .map_err(|(sub, m)| (format!("{at}.config.{sub}"), m));
-        }
-        return fault(any)
-            .map(Some)
-            .map_err(|(sub, m)| (format!("{at}.{sub}"), m));
-    }
-    Ok(None)
+    let Some((at, config)) = lookup(levels, FAULT)? else {
+        return Ok(None);
+    };
+    let Some(any) = config else {
+        return Ok(Some(None));
+    };
+    fault(&any)
+        .map(Some)
+        .map_err(|(sub, m)| (format!("{at}.{sub}"), m))
 }
 
 #[cfg(test)]

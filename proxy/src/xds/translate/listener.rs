@@ -24,10 +24,12 @@
 //!   accepted with a log line and not translated.
 //!
 //! HTTP filters are checked here too: the router is required, the fault
-//! filter is translated, known-harmless filters are ignored with a log
+//! filter is translated, the local rate limit filter is accepted for its
+//! routes to configure, known-harmless filters are ignored with a log
 //! line, an unknown filter is refused unless it is marked `is_optional`.
 
 use super::fault::{self, FAULT};
+use super::rate_limit::{self, LOCAL_RATE_LIMIT, LOCAL_RATE_LIMIT_TYPE};
 use super::Rejected;
 use envoy_types::pb::envoy::config::core::v3::{address, TrafficDirection};
 use envoy_types::pb::envoy::config::listener::v3::{filter, FilterChain, Listener};
@@ -457,6 +459,10 @@ fn http_filters(hcm: &HttpConnectionManager) -> Result<Option<FileFault>, Fail> 
                 fault = fault::fault(any)
                     .map_err(|(sub, m)| (format!("http_filters[{i}].typed_config.{sub}"), m))?;
             }
+        } else if f.name == LOCAL_RATE_LIMIT || type_url == LOCAL_RATE_LIMIT_TYPE {
+            // Routes give themselves a bucket (typed_per_filter_config).
+            rate_limit::listener_filter(any)
+                .map_err(|(sub, m)| (format!("http_filters[{i}].typed_config.{sub}"), m))?;
         } else if HARMLESS.contains(&f.name.as_str()) {
             info!(filter = %f.name, "xds: HTTP filter ignored: it changes nothing strait routes");
         } else if f.is_optional {

@@ -11,6 +11,7 @@ mod listener;
 #[cfg(test)]
 mod listener_tests;
 mod ports;
+mod rate_limit;
 mod route;
 mod secret;
 mod upstream_tls;

@@ -96,18 +96,13 @@ pub fn route_config_for(
                 (host_field.as_str(), &vh.typed_per_filter_config),
                 ("", &rc.typed_per_filter_config),
             ];
-            rule.fault = match super::fault::per_filter(levels) {
-                Ok(Some(fault)) => fault,
-                Ok(None) => usage.fault.clone(),
-                Err((field, message)) => {
-                    return Err(Rejected::new(
-                        "RouteConfiguration",
-                        &rc.name,
-                        &field,
-                        message,
-                    ))
-                }
+            let refuse = |(field, message): (String, String)| {
+                Rejected::new("RouteConfiguration", &rc.name, &field, message)
             };
+            rule.fault = super::fault::per_filter(levels)
+                .map_err(refuse)?
+                .unwrap_or_else(|| usage.fault.clone());
+            rule.rate_limit = super::rate_limit::per_filter(levels).map_err(refuse)?;
             // The `route` metric label: unique across every host.
             let local = if route.name.is_empty() || !names.insert(route.name.clone()) {
                 r.to_string()
