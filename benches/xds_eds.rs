@@ -124,7 +124,11 @@ fn bench_alternating(c: &mut Criterion, name: &str, a: Any, b: Any) {
     c.bench_function(name, |bench| {
         bench.iter(|| {
             let v = version.fetch_add(1, Ordering::Relaxed);
-            let next = if v % 2 == 0 { a.clone() } else { b.clone() };
+            let next = if v.is_multiple_of(2) {
+                a.clone()
+            } else {
+                b.clone()
+            };
             let out = xds.sotw_handle(response(ENDPOINT, v, vec![next]));
             assert!(out[0].error_detail.is_none(), "NACK: {:?}", out[0]);
             out

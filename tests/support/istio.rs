@@ -69,9 +69,9 @@ fn breakers() -> Option<CircuitBreakers> {
     let max = Some(UInt32Value { value: u32::MAX });
     Some(CircuitBreakers {
         thresholds: vec![circuit_breakers::Thresholds {
-            max_connections: max.clone(),
-            max_pending_requests: max.clone(),
-            max_requests: max.clone(),
+            max_connections: max,
+            max_pending_requests: max,
+            max_requests: max,
             max_retries: max,
             track_remaining: true,
             ..Default::default()
