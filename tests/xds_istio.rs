@@ -5,7 +5,8 @@
 //! original destination picks: HTTP by the route configuration of its
 //! port, a TCP service by its virtual IP, anything else to where it was
 //! going; a route's fault config answers for it and its local rate
-//! limit holds it to its bucket.
+//! limit holds it to its bucket; a listener strait cannot route
+//! faithfully (SNI) is NACKed with its field while the rest serves.
 
 #[path = "support/control_plane.rs"]
 mod control_plane;
@@ -256,6 +257,31 @@ async fn istio_snapshot_routes_by_original_destination(mode: &str) {
         .expect("db answers within 10s")
         .expect("read");
     assert_eq!(&reply, b"db:ping");
+
+    // A listener strait cannot route faithfully (SNI) is NACKed with its
+    // field, and the snapshot it would have joined keeps serving.
+    cp.update(|s| {
+        put(
+            s,
+            LISTENER,
+            "0.0.0.0_443",
+            sni_listener(443, "secure.example.com", &web_c),
+        )
+    });
+    let nack = cp
+        .wait_for("a NACK of the SNI listener", |r| {
+            r.type_url == LISTENER && r.error.is_some()
+        })
+        .await;
+    let detail = nack.error.expect("error_detail");
+    assert!(
+        detail.contains("Listener '0.0.0.0_443': filter_chains[0].filter_chain_match.server_names"),
+        "{detail}"
+    );
+    let before = web.requests.load(Ordering::SeqCst);
+    let (status, body) = get(web_vip, WEB, "/").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(web.requests.load(Ordering::SeqCst), before + 1);
 }
 
 #[tokio::test]

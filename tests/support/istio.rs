@@ -364,6 +364,30 @@ pub fn tcp_service_listener(vip: SocketAddr, cluster: &str) -> Any {
     )
 }
 
+/// `0.0.0.0_<port>` with a TLS chain picked by SNI, as Istio gives a TLS
+/// ServiceEntry.
+pub fn sni_listener(port: u16, server_name: &str, cluster: &str) -> Any {
+    any(
+        LISTENER,
+        &Listener {
+            name: format!("0.0.0.0_{port}"),
+            address: socket("0.0.0.0", port),
+            bind_to_port: Some(BoolValue { value: false }),
+            traffic_direction: TrafficDirection::Outbound as i32,
+            filter_chains: vec![FilterChain {
+                filter_chain_match: Some(FilterChainMatch {
+                    transport_protocol: "tls".into(),
+                    server_names: vec![server_name.into()],
+                    ..Default::default()
+                }),
+                filters: vec![tcp_proxy_filter(cluster, cluster)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+}
+
 /// Istio's route: prefix `/`, no timeout, its default retry policy.
 pub fn service_route(name: &str, prefix: &str, cluster: &str) -> Route {
     Route {
