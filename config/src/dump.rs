@@ -324,11 +324,19 @@ impl Config {
                     RouteMatch::Authority(a) => FileRoute {
                         authority: Some(a.clone()),
                         port: None,
+                        destination: None,
                         cluster: r.cluster.clone(),
                     },
                     RouteMatch::Port(port) => FileRoute {
                         authority: None,
                         port: Some(i64::from(*port)),
+                        destination: None,
+                        cluster: r.cluster.clone(),
+                    },
+                    RouteMatch::Destination(addr) => FileRoute {
+                        authority: None,
+                        port: None,
+                        destination: Some(addr.to_string()),
                         cluster: r.cluster.clone(),
                     },
                 })
@@ -375,6 +383,7 @@ impl Config {
                 .map(|h| FileVirtualHost {
                     name: h.name.clone(),
                     domains: h.domains.clone(),
+                    port: h.port.map(i64::from),
                     routes: h.routes.iter().map(route_rule).collect(),
                 })
                 .collect(),

@@ -101,6 +101,10 @@ pub struct FileDns {
 pub struct FileVirtualHost {
     pub name: String,
     pub domains: Vec<String>,
+    /// Only traffic to this original destination port (as an xDS
+    /// listener's routes apply only to that listener's traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
     #[serde(default)]
     pub routes: Vec<FileRouteRule>,
 }
@@ -140,21 +144,21 @@ pub struct FileRetry {
     pub max_body: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileFault {
     pub delay: Option<FileFaultDelay>,
     pub abort: Option<FileFaultAbort>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileFaultDelay {
     pub fixed: String,
     pub percent: f64,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileFaultAbort {
     pub status: i64,
@@ -480,5 +484,8 @@ pub struct FileEndpoint {
 pub struct FileRoute {
     pub authority: Option<String>,
     pub port: Option<i64>,
+    /// `IP:port`: connections to this original destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
     pub cluster: String,
 }

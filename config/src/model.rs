@@ -110,11 +110,14 @@ pub struct Dns {
 
 /// Requests whose authority matches one of `domains` (exact, `*.suffix`,
 /// `prefix.*` or `*`; the most specific wins, port ignored) are routed by
-/// the first of `routes` that matches.
+/// the first of `routes` that matches. A host with a `port` sees only
+/// traffic to that original destination port, and is consulted before
+/// the hosts without one.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VirtualHost {
     pub name: String,
     pub domains: Vec<String>,
+    pub port: Option<u16>,
     pub routes: Vec<RouteRule>,
 }
 
@@ -600,6 +603,9 @@ pub enum RouteMatch {
     Authority(String),
     /// Connections whose original destination port is this.
     Port(u16),
+    /// Connections whose original destination is this address (a
+    /// service's virtual IP and port); consulted before `Port`.
+    Destination(SocketAddr),
 }
 
 /// Optional durations, likewise.

@@ -441,8 +441,8 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
     let mut authorities = HashSet::new();
     for (i, r) in file.routes.into_iter().enumerate() {
         let field = format!("routes[{i}]");
-        let matches = match (r.authority, r.port) {
-            (Some(authority), None) => {
+        let matches = match (r.authority, r.port, r.destination) {
+            (Some(authority), None, None) => {
                 let authority = normalize_authority(&authority);
                 if !authorities.insert(authority.clone()) {
                     return Err(ConfigError::DuplicateRoute {
@@ -452,8 +452,19 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
                 }
                 RouteMatch::Authority(authority)
             }
-            (None, Some(port)) => {
+            (None, Some(port), None) => {
                 RouteMatch::Port(rules.port(&format!("{field}.port"), port, false)?)
+            }
+            (None, None, Some(destination)) => {
+                match destination.trim().parse::<std::net::SocketAddr>() {
+                    Ok(addr) if addr.port() != 0 => RouteMatch::Destination(addr),
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            at: rules.at(&format!("{field}.destination")),
+                            message: format!("'{destination}' is not an IP:port"),
+                        })
+                    }
+                }
             }
             _ => {
                 return Err(ConfigError::RouteMatch {

@@ -173,11 +173,25 @@ pub fn virtual_hosts(
                 at: at(index, &format!("{hf}.domains")),
             });
         }
+        let port = match host.port {
+            None => None,
+            Some(p) => match u16::try_from(p) {
+                Ok(p) if p != 0 => Some(p),
+                _ => {
+                    return Err(invalid(
+                        index,
+                        &format!("{hf}.port"),
+                        format!("{p} is not a port"),
+                    ))
+                }
+            },
+        };
         let mut domains = Vec::new();
         for (d, domain) in host.domains.iter().enumerate() {
             let field = format!("{hf}.domains[{d}]");
             let domain = check_domain(index, &field, domain)?;
-            if !seen_domains.insert(domain.clone()) {
+            // Hosts of different ports never see the same traffic.
+            if !seen_domains.insert((port, domain.clone())) {
                 return Err(invalid(
                     index,
                     &field,
@@ -203,6 +217,7 @@ pub fn virtual_hosts(
         out.push(VirtualHost {
             name: host.name,
             domains,
+            port,
             routes,
         });
     }

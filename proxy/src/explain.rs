@@ -164,11 +164,14 @@ pub fn explain(snapshot: &Snapshot, query: &Query) -> Result<Value, String> {
     let decided = match query.direction {
         Direction::Outbound => {
             if let Some(authority) = &query.authority {
-                out["virtual_host"] = virtual_host_trail(
-                    &snapshot.vhosts,
-                    &outbound::vhost_host(authority),
-                    &req,
-                );
+                // The destination port's own hosts, when one of them
+                // takes this authority; else the hosts of every port.
+                let host = outbound::vhost_host(authority);
+                let vhosts = snapshot
+                    .port_vhosts(orig_dst.addr.port())
+                    .filter(|v| v.host_index(&host).is_some())
+                    .unwrap_or(&snapshot.vhosts);
+                out["virtual_host"] = virtual_host_trail(vhosts, &host, &req);
             }
             outbound_decision(snapshot, outbound::decide(snapshot, orig_dst, &req))
         }
@@ -304,6 +307,11 @@ fn outbound_decision(snapshot: &Snapshot, decision: outbound::Decision<'_>) -> D
                 "no virtual host route matched; the routes entry for authority '{}' did",
                 target.authority
             ),
+            target,
+        ),
+        outbound::Decision::Destination(target) => Decided::cluster(
+            "destination",
+            "no virtual host or authority route matched; the routes entry for the destination address did".into(),
             target,
         ),
         outbound::Decision::Port(target) => Decided::cluster(

@@ -442,6 +442,9 @@ fn check(path: &PathBuf) -> ExitCode {
         match &r.matches {
             RouteMatch::Authority(a) => println!("  route     authority {a} -> {}", r.cluster),
             RouteMatch::Port(p) => println!("  route     port {p} -> {}", r.cluster),
+            RouteMatch::Destination(d) => {
+                println!("  route     destination {d} -> {}", r.cluster)
+            }
         }
     }
     if let Some(t) = &config.tracing {

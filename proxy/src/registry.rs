@@ -236,14 +236,18 @@ impl Registry {
         }
         let mut seen = std::collections::HashSet::new();
         addrs.retain(|(addr, _)| seen.insert(*addr));
+        // By address: an EDS update of thousands of endpoints must not
+        // search the old set once per new endpoint (quadratic).
+        let kept: HashMap<SocketAddr, &Arc<Endpoint>> = existing
+            .iter()
+            .filter(|e| e.mesh == settings.tls_identity)
+            .map(|e| (e.addr, e))
+            .collect();
         addrs
             .into_iter()
             .map(|(addr, weight)| {
-                let kept = existing
-                    .iter()
-                    .find(|e| e.addr == addr && e.mesh == settings.tls_identity);
-                let endpoint = match kept {
-                    Some(e) => e.clone(),
+                let endpoint = match kept.get(&addr) {
+                    Some(e) => Arc::clone(e),
                     None => Arc::new(Endpoint::new(
                         addr,
                         settings.tls_identity.clone(),

@@ -31,8 +31,11 @@ pub struct Snapshot {
     clusters: Vec<Arc<ClusterState>>,
     /// L7 routes, consulted before `by_authority`.
     pub vhosts: VirtualHosts,
+    /// L7 routes of one original destination port, consulted first.
+    port_vhosts: HashMap<u16, VirtualHosts>,
     by_authority: HashMap<String, RouteTarget>,
     by_port: HashMap<u16, RouteTarget>,
+    by_destination: HashMap<std::net::SocketAddr, RouteTarget>,
     pub outbound_default: Option<RouteTarget>,
     pub inbound_default: Option<RouteTarget>,
     /// The `authority` label of traffic to an original destination.
@@ -61,6 +64,7 @@ impl Snapshot {
         };
         let mut by_authority = HashMap::new();
         let mut by_port = HashMap::new();
+        let mut by_destination = HashMap::new();
         for route in &config.routes {
             match &route.matches {
                 RouteMatch::Authority(a) => {
@@ -71,6 +75,11 @@ impl Snapshot {
                 RouteMatch::Port(p) => {
                     if let Some(t) = target(&route.cluster, &route.cluster) {
                         by_port.insert(*p, t);
+                    }
+                }
+                RouteMatch::Destination(addr) => {
+                    if let Some(t) = target(&route.cluster, &route.cluster) {
+                        by_destination.insert(*addr, t);
                     }
                 }
             }
@@ -86,12 +95,15 @@ impl Snapshot {
             .as_deref()
             .and_then(|c| target(c, c));
         let vhosts = VirtualHosts::compile(&config.virtual_hosts, clusters);
+        let port_vhosts = VirtualHosts::compile_by_port(&config.virtual_hosts, clusters);
         let cluster_list = clusters.values().cloned().collect();
         Snapshot {
             clusters: cluster_list,
             vhosts,
+            port_vhosts,
             by_authority,
             by_port,
+            by_destination,
             outbound_default,
             inbound_default,
             no_authority: "".into(),
@@ -117,14 +129,37 @@ impl Snapshot {
         &self.clusters
     }
 
+    /// The virtual hosts scoped to traffic for destination `port`.
+    pub fn port_vhosts(&self, port: u16) -> Option<&VirtualHosts> {
+        if self.port_vhosts.is_empty() {
+            return None;
+        }
+        self.port_vhosts.get(&port)
+    }
+
     /// The route for a destination port.
     pub fn by_port(&self, port: u16) -> Option<&RouteTarget> {
         self.by_port.get(&port)
     }
 
+    /// The route for one original destination address.
+    pub fn by_destination(&self, addr: std::net::SocketAddr) -> Option<&RouteTarget> {
+        if self.by_destination.is_empty() {
+            return None;
+        }
+        self.by_destination.get(&addr)
+    }
+
+    /// The route for a connection's original destination: its address,
+    /// else its port.
+    pub fn by_orig_dst(&self, addr: std::net::SocketAddr) -> Option<&RouteTarget> {
+        self.by_destination(addr)
+            .or_else(|| self.by_port(addr.port()))
+    }
+
     /// Whether any route is configured (a miss is then a 404).
     pub fn has_routes(&self) -> bool {
-        !self.by_authority.is_empty() || !self.by_port.is_empty()
+        !self.by_authority.is_empty() || !self.by_port.is_empty() || !self.by_destination.is_empty()
     }
 }
 
@@ -153,5 +188,29 @@ mod tests {
         assert!(snap.by_authority("web.ns.svc").is_some());
         assert!(snap.by_authority("api").is_none());
         assert_eq!(snap.by_port(6379).map(|t| &*t.cluster.name), Some("web"));
+    }
+
+    #[test]
+    fn destination_routes_and_port_scoped_hosts_only_see_their_traffic() {
+        let config = Config::from_yaml(
+            "clusters:\n  - {name: db, endpoints: [{address: '127.0.0.1:1'}]}\n  - {name: any, endpoints: [{address: '127.0.0.1:2'}]}\nroutes:\n  - {destination: '10.96.0.7:5432', cluster: db}\n  - {port: 5432, cluster: any}\nvirtual_hosts:\n  - {name: on-80, port: 80, domains: ['*'], routes: [{cluster: db}]}\n",
+        )
+        .expect("valid");
+        let snap = Snapshot::new(config);
+        let to = |ip: [u8; 4], port| std::net::SocketAddr::from((ip, port));
+        let name = |t: Option<&RouteTarget>| t.map(|t| t.cluster.name.to_string());
+        assert_eq!(
+            name(snap.by_orig_dst(to([10, 96, 0, 7], 5432))),
+            Some("db".into())
+        );
+        assert_eq!(
+            name(snap.by_orig_dst(to([10, 96, 0, 8], 5432))),
+            Some("any".into())
+        );
+        assert!(snap.port_vhosts(80).is_some_and(|v| !v.is_empty()));
+        assert!(snap.port_vhosts(81).is_none());
+        assert!(snap.vhosts.is_empty(), "the port's host is not everyone's");
+        let bad = Config::from_yaml("routes:\n  - {destination: 'db:5432', cluster: db}\n");
+        assert!(bad.is_err_and(|e| e.to_string().contains("routes[0].destination")));
     }
 }

@@ -230,10 +230,29 @@ impl Ops {
 }
 
 impl VirtualHosts {
-    /// Compile `hosts`; `clusters` holds every cluster of the snapshot.
+    /// Compile the `hosts` without a port; `clusters` holds every
+    /// cluster of the snapshot.
     pub fn compile(hosts: &[VirtualHost], clusters: &Clusters) -> VirtualHosts {
+        Self::compile_port(hosts, clusters, None)
+    }
+
+    /// Every port some host is scoped to, with that port's hosts compiled.
+    pub fn compile_by_port(
+        hosts: &[VirtualHost],
+        clusters: &Clusters,
+    ) -> HashMap<u16, VirtualHosts> {
+        let ports: std::collections::BTreeSet<u16> = hosts.iter().filter_map(|h| h.port).collect();
+        ports
+            .into_iter()
+            .map(|p| (p, Self::compile_port(hosts, clusters, Some(p))))
+            .collect()
+    }
+
+    /// Compile the hosts of one port scope (`None`: those without a port).
+    fn compile_port(hosts: &[VirtualHost], clusters: &Clusters, port: Option<u16>) -> VirtualHosts {
         let mut out = VirtualHosts::default();
-        for (i, host) in hosts.iter().enumerate() {
+        let scoped = hosts.iter().filter(|h| h.port == port);
+        for (i, host) in scoped.enumerate() {
             for domain in &host.domains {
                 if domain == "*" {
                     out.any = Some(i);

@@ -119,9 +119,10 @@ fn rules(
                 authority: headers::authority(req).unwrap_or("").to_string(),
             }),
         },
-        Decision::Authority(route) | Decision::Port(route) | Decision::Default(route) => {
-            Ok(Routed::Forward(None, Dispatch::Cluster(route.clone())))
-        }
+        Decision::Authority(route)
+        | Decision::Destination(route)
+        | Decision::Port(route)
+        | Decision::Default(route) => Ok(Routed::Forward(None, Dispatch::Cluster(route.clone()))),
         Decision::OriginalDestination(addr) => Ok(Routed::Forward(None, Dispatch::Direct(addr))),
         Decision::NoRoute => Err(ProxyError::NoRoute {
             authority: headers::authority(req).unwrap_or("").to_string(),
@@ -137,6 +138,8 @@ pub enum Decision<'a> {
     VirtualHost(&'a Arc<Route>),
     /// The simple route for the request's authority.
     Authority(&'a RouteTarget),
+    /// The simple route for the destination address (IP and port).
+    Destination(&'a RouteTarget),
     /// The simple route for the destination port.
     Port(&'a RouteTarget),
     /// The listener's default cluster.
@@ -146,10 +149,17 @@ pub enum Decision<'a> {
     NoRoute,
 }
 
-/// Virtual hosts first, then the simple authority and port routes, the
-/// default cluster, the original destination.
+/// Virtual hosts first (those scoped to the destination port, then the
+/// rest), then the simple authority and port routes, the default cluster,
+/// the original destination.
 pub fn decide<'a, B>(snapshot: &'a Snapshot, orig_dst: OrigDst, req: &Request<B>) -> Decision<'a> {
     let authority = headers::authority(req);
+    let scoped = snapshot.port_vhosts(orig_dst.addr.port());
+    if let (Some(vhosts), Some(authority)) = (scoped, authority) {
+        if let Some(route) = vhosts.find(&vhost_host(authority), req) {
+            return Decision::VirtualHost(route);
+        }
+    }
     if let (false, Some(authority)) = (snapshot.vhosts.is_empty(), authority) {
         if let Some(route) = snapshot.vhosts.find(&vhost_host(authority), req) {
             return Decision::VirtualHost(route);
@@ -157,6 +167,9 @@ pub fn decide<'a, B>(snapshot: &'a Snapshot, orig_dst: OrigDst, req: &Request<B>
     }
     if let Some(route) = authority.and_then(|a| snapshot.by_authority(a)) {
         return Decision::Authority(route);
+    }
+    if let Some(route) = snapshot.by_destination(orig_dst.addr) {
+        return Decision::Destination(route);
     }
     if let Some(route) = snapshot.by_port(orig_dst.addr.port()) {
         return Decision::Port(route);
@@ -183,7 +196,7 @@ pub fn vhost_host(authority: &str) -> std::borrow::Cow<'_, str> {
 /// Pick the target for an outbound opaque TCP connection.
 pub fn resolve_tcp(snapshot: &Snapshot, orig_dst: OrigDst) -> Result<Target, ProxyError> {
     let route = snapshot
-        .by_port(orig_dst.addr.port())
+        .by_orig_dst(orig_dst.addr)
         .or(snapshot.outbound_default.as_ref());
     route_or_original(snapshot, orig_dst, route, None, || {
         format!("(tcp to port {})", orig_dst.addr.port())

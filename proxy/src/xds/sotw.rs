@@ -51,8 +51,9 @@ impl Xds {
 
     /// Take one response. Returns the requests to send: the ACK or NACK,
     /// then any change of subscription (endpoints for new clusters,
-    /// routes for new listeners).
-    pub(super) fn sotw_handle(&self, resp: DiscoveryResponse) -> Vec<DiscoveryRequest> {
+    /// routes for new listeners). Public for `benches/xds_eds.rs`, which
+    /// times the whole path from response to ACK.
+    pub fn sotw_handle(&self, resp: DiscoveryResponse) -> Vec<DiscoveryRequest> {
         let Some(kind) = Kind::from_type_url(&resp.type_url) else {
             warn!(type_url = %resp.type_url, "xds: response of a type never asked for; refused");
             return vec![DiscoveryRequest {

@@ -6,7 +6,12 @@
 //! which the client sends back as the NACK's `error_detail`.
 
 mod cluster;
+mod fault;
 mod listener;
+#[cfg(test)]
+mod listener_tests;
+mod ports;
+mod rate_limit;
 mod route;
 mod secret;
 mod upstream_tls;
@@ -75,14 +80,22 @@ pub fn translate(
     resources: &Resources,
     expired: &HashSet<String>,
 ) -> Result<Translated, Rejected> {
-    // Listeners first: they say which route configs are in use.
+    // Listeners first: they say which route configs are in use, and for
+    // which destination ports.
     let mut rds_names = BTreeSet::new();
-    let mut inline = Vec::new();
+    let mut http = Vec::new();
+    let mut tcp = Vec::new();
     for l in resources.listeners.values() {
         let routes = listener::listener(l)?;
-        rds_names.extend(routes.rds);
-        inline.extend(routes.inline);
+        for chain in &routes.http {
+            if let listener::HttpRoutes::Rds(name) = &chain.routes {
+                rds_names.insert(name.clone());
+            }
+        }
+        http.extend(routes.http);
+        tcp.extend(routes.tcp);
     }
+    ports::check_unique(&http, &tcp)?;
 
     let sds = match base.identity.as_ref().map(|i| &i.source) {
         Some(IdentitySource::Sds(sds)) => Some(sds),
@@ -148,16 +161,38 @@ pub fn translate(
     // hash cluster hashes.
     let mut hash = HashMap::new();
     let mut hosts = Vec::new();
-    let in_use = resources
-        .routes
-        .values()
-        .filter(|rc| rds_names.contains(&rc.name));
-    for rc in inline.iter().chain(in_use) {
-        route::route_config(rc, &live, &mut hash, &mut hosts)?;
+    // A route config serves the ports of the chains that name it; one
+    // named by chains of several ports is translated once for each.
+    let mut named = HashSet::new();
+    let mut translated = HashSet::new();
+    for chain in &http {
+        let rc = match &chain.routes {
+            listener::HttpRoutes::Rds(name) => match resources.routes.get(name) {
+                Some(rc) => rc,
+                None => continue,
+            },
+            listener::HttpRoutes::Inline(rc) => rc.as_ref(),
+        };
+        if !translated.insert((rc.name.clone(), chain.port)) {
+            continue;
+        }
+        let usage = route::Use {
+            port: chain.port,
+            prefix: (!named.insert(rc.name.clone())).then(|| {
+                format!(
+                    "{}:{}",
+                    rc.name,
+                    chain.port.map_or("*".into(), |p| p.to_string())
+                )
+            }),
+            fault: chain.fault.clone(),
+        };
+        route::route_config_for(rc, &usage, &live, &mut hash, &mut hosts)?;
     }
     to_original_destination(&mut hosts, &original_dst)?;
 
     let mut config = base.clone();
+    ports::tcp_routes(&mut config, &tcp, &live, &warming, &original_dst)?;
     for (name, c) in &resources.clusters {
         if warming.contains(name) || original_dst.contains(name) {
             continue;
@@ -237,16 +272,17 @@ fn virtual_hosts(
     hosts: Vec<(FileVirtualHost, route::Origin)>,
     clusters: &BTreeSet<String>,
 ) -> Result<Vec<strait_config::VirtualHost>, Rejected> {
-    let mut claimed: HashSet<String> = base
+    let mut claimed: HashSet<(Option<i64>, String)> = base
         .virtual_hosts
         .iter()
-        .flat_map(|h| h.domains.iter().cloned())
+        .flat_map(|h| h.domains.iter().map(|d| (h.port.map(i64::from), d.clone())))
         .collect();
     let mut files = Vec::new();
     let mut origins = Vec::new();
     for (mut host, origin) in hosts {
+        let port = host.port;
         host.domains.retain(|d| {
-            let fresh = claimed.insert(d.clone());
+            let fresh = claimed.insert((port, d.clone()));
             if !fresh {
                 warn!(route_config = %origin.route_config, domain = %d, "xds: domain already routed by the config file or another route config; left out");
             }

@@ -32,15 +32,40 @@ pub struct Origin {
     pub index: usize,
 }
 
-/// One route config's virtual hosts in the file's shape. `live` are the
-/// clusters that can take traffic now; `hash` collects ring-hash keys
-/// routes ask of their clusters.
+/// How one listener (filter chain) uses a route config.
+#[derive(Debug, Default, Clone)]
+pub struct Use {
+    /// The destination port its traffic comes to; `None`: every port.
+    pub port: Option<u16>,
+    /// Names its virtual hosts and routes (`{prefix}/{host}/{route}`):
+    /// the config's name, told apart when one config serves several ports.
+    pub prefix: Option<String>,
+    /// The HCM's fault filter config, for routes that set none.
+    pub fault: Option<FileFault>,
+}
+
+/// One route config's virtual hosts in the file's shape, for every port.
+#[cfg(test)]
 pub fn route_config(
     rc: &RouteConfiguration,
     live: &BTreeSet<String>,
     hash: &mut HashMap<String, HashKey>,
     out: &mut Vec<(FileVirtualHost, Origin)>,
 ) -> Result<(), Rejected> {
+    route_config_for(rc, &Use::default(), live, hash, out)
+}
+
+/// One route config's virtual hosts in the file's shape, as one listener
+/// uses it. `live` are the clusters that can take traffic now; `hash`
+/// collects ring-hash keys routes ask of their clusters.
+pub fn route_config_for(
+    rc: &RouteConfiguration,
+    usage: &Use,
+    live: &BTreeSet<String>,
+    hash: &mut HashMap<String, HashKey>,
+    out: &mut Vec<(FileVirtualHost, Origin)>,
+) -> Result<(), Rejected> {
+    let prefix = usage.prefix.as_deref().unwrap_or(&rc.name);
     for (v, vh) in rc.virtual_hosts.iter().enumerate() {
         let reject = |field: String, message: String| {
             Rejected::new(
@@ -64,13 +89,27 @@ pub fn route_config(
         for (r, route) in vh.routes.iter().enumerate() {
             let mut rule =
                 rule(route, live, hash).map_err(|(f, m)| reject(format!("routes[{r}].{f}"), m))?;
+            let route_field = format!("virtual_hosts[{v}].routes[{r}].");
+            let host_field = format!("virtual_hosts[{v}].");
+            let levels = [
+                (route_field.as_str(), &route.typed_per_filter_config),
+                (host_field.as_str(), &vh.typed_per_filter_config),
+                ("", &rc.typed_per_filter_config),
+            ];
+            let refuse = |(field, message): (String, String)| {
+                Rejected::new("RouteConfiguration", &rc.name, &field, message)
+            };
+            rule.fault = super::fault::per_filter(levels)
+                .map_err(refuse)?
+                .unwrap_or_else(|| usage.fault.clone());
+            rule.rate_limit = super::rate_limit::per_filter(levels).map_err(refuse)?;
             // The `route` metric label: unique across every host.
             let local = if route.name.is_empty() || !names.insert(route.name.clone()) {
                 r.to_string()
             } else {
                 route.name.clone()
             };
-            rule.name = Some(format!("{}/{}/{local}", rc.name, vh.name));
+            rule.name = Some(format!("{prefix}/{}/{local}", vh.name));
             add_headers(
                 &mut rule.request_headers,
                 &vh.request_headers_to_add,
@@ -95,8 +134,9 @@ pub fn route_config(
         }
         out.push((
             FileVirtualHost {
-                name: format!("{}/{}", rc.name, vh.name),
+                name: format!("{prefix}/{}", vh.name),
                 domains,
+                port: usage.port.map(i64::from),
                 routes,
             },
             Origin {
