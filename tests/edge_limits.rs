@@ -88,19 +88,8 @@ async fn raw_h2(addr: SocketAddr) -> TcpStream {
 /// The next frame (type, flags, payload), or `None` once the connection
 /// is closed or `deadline` passes.
 async fn next_frame(stream: &mut TcpStream, deadline: Instant) -> Option<(u8, u8, Vec<u8>)> {
-    let deadline = tokio::time::Instant::from_std(deadline);
-    let mut head = [0u8; 9];
-    tokio::time::timeout_at(deadline, stream.read_exact(&mut head))
-        .await
-        .ok()?
-        .ok()?;
-    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-    let mut payload = vec![0u8; len];
-    tokio::time::timeout_at(deadline, stream.read_exact(&mut payload))
-        .await
-        .ok()?
-        .ok()?;
-    Some((head[3], head[4], payload))
+    let (kind, flags, payload, _) = next_frame_on(stream, deadline).await?;
+    Some((kind, flags, payload))
 }
 
 /// The error code of the first GOAWAY before `deadline`.
@@ -406,4 +395,152 @@ async fn a_streamed_body_over_the_cap_gets_413_and_never_blames_the_endpoint() {
     let response = raw_http1(proxy.outbound, &chunked_post(1, 10)).await;
     assert_eq!(status_of(&response), 200, "{response}");
     assert!(requests.load(Ordering::SeqCst) >= 2);
+}
+
+// --- PING, SETTINGS and empty-DATA floods (proxy/src/http/flood.rs) ------
+
+const DATA: u8 = 0x0;
+/// `POST http://web/` as an HPACK block (`:method POST` is static index 3).
+const POST_WEB: &[u8] = &[0x83, 0x86, 0x84, 0x01, 0x03, b'w', b'e', b'b'];
+
+/// The frames of one flood of `n` frames of its kind.
+fn flood_of(reason: &str, n: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    match reason {
+        "ping_flood" => {
+            (0..n).for_each(|i| bytes.extend(frame(PING, 0, 0, &(i as u64).to_be_bytes())))
+        }
+        "settings_flood" => (0..n).for_each(|_| bytes.extend(frame(SETTINGS, 0, 0, &[]))),
+        _ => {
+            bytes.extend(frame(HEADERS, END_HEADERS, 1, POST_WEB));
+            (0..n).for_each(|_| bytes.extend(frame(DATA, 0, 1, &[])));
+        }
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn ping_settings_and_empty_data_floods_get_goaway_and_are_counted_while_others_are_served() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&config(
+        upstream.addr,
+        "http2_max_ping_frames: 20, http2_max_settings_frames: 20, http2_max_empty_data_frames: 20",
+    ));
+    // A well-behaved client, connected before the floods.
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut good, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    assert_eq!(h2_get(&mut good).await, StatusCode::OK);
+
+    let reasons = ["ping_flood", "settings_flood", "empty_data_flood"];
+    for (i, reason) in reasons.iter().enumerate() {
+        let mut flood = raw_h2(proxy.outbound).await;
+        // The proxy may close before it has read everything.
+        let _ = flood.write_all(&flood_of(reason, 200)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let code = goaway_code(&mut flood, deadline).await;
+        assert_eq!(code, Some(ENHANCE_YOUR_CALM), "{reason}: {}", proxy.log());
+        // Then the connection is closed.
+        while next_frame(&mut flood, deadline).await.is_some() {}
+        assert!(Instant::now() < deadline, "{reason}: not closed within 5 s");
+        let label = format!("reason=\"{reason}\"");
+        let metrics = wait_for_metric(
+            &proxy,
+            "http2_connection_errors_total",
+            &["direction=\"outbound\"", &label, "sender=\"proxy\""],
+            1.0,
+        )
+        .await;
+        assert_eq!(
+            metric_sum(&metrics, "http2_connection_errors_total", &[]),
+            (i + 1) as f64,
+            "one count per flooding connection:\n{metrics}"
+        );
+        // The other client was never disturbed.
+        assert_eq!(h2_get(&mut good).await, StatusCode::OK, "after {reason}");
+    }
+    // Logged (the log writer may lag the metric).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.log_lines(&["HTTP/2 PING flood", "ENHANCE_YOUR_CALM"]) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the flood is not logged:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // New clients are served too.
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut fresh, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    assert_eq!(h2_get(&mut fresh).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_client_at_the_flood_limits_is_never_cut_off() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&config(
+        upstream.addr,
+        "http2_max_ping_frames: 20, http2_max_settings_frames: 20, http2_max_empty_data_frames: 20",
+    ));
+    // Every limit reached, none passed (the preface's SETTINGS is one).
+    let mut client = raw_h2(proxy.outbound).await;
+    let mut bytes = flood_of("ping_flood", 20);
+    bytes.extend(flood_of("settings_flood", 19));
+    bytes.extend(flood_of("empty_data_flood", 20));
+    bytes.extend(frame(DATA, END_STREAM, 1, b"done"));
+    bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, GET_WEB));
+    client.write_all(&bytes).await.expect("write");
+    // Every PING answered, and both requests too; no GOAWAY.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut pongs, mut answered) = (0, Vec::new());
+    while pongs < 20 || answered.len() < 2 {
+        let Some((kind, flags, _, stream)) = next_frame_on(&mut client, deadline).await else {
+            panic!(
+                "closed or stalled after {pongs} PONGs and answers on {answered:?}:\n{}",
+                proxy.log()
+            );
+        };
+        assert_ne!(kind, GOAWAY, "{}", proxy.log());
+        pongs += usize::from(kind == PING && flags & 0x1 != 0);
+        if kind == HEADERS {
+            answered.push(stream);
+        }
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, [1, 3]);
+    let metrics = proxy.metrics();
+    assert_eq!(
+        metric_sum(&metrics, "http2_connection_errors_total", &[]),
+        0.0,
+        "{metrics}"
+    );
+}
+
+/// The next frame (type, flags, payload, stream), or `None` once the
+/// connection is closed or `deadline` passes.
+async fn next_frame_on(
+    stream: &mut TcpStream,
+    deadline: Instant,
+) -> Option<(u8, u8, Vec<u8>, u32)> {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let mut head = [0u8; 9];
+    tokio::time::timeout_at(deadline, stream.read_exact(&mut head))
+        .await
+        .ok()?
+        .ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    tokio::time::timeout_at(deadline, stream.read_exact(&mut payload))
+        .await
+        .ok()?
+        .ok()?;
+    let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some((head[3], head[4], payload, id))
 }

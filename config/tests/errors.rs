@@ -95,7 +95,12 @@ fn http2_control_frame_flood_limits_are_checked() {
         "0 (no limit) to 10000000",
     );
     let yaml = "proxy:\n  http:\n    http2_flood_window: 0s\n";
-    assert_refused(yaml, "proxy.http.http2_flood_window", 3, "greater than zero");
+    assert_refused(
+        yaml,
+        "proxy.http.http2_flood_window",
+        3,
+        "greater than zero",
+    );
     let http = Config::from_yaml("").expect("default").proxy.http;
     assert_eq!(http.http2_flood_window, std::time::Duration::from_secs(10));
     assert_eq!(http.http2_max_ping_frames, 1000);

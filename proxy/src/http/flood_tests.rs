@@ -87,10 +87,7 @@ async fn a_limit_counts_per_window_and_ignores_acks() {
         assert_eq!(window.count(head(DATA, END_STREAM, 0), &limits), None);
         assert_eq!(window.count(head(HEADERS, 0, 0), &limits), None);
     }
-    assert_eq!(
-        window.count(head(PING, 0, 8), &limits),
-        Some(Flood::Ping)
-    );
+    assert_eq!(window.count(head(PING, 0, 8), &limits), Some(Flood::Ping));
     tokio::time::advance(Duration::from_secs(10)).await;
     // A new window: the count starts over.
     for _ in 0..3 {
@@ -139,7 +136,10 @@ async fn a_flood_gets_goaway_enhance_your_calm_and_the_connection_fails() {
     for _ in 0..3 {
         sent.extend(ping());
     }
-    client.write_all(&sent).await.unwrap_or_else(|e| panic!("{e}"));
+    client
+        .write_all(&sent)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     // Under the limit: every byte passes untouched.
     let mut passed = vec![0u8; sent.len()];
     guard
@@ -147,13 +147,19 @@ async fn a_flood_gets_goaway_enhance_your_calm_and_the_connection_fails() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(passed, sent);
-    client.write_all(&ping()).await.unwrap_or_else(|e| panic!("{e}"));
+    client
+        .write_all(&ping())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     client.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
     let (more, err) = drive(&mut guard).await;
     assert!(more.is_empty(), "the read that went over is not passed on");
     assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
     assert!(err.to_string().contains("PING flood"), "{err}");
-    assert_eq!(*seen.lock().unwrap_or_else(|p| p.into_inner()), [Flood::Ping]);
+    assert_eq!(
+        *seen.lock().unwrap_or_else(|p| p.into_inner()),
+        [Flood::Ping]
+    );
     // The client reads the GOAWAY (last stream 5, ENHANCE_YOUR_CALM), then EOF.
     let mut got = Vec::new();
     client
@@ -179,7 +185,10 @@ async fn no_goaway_inside_a_half_written_frame() {
     let mut sent = PREFACE.to_vec();
     sent.extend(ping());
     sent.extend(ping());
-    client.write_all(&sent).await.unwrap_or_else(|e| panic!("{e}"));
+    client
+        .write_all(&sent)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let (_, err) = drive(&mut guard).await;
     assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
     drop(guard);

@@ -138,7 +138,11 @@ async fn serve_with<I, S>(
     let service = PerConnection(RefCell::new(stack));
     let Watched { io, flood } = io;
     let result = if let Some(report) = flood {
-        let io = TokioIo::new(FloodGuard::new(io, flood::Limits::from_settings(limits), report));
+        let io = TokioIo::new(FloodGuard::new(
+            io,
+            flood::Limits::from_settings(limits),
+            report,
+        ));
         let mut builder = http2::Builder::new(TokioExecutor::new());
         // h2 answers a header block over the list size with 431; streams a
         // client resets before we accept them (rapid reset), and streams we
