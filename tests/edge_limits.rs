@@ -544,3 +544,143 @@ async fn next_frame_on(
     let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
     Some((head[3], head[4], payload, id))
 }
+
+// --- A streamed body over the cap after the response started ------------
+
+#[tokio::test]
+async fn a_body_over_the_cap_after_the_response_started_is_counted_and_reset() {
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        "{EPHEMERAL_LISTENERS}proxy:\n  http: {{max_request_body_bytes: 1000}}\nclusters:\n  - name: web\n    outlier_detection: {{consecutive_failures: 1}}\n    endpoints: [{{address: '{}'}}]\nroutes:\n  - authority: web\n    cluster: web\n",
+        upstream.addr
+    );
+    let proxy = Proxy::start(&yaml);
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+
+    // `/echo` answers at once and streams the body back: the response has
+    // started (headers and the first 600 bytes back) before the body goes over.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk)),
+            rx,
+        ))
+    });
+    let req = Request::post("http://web/echo")
+        .body(http_body_util::StreamBody::new(Box::pin(frames)))
+        .expect("request");
+    let pending = tokio::spawn(async move { h2.send_request(req).await });
+    tx.send(Bytes::from(vec![b'a'; 600]))
+        .await
+        .expect("first chunk");
+    let response = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("answered within 5 s")
+        .expect("task")
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("echo within 5 s");
+    let first = first.and_then(Result::ok).and_then(|f| f.into_data().ok());
+    assert_eq!(first.map(|d| d.len()), Some(600));
+
+    // Now 600 more: over the 1000-byte cap with no 413 possible.
+    tx.send(Bytes::from(vec![b'b'; 600]))
+        .await
+        .expect("second chunk");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut echoed = 0;
+    let ended = loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, body.frame()).await {
+            Err(_) => panic!("the stream was not reset within 5 s:\n{}", proxy.log()),
+            Ok(Some(Ok(frame))) => echoed += frame.data_ref().map_or(0, |d| d.len()),
+            Ok(Some(Err(e))) => break Some(e),
+            Ok(None) => break None,
+        }
+    };
+    assert!(ended.is_some(), "the response ended cleanly, as if whole");
+    assert_eq!(echoed, 0, "nothing past the cap was forwarded");
+    let metrics = wait_for_metric(
+        &proxy,
+        "http_proxy_errors_total",
+        &["direction=\"outbound\"", "reason=\"body-too-large\""],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "http_proxy_errors_total",
+            &["reason=\"body-too-large\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    drop(tx);
+
+    // HTTP/1, chunked: the connection is closed before the response's
+    // last chunk, so the client cannot take the response for a whole one.
+    let mut client = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let head = "POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk = |byte: u8| format!("258\r\n{}\r\n", (byte as char).to_string().repeat(600));
+    client
+        .write_all(format!("{head}{}", chunk(b'a')).as_bytes())
+        .await
+        .expect("head and first chunk");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&got).contains(&"a".repeat(600)) {
+        match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!(
+                "no echo within 5 s ({other:?}): {}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // The proxy may close before it has read everything.
+    let _ = client.write_all(chunk(b'b').as_bytes()).await;
+    loop {
+        match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("not closed within 5 s: {}", String::from_utf8_lossy(&got)),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        !text.contains("bbbb"),
+        "nothing past the cap was forwarded: {text}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the response ended as if whole: {text}"
+    );
+    let metrics = wait_for_metric(
+        &proxy,
+        "http_proxy_errors_total",
+        &["direction=\"outbound\"", "reason=\"body-too-large\""],
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        metric_sum(&metrics, "endpoint_ejections_total", &[]),
+        0.0,
+        "never counted against the endpoint:\n{metrics}"
+    );
+}
