@@ -462,6 +462,19 @@ async fn ping_settings_and_empty_data_floods_get_goaway_and_are_counted_while_ot
         // The other client was never disturbed.
         assert_eq!(h2_get(&mut good).await, StatusCode::OK, "after {reason}");
     }
+    // The inbound side is guarded the same way (plaintext here; the mesh's
+    // mTLS inbound serves its HTTP/2 through the same server).
+    let mut flood = raw_h2(proxy.inbound).await;
+    let _ = flood.write_all(&flood_of("ping_flood", 200)).await;
+    let code = goaway_code(&mut flood, Instant::now() + Duration::from_secs(5)).await;
+    assert_eq!(code, Some(ENHANCE_YOUR_CALM), "inbound: {}", proxy.log());
+    wait_for_metric(
+        &proxy,
+        "http2_connection_errors_total",
+        &["direction=\"inbound\"", "reason=\"ping_flood\""],
+        1.0,
+    )
+    .await;
     // Logged (the log writer may lag the metric).
     let deadline = Instant::now() + Duration::from_secs(5);
     while proxy.log_lines(&["HTTP/2 PING flood", "ENHANCE_YOUR_CALM"]) == 0 {

@@ -202,6 +202,18 @@ impl Frames {
             if bytes.is_empty() {
                 return None;
             }
+            // The usual case: a whole header in this read, parsed in place.
+            if self.have == 0 {
+                if let Some((head, rest)) = bytes.split_first_chunk::<HEAD_LEN>() {
+                    let head = FrameHead::parse(head);
+                    bytes = rest;
+                    self.skip = head.len;
+                    if let Some(found) = each(head) {
+                        return Some(found);
+                    }
+                    continue;
+                }
+            }
             let have = usize::from(self.have);
             let take = (HEAD_LEN - have).min(bytes.len());
             self.head[have..have + take].copy_from_slice(&bytes[..take]);
@@ -279,7 +291,8 @@ pub struct FloodGuard<I, R> {
     window: Window,
     /// The highest stream the client opened: the GOAWAY's last stream.
     last_stream: u32,
-    refusing: Option<(Flood, Refusal)>,
+    /// Boxed: only a flooding connection pays for it.
+    refusing: Option<Box<(Flood, Refusal)>>,
     report: R,
 }
 
@@ -307,7 +320,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, R: OnFlood> FloodGuard<I, R> {
     /// Refuse the client; ready (with the error the connection's I/O then
     /// fails with) once the refusal is over.
     fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let Some((flood, refusal)) = self.refusing.as_mut() else {
+        let Some((flood, refusal)) = self.refusing.as_deref_mut() else {
             return Poll::Ready(io::Error::other("HTTP/2 flood guard: not refusing"));
         };
         let mut inner = Pin::new(&mut self.inner);
@@ -367,7 +380,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, R: OnFlood> FloodGuard<I, R> {
         } else {
             Refusal::Closed
         };
-        self.refusing = Some((flood, refusal));
+        self.refusing = Some(Box::new((flood, refusal)));
     }
 }
 
