@@ -1,5 +1,5 @@
 //! HTTP/2 control-frame floods against the real `strait` binary: raw
-//! PING, SETTINGS and empty-DATA frames written by hand over h2c and over
+//! PING, SETTINGS, empty-DATA and WINDOW_UPDATE frames written by hand over h2c and over
 //! the mesh's mTLS inbound, the GOAWAY `ENHANCE_YOUR_CALM` they get, the
 //! `http2_connection_errors_total` reasons an operator watches, and the
 //! clients that must not notice (`proxy/src/http/flood.rs`). Part of
@@ -16,6 +16,8 @@ use support::{metric_sum, Proxy, EPHEMERAL_LISTENERS};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+const WINDOW_UPDATE: u8 = 0x8;
+
 /// The frames of one flood of `n` frames of its kind.
 fn flood_of(reason: &str, n: usize) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -24,6 +26,10 @@ fn flood_of(reason: &str, n: usize) -> Vec<u8> {
             (0..n).for_each(|i| bytes.extend(frame(PING, 0, 0, &(i as u64).to_be_bytes())))
         }
         "settings_flood" => (0..n).for_each(|_| bytes.extend(frame(SETTINGS, 0, 0, &[]))),
+        // Windows opened for data the proxy never sent.
+        "window_update_flood" => {
+            (0..n).for_each(|_| bytes.extend(frame(WINDOW_UPDATE, 0, 0, &1024u32.to_be_bytes())))
+        }
         _ => {
             bytes.extend(frame(HEADERS, END_HEADERS, 1, POST_WEB));
             (0..n).for_each(|_| bytes.extend(frame(DATA, 0, 1, &[])));
@@ -33,7 +39,7 @@ fn flood_of(reason: &str, n: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn ping_settings_and_empty_data_floods_get_goaway_and_are_counted_while_others_are_served() {
+async fn control_frame_floods_get_goaway_and_are_counted_while_others_are_served() {
     let upstream = Upstream::start().await;
     let proxy = Proxy::start(&config(
         upstream.addr,
@@ -48,7 +54,12 @@ async fn ping_settings_and_empty_data_floods_get_goaway_and_are_counted_while_ot
     tokio::spawn(conn);
     assert_eq!(h2_get(&mut good).await, StatusCode::OK);
 
-    let reasons = ["ping_flood", "settings_flood", "empty_data_flood"];
+    let reasons = [
+        "ping_flood",
+        "settings_flood",
+        "empty_data_flood",
+        "window_update_flood",
+    ];
     for (i, reason) in reasons.iter().enumerate() {
         let mut flood = raw_h2(proxy.outbound).await;
         // The proxy may close before it has read everything.
@@ -120,6 +131,8 @@ async fn a_client_at_the_flood_limits_is_never_cut_off() {
     let mut bytes = flood_of("ping_flood", 20);
     bytes.extend(flood_of("settings_flood", 19));
     bytes.extend(flood_of("empty_data_flood", 20));
+    // 5 + 2 × 1 stream before the proxy sent any DATA.
+    bytes.extend(flood_of("window_update_flood", 7));
     bytes.extend(frame(DATA, END_STREAM, 1, b"done"));
     bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, GET_WEB));
     client.write_all(&bytes).await.expect("write");

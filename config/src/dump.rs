@@ -320,6 +320,9 @@ impl Config {
                     http2_max_empty_data_frames: Some(i64::from(
                         p.http.http2_max_empty_data_frames,
                     )),
+                    http2_max_window_updates_per_data_frame: Some(i64::from(
+                        p.http.http2_max_window_updates_per_data_frame,
+                    )),
                 }),
             }),
             clusters: self.clusters.iter().map(cluster).collect(),

@@ -399,6 +399,7 @@ pub struct FileHttp {
     pub http2_max_ping_frames: Option<i64>,
     pub http2_max_settings_frames: Option<i64>,
     pub http2_max_empty_data_frames: Option<i64>,
+    pub http2_max_window_updates_per_data_frame: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -494,6 +494,10 @@ pub struct HttpSettings {
     pub http2_max_settings_frames: u32,
     /// Empty DATA frames that do not end their stream, per window, likewise.
     pub http2_max_empty_data_frames: u32,
+    /// WINDOW_UPDATE frames a client may send per DATA frame the proxy
+    /// sent it, over the connection's life (Envoy's rule: at most
+    /// 5 + 2 × (streams + this × DATA frames sent); 0: no limit).
+    pub http2_max_window_updates_per_data_frame: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

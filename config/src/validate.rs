@@ -55,6 +55,8 @@ pub mod defaults {
     pub const HTTP2_MAX_SETTINGS_FRAMES: u32 = 100;
     /// Envoy allows one empty frame in a row; counted per window here.
     pub const HTTP2_MAX_EMPTY_DATA_FRAMES: u32 = 100;
+    /// Envoy's `max_inbound_window_update_frames_per_data_frame_sent`.
+    pub const HTTP2_MAX_WINDOW_UPDATES_PER_DATA_FRAME: u32 = 10;
     /// Peak-EWMA's assumed latency for an endpoint with no history yet.
     pub const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(30);
     /// How fast Peak-EWMA forgets a latency peak.

@@ -58,6 +58,7 @@ proxy:
     http2_flood_window: 2s
     http2_max_ping_frames: 7
     http2_max_settings_frames: 0
+    http2_max_window_updates_per_data_frame: 3
 identity:
   certificate: /id/tls.crt
   private_key: /id/tls.key

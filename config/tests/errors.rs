@@ -106,6 +106,14 @@ fn http2_control_frame_flood_limits_are_checked() {
     assert_eq!(http.http2_max_ping_frames, 1000);
     assert_eq!(http.http2_max_settings_frames, 100);
     assert_eq!(http.http2_max_empty_data_frames, 100);
+    assert_eq!(http.http2_max_window_updates_per_data_frame, 10);
+    let yaml = "proxy:\n  http:\n    http2_max_window_updates_per_data_frame: 10001\n";
+    assert_refused(
+        yaml,
+        "proxy.http.http2_max_window_updates_per_data_frame",
+        3,
+        "0 (no limit) to 10000",
+    );
     let off = "proxy:\n  http:\n    http2_max_empty_data_frames: 0\n";
     let http = Config::from_yaml(off).expect("0 is allowed").proxy.http;
     assert_eq!(http.http2_max_empty_data_frames, 0);

@@ -111,6 +111,14 @@ pub(super) fn settings(rules: &Rules<'_>, h: FileHttp) -> Result<HttpSettings, C
             h.http2_max_empty_data_frames,
             defaults::HTTP2_MAX_EMPTY_DATA_FRAMES,
         )?,
+        http2_max_window_updates_per_data_frame: rules.range(
+            "proxy.http.http2_max_window_updates_per_data_frame",
+            h.http2_max_window_updates_per_data_frame,
+            i64::from(defaults::HTTP2_MAX_WINDOW_UPDATES_PER_DATA_FRAME),
+            0,
+            10_000,
+            "0 (no limit) to 10000",
+        )? as u32,
     })
 }
 

@@ -1,7 +1,10 @@
 //! HTTP/2 control-frame flood limits for client connections: PING and
 //! SETTINGS frames (not their acknowledgements) and empty DATA frames
 //! that do not end their stream, each counted per
-//! `proxy.http.http2_flood_window`. h2 answers every PING and SETTINGS
+//! `proxy.http.http2_flood_window`, and WINDOW_UPDATE frames against the
+//! DATA frames the proxy sent (Envoy's rule: over the connection's life,
+//! at most 5 + 2 × (streams + N × DATA frames sent); a client only needs
+//! to open windows for data it was sent). h2 answers every PING and SETTINGS
 //! and has no hook to refuse a client that sends them without end (it
 //! only stops reading while one answer is unwritten, which bounds memory,
 //! not work), so [`FloodGuard`] watches the connection's bytes below h2.
@@ -17,8 +20,8 @@
 //! TCP reset that loses the GOAWAY), and then fails the connection's I/O,
 //! which ends it. The flood is reported once through [`OnFlood`]: the
 //! server counts it in `http2_connection_errors_total` with reason
-//! `ping_flood`, `settings_flood` or `empty_data_flood` and logs it rate
-//! limited.
+//! `ping_flood`, `settings_flood`, `empty_data_flood` or
+//! `window_update_flood` and logs it rate limited.
 //!
 //! Cost on the normal path: a few integer operations per read and write
 //! and per frame header; the clock is read only when a count passes its
@@ -42,6 +45,7 @@ const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
+const WINDOW_UPDATE: u8 = 0x8;
 const ACK: u8 = 0x1;
 const END_STREAM: u8 = 0x1;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
@@ -56,6 +60,7 @@ pub enum Flood {
     Ping = 0,
     Settings = 1,
     EmptyData = 2,
+    WindowUpdate = 3,
 }
 
 impl Flood {
@@ -65,6 +70,7 @@ impl Flood {
             Flood::Ping => "ping_flood",
             Flood::Settings => "settings_flood",
             Flood::EmptyData => "empty_data_flood",
+            Flood::WindowUpdate => "window_update_flood",
         }
     }
 }
@@ -75,16 +81,19 @@ impl fmt::Display for Flood {
             Flood::Ping => "PING",
             Flood::Settings => "SETTINGS",
             Flood::EmptyData => "empty DATA",
+            Flood::WindowUpdate => "WINDOW_UPDATE",
         })
     }
 }
 
-/// The limits, per window; `u32::MAX` for a limit that is off.
+/// The limits; `u32::MAX` (or 0 for the WINDOW_UPDATE rule) for one that is off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub window: Duration,
-    /// Indexed by [`Flood`].
+    /// PING, SETTINGS and empty DATA frames per window, indexed by [`Flood`].
     pub max: [u32; 3],
+    /// WINDOW_UPDATE frames allowed per DATA frame sent.
+    pub window_updates_per_data: u32,
 }
 
 impl Limits {
@@ -97,6 +106,18 @@ impl Limits {
                 on(s.http2_max_settings_frames),
                 on(s.http2_max_empty_data_frames),
             ],
+            window_updates_per_data: s.http2_max_window_updates_per_data_frame,
+        }
+    }
+
+    /// What `flood` went over, for the log and the connection's error.
+    pub fn describe(&self, flood: Flood) -> String {
+        match self.max.get(flood as usize) {
+            Some(max) => format!("over {max} frames in {:?}", self.window),
+            None => format!(
+                "over 5 + 2 × (streams + {} × DATA frames sent)",
+                self.window_updates_per_data
+            ),
         }
     }
 }
@@ -132,13 +153,12 @@ impl OnFlood for Report {
         // Keyed by address, not port: a flood over many connections is one line.
         let key = std::net::SocketAddr::new(self.client.ip(), 0);
         if let crate::log_limit::Decision::Log { suppressed } = FLOOD_LOG.check(reason, key) {
-            let max = limits.max[flood as usize];
             tracing::warn!(
                 client = %self.client,
                 reason,
                 suppressed,
-                "HTTP/2 {flood} flood: over {max} frames in {:?}, GOAWAY ENHANCE_YOUR_CALM ({suppressed} more like it not logged since the last line)",
-                limits.window
+                "HTTP/2 {flood} flood: {}, GOAWAY ENHANCE_YOUR_CALM ({suppressed} more like it not logged since the last line)",
+                limits.describe(flood)
             );
         }
     }
@@ -265,6 +285,36 @@ impl Window {
     }
 }
 
+/// What the WINDOW_UPDATE rule counts, over the connection's life.
+#[derive(Debug, Default)]
+struct Lifetime {
+    /// HEADERS frames from the client (streams opened, and trailers).
+    streams: u64,
+    /// DATA frames the proxy wrote.
+    data_sent: u64,
+    window_updates: u64,
+}
+
+impl Lifetime {
+    /// Count a client frame; a WINDOW_UPDATE flood when the client opened
+    /// more windows than the data it was sent can explain.
+    fn count(&mut self, head: FrameHead, limits: &Limits) -> Option<Flood> {
+        match head.kind {
+            HEADERS => self.streams += 1,
+            WINDOW_UPDATE if limits.window_updates_per_data > 0 => {
+                self.window_updates += 1;
+                let per_data = u64::from(limits.window_updates_per_data);
+                let allowed = 5 + 2 * (self.streams + per_data * self.data_sent);
+                if self.window_updates > allowed {
+                    return Some(Flood::WindowUpdate);
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
 /// Refusing a flooding client, step by step.
 enum Refusal {
     /// Writing the GOAWAY (`sent` bytes of it so far), then flushing and
@@ -289,6 +339,7 @@ pub struct FloodGuard<I, R> {
     read: Frames,
     write: Frames,
     window: Window,
+    lifetime: Lifetime,
     /// The highest stream the client opened: the GOAWAY's last stream.
     last_stream: u32,
     /// Boxed: only a flooding connection pays for it.
@@ -309,6 +360,7 @@ impl<I, R> FloodGuard<I, R> {
                 started: Instant::now(),
                 counts: [0; 3],
             },
+            lifetime: Lifetime::default(),
             last_stream: 0,
             refusing: None,
             report,
@@ -355,10 +407,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, R: OnFlood> FloodGuard<I, R> {
                 Refusal::Closed => {
                     return Poll::Ready(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
-                        format!(
-                            "HTTP/2 {flood} flood: over {} frames in {:?}",
-                            self.limits.max[*flood as usize], self.limits.window
-                        ),
+                        format!("HTTP/2 {flood} flood: {}", self.limits.describe(*flood)),
                     ))
                 }
             }
@@ -396,12 +445,19 @@ impl<I: AsyncRead + AsyncWrite + Unpin, R: OnFlood> AsyncRead for FloodGuard<I, 
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let (window, limits, last_stream) = (&mut this.window, &this.limits, &mut this.last_stream);
+        let (window, lifetime, limits, last_stream) = (
+            &mut this.window,
+            &mut this.lifetime,
+            &this.limits,
+            &mut this.last_stream,
+        );
         let flood = this.read.walk(&buf.filled()[before..], |head| {
             if head.kind == HEADERS {
                 *last_stream = (*last_stream).max(head.stream);
             }
-            window.count(head, limits)
+            window
+                .count(head, limits)
+                .or_else(|| lifetime.count(head, limits))
         });
         match flood {
             None => Poll::Ready(Ok(())),
@@ -426,7 +482,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin, R: OnFlood> AsyncWrite for FloodGuard<I,
             return this.poll_refuse(cx).map(Err);
         }
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        this.write.walk(&buf[..n], |_| None::<()>);
+        let data_sent = &mut this.lifetime.data_sent;
+        this.write
+            .walk(&buf[..n], |head| count_data(head, data_sent));
         Poll::Ready(Ok(n))
     }
 
@@ -446,7 +504,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin, R: OnFlood> AsyncWrite for FloodGuard<I,
                 break;
             }
             let take = left.min(buf.len());
-            this.write.walk(&buf[..take], |_| None::<()>);
+            let data_sent = &mut this.lifetime.data_sent;
+            this.write
+                .walk(&buf[..take], |head| count_data(head, data_sent));
             left -= take;
         }
         Poll::Ready(Ok(n))
@@ -473,6 +533,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin, R: OnFlood> AsyncWrite for FloodGuard<I,
         }
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
+}
+
+/// Count a DATA frame the proxy writes (what WINDOW_UPDATEs answer).
+fn count_data(head: FrameHead, data_sent: &mut u64) -> Option<()> {
+    if head.kind == DATA {
+        *data_sent += 1;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -20,7 +20,12 @@ fn limits(ping: u32, settings: u32, empty_data: u32) -> Limits {
     Limits {
         window: Duration::from_secs(10),
         max: [ping, settings, empty_data],
+        window_updates_per_data: 10,
     }
+}
+
+fn window_update(stream: u32) -> Vec<u8> {
+    frame(WINDOW_UPDATE, 0, stream, &1024u32.to_be_bytes())
 }
 
 fn heads(frames: &mut Frames, bytes: &[u8]) -> Vec<(u8, u32, u32)> {
@@ -198,4 +203,55 @@ async fn no_goaway_inside_a_half_written_frame() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(got, ping()[..10]);
+}
+
+#[tokio::test]
+async fn window_updates_are_allowed_only_for_data_sent() {
+    let (mut client, server) = tokio::io::duplex(1 << 16);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let report = {
+        let seen = seen.clone();
+        move |flood| seen.lock().unwrap_or_else(|p| p.into_inner()).push(flood)
+    };
+    let mut guard = FloodGuard::new(server, limits(100, 100, 100), report);
+    // Two streams and one DATA frame sent: 5 + 2 × (2 + 10 × 1) = 29 allowed.
+    let mut sent = PREFACE.to_vec();
+    sent.extend(frame(HEADERS, 0x5, 1, &[0x82]));
+    sent.extend(frame(HEADERS, 0x5, 3, &[0x82]));
+    client
+        .write_all(&sent)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut passed = vec![0u8; sent.len()];
+    guard
+        .read_exact(&mut passed)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    guard
+        .write_all(&frame(DATA, 0, 1, b"hello"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let updates: Vec<u8> = (0..29).flat_map(|_| window_update(1)).collect();
+    client
+        .write_all(&updates)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut passed = vec![0u8; updates.len()];
+    guard
+        .read_exact(&mut passed)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(seen.lock().unwrap_or_else(|p| p.into_inner()).is_empty());
+    // One more is a flood.
+    client
+        .write_all(&window_update(0))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    client.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let (_, err) = drive(&mut guard).await;
+    assert!(err.to_string().contains("WINDOW_UPDATE flood"), "{err}");
+    assert_eq!(
+        *seen.lock().unwrap_or_else(|p| p.into_inner()),
+        [Flood::WindowUpdate]
+    );
 }
