@@ -25,7 +25,8 @@
 //!
 //! Cost on the normal path: a few integer operations per read and write
 //! and per frame header; the clock is read only when a count passes its
-//! limit (the window rolls lazily then). Depends on tokio's I/O traits.
+//! limit (the window rolls lazily then). Depends on tokio's I/O traits;
+//! [`Report`] on [`crate::metrics`] and [`crate::log_limit`].
 
 use std::fmt;
 use std::future::Future;
