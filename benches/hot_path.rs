@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the per-request hot path: protocol
 //! detection, route matching on 1,000 routes, balancer picks over 1,000
-//! endpoints, metrics recording, and header rewriting. Run with
+//! endpoints, metrics recording, header rewriting, and HTTP/2 reads
+//! through the control-frame flood guard (against bare reads). Run with
 //! `cargo bench -p strait-proxy --bench hot_path`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -161,5 +162,115 @@ fn clone_request(r: &Request<()>) -> Request<()> {
     out
 }
 
-criterion_group!(benches, detection, routing, balancing, metrics, headers);
+/// An endless HTTP/2 client byte stream: the preface once, then `frames`
+/// over and over, always ready (no I/O: only the copy is measured).
+struct Replay {
+    preface: bool,
+    frames: Vec<u8>,
+    at: usize,
+}
+
+impl tokio::io::AsyncRead for Replay {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if std::mem::take(&mut self.preface) {
+            buf.put_slice(H2_PREFACE);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let n = buf.remaining().min(self.frames.len() - self.at);
+        let at = self.at;
+        buf.put_slice(&self.frames[at..at + n]);
+        self.at = (at + n) % self.frames.len();
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Replay {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, len: usize) -> Vec<u8> {
+    let mut f = (len as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.resize(9 + len, b'x');
+    f
+}
+
+/// One 16 KiB read, bare and through [`FloodGuard`], of bulk DATA frames
+/// (16 KiB each) and of small gRPC-like exchanges (HEADERS, DATA and a
+/// WINDOW_UPDATE of ~150 bytes in all), so ~100 frame headers per read.
+fn flood_guard(c: &mut Criterion) {
+    use strait_proxy::http::flood::{FloodGuard, Limits};
+    use tokio::io::AsyncRead;
+    let bulk = h2_frame(0x0, 0, 1, 16 * 1024);
+    let small: Vec<u8> = (0..100u32)
+        .flat_map(|i| {
+            let stream = 1 + 2 * i;
+            let mut f = h2_frame(0x1, 0x4, stream, 40);
+            f.extend(h2_frame(0x0, 0x1, stream, 80));
+            f.extend(h2_frame(0x8, 0, 0, 4));
+            f
+        })
+        .collect();
+    let limits = Limits::from_settings(&Config::from_yaml("").expect("defaults").proxy.http);
+    let mut group = c.benchmark_group("h2_read_16k");
+    let mut scratch = vec![0u8; 16 * 1024];
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for (name, frames) in [("bulk", &bulk), ("small_frames", &small)] {
+        let replay = || Replay {
+            preface: true,
+            frames: frames.clone(),
+            at: 0,
+        };
+        let mut bare = replay();
+        group.bench_function(format!("{name}/bare"), |b| {
+            b.iter(|| {
+                let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+                let _ = std::pin::Pin::new(&mut bare).poll_read(&mut cx, &mut buf);
+                black_box(buf.filled().len())
+            })
+        });
+        let mut guarded = FloodGuard::new(replay(), limits, |_| {});
+        group.bench_function(format!("{name}/flood_guard"), |b| {
+            b.iter(|| {
+                let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+                let _ = std::pin::Pin::new(&mut guarded).poll_read(&mut cx, &mut buf);
+                black_box(buf.filled().len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    detection,
+    routing,
+    balancing,
+    metrics,
+    headers,
+    flood_guard
+);
 criterion_main!(benches);

@@ -3,7 +3,8 @@
 //! TCP for the floods a well-behaved client library will not send, and
 //! the counters an operator watches (`http2_connection_errors_total`,
 //! `http_proxy_errors_total`). Part of issue #10; `tests/edge.rs` holds
-//! the limits the proxy answers itself.
+//! the limits the proxy answers itself, `tests/h2_flood.rs` the PING,
+//! SETTINGS and empty-DATA floods.
 
 mod support;
 
@@ -16,114 +17,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::edge::*;
 use support::upstream::Upstream;
 use support::{metric_sum, Proxy, EPHEMERAL_LISTENERS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// One cluster `web` at `addr` routed by authority `web`, plus `proxy.http`
-/// settings (a YAML flow mapping's body).
-fn config(addr: SocketAddr, http: &str) -> String {
-    format!(
-        "{EPHEMERAL_LISTENERS}proxy:\n  http: {{{http}}}\nclusters:\n  - name: web\n    endpoints: [{{address: '{addr}'}}]\nroutes:\n  - authority: web\n    cluster: web\n"
-    )
-}
-
-/// Wait (bounded) until the sum of `family{labels}` reaches `at_least`;
-/// returns the metrics text it last read.
-async fn wait_for_metric(proxy: &Proxy, family: &str, labels: &[&str], at_least: f64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = proxy.metrics();
-        if metric_sum(&text, family, labels) >= at_least {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{family}{labels:?} never reached {at_least}:\n{text}\n{}",
-            proxy.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-// --- HTTP/2 frames, written by hand -------------------------------------
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const CANCEL: u32 = 0x8;
-const ENHANCE_YOUR_CALM: u32 = 0xb;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = Vec::with_capacity(9 + payload.len());
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// `GET http://web/` as an HPACK block: static-table indices for
-/// `:method GET`, `:scheme http`, `:path /`, and `:authority` as a
-/// literal without indexing (so every block is the same bytes).
-const GET_WEB: &[u8] = &[0x82, 0x86, 0x84, 0x01, 0x03, b'w', b'e', b'b'];
-
-/// A client connection that has sent its preface and an empty SETTINGS.
-async fn raw_h2(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.expect("connect proxy");
-    let mut hello = PREFACE.to_vec();
-    hello.extend(frame(SETTINGS, 0, 0, &[]));
-    stream.write_all(&hello).await.expect("preface");
-    stream
-}
-
-/// The next frame (type, flags, payload), or `None` once the connection
-/// is closed or `deadline` passes.
-async fn next_frame(stream: &mut TcpStream, deadline: Instant) -> Option<(u8, u8, Vec<u8>)> {
-    let deadline = tokio::time::Instant::from_std(deadline);
-    let mut head = [0u8; 9];
-    tokio::time::timeout_at(deadline, stream.read_exact(&mut head))
-        .await
-        .ok()?
-        .ok()?;
-    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-    let mut payload = vec![0u8; len];
-    tokio::time::timeout_at(deadline, stream.read_exact(&mut payload))
-        .await
-        .ok()?
-        .ok()?;
-    Some((head[3], head[4], payload))
-}
-
-/// The error code of the first GOAWAY before `deadline`.
-async fn goaway_code(stream: &mut TcpStream, deadline: Instant) -> Option<u32> {
-    while let Some((kind, _, payload)) = next_frame(stream, deadline).await {
-        if kind == GOAWAY {
-            let code = payload.get(4..8)?;
-            return Some(u32::from_be_bytes([code[0], code[1], code[2], code[3]]));
-        }
-    }
-    None
-}
-
-/// A well-behaved HTTP/2 client's GET through the proxy: its status.
-async fn h2_get(sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>) -> StatusCode {
-    let req = Request::get("http://web/")
-        .body(Full::default())
-        .expect("request");
-    let response = sender.send_request(req).await.expect("well-behaved GET");
-    let status = response.status();
-    let _ = response.into_body().collect().await;
-    status
-}
 
 #[tokio::test]
 async fn a_rapid_reset_flood_gets_goaway_and_is_counted_while_others_are_served() {
@@ -406,4 +304,144 @@ async fn a_streamed_body_over_the_cap_gets_413_and_never_blames_the_endpoint() {
     let response = raw_http1(proxy.outbound, &chunked_post(1, 10)).await;
     assert_eq!(status_of(&response), 200, "{response}");
     assert!(requests.load(Ordering::SeqCst) >= 2);
+}
+
+// --- A streamed body over the cap after the response started ------------
+
+#[tokio::test]
+async fn a_body_over_the_cap_after_the_response_started_is_counted_and_reset() {
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        "{EPHEMERAL_LISTENERS}proxy:\n  http: {{max_request_body_bytes: 1000}}\nclusters:\n  - name: web\n    outlier_detection: {{consecutive_failures: 1}}\n    endpoints: [{{address: '{}'}}]\nroutes:\n  - authority: web\n    cluster: web\n",
+        upstream.addr
+    );
+    let proxy = Proxy::start(&yaml);
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+
+    // `/echo` answers at once and streams the body back: the response has
+    // started (headers and the first 600 bytes back) before the body goes over.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk)),
+            rx,
+        ))
+    });
+    let req = Request::post("http://web/echo")
+        .body(http_body_util::StreamBody::new(Box::pin(frames)))
+        .expect("request");
+    let pending = tokio::spawn(async move { h2.send_request(req).await });
+    tx.send(Bytes::from(vec![b'a'; 600]))
+        .await
+        .expect("first chunk");
+    let response = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("answered within 5 s")
+        .expect("task")
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("echo within 5 s");
+    let first = first.and_then(Result::ok).and_then(|f| f.into_data().ok());
+    assert_eq!(first.map(|d| d.len()), Some(600));
+
+    // Now 600 more: over the 1000-byte cap with no 413 possible.
+    tx.send(Bytes::from(vec![b'b'; 600]))
+        .await
+        .expect("second chunk");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut echoed = 0;
+    let ended = loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, body.frame()).await {
+            Err(_) => panic!("the stream was not reset within 5 s:\n{}", proxy.log()),
+            Ok(Some(Ok(frame))) => echoed += frame.data_ref().map_or(0, |d| d.len()),
+            Ok(Some(Err(e))) => break Some(e),
+            Ok(None) => break None,
+        }
+    };
+    assert!(ended.is_some(), "the response ended cleanly, as if whole");
+    assert_eq!(echoed, 0, "nothing past the cap was forwarded");
+    let metrics = wait_for_metric(
+        &proxy,
+        "http_proxy_errors_total",
+        &["direction=\"outbound\"", "reason=\"body-too-large\""],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "http_proxy_errors_total",
+            &["reason=\"body-too-large\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    drop(tx);
+
+    // HTTP/1, chunked: the connection is closed before the response's
+    // last chunk, so the client cannot take the response for a whole one.
+    let mut client = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let head = "POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk = |byte: u8| format!("258\r\n{}\r\n", (byte as char).to_string().repeat(600));
+    client
+        .write_all(format!("{head}{}", chunk(b'a')).as_bytes())
+        .await
+        .expect("head and first chunk");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&got).contains(&"a".repeat(600)) {
+        match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!(
+                "no echo within 5 s ({other:?}): {}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // The proxy may close before it has read everything.
+    let _ = client.write_all(chunk(b'b').as_bytes()).await;
+    loop {
+        match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("not closed within 5 s: {}", String::from_utf8_lossy(&got)),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        !text.contains("bbbb"),
+        "nothing past the cap was forwarded: {text}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the response ended as if whole: {text}"
+    );
+    let metrics = wait_for_metric(
+        &proxy,
+        "http_proxy_errors_total",
+        &["direction=\"outbound\"", "reason=\"body-too-large\""],
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        metric_sum(&metrics, "endpoint_ejections_total", &[]),
+        0.0,
+        "never counted against the endpoint:\n{metrics}"
+    );
 }

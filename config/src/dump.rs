@@ -314,6 +314,15 @@ impl Config {
                     ),
                     http2_keep_alive_interval: p.http.http2_keep_alive_interval.and_then(duration),
                     http2_keep_alive_timeout: duration(p.http.http2_keep_alive_timeout),
+                    http2_flood_window: duration(p.http.http2_flood_window),
+                    http2_max_ping_frames: Some(i64::from(p.http.http2_max_ping_frames)),
+                    http2_max_settings_frames: Some(i64::from(p.http.http2_max_settings_frames)),
+                    http2_max_empty_data_frames: Some(i64::from(
+                        p.http.http2_max_empty_data_frames,
+                    )),
+                    http2_max_window_updates_per_data_frame: Some(i64::from(
+                        p.http.http2_max_window_updates_per_data_frame,
+                    )),
                 }),
             }),
             clusters: self.clusters.iter().map(cluster).collect(),

@@ -399,6 +399,11 @@ pub struct FileHttp {
     pub max_local_error_reset_streams: Option<i64>,
     pub http2_keep_alive_interval: Option<String>,
     pub http2_keep_alive_timeout: Option<String>,
+    pub http2_flood_window: Option<String>,
+    pub http2_max_ping_frames: Option<i64>,
+    pub http2_max_settings_frames: Option<i64>,
+    pub http2_max_empty_data_frames: Option<i64>,
+    pub http2_max_window_updates_per_data_frame: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -487,6 +487,20 @@ pub struct HttpSettings {
     /// How long a PING may go unanswered before the connection is closed.
     #[serde(with = "humantime_serde")]
     pub http2_keep_alive_timeout: Duration,
+    /// The window the HTTP/2 control-frame flood limits below count in.
+    #[serde(with = "humantime_serde")]
+    pub http2_flood_window: Duration,
+    /// PING frames (not acknowledgements) one HTTP/2 client may send per
+    /// window: past it, GOAWAY `ENHANCE_YOUR_CALM` (0: no limit).
+    pub http2_max_ping_frames: u32,
+    /// SETTINGS frames (not acknowledgements) per window, likewise.
+    pub http2_max_settings_frames: u32,
+    /// Empty DATA frames that do not end their stream, per window, likewise.
+    pub http2_max_empty_data_frames: u32,
+    /// WINDOW_UPDATE frames a client may send per DATA frame the proxy
+    /// sent it, over the connection's life (Envoy's rule: at most
+    /// 5 + 2 × (streams + this × DATA frames sent); 0: no limit).
+    pub http2_max_window_updates_per_data_frame: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

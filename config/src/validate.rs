@@ -46,6 +46,17 @@ pub mod defaults {
     pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
     /// hyper's default wait for a PING's acknowledgement.
     pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+    /// HTTP/2 control-frame floods are counted per window. Envoy bounds
+    /// the acknowledgements it has queued (1000 control frames); h2 keeps
+    /// one, so strait bounds the rate instead, far above what a client
+    /// (keep-alive, a BDP estimator's PINGs) sends and far below a flood.
+    pub const HTTP2_FLOOD_WINDOW: Duration = Duration::from_secs(10);
+    pub const HTTP2_MAX_PING_FRAMES: u32 = 1000;
+    pub const HTTP2_MAX_SETTINGS_FRAMES: u32 = 100;
+    /// Envoy allows one empty frame in a row; counted per window here.
+    pub const HTTP2_MAX_EMPTY_DATA_FRAMES: u32 = 100;
+    /// Envoy's `max_inbound_window_update_frames_per_data_frame_sent`.
+    pub const HTTP2_MAX_WINDOW_UPDATES_PER_DATA_FRAME: u32 = 10;
     /// Peak-EWMA's assumed latency for an endpoint with no history yet.
     pub const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(30);
     /// How fast Peak-EWMA forgets a latency peak.

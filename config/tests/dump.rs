@@ -55,6 +55,10 @@ proxy:
     max_local_error_reset_streams: 20
     http2_keep_alive_interval: 15s
     http2_keep_alive_timeout: 5s
+    http2_flood_window: 2s
+    http2_max_ping_frames: 7
+    http2_max_settings_frames: 0
+    http2_max_window_updates_per_data_frame: 3
 identity:
   certificate: /id/tls.crt
   private_key: /id/tls.key

@@ -79,6 +79,47 @@ fn http2_flood_limits_and_keep_alive_are_checked() {
 }
 
 #[test]
+fn http2_control_frame_flood_limits_are_checked() {
+    let yaml = "proxy:\n  http:\n    http2_max_ping_frames: -1\n";
+    assert_refused(
+        yaml,
+        "proxy.http.http2_max_ping_frames",
+        3,
+        "0 (no limit) to 10000000",
+    );
+    let yaml = "proxy:\n  http:\n    http2_max_settings_frames: 10000001\n";
+    assert_refused(
+        yaml,
+        "proxy.http.http2_max_settings_frames",
+        3,
+        "0 (no limit) to 10000000",
+    );
+    let yaml = "proxy:\n  http:\n    http2_flood_window: 0s\n";
+    assert_refused(
+        yaml,
+        "proxy.http.http2_flood_window",
+        3,
+        "greater than zero",
+    );
+    let http = Config::from_yaml("").expect("default").proxy.http;
+    assert_eq!(http.http2_flood_window, std::time::Duration::from_secs(10));
+    assert_eq!(http.http2_max_ping_frames, 1000);
+    assert_eq!(http.http2_max_settings_frames, 100);
+    assert_eq!(http.http2_max_empty_data_frames, 100);
+    assert_eq!(http.http2_max_window_updates_per_data_frame, 10);
+    let yaml = "proxy:\n  http:\n    http2_max_window_updates_per_data_frame: 10001\n";
+    assert_refused(
+        yaml,
+        "proxy.http.http2_max_window_updates_per_data_frame",
+        3,
+        "0 (no limit) to 10000",
+    );
+    let off = "proxy:\n  http:\n    http2_max_empty_data_frames: 0\n";
+    let http = Config::from_yaml(off).expect("0 is allowed").proxy.http;
+    assert_eq!(http.http2_max_empty_data_frames, 0);
+}
+
+#[test]
 fn route_to_unknown_cluster() {
     let yaml = "clusters:\n  - name: web\n    endpoints:\n      - address: 127.0.0.1:8080\nroutes:\n  - authority: web\n    cluster: web\n  - authority: api\n    cluster: apii\n";
     assert_refused(

@@ -88,5 +88,54 @@ pub(super) fn settings(rules: &Rules<'_>, h: FileHttp) -> Result<HttpSettings, C
             h.http2_keep_alive_timeout.as_ref(),
             defaults::HTTP2_KEEP_ALIVE_TIMEOUT,
         )?,
+        http2_flood_window: rules.duration(
+            "proxy.http.http2_flood_window",
+            h.http2_flood_window.as_ref(),
+            defaults::HTTP2_FLOOD_WINDOW,
+        )?,
+        http2_max_ping_frames: flood_limit(
+            rules,
+            "proxy.http.http2_max_ping_frames",
+            h.http2_max_ping_frames,
+            defaults::HTTP2_MAX_PING_FRAMES,
+        )?,
+        http2_max_settings_frames: flood_limit(
+            rules,
+            "proxy.http.http2_max_settings_frames",
+            h.http2_max_settings_frames,
+            defaults::HTTP2_MAX_SETTINGS_FRAMES,
+        )?,
+        http2_max_empty_data_frames: flood_limit(
+            rules,
+            "proxy.http.http2_max_empty_data_frames",
+            h.http2_max_empty_data_frames,
+            defaults::HTTP2_MAX_EMPTY_DATA_FRAMES,
+        )?,
+        http2_max_window_updates_per_data_frame: rules.range(
+            "proxy.http.http2_max_window_updates_per_data_frame",
+            h.http2_max_window_updates_per_data_frame,
+            i64::from(defaults::HTTP2_MAX_WINDOW_UPDATES_PER_DATA_FRAME),
+            0,
+            10_000,
+            "0 (no limit) to 10000",
+        )? as u32,
     })
+}
+
+/// An HTTP/2 frame count per flood window; 0 turns that limit off.
+fn flood_limit(
+    rules: &Rules<'_>,
+    field: &str,
+    value: Option<i64>,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    let n = rules.range(
+        field,
+        value,
+        i64::from(default),
+        0,
+        10_000_000,
+        "0 (no limit) to 10000000",
+    )?;
+    Ok(n as u32)
 }

@@ -9,6 +9,7 @@
 pub mod authority;
 pub mod body;
 pub mod error;
+pub mod flood;
 pub mod headers;
 pub mod server;
 pub mod stream_end;

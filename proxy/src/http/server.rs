@@ -5,7 +5,9 @@
 //!
 //! The protocol-level limits live here, as builder settings from
 //! `proxy.http`: the HTTP/1 head size and field count, the HTTP/2 header
-//! list, concurrent streams, reset-stream floods and keep-alive PINGs.
+//! list, concurrent streams, reset-stream floods and keep-alive PINGs;
+//! PING, SETTINGS and empty-DATA floods are watched below h2 by
+//! [`super::flood`].
 //! What hyper and h2 refuse on their own never reaches the stack,
 //! so it is counted from the error the connection ends with
 //! ([`count_ended`]): an HTTP/1 head hyper answered with 400/414/431 in
@@ -14,6 +16,7 @@
 //! unanswered) in `http2_connection_errors_total`.
 
 use super::body::ProxyBody;
+use super::flood::{self, FloodGuard};
 use super::ConnContext;
 use crate::detect::Protocol;
 use crate::metrics::Metrics;
@@ -94,6 +97,15 @@ pub async fn serve<I>(
 {
     let limits = ctx.inputs.snapshot.load().config.proxy.http.clone();
     let counters = (ctx.inputs.metrics.clone(), ctx.direction());
+    // Only HTTP/2 is watched for control-frame floods.
+    let io = Watched {
+        io,
+        flood: (protocol == Protocol::Http2).then(|| flood::Report {
+            metrics: ctx.inputs.metrics.clone(),
+            direction: ctx.direction(),
+            client: ctx.client,
+        }),
+    };
     match ctx.direction() {
         Direction::Outbound => {
             let stack = crate::outbound::stack(ctx);
@@ -108,7 +120,7 @@ pub async fn serve<I>(
 
 /// Serve HTTP on `io` with `stack`, one direction's.
 async fn serve_with<I, S>(
-    io: I,
+    io: Watched<I>,
     protocol: Protocol,
     limits: &HttpSettings,
     stack: S,
@@ -124,8 +136,13 @@ async fn serve_with<I, S>(
     S::Future: Send + 'static,
 {
     let service = PerConnection(RefCell::new(stack));
-    let io = TokioIo::new(io);
-    let result = if protocol == Protocol::Http2 {
+    let Watched { io, flood } = io;
+    let result = if let Some(report) = flood {
+        let io = TokioIo::new(FloodGuard::new(
+            io,
+            flood::Limits::from_settings(limits),
+            report,
+        ));
         let mut builder = http2::Builder::new(TokioExecutor::new());
         // h2 answers a header block over the list size with 431; streams a
         // client resets before we accept them (rapid reset), and streams we
@@ -143,6 +160,7 @@ async fn serve_with<I, S>(
             .keep_alive_timeout(limits.http2_keep_alive_timeout);
         drive!(builder.serve_connection(io, service), drain, idle_timeout)
     } else {
+        let io = TokioIo::new(io);
         let mut builder = http1::Builder::new();
         // hyper answers a head over the buffer size, or with more headers
         // than allowed, with 431 (and an over-long target with 414).
@@ -162,6 +180,12 @@ async fn serve_with<I, S>(
         tracing::debug!(error = %e, "client connection ended with an error");
         count_ended(&metrics, direction, protocol, &e);
     }
+}
+
+/// A client connection's I/O and, for HTTP/2, who hears of a flood.
+struct Watched<I> {
+    io: I,
+    flood: Option<flood::Report>,
 }
 
 /// A connection's stack as hyper's service. hyper calls through `&self`,

@@ -4,11 +4,15 @@
 //! to `max_request_body_bytes` as it passes
 //! ([`crate::http::authority::body_cap`]). A refused request is the
 //! client's fault: a 4xx, never forwarded, never counted against an
-//! endpoint.
+//! endpoint. A streamed body that goes over its cap once the response is
+//! on its way to the client can no longer get 413: its stream is reset,
+//! and [`answered`] has it counted and logged then.
 
 use super::{Req, Rsp, Step};
 use crate::http::authority;
-use crate::http::error::ProxyError;
+use crate::http::authority::body_cap::Tripped;
+use crate::http::error::{BadRequest, ProxyError};
+use crate::http::ConnContext;
 use crate::route::Snapshot;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -54,4 +58,18 @@ where
         }
         Step::inner(self.inner.call(req))
     }
+}
+
+/// The request's response is leaving for the client: if its streamed
+/// body goes over the cap from now on (or already did, too late for the
+/// 413), count and log `body-too-large` then, as the 413 would have been.
+pub fn answered(cap: &Tripped, conn: &Arc<ConnContext>) {
+    let conn = conn.clone();
+    cap.answered(Box::new(move |over| {
+        let err = ProxyError::from(BadRequest::StreamedBodyTooLarge { max: over.max });
+        crate::log_limit::request_failed(conn.orig_dst.addr, &err);
+        conn.inputs
+            .metrics
+            .proxy_error(conn.direction(), err.reason());
+    }));
 }

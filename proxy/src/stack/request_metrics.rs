@@ -75,6 +75,9 @@ impl Finish for Record {
             .observe(state.started.elapsed().as_secs_f64() * 1000.0);
         match result {
             Ok(mut response) => {
+                if let Some(cap) = state.body_cap.get() {
+                    super::admit::answered(cap, &self.conn);
+                }
                 let end = ResponseEnd::new(metrics, response.status().as_u16(), response.headers());
                 track(&mut response, end);
                 Ok(response)

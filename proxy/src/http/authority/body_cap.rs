@@ -16,14 +16,17 @@
 //! answers 413 `body-too-large` when no response has started, or resets
 //! the client's stream when one has; either way it is the client's fault
 //! (counted in `http_proxy_errors_total`, never in the endpoint's
-//! outcomes). Depends on `http-body` only.
+//! outcomes). The 413 is counted where it is answered; a body that goes
+//! over once its response is on the way to the client is counted by the
+//! callback [`Tripped::answered`] left for it, exactly once whichever of
+//! the two happens first. Depends on `http-body` only.
 
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use std::error::Error as StdError;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 /// What a [`Capped`] body's errors are: [`OverCap`] or the inner body's.
@@ -37,20 +40,67 @@ pub struct Capped<B> {
     left: u64,
     max: u64,
     /// Set when the cap fails the body; only allocated when there is a cap.
-    tripped: Option<Arc<AtomicBool>>,
+    tripped: Option<Arc<Flag>>,
+}
+
+/// Told when a body goes over its cap after its response was answered.
+pub type Late = Box<dyn FnOnce(OverCap) + Send>;
+
+/// [`Flag::state`] bits.
+const TRIPPED: u8 = 1;
+const ANSWERED: u8 = 2;
+
+/// Whether the body went over, and whether its response left already.
+#[derive(Default)]
+struct Flag {
+    state: AtomicU8,
+    late: Mutex<Option<Late>>,
+}
+
+impl std::fmt::Debug for Flag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flag")
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Flag {
+    /// The body went over `max`: tell whoever the answered response left.
+    fn trip(&self, max: u64) {
+        if self.state.fetch_or(TRIPPED, Ordering::AcqRel) & (TRIPPED | ANSWERED) == ANSWERED {
+            if let Some(late) = self.late.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                late(OverCap { max });
+            }
+        }
+    }
 }
 
 /// Whether a [`Capped`] body went over its cap, readable after the body
 /// itself was handed to hyper.
 #[derive(Debug, Clone, Default)]
-pub struct Tripped(Option<(Arc<AtomicBool>, u64)>);
+pub struct Tripped(Option<(Arc<Flag>, u64)>);
 
 impl Tripped {
     /// The cap the body went over, if it did.
     pub fn over(&self) -> Option<OverCap> {
         let (flag, max) = self.0.as_ref()?;
-        flag.load(Ordering::Acquire)
-            .then_some(OverCap { max: *max })
+        (flag.state.load(Ordering::Acquire) & TRIPPED != 0).then_some(OverCap { max: *max })
+    }
+
+    /// The body's response is on its way to the client, so going over
+    /// can no longer be answered with 413: `late` is called (once) when
+    /// the body goes over, at once if it already has.
+    pub fn answered(&self, late: Late) {
+        let Some((flag, max)) = self.0.as_ref() else {
+            return;
+        };
+        *flag.late.lock().unwrap_or_else(|p| p.into_inner()) = Some(late);
+        if flag.state.fetch_or(ANSWERED, Ordering::AcqRel) & TRIPPED != 0 {
+            if let Some(late) = flag.late.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                late(OverCap { max: *max });
+            }
+        }
     }
 }
 
@@ -68,7 +118,7 @@ impl<B> Capped<B> {
             inner: body,
             left: max.unwrap_or(u64::MAX),
             max: max.unwrap_or(u64::MAX),
-            tripped: max.map(|_| Arc::new(AtomicBool::new(false))),
+            tripped: max.map(|_| Arc::new(Flag::default())),
         }
     }
 
@@ -76,7 +126,7 @@ impl<B> Capped<B> {
     pub fn set_max(&mut self, max: u64) {
         self.left = max;
         self.max = max;
-        self.tripped = Some(Arc::new(AtomicBool::new(false)));
+        self.tripped = Some(Arc::new(Flag::default()));
     }
 
     /// The flag that says whether this body went over its cap.
@@ -107,10 +157,10 @@ where
             match self.left.checked_sub(len) {
                 Some(left) => self.left = left,
                 None => {
-                    if let Some(tripped) = &self.tripped {
-                        tripped.store(true, Ordering::Release);
-                    }
                     let max = self.max;
+                    if let Some(tripped) = &self.tripped {
+                        tripped.trip(max);
+                    }
                     return Poll::Ready(Some(Err(Box::new(OverCap { max }))));
                 }
             }
@@ -193,6 +243,35 @@ mod tests {
         assert_eq!(over_cap(&*err), Some(OverCap { max: 1000 }));
         assert_eq!(tripped.over(), Some(OverCap { max: 1000 }));
         assert_eq!(Capped::new(chunks(&[1]), None).tripped().over(), None);
+    }
+
+    #[test]
+    fn going_over_after_the_answer_is_told_once_whichever_comes_first() {
+        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let late = |told: &Arc<std::sync::atomic::AtomicUsize>| -> Late {
+            let told = told.clone();
+            Box::new(move |over: OverCap| {
+                assert_eq!(over.max, 1000);
+                told.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        // Answered, then over.
+        let body = Capped::new(chunks(&[600, 600]), Some(1000));
+        body.tripped().answered(late(&told));
+        assert_eq!(told.load(Ordering::SeqCst), 0);
+        let _ = block_on(body.collect());
+        assert_eq!(told.load(Ordering::SeqCst), 1);
+        // Over, then answered (the response was already under way).
+        let body = Capped::new(chunks(&[600, 600]), Some(1000));
+        let tripped = body.tripped();
+        let _ = block_on(body.collect());
+        tripped.answered(late(&told));
+        assert_eq!(told.load(Ordering::SeqCst), 2);
+        // Never over: never told.
+        let body = Capped::new(chunks(&[600]), Some(1000));
+        body.tripped().answered(late(&told));
+        let _ = block_on(body.collect());
+        assert_eq!(told.load(Ordering::SeqCst), 2);
     }
 
     #[test]
