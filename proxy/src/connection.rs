@@ -22,6 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 /// Serve one accepted connection to completion.
+///
+/// Its future is the connection task's whole state for the connection's
+/// life, so the branches that an HTTP connection does not take (mTLS,
+/// opaque forwarding) are boxed: each connection holds only the one it
+/// runs, and an idle HTTP/1 connection stays a few hundred bytes.
 pub async fn serve(
     mut stream: TcpStream,
     client: SocketAddr,
@@ -104,13 +109,13 @@ pub async fn serve(
                         None => return,
                     };
                 if tls::is_mesh_client_hello(&prefix) {
-                    conn.serve_mesh(stream, prefix, drain).await;
+                    Box::pin(conn.serve_mesh(stream, prefix, drain)).await;
                 } else {
-                    conn.forward_opaque(stream, prefix, "passthrough").await;
+                    Box::pin(conn.forward_opaque(stream, prefix, "passthrough")).await;
                 }
             }
-            Protocol::Tls => conn.forward_opaque(stream, prefix, "passthrough").await,
-            Protocol::Opaque => conn.forward_opaque(stream, prefix, "plaintext").await,
+            Protocol::Tls => Box::pin(conn.forward_opaque(stream, prefix, "passthrough")).await,
+            Protocol::Opaque => Box::pin(conn.forward_opaque(stream, prefix, "plaintext")).await,
         }
     }
     .instrument(span)

@@ -70,7 +70,7 @@ macro_rules! drive {
 }
 
 /// Completes once `activity` has not moved for a whole `timeout`.
-async fn idle(activity: Arc<AtomicU64>, timeout: Duration) {
+pub(super) async fn idle(activity: Arc<AtomicU64>, timeout: Duration) {
     let mut seen = activity.load(Ordering::Relaxed);
     loop {
         tokio::time::sleep(timeout).await;
@@ -120,11 +120,11 @@ async fn serve_with<I, S>(
     S: tower::Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
         + Clone
         + Send
+        + Unpin
         + 'static,
     S::Future: Send + 'static,
 {
     let service = PerConnection(RefCell::new(stack));
-    let io = TokioIo::new(io);
     let result = if protocol == Protocol::Http2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         // h2 answers a header block over the list size with 431; streams a
@@ -141,7 +141,15 @@ async fn serve_with<I, S>(
             .max_local_error_reset_streams(limits.max_local_error_reset_streams)
             .keep_alive_interval(limits.http2_keep_alive_interval)
             .keep_alive_timeout(limits.http2_keep_alive_timeout);
-        drive!(builder.serve_connection(io, service), drain, idle_timeout)
+        // Boxed, so an HTTP/1 connection's task does not carry its size.
+        Box::pin(async move {
+            drive!(
+                builder.serve_connection(TokioIo::new(io), service),
+                drain,
+                idle_timeout
+            )
+        })
+        .await
     } else {
         let mut builder = http1::Builder::new();
         // hyper answers a head over the buffer size, or with more headers
@@ -151,11 +159,16 @@ async fn serve_with<I, S>(
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(limits.max_request_headers_bytes)
             .max_headers(limits.max_request_headers);
-        drive!(
-            builder.serve_connection(io, service).with_upgrades(),
+        // Served by `park`, which releases hyper's buffers while idle.
+        super::park::serve(
+            builder,
+            io,
+            service,
+            HEADER_READ_TIMEOUT,
             drain,
-            idle_timeout
+            idle_timeout,
         )
+        .await
     };
     if let Err(e) = result {
         // Malformed requests get hyper's 400 and a close; a client reset is routine.
