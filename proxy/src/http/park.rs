@@ -52,6 +52,8 @@ struct Shared {
     /// Set while hyper is being shut down to park: its shutdown of the
     /// I/O is then ignored.
     parking: AtomicBool,
+    /// How many times the connection parked (read by tests and logs).
+    parked: AtomicU64,
 }
 
 /// Serve HTTP/1 on `io` with `builder` until the client closes, the proxy
@@ -73,7 +75,35 @@ where
     B: Body + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let shared = Arc::new(Shared::default());
+    serve_shared(
+        Arc::new(Shared::default()),
+        builder,
+        io,
+        service,
+        header_read_timeout,
+        drain,
+        (activity, timeout),
+    )
+    .await
+}
+
+async fn serve_shared<I, S, B>(
+    shared: Arc<Shared>,
+    builder: http1::Builder,
+    io: I,
+    service: S,
+    header_read_timeout: Duration,
+    drain: CancellationToken,
+    (activity, timeout): (Arc<AtomicU64>, Duration),
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut io = ParkableIo {
         inner: io,
         replay: Bytes::new(),
@@ -99,6 +129,8 @@ where
             Ran::Parked(parts) => parts,
         };
         shared.parking.store(false, Ordering::Relaxed);
+        let parked = shared.parked.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::trace!(parked, "parked an idle connection");
         io = parts.io.into_inner();
         service = parts.service;
         io.replay = parts.read_buf;
@@ -380,3 +412,7 @@ impl<B: Body> Body for InFlightBody<B> {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+#[path = "park_tests.rs"]
+mod tests;
