@@ -17,7 +17,8 @@
 # the same way in the same run (mtls: `ssl verify required alpn h2`), unless
 # --no-haproxy. HAProxy needs two descriptors per connection, so under the
 # hard RLIMIT_NOFILE it holds fewer; its per-connection figure is what
-# compares. Several --bin give a same-run A/B (default: target/release/strait).
+# compares. Several --bin give a same-run A/B (default: target/release/strait);
+# a --bin command may start with `env VAR=VALUE ...` (e.g. allocator settings).
 # Bounded: each hold gives up after 150 s; every process is killed by PID.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -39,7 +40,8 @@ while [[ $# -gt 0 ]]; do
 done
 ((${#BINS[@]})) || BINS=("strait=$ROOT/target/release/strait")
 for b in "${BINS[@]}"; do
-  [[ -x "${b#*=}" ]] || { echo "no strait binary at ${b#*=} (cargo build --release --bin strait)" >&2; exit 1; }
+  read -ra cmd <<<"${b#*=}"
+  [[ -x "${cmd[-1]}" ]] || { echo "no strait binary at ${cmd[-1]} (cargo build --release --bin strait)" >&2; exit 1; }
 done
 for tool in nginx haproxy openssl python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y nginx-light haproxy openssl python3)" >&2; exit 1; }
@@ -171,7 +173,8 @@ for kind in $KINDS; do
     for workers in $WORKERS; do
       for b in "${BINS[@]}"; do
         strait_yaml "$kind" "$workers" > "$TMP/strait.yaml"
-        start "strait-$kind" "${b#*=}" run --config "$TMP/strait.yaml"; pid=$LAST_PID
+        read -ra cmd <<<"${b#*=}"
+        start "strait-$kind" "${cmd[@]}" run --config "$TMP/strait.yaml"; pid=$LAST_PID
         wait_port "$sp" || { echo "strait did not start:"; tail -5 "$TMP/strait-$kind.log"; exit 1; }
         measure "${b%%=*}" "$kind" "$([[ $workers == 0 ]] && echo "default" || echo "$workers")" "$n" "$pid" "$sp"
         stop "$pid"

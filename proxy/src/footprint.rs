@@ -73,6 +73,21 @@ async fn an_idle_connection_holds_a_small_task() {
         ),
         ("ConnContext", size_of_val(&*ctx), MAX_CONN_CONTEXT),
     ];
+    let stack = crate::outbound::stack(ctx.clone());
+    eprintln!("outbound stack {}", size_of_val(&stack));
+    eprintln!(
+        "http1 builder {}",
+        std::mem::size_of::<hyper::server::conn::http1::Builder>()
+    );
+    eprintln!("sleep {}", std::mem::size_of::<tokio::time::Sleep>());
+    eprintln!(
+        "counted tcp {}",
+        std::mem::size_of::<CountedIo<TcpStream>>()
+    );
+    eprintln!(
+        "cancelled {}",
+        size_of_val(&CancellationToken::new().cancelled())
+    );
     for (what, size, max) in sizes {
         eprintln!("{what}: {size} bytes (bound {max})");
     }

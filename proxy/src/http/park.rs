@@ -133,7 +133,7 @@ where
         tracing::trace!(parked, "parked an idle connection");
         io = parts.io.into_inner();
         service = parts.service;
-        io.replay = parts.read_buf;
+        io.replay = unless_empty(parts.read_buf);
         if !io.replay.is_empty() {
             // Parked halfway through a request head.
             let since = *head_stalled_since.get_or_insert_with(Instant::now);
@@ -242,6 +242,18 @@ async fn park_when_idle(activity: &AtomicU64, shared: &Shared) {
             return;
         }
         seen = now;
+    }
+}
+
+/// `bytes`, or none at all when empty: an empty read buffer handed back
+/// by hyper still owns its 8 KiB allocation, which a parked connection
+/// must not keep. (Moved in, so it is dropped here, not at the end of the
+/// caller's scope.)
+fn unless_empty(bytes: Bytes) -> Bytes {
+    if bytes.is_empty() {
+        Bytes::new()
+    } else {
+        bytes
     }
 }
 
