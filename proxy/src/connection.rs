@@ -269,8 +269,9 @@ impl Accepted<'_> {
         let Some(tls) = self.inputs.tls.as_ref() else {
             return;
         };
+        // Boxed: the handshake's state is freed once it is done.
         let (stream, client_id, opaque) =
-            match tls::accept(tls, CountedIo::uncounted(stream, prefix)).await {
+            match Box::pin(tls::accept(tls, CountedIo::uncounted(stream, prefix))).await {
                 Ok(accepted) => accepted,
                 Err(reason) => {
                     warn!(%reason, "mTLS handshake with a mesh client failed");

@@ -11,7 +11,7 @@ pub mod authority;
 pub mod body;
 pub mod error;
 pub mod headers;
-mod park;
+pub(crate) mod park;
 pub mod server;
 pub mod stream_end;
 pub mod vhost;

@@ -159,15 +159,16 @@ async fn serve_with<I, S>(
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(limits.max_request_headers_bytes)
             .max_headers(limits.max_request_headers);
-        // Served by `park`, which releases hyper's buffers while idle.
-        super::park::serve(
+        // Served by `park`, which releases hyper's buffers while idle;
+        // boxed like HTTP/2, so each connection holds only its protocol's state.
+        Box::pin(super::park::serve(
             builder,
             io,
             service,
             HEADER_READ_TIMEOUT,
             drain,
             idle_timeout,
-        )
+        ))
         .await
     };
     if let Err(e) = result {
