@@ -24,9 +24,10 @@ use tracing::{debug, warn, Instrument};
 /// Serve one accepted connection to completion.
 ///
 /// Its future is the connection task's whole state for the connection's
-/// life, so the branches that an HTTP connection does not take (mTLS,
-/// opaque forwarding) are boxed: each connection holds only the one it
-/// runs, and an idle HTTP/1 connection stays a few hundred bytes.
+/// life, so the branches after detection (mTLS, opaque forwarding, and
+/// each HTTP version in `http::server`) are boxed: the task is sized for
+/// detection (~1.3 KiB, see `footprint.rs`) and each connection holds only
+/// the branch it runs.
 pub async fn serve(
     mut stream: TcpStream,
     client: SocketAddr,
