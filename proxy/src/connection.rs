@@ -22,6 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 /// Serve one accepted connection to completion.
+///
+/// Its future is the connection task's whole state for the connection's
+/// life, so the branches after detection (mTLS, opaque forwarding, and
+/// each HTTP version in `http::server`) are boxed: the task is sized for
+/// detection (~1.3 KiB, see `footprint.rs`) and each connection holds only
+/// the branch it runs.
 pub async fn serve(
     mut stream: TcpStream,
     client: SocketAddr,
@@ -104,13 +110,13 @@ pub async fn serve(
                         None => return,
                     };
                 if tls::is_mesh_client_hello(&prefix) {
-                    conn.serve_mesh(stream, prefix, drain).await;
+                    Box::pin(conn.serve_mesh(stream, prefix, drain)).await;
                 } else {
-                    conn.forward_opaque(stream, prefix, "passthrough").await;
+                    Box::pin(conn.forward_opaque(stream, prefix, "passthrough")).await;
                 }
             }
-            Protocol::Tls => conn.forward_opaque(stream, prefix, "passthrough").await,
-            Protocol::Opaque => conn.forward_opaque(stream, prefix, "plaintext").await,
+            Protocol::Tls => Box::pin(conn.forward_opaque(stream, prefix, "passthrough")).await,
+            Protocol::Opaque => Box::pin(conn.forward_opaque(stream, prefix, "plaintext")).await,
         }
     }
     .instrument(span)
@@ -264,8 +270,9 @@ impl Accepted<'_> {
         let Some(tls) = self.inputs.tls.as_ref() else {
             return;
         };
+        // Boxed: the handshake's state is freed once it is done.
         let (stream, client_id, opaque) =
-            match tls::accept(tls, CountedIo::uncounted(stream, prefix)).await {
+            match Box::pin(tls::accept(tls, CountedIo::uncounted(stream, prefix))).await {
                 Ok(accepted) => accepted,
                 Err(reason) => {
                     warn!(%reason, "mTLS handshake with a mesh client failed");

@@ -19,6 +19,8 @@ pub mod connection;
 pub mod detect;
 pub mod discovery;
 pub mod explain;
+#[cfg(test)]
+mod footprint;
 pub mod http;
 pub mod inbound;
 pub mod io;

@@ -1,5 +1,6 @@
 //! HTTP for the proxy: [`server`] runs hyper on an accepted connection
-//! and hands each request to its direction's tower stack
+//! and hands each request to its direction's tower stack (HTTP/1 through
+//! [`park`], which releases an idle connection's buffers)
 //! ([`crate::outbound::stack`], [`crate::inbound::stack`], built from the
 //! layers in [`crate::stack`]); [`ConnContext`] is what those layers know
 //! of the connection. [`authority`] checks requests at the edge,
@@ -11,6 +12,7 @@ pub mod body;
 pub mod error;
 pub mod flood;
 pub mod headers;
+pub(crate) mod park;
 pub mod server;
 pub mod stream_end;
 pub mod vhost;

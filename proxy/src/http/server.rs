@@ -73,7 +73,7 @@ macro_rules! drive {
 }
 
 /// Completes once `activity` has not moved for a whole `timeout`.
-async fn idle(activity: Arc<AtomicU64>, timeout: Duration) {
+pub(super) async fn idle(activity: Arc<AtomicU64>, timeout: Duration) {
     let mut seen = activity.load(Ordering::Relaxed);
     loop {
         tokio::time::sleep(timeout).await;
@@ -132,6 +132,7 @@ async fn serve_with<I, S>(
     S: tower::Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
         + Clone
         + Send
+        + Unpin
         + 'static,
     S::Future: Send + 'static,
 {
@@ -158,9 +159,10 @@ async fn serve_with<I, S>(
             .max_local_error_reset_streams(limits.max_local_error_reset_streams)
             .keep_alive_interval(limits.http2_keep_alive_interval)
             .keep_alive_timeout(limits.http2_keep_alive_timeout);
-        drive!(builder.serve_connection(io, service), drain, idle_timeout)
+        // Boxed, so an HTTP/1 connection's task does not carry its size.
+        Box::pin(async move { drive!(builder.serve_connection(io, service), drain, idle_timeout) })
+            .await
     } else {
-        let io = TokioIo::new(io);
         let mut builder = http1::Builder::new();
         // hyper answers a head over the buffer size, or with more headers
         // than allowed, with 431 (and an over-long target with 414).
@@ -169,11 +171,17 @@ async fn serve_with<I, S>(
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(limits.max_request_headers_bytes)
             .max_headers(limits.max_request_headers);
-        drive!(
-            builder.serve_connection(io, service).with_upgrades(),
+        // Served by `park`, which releases hyper's buffers while idle;
+        // boxed like HTTP/2, so each connection holds only its protocol's state.
+        Box::pin(super::park::serve(
+            builder,
+            io,
+            service,
+            HEADER_READ_TIMEOUT,
             drain,
-            idle_timeout
-        )
+            idle_timeout,
+        ))
+        .await
     };
     if let Err(e) = result {
         // Malformed requests get hyper's 400 and a close; a client reset is routine.

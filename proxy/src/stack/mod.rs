@@ -299,4 +299,4 @@ impl<F: Future<Output = Result>, H: Finish> Future for Then<F, H> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -13,5 +13,5 @@ mod replay;
 mod rescue;
 mod retry;
 mod split;
-mod support;
+pub(crate) mod support;
 mod timeout;

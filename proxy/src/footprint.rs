@@ -1,0 +1,109 @@
+//! Layout guards for what an idle connection holds: the connection task's
+//! future is allocated once per connection and kept for its whole life,
+//! so its size is memory per connection (see "Memory per idle connection"
+//! in BENCHMARKS.md). These are compile-time layout checks of the test
+//! build (debug futures are larger than release ones), not timings: they
+//! fail when a change makes every connection carry more state, e.g. an
+//! unboxed TLS or opaque branch joining the HTTP path's future.
+
+use crate::connection;
+use crate::detect::Protocol;
+use crate::http::server;
+use crate::io::CountedIo;
+use crate::stack::tests::support;
+use crate::Direction;
+use std::mem::size_of_val;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const ROUTES: &str = "
+listeners:
+  outbound: {address: 127.0.0.1, port: 0, default_cluster: web}
+clusters:
+  - name: web
+    endpoints: [{address: '127.0.0.1:1'}]
+";
+
+/// The connection task's future (what `listen.rs` spawns wraps it), in
+/// the test build: 4,296 bytes with only mTLS and opaque boxed, 2,824
+/// with HTTP/2 boxed too, 1,280 with HTTP/1 boxed as well, 1,568 once the
+/// HTTP/2 flood guard's report and its limits joined the settings.
+const MAX_CONNECTION_FUTURE: usize = 1792;
+/// The HTTP server's future, with each protocol's state boxed behind it.
+const MAX_HTTP_SERVE_FUTURE: usize = 1024;
+/// An HTTP/1 connection's boxed state (hyper's connection boxed again
+/// inside it, and released while parked).
+const MAX_HTTP1_FUTURE: usize = 2048;
+/// The per-connection context every request of a connection shares: 256.
+const MAX_CONN_CONTEXT: usize = 320;
+
+async fn stream() -> TcpStream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    TcpStream::connect(addr).await.expect("connect")
+}
+
+#[tokio::test]
+async fn an_idle_connection_holds_a_small_task() {
+    let ctx = support::conn(ROUTES, Direction::Outbound);
+    let peer = support::addr(40000);
+    let connection = connection::serve(
+        stream().await,
+        peer,
+        ctx.inputs.clone(),
+        CancellationToken::new(),
+    );
+    let io = CountedIo::uncounted(stream().await, bytes::Bytes::new());
+    let idle = (Arc::new(AtomicU64::new(0)), Duration::from_secs(60));
+    let http = server::serve(
+        io,
+        Protocol::Http1,
+        ctx.clone(),
+        CancellationToken::new(),
+        idle,
+    );
+    // An HTTP/1 connection's own box (the stack behind it is 64 bytes).
+    let service = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(
+            http_body_util::Empty::<bytes::Bytes>::new(),
+        ))
+    });
+    let http1 = crate::http::park::serve(
+        hyper::server::conn::http1::Builder::new(),
+        CountedIo::uncounted(stream().await, bytes::Bytes::new()),
+        service,
+        Duration::from_secs(30),
+        CancellationToken::new(),
+        (Arc::new(AtomicU64::new(0)), Duration::from_secs(60)),
+    );
+    let sizes = [
+        (
+            "HTTP/1 park::serve future",
+            size_of_val(&http1),
+            MAX_HTTP1_FUTURE,
+        ),
+        (
+            "connection::serve future",
+            size_of_val(&connection),
+            MAX_CONNECTION_FUTURE,
+        ),
+        (
+            "http::server::serve future",
+            size_of_val(&http),
+            MAX_HTTP_SERVE_FUTURE,
+        ),
+        ("ConnContext", size_of_val(&*ctx), MAX_CONN_CONTEXT),
+    ];
+    for (what, size, max) in sizes {
+        eprintln!("{what}: {size} bytes (bound {max})");
+    }
+    for (what, size, max) in sizes {
+        assert!(
+            size <= max,
+            "{what} is {size} bytes, over its bound of {max}"
+        );
+    }
+}
