@@ -152,9 +152,20 @@ impl StreamWatch for Pending {
     }
 }
 
+/// A request whose client went away before its response headers came:
+/// its future is dropped with `finish` unrun, and it is still recorded.
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut pending) = self.0.take() {
+            pending.record.error = Some("request cancelled before the response");
+            pending.emit(0, true);
+        }
+    }
+}
+
 impl Finish for Capture {
-    fn finish(self, result: Result) -> Result {
-        let Some(mut pending) = self.0 else {
+    fn finish(mut self, result: Result) -> Result {
+        let Some(mut pending) = self.0.take() else {
             return result;
         };
         match result {

@@ -67,3 +67,24 @@ async fn only_requests_a_tap_could_match_are_captured_and_recorded_at_stream_end
     assert!(!record.stream_broken);
     assert!(records.try_recv().is_err(), "/other was never recorded");
 }
+
+#[tokio::test]
+async fn a_request_cancelled_before_its_response_is_still_recorded() {
+    let conn = conn(CONFIG, Direction::Outbound);
+    let filter = TapQuery::parse(Some("path_prefix=/slow"))
+        .expect("query")
+        .filter;
+    let (_tap, mut records) = conn.inputs.observe.open_tap(filter, 10, 8);
+    let (inner, mut handle) = mock();
+    let svc = observe::layer(conn).layer(inner);
+    let pending = tokio::spawn(svc.oneshot(at("/slow")));
+    let (_req, _send) = handle.next_request().await.expect("sent");
+    // The client goes away while the upstream has not answered.
+    pending.abort();
+    assert!(pending.await.is_err_and(|e| e.is_cancelled()));
+    let record = records.try_recv().expect("recorded when dropped");
+    assert_eq!(record.path, "/slow");
+    assert_eq!(record.status, 0);
+    assert_eq!(record.error, Some("request cancelled before the response"));
+    assert!(record.stream_broken);
+}
