@@ -31,8 +31,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How long a connection stays idle, with nothing in flight, before its
@@ -49,6 +50,8 @@ const WAKE_READ: usize = 1024;
 struct Shared {
     /// Requests whose response has not ended.
     in_flight: AtomicUsize,
+    /// Requests whose head was read, ever (a head stall ends with one).
+    heads: AtomicU64,
     /// Set while hyper is being shut down to park: its shutdown of the
     /// I/O is then ignored.
     parking: AtomicBool,
@@ -115,9 +118,10 @@ where
     };
     // When a request head first stalled across a park: hyper's header
     // timer restarts with each hyper connection, so it is enforced here
-    // across them.
+    // across them (on tokio's clock, which tests can pause).
     let mut head_stalled_since: Option<Instant> = None;
     loop {
+        let heads_before = shared.heads.load(Ordering::Relaxed);
         // Boxed: while parked, the task holds none of it.
         let conn = Box::new(
             builder
@@ -134,6 +138,10 @@ where
         io = parts.io.into_inner();
         service = parts.service;
         io.replay = unless_empty(parts.read_buf);
+        if shared.heads.load(Ordering::Relaxed) != heads_before {
+            // A head completed since the last park: any stall before it ended.
+            head_stalled_since = None;
+        }
         if !io.replay.is_empty() {
             // Parked halfway through a request head.
             let since = *head_stalled_since.get_or_insert_with(Instant::now);
@@ -351,6 +359,7 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.shared.heads.fetch_add(1, Ordering::Relaxed);
         InFlightFuture {
             future: self.inner.call(req),
             guard: Some(InFlight(self.shared.clone())),

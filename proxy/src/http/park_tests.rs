@@ -160,6 +160,37 @@ async fn a_head_that_stalls_across_parks_is_closed_at_the_header_timeout() {
     assert!(started.elapsed() >= HEADER_TIMEOUT, "closed early");
 }
 
+/// Half a request head, a pause long enough to park, then the rest.
+async fn stall_across_a_park(conn: &mut Conn) {
+    let client = &mut conn.client;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nho")
+        .await
+        .expect("write");
+    tokio::time::sleep(PARK_AFTER * 3).await;
+    client.write_all(b"st: a\r\n\r\n").await.expect("write");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_stall_that_ended_does_not_count_against_a_later_one() {
+    let mut conn = connect(Duration::ZERO, IDLE_TIMEOUT);
+    conn.get().await;
+    stall_across_a_park(&mut conn).await;
+    assert!(conn.response().await.starts_with("HTTP/1.1 200"));
+    // Busy for longer than the header timeout, never idle long enough to park.
+    let parked = conn.parked();
+    let busy_until = tokio::time::Instant::now() + HEADER_TIMEOUT * 2;
+    while tokio::time::Instant::now() < busy_until {
+        assert!(conn.get().await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(PARK_AFTER / 2).await;
+    }
+    assert_eq!(conn.parked(), parked, "never parked while busy");
+    // A second, short stall is served, not taken for the first one going on.
+    stall_across_a_park(&mut conn).await;
+    let response = conn.response().await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_parked_connection_closes_at_the_idle_timeout() {
     let mut conn = connect(Duration::ZERO, Duration::from_secs(10));
