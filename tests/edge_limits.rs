@@ -33,12 +33,7 @@ async fn a_rapid_reset_flood_gets_goaway_and_is_counted_while_others_are_served(
     ));
 
     // A well-behaved client, connected before the flood.
-    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
-    let (mut good, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut good = h2_client(proxy.outbound).await;
     assert_eq!(h2_get(&mut good).await, StatusCode::OK);
 
     // The flood: each stream opened and cancelled at once, all in one write.
@@ -74,12 +69,7 @@ async fn a_rapid_reset_flood_gets_goaway_and_is_counted_while_others_are_served(
     for _ in 0..10 {
         assert_eq!(h2_get(&mut good).await, StatusCode::OK);
     }
-    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
-    let (mut fresh, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut fresh = h2_client(proxy.outbound).await;
     assert_eq!(h2_get(&mut fresh).await, StatusCode::OK);
 }
 
@@ -272,12 +262,7 @@ async fn a_streamed_body_over_the_cap_gets_413_and_never_blames_the_endpoint() {
     );
 
     // HTTP/2, DATA frames without content-length.
-    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut h2 = h2_client(proxy.outbound).await;
     let frames = (0..2).map(|_| {
         Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'y'; 600])))
     });
@@ -316,12 +301,7 @@ async fn a_body_over_the_cap_after_the_response_started_is_counted_and_reset() {
         upstream.addr
     );
     let proxy = Proxy::start(&yaml);
-    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut h2 = h2_client(proxy.outbound).await;
 
     // `/echo` answers at once and streams the body back: the response has
     // started (headers and the first 600 bytes back) before the body goes over.

@@ -8,13 +8,11 @@
 mod support;
 
 use http::StatusCode;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::time::{Duration, Instant};
 use support::edge::*;
 use support::upstream::Upstream;
 use support::{metric_sum, Proxy, EPHEMERAL_LISTENERS};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 const WINDOW_UPDATE: u8 = 0x8;
 
@@ -46,12 +44,7 @@ async fn control_frame_floods_get_goaway_and_are_counted_while_others_are_served
         "http2_max_ping_frames: 20, http2_max_settings_frames: 20, http2_max_empty_data_frames: 20",
     ));
     // A well-behaved client, connected before the floods.
-    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
-    let (mut good, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut good = h2_client(proxy.outbound).await;
     assert_eq!(h2_get(&mut good).await, StatusCode::OK);
 
     let reasons = [
@@ -110,12 +103,7 @@ async fn control_frame_floods_get_goaway_and_are_counted_while_others_are_served
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // New clients are served too.
-    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
-    let (mut fresh, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut fresh = h2_client(proxy.outbound).await;
     assert_eq!(h2_get(&mut fresh).await, StatusCode::OK);
 }
 

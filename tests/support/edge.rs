@@ -103,6 +103,25 @@ pub async fn goaway_code<S: AsyncRead + Unpin>(stream: &mut S, deadline: Instant
     None
 }
 
+/// A well-behaved HTTP/2 (h2c) client of `addr`, its connection driven
+/// by a task of its own.
+pub async fn h2_client<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 /// A well-behaved HTTP/2 client's GET through the proxy: its status.
 pub async fn h2_get(
     sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
