@@ -107,3 +107,16 @@ async fn an_idle_connection_holds_a_small_task() {
         );
     }
 }
+
+/// A response moves through every layer's future on its way out (tens of
+/// copies per request), so its body is boxed to keep it small: 152 bytes.
+const MAX_RESPONSE: usize = 160;
+
+#[test]
+fn a_response_moves_cheaply() {
+    let size = std::mem::size_of::<crate::stack::Result>();
+    assert!(
+        size <= MAX_RESPONSE,
+        "a stack result is {size} bytes, over {MAX_RESPONSE}: box what grew"
+    );
+}

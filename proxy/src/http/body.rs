@@ -28,8 +28,10 @@ pub enum StreamOrBytes<B> {
     },
 }
 
-/// Every response body: the upstream's, or one the proxy wrote.
-pub type ProxyBody = StreamOrBytes<Tracked>;
+/// Every response body: the upstream's, or one the proxy wrote. The
+/// upstream's is boxed: a response moves through every layer's future on
+/// its way out, and a pointer moves cheaper than the tracked stream.
+pub type ProxyBody = StreamOrBytes<Box<Tracked>>;
 
 impl<B> StreamOrBytes<B> {
     pub fn text(text: impl Into<Bytes>) -> Self {

@@ -58,7 +58,11 @@ impl Service<Req> for Client {
 }
 
 /// The HTTP version to speak to `target`, given the request's.
-fn upstream_version(target: &Target, request: Version) -> Result<HttpVersion, ProxyError> {
+fn upstream_version(
+    target: &Target,
+    settings: Option<&TrySettings>,
+    request: Version,
+) -> Result<HttpVersion, ProxyError> {
     if target.mesh_identity().is_some() {
         return Ok(HttpVersion::Http2);
     }
@@ -67,13 +71,34 @@ fn upstream_version(target: &Target, request: Version) -> Result<HttpVersion, Pr
     } else {
         HttpVersion::Http1
     };
-    match target.cluster.as_ref().map(|c| (c.settings().protocol, c)) {
-        None | Some((Protocol::Auto, _)) => Ok(same_as_client),
-        Some((Protocol::Http1, _)) => Ok(HttpVersion::Http1),
-        Some((Protocol::Http2, _)) => Ok(HttpVersion::Http2),
-        Some((Protocol::Opaque, c)) => Err(ProxyError::OpaqueCluster {
-            cluster: c.name.to_string(),
+    match (settings.map(|s| s.protocol), &target.cluster) {
+        (None | Some(Protocol::Auto), _) => Ok(same_as_client),
+        (Some(Protocol::Http1), _) => Ok(HttpVersion::Http1),
+        (Some(Protocol::Http2), _) => Ok(HttpVersion::Http2),
+        (Some(Protocol::Opaque), c) => Err(ProxyError::OpaqueCluster {
+            cluster: c.as_ref().map_or("", |c| &*c.name).to_string(),
         }),
+    }
+}
+
+/// What one try needs of its cluster's settings, read once (one load of
+/// the settings per try instead of one per use).
+struct TrySettings {
+    protocol: Protocol,
+    max_pending: usize,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl TrySettings {
+    fn of(target: &Target) -> Option<TrySettings> {
+        let settings = target.cluster.as_ref()?.settings();
+        Some(TrySettings {
+            protocol: settings.protocol,
+            max_pending: settings.circuit_breaker.max_pending,
+            connect_timeout: settings.connect_timeout,
+            response_timeout: settings.response_timeout,
+        })
     }
 }
 
@@ -85,13 +110,14 @@ async fn forward(conn: &ConnContext, target: &Target, req: Req) -> Result<Rsp, P
         retrying,
         ..
     } = req;
-    let version = upstream_version(target, request.version())?;
+    let settings = TrySettings::of(target);
+    let version = upstream_version(target, settings.as_ref(), request.version())?;
     let is_connect = request.method() == Method::CONNECT && request.version() < Version::HTTP_2;
     let upgrade = version == HttpVersion::Http1 && (is_connect || headers::is_upgrade(&request));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *request));
     headers::prepare_request(&mut request, version, upgrade, target.addr);
 
-    let (connect_timeout, cluster_timeout) = timeouts(conn, target);
+    let (connect_timeout, cluster_timeout) = timeouts(conn, settings.as_ref());
     let response_timeout = try_timeout.unwrap_or(Some(cluster_timeout));
     let pool = match &target.endpoint {
         Some(endpoint) => endpoint
@@ -99,14 +125,11 @@ async fn forward(conn: &ConnContext, target: &Target, req: Req) -> Result<Rsp, P
             .clone(),
         None => conn.direct_pool(target.addr, version),
     };
-    let limits = target.cluster.as_ref().map(|c| {
-        (
-            &c.pending,
-            c.settings().circuit_breaker.max_pending,
-            &c.connections,
-            &*c.name,
-        )
-    });
+    let limits = target
+        .cluster
+        .as_ref()
+        .zip(settings.as_ref())
+        .map(|(c, s)| (&c.pending, s.max_pending, &c.connections, &*c.name));
     let exchange = async {
         let pending = match limits {
             Some((pending, max, _, name)) => match Pending::enter(pending, max) {
@@ -155,7 +178,7 @@ async fn forward(conn: &ConnContext, target: &Target, req: Req) -> Result<Rsp, P
             &state,
         )
         .await?;
-        Ok(response.map(|body| ProxyBody::Stream(Tracked::new(body))))
+        Ok(response.map(|body| ProxyBody::Stream(Box::new(Tracked::new(body)))))
     };
     let result = deadline(exchange, &state, response_timeout, target.addr)
         .await
@@ -181,12 +204,9 @@ async fn forward(conn: &ConnContext, target: &Target, req: Req) -> Result<Rsp, P
 }
 
 /// (connect timeout, response timeout): the cluster's, or the proxy's.
-fn timeouts(conn: &ConnContext, target: &Target) -> (Duration, Duration) {
-    match &target.cluster {
-        Some(c) => {
-            let settings = c.settings();
-            (settings.connect_timeout, settings.response_timeout)
-        }
+fn timeouts(conn: &ConnContext, settings: Option<&TrySettings>) -> (Duration, Duration) {
+    match settings {
+        Some(s) => (s.connect_timeout, s.response_timeout),
         None => {
             let snapshot = conn.inputs.snapshot.load();
             (

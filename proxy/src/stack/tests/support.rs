@@ -128,7 +128,9 @@ pub fn status(status: u16) -> Rsp {
 
 /// A response whose body is the upstream stream `body`.
 pub fn streamed(status: u16, body: Incoming) -> Rsp {
-    let mut response = Response::new(ProxyBody::Stream(Tracked::new(PooledBody::unpooled(body))));
+    let mut response = Response::new(ProxyBody::Stream(Box::new(Tracked::new(
+        PooledBody::unpooled(body),
+    ))));
     *response.status_mut() = StatusCode::from_u16(status).expect("status");
     response
 }
