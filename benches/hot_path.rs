@@ -264,8 +264,53 @@ fn flood_guard(c: &mut Criterion) {
     group.finish();
 }
 
+/// What every request pays for trace propagation: reading its trace
+/// headers and, when it has no context (the common case at the edge), a
+/// fresh `traceparent` and `x-request-id` generated and inserted.
+fn trace_context(c: &mut Criterion) {
+    use strait_proxy::trace::context::{self, Incoming};
+    let fresh = Request::get("http://users.default.svc/api/v1/users?id=42")
+        .header("host", "users.default.svc")
+        .header("user-agent", "curl/8.0")
+        .header("accept", "*/*")
+        .body(())
+        .expect("request");
+    let mut continued = clone_request(&fresh);
+    continued.headers_mut().insert(
+        context::TRACEPARENT,
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+    );
+    let mut group = c.benchmark_group("trace_context");
+    group.bench_function("fresh", |b| {
+        b.iter_batched(
+            || fresh.headers().clone(),
+            |mut headers| {
+                let incoming = Incoming::read(&headers);
+                if !incoming.has_request_id {
+                    if let Some(id) =
+                        context::new_request_id(0x1234_5678_9abc_def0_1234_5678_9abc_def0)
+                    {
+                        headers.insert(context::REQUEST_ID, id);
+                    }
+                }
+                let (trace_id, span_id) = ([7u8; 16], [9u8; 8]);
+                if let Some(value) = context::new_traceparent(&trace_id, &span_id, false) {
+                    headers.insert(context::TRACEPARENT, value);
+                }
+                headers
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("read_continued", |b| {
+        b.iter(|| Incoming::read(black_box(continued.headers())).parent())
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    trace_context,
     detection,
     routing,
     balancing,

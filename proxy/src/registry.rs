@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use strait_config::{
-    CircuitBreaker, Cluster, Config, HashKey, LoadBalancer, OutlierDetection, Protocol, RetryBudget,
+    CircuitBreaker, Cluster, Config, LoadBalancer, OutlierDetection, Protocol, RetryBudget,
 };
 use tower::retry::budget::TpsBudget;
 
@@ -38,8 +38,6 @@ pub struct ClusterSettings {
     pub response_timeout: Duration,
     /// Set for meshed clusters: the identity endpoints must prove over mTLS.
     pub tls_identity: Option<Arc<str>>,
-    /// What ring hash hashes, when the cluster balances by ring hash.
-    pub hash_key: Option<HashKey>,
     pub circuit_breaker: CircuitBreaker,
     pub load_balancer: LoadBalancer,
     pub outlier_detection: Option<OutlierDetection>,
@@ -52,10 +50,6 @@ impl ClusterSettings {
             connect_timeout: c.connect_timeout,
             response_timeout: c.response_timeout,
             tls_identity: c.tls_identity.as_deref().map(Arc::from),
-            hash_key: match &c.load_balancer {
-                LoadBalancer::RingHash { key } => Some(key.clone()),
-                _ => None,
-            },
             circuit_breaker: c.circuit_breaker.clone(),
             load_balancer: c.load_balancer.clone(),
             outlier_detection: c.outlier_detection.clone(),

@@ -12,7 +12,7 @@ use super::WeightedRoundRobin;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use strait_config::{LoadBalancer, OutlierDetection};
+use strait_config::{HashKey, LoadBalancer, OutlierDetection};
 use xxhash_rust::xxh64::xxh64;
 
 /// Virtual nodes per unit of weight on the hash ring.
@@ -35,6 +35,9 @@ pub struct Balancer {
     weights: Vec<u32>,
     policy: Policy,
     outlier: Option<OutlierDetection>,
+    /// What ring hash hashes (None for every other policy): here, so a
+    /// request reads its cluster's balancing in one load.
+    hash_key: Option<HashKey>,
 }
 
 /// The ring position of `(addr, n)`: the hash of `"addr_n"`.
@@ -80,12 +83,22 @@ impl Balancer {
                 Policy::RingHash(ring)
             }
         };
+        let hash_key = match lb {
+            LoadBalancer::RingHash { key } => Some(key.clone()),
+            _ => None,
+        };
         Balancer {
             endpoints,
             weights,
             policy,
             outlier,
+            hash_key,
         }
+    }
+
+    /// What the request is hashed by, when the policy is ring hash.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        self.hash_key.as_ref()
     }
 
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {

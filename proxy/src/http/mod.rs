@@ -85,6 +85,9 @@ pub struct ConnContext {
     /// Pools for the connection's direct target (its original destination
     /// or the local app), by HTTP version.
     direct_pools: [OnceLock<(SocketAddr, Arc<EndpointPool>)>; 2],
+    /// The `authority` label of traffic without one (read once here, not
+    /// from the snapshot on every request).
+    pub no_authority: Arc<str>,
 }
 
 impl ConnContext {
@@ -94,7 +97,9 @@ impl ConnContext {
         orig_dst: OrigDst,
         tls: TlsStatus,
     ) -> Arc<ConnContext> {
+        let no_authority = inputs.snapshot.load().no_authority.clone();
         Arc::new(ConnContext {
+            no_authority,
             inputs,
             client,
             orig_dst,
@@ -188,7 +193,7 @@ impl ConnContext {
     /// Handles for a request answered without an upstream: labelled with
     /// the connection's own target and the route that matched, if any.
     pub fn local_metrics(&self, route: Option<&Arc<str>>) -> Arc<RequestMetrics> {
-        let none: Arc<str> = self.inputs.snapshot.load().no_authority.clone();
+        let none = self.no_authority.clone();
         let tls = match self.direction() {
             Direction::Inbound => self.tls.clone(),
             Direction::Outbound => TlsStatus::NoIdentity("not_meshed"),

@@ -49,7 +49,7 @@ fn route_stack(
     dispatch: Dispatch,
 ) -> impl Service<Req, Response = Rsp, Error = ProxyError, Future: Send> + Clone {
     let endpoints = conn.clone();
-    let none = conn.inputs.snapshot.load().no_authority.clone();
+    let none = conn.no_authority.clone();
     let client = conn.client.ip();
     ServiceBuilder::new()
         .layer(timeout::layer(None, conn.orig_dst.addr)) // grpc-timeout, from body sent

@@ -69,7 +69,7 @@ fn cluster_stack(
         Upstream::Cluster(target) => Some(target.cluster.clone()),
         Upstream::Direct(_) => None,
     };
-    let none = conn.inputs.snapshot.load().no_authority.clone();
+    let none = conn.no_authority.clone();
     Breaker::new(
         cluster, // max_requests: fail fast with 503, slot held to the end of the response
         Balance::new(upstream, conn.client.ip(), none, move |target| {

@@ -8,7 +8,7 @@
 
 use super::split::Upstream;
 use super::{Req, Result, Rsp, Step};
-use crate::balance::cluster::{ip_hash, request_hash};
+use crate::balance::cluster::{ip_hash, request_hash, Balancer};
 use crate::http::error::ProxyError;
 use crate::http::Target;
 use crate::route::RouteTarget;
@@ -72,8 +72,9 @@ where
                 None,
             ),
             Upstream::Cluster(route) => {
-                let hash = request_hash_for(route, &req, self.client);
-                match pick(route, hash, &[]) {
+                let balancer = route.cluster.balancer();
+                let hash = request_hash_for(balancer.hash_key(), &req, self.client);
+                match pick_in(&balancer, route, hash, &[]) {
                     Some(target) => (target, Some(route.clone())),
                     None => {
                         return Step::fail(ProxyError::NoEndpoints {
@@ -97,8 +98,8 @@ where
 }
 
 /// The ring-hash key of `req`, when its cluster balances by one.
-fn request_hash_for(route: &RouteTarget, req: &Req, client: IpAddr) -> Option<u64> {
-    match route.cluster.settings().hash_key.as_ref()? {
+fn request_hash_for(key: Option<&HashKey>, req: &Req, client: IpAddr) -> Option<u64> {
+    match key? {
         HashKey::Header(name) => req
             .http
             .headers()
@@ -110,7 +111,16 @@ fn request_hash_for(route: &RouteTarget, req: &Req, client: IpAddr) -> Option<u6
 
 /// An endpoint of `route`'s cluster other than those `tried`.
 fn pick(route: &RouteTarget, hash: Option<u64>, tried: &[Option<SocketAddr>]) -> Option<Target> {
-    let balancer = route.cluster.balancer();
+    pick_in(&route.cluster.balancer(), route, hash, tried)
+}
+
+/// [`pick`] from a balancer already loaded.
+fn pick_in(
+    balancer: &Balancer,
+    route: &RouteTarget,
+    hash: Option<u64>,
+    tried: &[Option<SocketAddr>],
+) -> Option<Target> {
     let endpoint = if tried.is_empty() {
         balancer.pick(hash)?.clone()
     } else {
