@@ -439,12 +439,23 @@ fn check(path: &PathBuf) -> ExitCode {
         None => {}
     }
     for r in &config.routes {
+        let to = if r.split.is_empty() {
+            r.cluster.clone()
+        } else {
+            let parts: Vec<String> = r.split.iter().map(|(c, w)| format!("{c}={w}")).collect();
+            format!("split {}", parts.join(" "))
+        };
         match &r.matches {
-            RouteMatch::Authority(a) => println!("  route     authority {a} -> {}", r.cluster),
-            RouteMatch::Port(p) => println!("  route     port {p} -> {}", r.cluster),
-            RouteMatch::Destination(d) => {
-                println!("  route     destination {d} -> {}", r.cluster)
+            RouteMatch::Authority(a) => println!("  route     authority {a} -> {to}"),
+            RouteMatch::Port(p) => println!("  route     port {p} -> {to}"),
+            RouteMatch::Destination(d) => println!("  route     destination {d} -> {to}"),
+            RouteMatch::ServerName { name, port: None } => {
+                println!("  route     server name {name} -> {to}")
             }
+            RouteMatch::ServerName {
+                name,
+                port: Some(p),
+            } => println!("  route     server name {name} on port {p} -> {to}"),
         }
     }
     if let Some(t) = &config.tracing {

@@ -193,10 +193,17 @@ pub fn vhost_host(authority: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Pick the target for an outbound opaque TCP connection.
-pub fn resolve_tcp(snapshot: &Snapshot, orig_dst: OrigDst) -> Result<Target, ProxyError> {
-    let route = snapshot
-        .by_orig_dst(orig_dst.addr)
+/// Pick the target for an outbound opaque TCP connection: the route for
+/// its TLS server name (`server_name`, lowercase), else for its original
+/// destination, else the default cluster, else the original destination.
+pub fn resolve_tcp(
+    snapshot: &Snapshot,
+    orig_dst: OrigDst,
+    server_name: Option<&str>,
+) -> Result<Target, ProxyError> {
+    let by_name = server_name.and_then(|n| snapshot.by_server_name(n, orig_dst.addr));
+    let route = by_name
+        .or_else(|| snapshot.by_orig_dst(orig_dst.addr))
         .or(snapshot.outbound_default.as_ref());
     route_or_original(snapshot, orig_dst, route, None, || {
         format!("(tcp to port {})", orig_dst.addr.port())
