@@ -360,11 +360,7 @@ impl Config {
                 }),
             }),
             clusters: self.clusters.iter().map(cluster).collect(),
-            routes: self
-                .routes
-                .iter()
-                .map(file_route)
-                .collect(),
+            routes: self.routes.iter().map(file_route).collect(),
             identity: self.identity.as_ref().map(|id| FileIdentity {
                 certificate: match &id.source {
                     IdentitySource::Files(f) => f.certificate.display().to_string(),

@@ -124,7 +124,10 @@ pub async fn serve(
                     debug!("client closed before its TLS ClientHello was whole");
                     return;
                 };
-                debug!(server_name = hello.server_name.as_deref(), "TLS server name");
+                debug!(
+                    server_name = hello.server_name.as_deref(),
+                    "TLS server name"
+                );
                 let name = hello.server_name.as_deref();
                 Box::pin(conn.forward_opaque(stream, hello.bytes, "passthrough", name)).await
             }

@@ -40,7 +40,10 @@ pub async fn read(stream: &mut TcpStream, prefix: Bytes, timeout: Duration) -> O
             Parsed::NeedMore => fed = buf.len(),
         }
         if buf.len() >= MAX_CLIENT_HELLO_BYTES {
-            debug!(bytes = buf.len(), "TLS ClientHello too long to read its server name");
+            debug!(
+                bytes = buf.len(),
+                "TLS ClientHello too long to read its server name"
+            );
             break None;
         }
         buf.reserve(4096);
@@ -70,7 +73,10 @@ fn parse(acceptor: &mut rustls::server::Acceptor, mut new: &[u8]) -> Parsed {
     loop {
         match acceptor.accept() {
             Ok(Some(accepted)) => {
-                let name = accepted.client_hello().server_name().map(str::to_ascii_lowercase);
+                let name = accepted
+                    .client_hello()
+                    .server_name()
+                    .map(str::to_ascii_lowercase);
                 return Parsed::Done(name);
             }
             Ok(None) => {}
@@ -141,7 +147,9 @@ mod tests {
     #[tokio::test]
     async fn reads_more_bytes_until_the_hello_is_whole() {
         let hello = client_hello("db.example.com");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let sent = hello.clone();
         let client = tokio::spawn(async move {

@@ -78,7 +78,10 @@ pub(super) fn routes(
                         message: "an authority route takes one cluster (split HTTP requests with a virtual host's route)".into(),
                     });
                 }
-                (first_of(rules, &field, &split)?, weighted(rules, &field, split, known)?)
+                (
+                    first_of(rules, &field, &split)?,
+                    weighted(rules, &field, split, known)?,
+                )
             }
             _ => {
                 return Err(ConfigError::Invalid {
@@ -162,12 +165,91 @@ pub fn server_name(name: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::server_name;
+    use crate::{Config, RouteMatch};
+
+    const CLUSTERS: &str = "clusters:\n  - {name: a, endpoints: [{address: '127.0.0.1:1'}]}\n  - {name: b, endpoints: [{address: '127.0.0.1:2'}]}\n";
+
+    #[test]
+    fn server_name_and_split_routes_validate_and_survive_a_dump() {
+        let yaml = format!(
+            "{CLUSTERS}routes:\n  - {{server_name: API.example.com, port: 443, cluster: a}}\n  - {{server_name: '*.example.com', cluster: b}}\n  - {{port: 9000, split: [{{cluster: a, weight: 80}}, {{cluster: b, weight: 20}}]}}\n"
+        );
+        let config = Config::from_yaml(&yaml).expect("valid");
+        assert_eq!(
+            config.routes[0].matches,
+            RouteMatch::ServerName {
+                name: "api.example.com".into(),
+                port: Some(443)
+            }
+        );
+        assert_eq!(config.routes[2].cluster, "a");
+        assert_eq!(
+            config.routes[2].split,
+            vec![("a".to_string(), 80), ("b".to_string(), 20)]
+        );
+        let dumped = serde_yaml::to_string(&config.to_file()).expect("dump");
+        assert_eq!(
+            Config::from_yaml(&dumped).expect("dump is valid").routes,
+            config.routes
+        );
+    }
+
+    #[test]
+    fn bad_routes_name_their_field_and_line() {
+        for (routes, expected) in [
+            (
+                "  - {server_name: 'a b', cluster: a}",
+                "routes[0].server_name: 'a b' is not a server name",
+            ),
+            (
+                "  - {server_name: a.com, cluster: a}\n  - {server_name: A.com, cluster: b}",
+                "routes[1].server_name: server name 'a.com' is already routed",
+            ),
+            (
+                "  - {server_name: a.com, destination: '10.0.0.1:443', cluster: a}",
+                "routes[0]: a route matches on exactly one of",
+            ),
+            (
+                "  - {port: 9000, cluster: a, split: [{cluster: b, weight: 1}]}",
+                "routes[0]: a route takes exactly one of `cluster` or `split`",
+            ),
+            (
+                "  - {authority: web, split: [{cluster: b, weight: 1}]}",
+                "routes[0].split: an authority route takes one cluster",
+            ),
+            (
+                "  - {port: 9000, split: [{cluster: c, weight: 1}]}",
+                "routes[0].split[0].cluster: cluster 'c' is not defined",
+            ),
+            (
+                "  - {port: 9000, split: [{cluster: a, weight: 0}]}",
+                "routes[0].split[0].weight",
+            ),
+            ("  - {port: 9000, split: []}", "routes[0].split"),
+        ] {
+            let yaml = format!("{CLUSTERS}routes:\n{routes}\n");
+            let e = Config::from_yaml(&yaml).expect_err(routes).to_string();
+            assert!(e.contains(expected), "{routes}: {e}");
+            assert!(e.contains("(line "), "{routes}: {e}");
+        }
+    }
 
     #[test]
     fn server_names_are_lowercase_labels_with_an_optional_leading_wildcard() {
-        assert_eq!(server_name("API.Example.com").as_deref(), Ok("api.example.com"));
+        assert_eq!(
+            server_name("API.Example.com").as_deref(),
+            Ok("api.example.com")
+        );
         assert_eq!(server_name("*.example.com").as_deref(), Ok("*.example.com"));
-        for bad in ["", "*", "*.com", "a..b", "a.*.b", "exa mple.com", "*example.com"] {
+        for bad in [
+            "",
+            "*",
+            "*.com",
+            "a..b",
+            "a.*.b",
+            "exa mple.com",
+            "*example.com",
+        ] {
             assert!(server_name(bad).is_err(), "{bad}");
         }
     }

@@ -345,7 +345,10 @@ fn what_strait_cannot_match_on_is_refused_with_its_field() {
         (
             vec![port_listener(
                 443,
-                vec![sni("example.com", tcp_to("a")), sni("EXAMPLE.com", tcp_to("b"))],
+                vec![
+                    sni("example.com", tcp_to("a")),
+                    sni("EXAMPLE.com", tcp_to("b")),
+                ],
             )],
             "0.0.0.0_443",
             "filter_chains[1].filters[0]",
@@ -440,7 +443,9 @@ fn tcp_target(snapshot: &Snapshot, port: u16, server_name: Option<&str>) -> Stri
 
 #[test]
 fn server_names_pick_chains_in_envoys_order_and_splits_follow_their_weights() {
-    let names = ["api", "wild", "deep", "fallback", "other", "every", "a", "b"];
+    let names = [
+        "api", "wild", "deep", "fallback", "other", "every", "a", "b",
+    ];
     let clusters = names
         .iter()
         .enumerate()
@@ -510,7 +515,10 @@ fn server_names_pick_chains_in_envoys_order_and_splits_follow_their_weights() {
     // own (as virtualOutbound's chains do in Envoy).
     assert_eq!(at(9443, Some("every.example.net")), "every");
     assert_eq!(at(443, Some("every.example.net")), "fallback");
-    assert_eq!(at(8443, Some("every.example.net")), "original 10.96.0.9:8443");
+    assert_eq!(
+        at(8443, Some("every.example.net")),
+        "original 10.96.0.9:8443"
+    );
     assert_eq!(at(9000, Some("every.example.net")), "a");
     // Weight 0 takes nothing; 80/20 by smooth weighted round robin, so
     // every 5 connections are exactly 4 and 1.

@@ -30,7 +30,8 @@ pub fn check_unique(http: &[HttpChain], tcp: &[TcpChain]) -> Result<(), Rejected
                 .map(|n| Key::ServerName(c.port, n.as_str()))
                 .collect(),
         };
-        keys.into_iter().map(move |key| (key, &c.listener, &c.field))
+        keys.into_iter()
+            .map(move |key| (key, &c.listener, &c.field))
     });
     unique(tcp, "TCP")
 }
@@ -157,6 +158,9 @@ pub fn tcp_routes(
     Ok(())
 }
 
+/// (cluster, weight) of a split; empty for one cluster.
+type Split = Vec<(String, u32)>;
+
 /// A chain's (first cluster, split) once every cluster is live; `None`
 /// while one warms, or for a passthrough (ORIGINAL_DST) that needs no
 /// route because what it would fall into is the original destination too.
@@ -166,7 +170,7 @@ fn usable(
     live: &BTreeSet<String>,
     warming: &BTreeSet<String>,
     original_dst: &BTreeSet<String>,
-) -> Result<Option<(String, Vec<(String, u32)>)>, Rejected> {
+) -> Result<Option<(String, Split)>, Rejected> {
     let field = if c.clusters.len() > 1 {
         "typed_config.weighted_clusters"
     } else {
