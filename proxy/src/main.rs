@@ -94,6 +94,10 @@ enum Command {
         /// The original destination port, for a request iptables redirected.
         #[arg(long)]
         port: Option<u16>,
+        /// Explain an outbound TLS connection asking for this server name
+        /// (SNI) instead of a request.
+        #[arg(long)]
+        server_name: Option<String>,
     },
     /// Wait until the proxy is ready, run a command, and exit with its
     /// status (as linkerd-await).
@@ -171,9 +175,24 @@ fn main() -> ExitCode {
             method,
             headers,
             port,
-        } => explain(
-            &config, &direction, authority, path, &method, &headers, port,
-        ),
+            server_name,
+        } => {
+            let query = (|| -> Result<strait_proxy::explain::Query, String> {
+                Ok(strait_proxy::explain::Query {
+                    direction: direction.parse()?,
+                    authority,
+                    path,
+                    method: strait_proxy::explain::parse_method(&method)?,
+                    headers: headers
+                        .iter()
+                        .map(|h| strait_proxy::explain::parse_header(h))
+                        .collect::<Result<_, _>>()?,
+                    port,
+                    server_name,
+                })
+            })();
+            explain(&config, query)
+        }
         Command::Await {
             timeout,
             shutdown,
@@ -253,28 +272,7 @@ fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(filter).map_err(|e| e.to_string())
 }
 
-fn explain(
-    path: &PathBuf,
-    direction: &str,
-    authority: Option<String>,
-    request_path: String,
-    method: &str,
-    headers: &[String],
-    port: Option<u16>,
-) -> ExitCode {
-    let query = (|| -> Result<strait_proxy::explain::Query, String> {
-        Ok(strait_proxy::explain::Query {
-            direction: direction.parse()?,
-            authority,
-            path: request_path,
-            method: strait_proxy::explain::parse_method(method)?,
-            headers: headers
-                .iter()
-                .map(|h| strait_proxy::explain::parse_header(h))
-                .collect::<Result<_, _>>()?,
-            port,
-        })
-    })();
+fn explain(path: &PathBuf, query: Result<strait_proxy::explain::Query, String>) -> ExitCode {
     let answer = load(Some(path))
         .map_err(|e| format!("{e:#}"))
         .and_then(|config| {

@@ -165,7 +165,20 @@ impl Snapshot {
 
     /// The route for a destination port (a split's pick).
     pub fn by_port(&self, port: u16) -> Option<&RouteTarget> {
-        self.by_port.get(&port).map(Targets::pick)
+        self.port_targets(port).map(Targets::pick)
+    }
+
+    /// The clusters of a destination port's route, unpicked.
+    pub fn port_targets(&self, port: u16) -> Option<&Targets> {
+        self.by_port.get(&port)
+    }
+
+    /// The clusters of one original destination address's route, unpicked.
+    pub fn destination_targets(&self, addr: std::net::SocketAddr) -> Option<&Targets> {
+        if self.by_destination.is_empty() {
+            return None;
+        }
+        self.by_destination.get(&addr)
     }
 
     /// The cluster a destination port's route names, without picking
@@ -176,10 +189,7 @@ impl Snapshot {
 
     /// The route for one original destination address (a split's pick).
     pub fn by_destination(&self, addr: std::net::SocketAddr) -> Option<&RouteTarget> {
-        if self.by_destination.is_empty() {
-            return None;
-        }
-        self.by_destination.get(&addr).map(Targets::pick)
+        self.destination_targets(addr).map(Targets::pick)
     }
 
     /// The route for a connection's original destination: its address,
@@ -201,6 +211,12 @@ impl Snapshot {
     /// its own (server names, or a port or address route) sees only its
     /// own names; the names of every port serve the other ports.
     pub fn by_server_name(&self, name: &str, addr: std::net::SocketAddr) -> Option<&RouteTarget> {
+        self.server_name_targets(name, addr).map(Targets::pick)
+    }
+
+    /// The clusters of the route for a TLS server name, unpicked (see
+    /// [`Self::by_server_name`]).
+    pub fn server_name_targets(&self, name: &str, addr: std::net::SocketAddr) -> Option<&Targets> {
         let names = &self.by_server_name;
         if names.0.is_empty() {
             return None;
@@ -210,9 +226,9 @@ impl Snapshot {
             || self.by_port.contains_key(&port)
             || self.by_destination.contains_key(&addr)
         {
-            return names.find_in(Some(port), name).map(Targets::pick);
+            return names.find_in(Some(port), name);
         }
-        names.find_in(None, name).map(Targets::pick)
+        names.find_in(None, name)
     }
 
     /// Whether any route is configured (a miss is then a 404).
@@ -247,6 +263,14 @@ impl Targets {
         match self {
             Targets::One(t) => t,
             Targets::Split(split) => &split.items()[0],
+        }
+    }
+
+    /// Each cluster with its share of the connections (0..=1).
+    pub fn shares(&self) -> Vec<(&RouteTarget, f64)> {
+        match self {
+            Targets::One(t) => vec![(t, 1.0)],
+            Targets::Split(split) => split.items().iter().zip(split.shares()).collect(),
         }
     }
 }

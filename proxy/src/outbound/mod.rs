@@ -12,7 +12,7 @@ use crate::http::error::ProxyError;
 use crate::http::vhost::{Action, Route};
 use crate::http::{headers, ConnContext, Target};
 use crate::orig_dst::OrigDst;
-use crate::route::{RouteTarget, Snapshot};
+use crate::route::{RouteTarget, Snapshot, Targets};
 use crate::stack::router::{Routed, Router};
 use crate::stack::split::{Dispatch, Split, Upstream};
 use crate::stack::{
@@ -119,10 +119,14 @@ fn rules(
                 authority: headers::authority(req).unwrap_or("").to_string(),
             }),
         },
-        Decision::Authority(route)
-        | Decision::Destination(route)
-        | Decision::Port(route)
-        | Decision::Default(route) => Ok(Routed::Forward(None, Dispatch::Cluster(route.clone()))),
+        Decision::Authority(route) | Decision::Default(route) => {
+            Ok(Routed::Forward(None, Dispatch::Cluster(route.clone())))
+        }
+        // A split picks per request, here (decide itself never picks).
+        Decision::Destination(targets) | Decision::Port(targets) => Ok(Routed::Forward(
+            None,
+            Dispatch::Cluster(targets.pick().clone()),
+        )),
         Decision::OriginalDestination(addr) => Ok(Routed::Forward(None, Dispatch::Direct(addr))),
         Decision::NoRoute => Err(ProxyError::NoRoute {
             authority: headers::authority(req).unwrap_or("").to_string(),
@@ -139,9 +143,9 @@ pub enum Decision<'a> {
     /// The simple route for the request's authority.
     Authority(&'a RouteTarget),
     /// The simple route for the destination address (IP and port).
-    Destination(&'a RouteTarget),
+    Destination(&'a Targets),
     /// The simple route for the destination port.
-    Port(&'a RouteTarget),
+    Port(&'a Targets),
     /// The listener's default cluster.
     Default(&'a RouteTarget),
     /// Where iptables found the connection headed.
@@ -168,11 +172,11 @@ pub fn decide<'a, B>(snapshot: &'a Snapshot, orig_dst: OrigDst, req: &Request<B>
     if let Some(route) = authority.and_then(|a| snapshot.by_authority(a)) {
         return Decision::Authority(route);
     }
-    if let Some(route) = snapshot.by_destination(orig_dst.addr) {
-        return Decision::Destination(route);
+    if let Some(targets) = snapshot.destination_targets(orig_dst.addr) {
+        return Decision::Destination(targets);
     }
-    if let Some(route) = snapshot.by_port(orig_dst.addr.port()) {
-        return Decision::Port(route);
+    if let Some(targets) = snapshot.port_targets(orig_dst.addr.port()) {
+        return Decision::Port(targets);
     }
     if let Some(route) = snapshot.outbound_default.as_ref() {
         return Decision::Default(route);

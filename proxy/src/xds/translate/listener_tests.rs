@@ -183,8 +183,8 @@ fn cluster_at(snapshot: &Snapshot, ip: [u8; 4], port: u16) -> String {
         .expect("request");
     match decide(snapshot, orig_dst, &req) {
         Decision::VirtualHost(route) => format!("vhost {}", route.name),
-        Decision::Port(t) => format!("port {}", t.cluster.name),
-        Decision::Destination(t) => format!("destination {}", t.cluster.name),
+        Decision::Port(t) => format!("port {}", t.first().cluster.name),
+        Decision::Destination(t) => format!("destination {}", t.first().cluster.name),
         Decision::Default(t) => format!("default {}", t.cluster.name),
         Decision::Authority(t) => format!("authority {}", t.cluster.name),
         Decision::OriginalDestination(a) => format!("original {a}"),
