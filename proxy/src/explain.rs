@@ -163,6 +163,9 @@ pub fn explain(snapshot: &Snapshot, query: &Query) -> Result<Value, String> {
         "virtual_host": Value::Null,
         "route": Value::Null,
     });
+    if query.direction == Direction::Inbound && query.server_name.is_some() {
+        return Err("server_name explains outbound TLS connections only".into());
+    }
     if let (Direction::Outbound, Some(name)) = (query.direction, &query.server_name) {
         // A TLS connection: no HTTP request to admit or route.
         out["request"] = json!({
@@ -627,5 +630,9 @@ mod tests {
             let error = Query::from_query_string(query).expect_err(query);
             assert!(error.contains(named), "{query}: {error}");
         }
+        let inbound_tls =
+            Query::from_query_string("direction=inbound&server_name=a.example").expect("parses");
+        let error = explain(&snapshot(""), &inbound_tls).expect_err("outbound only");
+        assert!(error.contains("outbound TLS connections only"), "{error}");
     }
 }

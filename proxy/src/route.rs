@@ -67,15 +67,12 @@ impl Snapshot {
             })
         };
         let targets = |route: &strait_config::Route| {
-            if route.split.is_empty() {
-                return target(&route.cluster, &route.cluster).map(Targets::One);
-            }
             let split: Vec<(RouteTarget, u32)> = route
                 .split
                 .iter()
                 .filter_map(|(c, w)| Some((target(c, c)?, *w)))
                 .collect();
-            (!split.is_empty()).then(|| Targets::Split(WeightedRoundRobin::new(split)))
+            Some(Targets::new(target(&route.cluster, &route.cluster)?, split))
         };
         let mut by_authority = HashMap::new();
         let mut by_port = HashMap::new();
@@ -243,34 +240,39 @@ impl Snapshot {
 /// A simple route's clusters: one, or a weighted split (smooth weighted
 /// round robin, as the virtual hosts' splits) picked per connection.
 #[derive(Debug)]
-pub enum Targets {
-    One(RouteTarget),
-    Split(WeightedRoundRobin<RouteTarget>),
+pub struct Targets {
+    /// The route's `cluster` (a split's first).
+    first: RouteTarget,
+    /// `None`: `first` takes everything.
+    split: Option<WeightedRoundRobin<RouteTarget>>,
 }
 
 impl Targets {
+    /// `first` alone when `split` has fewer than two clusters.
+    fn new(first: RouteTarget, split: Vec<(RouteTarget, u32)>) -> Targets {
+        let split = (split.len() > 1).then(|| WeightedRoundRobin::new(split));
+        Targets { first, split }
+    }
+
     /// The target for the next connection (or request). One cluster is
     /// a branch, not a shared counter.
     pub fn pick(&self) -> &RouteTarget {
-        match self {
-            Targets::One(t) => t,
-            Targets::Split(split) => split.pick().unwrap_or_else(|| self.first()),
+        match &self.split {
+            None => &self.first,
+            Some(split) => split.pick().unwrap_or(&self.first),
         }
     }
 
-    /// The route's first cluster (a split is never empty).
+    /// The route's first cluster.
     pub fn first(&self) -> &RouteTarget {
-        match self {
-            Targets::One(t) => t,
-            Targets::Split(split) => &split.items()[0],
-        }
+        &self.first
     }
 
     /// Each cluster with its share of the connections (0..=1).
     pub fn shares(&self) -> Vec<(&RouteTarget, f64)> {
-        match self {
-            Targets::One(t) => vec![(t, 1.0)],
-            Targets::Split(split) => split.items().iter().zip(split.shares()).collect(),
+        match &self.split {
+            None => vec![(&self.first, 1.0)],
+            Some(split) => split.items().iter().zip(split.shares()).collect(),
         }
     }
 }

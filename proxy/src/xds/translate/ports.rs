@@ -90,15 +90,16 @@ pub fn tcp_routes(
     warming: &BTreeSet<String>,
     original_dst: &BTreeSet<String>,
 ) -> Result<(), Rejected> {
-    // The default first, the ports' fallbacks next: a passthrough must
-    // not fall into a route added after it was judged.
-    let mut ordered: Vec<&TcpChain> = tcp.iter().filter(|c| c.port.is_none()).collect();
-    ordered.retain(|c| c.server_names.is_empty());
-    ordered.extend(
-        tcp.iter()
-            .filter(|c| c.port.is_some() && c.server_names.is_empty()),
-    );
-    ordered.extend(tcp.iter().filter(|c| !c.server_names.is_empty()));
+    // The default first, the ports' fallbacks next, server names last: a
+    // passthrough is judged by where its misses go, so every route a miss
+    // could take must be in place by then.
+    let named = |c: &&TcpChain| !c.server_names.is_empty();
+    let mut ordered: Vec<&TcpChain> = tcp
+        .iter()
+        .filter(|c| c.port.is_none() && !named(c))
+        .collect();
+    ordered.extend(tcp.iter().filter(|c| c.port.is_some() && !named(c)));
+    ordered.extend(tcp.iter().filter(named));
     for c in ordered {
         let Some((cluster, split)) = usable(config, c, live, warming, original_dst)? else {
             continue;
