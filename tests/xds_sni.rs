@@ -313,8 +313,7 @@ async fn check_routes(proxy: &Proxy, u: &Upstreams, tls_vip: SocketAddr, split_v
     assert_split(&counts, "a", "b");
 }
 
-#[tokio::test]
-async fn tls_by_server_name_and_tcp_split_from_xds() {
+async fn tls_by_server_name_and_tcp_split_from_xds(mode: &str, vip_octet: u8) {
     let u = upstreams().await;
     let cp = ControlPlane::start().await;
     let v = cp.update(|s| {
@@ -368,15 +367,28 @@ async fn tls_by_server_name_and_tcp_split_from_xds() {
         );
     });
     let proxy = Proxy::start(&format!(
-        "{EPHEMERAL_LISTENERS}xds:\n  address: {}\n  node: {{id: sni-test}}\n  initial_fetch_timeout: 10s\n",
+        "{EPHEMERAL_LISTENERS}xds:\n  address: {}\n  node: {{id: sni-test}}\n  mode: {mode}\n  initial_fetch_timeout: 10s\n",
         cp.addr
     ));
     cp.acked(CLUSTER, v).await;
     cp.acked(LISTENER, v).await;
     let (status, body) = http_get(proxy.admin, "/ready");
     assert_eq!(status, 200, "{body}\n{}", proxy.log());
-    let vip = |host: u8, port: u16| SocketAddr::from(([127, 79, 1, host], port));
+    let vip = |host: u8, port: u16| SocketAddr::from(([127, 79, vip_octet, host], port));
     check_routes(&proxy, &u, vip(1, 443), vip(2, 9000)).await;
+}
+
+// Service addresses of their own per test, so the runs' redirect rules
+// never meet.
+
+#[tokio::test]
+async fn tls_by_server_name_and_tcp_split_from_xds_sotw() {
+    tls_by_server_name_and_tcp_split_from_xds("sotw", 1).await
+}
+
+#[tokio::test]
+async fn tls_by_server_name_and_tcp_split_from_xds_delta() {
+    tls_by_server_name_and_tcp_split_from_xds("delta", 3).await
 }
 
 #[tokio::test]
@@ -397,6 +409,13 @@ routes:
 ",
         u.api, u.wild, u.fallback, u.a, u.b
     ));
+    // The routes survive a dump: it is still a config file, routes and all.
+    let (status, dump) = http_get(proxy.admin, "/config_dump");
+    assert_eq!(status, 200, "{dump}");
+    let dumped = strait_config::Config::from_yaml(&dump).unwrap_or_else(|e| panic!("{e}\n{dump}"));
+    let routes = |c: &strait_config::Config| format!("{:?}", c.routes);
+    assert!(routes(&dumped).contains("*.example.com"), "{dump}");
+    assert!(routes(&dumped).contains("(\"b\", 20)"), "{dump}");
     let vip = |host: u8, port: u16| SocketAddr::from(([127, 79, 2, host], port));
     check_routes(&proxy, &u, vip(1, 443), vip(2, 9000)).await;
 }
