@@ -6,7 +6,8 @@
 //! port, a TCP service by its virtual IP, anything else to where it was
 //! going; a route's fault config answers for it and its local rate
 //! limit holds it to its bucket; a listener strait cannot route
-//! faithfully (SNI) is NACKed with its field while the rest serves.
+//! faithfully (by source address) is NACKed with its field while the
+//! rest serves. (Server names: `tests/xds_sni.rs`.)
 
 #[path = "support/control_plane.rs"]
 mod control_plane;
@@ -258,24 +259,27 @@ async fn istio_snapshot_routes_by_original_destination(mode: &str) {
         .expect("read");
     assert_eq!(&reply, b"db:ping");
 
-    // A listener strait cannot route faithfully (SNI) is NACKed with its
-    // field, and the snapshot it would have joined keeps serving.
+    // A listener strait cannot route faithfully (by source address) is
+    // NACKed with its field, and the snapshot it would have joined keeps
+    // serving.
     cp.update(|s| {
         put(
             s,
             LISTENER,
             "0.0.0.0_443",
-            sni_listener(443, "secure.example.com", &web_c),
+            source_range_listener(443, "10.1.2.3", &web_c),
         )
     });
     let nack = cp
-        .wait_for("a NACK of the SNI listener", |r| {
+        .wait_for("a NACK of the source-matched listener", |r| {
             r.type_url == LISTENER && r.error.is_some()
         })
         .await;
     let detail = nack.error.expect("error_detail");
     assert!(
-        detail.contains("Listener '0.0.0.0_443': filter_chains[0].filter_chain_match.server_names"),
+        detail.contains(
+            "Listener '0.0.0.0_443': filter_chains[0].filter_chain_match.source_prefix_ranges"
+        ),
         "{detail}"
     );
     let before = web.requests.load(Ordering::SeqCst);

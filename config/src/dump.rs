@@ -174,6 +174,40 @@ fn retry_on(on: &RetryOn) -> String {
     }
 }
 
+fn file_route(r: &Route) -> FileRoute {
+    let mut route = FileRoute {
+        authority: None,
+        port: None,
+        destination: None,
+        server_name: None,
+        cluster: None,
+        split: None,
+    };
+    match &r.matches {
+        RouteMatch::Authority(a) => route.authority = Some(a.clone()),
+        RouteMatch::Port(port) => route.port = Some(i64::from(*port)),
+        RouteMatch::Destination(addr) => route.destination = Some(addr.to_string()),
+        RouteMatch::ServerName { name, port } => {
+            route.server_name = Some(name.clone());
+            route.port = port.map(i64::from);
+        }
+    }
+    if r.split.is_empty() {
+        route.cluster = Some(r.cluster.clone());
+    } else {
+        route.split = Some(
+            r.split
+                .iter()
+                .map(|(cluster, weight)| FileSplit {
+                    cluster: cluster.clone(),
+                    weight: i64::from(*weight),
+                })
+                .collect(),
+        );
+    }
+    route
+}
+
 fn route_rule(r: &RouteRule) -> FileRouteRule {
     let (mut cluster, mut split, mut direct_response, mut redirect) = (None, None, None, None);
     let mut original_destination = None;
@@ -326,30 +360,7 @@ impl Config {
                 }),
             }),
             clusters: self.clusters.iter().map(cluster).collect(),
-            routes: self
-                .routes
-                .iter()
-                .map(|r| match &r.matches {
-                    RouteMatch::Authority(a) => FileRoute {
-                        authority: Some(a.clone()),
-                        port: None,
-                        destination: None,
-                        cluster: r.cluster.clone(),
-                    },
-                    RouteMatch::Port(port) => FileRoute {
-                        authority: None,
-                        port: Some(i64::from(*port)),
-                        destination: None,
-                        cluster: r.cluster.clone(),
-                    },
-                    RouteMatch::Destination(addr) => FileRoute {
-                        authority: None,
-                        port: None,
-                        destination: Some(addr.to_string()),
-                        cluster: r.cluster.clone(),
-                    },
-                })
-                .collect(),
+            routes: self.routes.iter().map(file_route).collect(),
             identity: self.identity.as_ref().map(|id| FileIdentity {
                 certificate: match &id.source {
                     IdentitySource::Files(f) => f.certificate.display().to_string(),

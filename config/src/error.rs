@@ -65,7 +65,7 @@ pub enum ConfigError {
     NoEndpoints { at: At, name: String },
     #[error("{at}: cluster '{name}' is not defined under `clusters`{}", at.line_suffix())]
     UnknownCluster { at: At, name: String },
-    #[error("{at}: a route matches on exactly one of `authority`, `port` or `destination`{}", at.line_suffix())]
+    #[error("{at}: a route matches on exactly one of `authority`, `port`, `destination` or `server_name` (which may have a `port`){}", at.line_suffix())]
     RouteMatch { at: At },
     #[error("{at}: authority '{value}' is already routed by an earlier route{}", at.line_suffix())]
     DuplicateRoute { at: At, value: String },

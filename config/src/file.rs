@@ -492,5 +492,13 @@ pub struct FileRoute {
     /// `IP:port`: connections to this original destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
-    pub cluster: String,
+    /// A TLS server name (SNI), exact or `*.suffix`; with `port`, only
+    /// connections to that port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// A weighted split across clusters, picked per connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Vec<FileSplit>>,
 }

@@ -606,7 +606,13 @@ pub struct Endpoint {
 pub struct Route {
     #[serde(rename = "match")]
     pub matches: RouteMatch,
+    /// The cluster; with a `split`, its first (what needs one cluster,
+    /// such as the protocol a port declares, reads this).
     pub cluster: String,
+    /// A weighted split across clusters (cluster, weight), picked per
+    /// connection (per request for HTTP); empty: `cluster` takes it all.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<(String, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -620,6 +626,14 @@ pub enum RouteMatch {
     /// Connections whose original destination is this address (a
     /// service's virtual IP and port); consulted before `Port`.
     Destination(SocketAddr),
+    /// TLS connections whose ClientHello asks for this server name (SNI),
+    /// lowercase: exact, or `*.suffix` for any name under the suffix (the
+    /// longest suffix wins). With a `port`, only connections to that
+    /// original destination port; consulted before `Destination` and
+    /// `Port`. Names without a port serve the ports that have no routes
+    /// of their own (names, a port or an address route).
+    #[serde(rename = "server_name")]
+    ServerName { name: String, port: Option<u16> },
 }
 
 /// Optional durations, likewise.

@@ -11,8 +11,11 @@ use std::time::Duration;
 
 pub use crate::listeners::distinct_listeners;
 mod http;
+mod routes;
 mod tracing;
 mod xds;
+
+pub use routes::server_name;
 
 /// Defaults: Linkerd's ports, loopback for the outbound and admin listeners.
 pub mod defaults {
@@ -448,47 +451,7 @@ pub fn validate(file: FileConfig, index: &LineIndex) -> Result<Config, ConfigErr
 
     let extra_listeners = crate::listeners::extra_listeners(&rules, listeners.extra, &names)?;
 
-    let mut routes = Vec::with_capacity(file.routes.len());
-    let mut authorities = HashSet::new();
-    for (i, r) in file.routes.into_iter().enumerate() {
-        let field = format!("routes[{i}]");
-        let matches = match (r.authority, r.port, r.destination) {
-            (Some(authority), None, None) => {
-                let authority = normalize_authority(&authority);
-                if !authorities.insert(authority.clone()) {
-                    return Err(ConfigError::DuplicateRoute {
-                        at: rules.at(&format!("{field}.authority")),
-                        value: authority,
-                    });
-                }
-                RouteMatch::Authority(authority)
-            }
-            (None, Some(port), None) => {
-                RouteMatch::Port(rules.port(&format!("{field}.port"), port, false)?)
-            }
-            (None, None, Some(destination)) => {
-                match destination.trim().parse::<std::net::SocketAddr>() {
-                    Ok(addr) if addr.port() != 0 => RouteMatch::Destination(addr),
-                    _ => {
-                        return Err(ConfigError::Invalid {
-                            at: rules.at(&format!("{field}.destination")),
-                            message: format!("'{destination}' is not an IP:port"),
-                        })
-                    }
-                }
-            }
-            _ => {
-                return Err(ConfigError::RouteMatch {
-                    at: rules.at(&field),
-                })
-            }
-        };
-        known(&format!("{field}.cluster"), &r.cluster)?;
-        routes.push(Route {
-            matches,
-            cluster: r.cluster,
-        });
-    }
+    let routes = routes::routes(&rules, file.routes, &known)?;
 
     let identity = match file.identity {
         None => None,

@@ -2,7 +2,8 @@
 //! that serves it: opaque ports skip detection; HTTP goes to hyper; on the
 //! inbound side a mesh ClientHello is terminated with mTLS (HTTP/2 or
 //! opaque inside), other TLS and everything else is forwarded as opaque
-//! bytes after the inbound policy allows it. Runs inside a tracing span
+//! bytes after the inbound policy allows it; outbound TLS is routed by
+//! its server name (SNI) when routes match on one. Runs inside a tracing span
 //! carrying direction, peer and original destination.
 
 use crate::detect::{self, Detected, Protocol};
@@ -11,7 +12,7 @@ use crate::io::CountedIo;
 use crate::metrics::TlsStatus;
 use crate::orig_dst::OrigDst;
 use crate::route::Snapshot;
-use crate::{authz, inbound, orig_dst, outbound, tcp, tls, Direction};
+use crate::{authz, inbound, orig_dst, outbound, sni, tcp, tls, Direction};
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -112,11 +113,30 @@ pub async fn serve(
                 if tls::is_mesh_client_hello(&prefix) {
                     Box::pin(conn.serve_mesh(stream, prefix, drain)).await;
                 } else {
-                    Box::pin(conn.forward_opaque(stream, prefix, "passthrough")).await;
+                    Box::pin(conn.forward_opaque(stream, prefix, "passthrough", None)).await;
                 }
             }
-            Protocol::Tls => Box::pin(conn.forward_opaque(stream, prefix, "passthrough")).await,
-            Protocol::Opaque => Box::pin(conn.forward_opaque(stream, prefix, "plaintext")).await,
+            Protocol::Tls
+                if inputs.direction == Direction::Outbound && snapshot.routes_server_names() =>
+            {
+                let timeout = settings.detect_timeout;
+                let Some(hello) = Box::pin(sni::read(&mut stream, prefix, timeout)).await else {
+                    debug!("client closed before its TLS ClientHello was whole");
+                    return;
+                };
+                debug!(
+                    server_name = hello.server_name.as_deref(),
+                    "TLS server name"
+                );
+                let name = hello.server_name.as_deref();
+                Box::pin(conn.forward_opaque(stream, hello.bytes, "passthrough", name)).await
+            }
+            Protocol::Tls => {
+                Box::pin(conn.forward_opaque(stream, prefix, "passthrough", None)).await
+            }
+            Protocol::Opaque => {
+                Box::pin(conn.forward_opaque(stream, prefix, "plaintext", None)).await
+            }
         }
     }
     .instrument(span)
@@ -134,7 +154,7 @@ fn declared_protocol(snapshot: &Snapshot, direction: Direction, port: u16) -> Op
         Direction::Outbound => (
             config.outbound.protocol,
             snapshot
-                .by_port(port)
+                .port_cluster(port)
                 .or(snapshot.outbound_default.as_ref()),
         ),
         Direction::Inbound => (config.inbound.protocol, snapshot.inbound_default.as_ref()),
@@ -209,9 +229,10 @@ impl Accepted<'_> {
         }
     }
 
-    fn tcp_target(&self) -> Option<http::Target> {
+    /// Where a non-HTTP connection goes (`server_name`: its TLS SNI).
+    fn tcp_target(&self, server_name: Option<&str>) -> Option<http::Target> {
         let target = match self.inputs.direction {
-            Direction::Outbound => outbound::resolve_tcp(self.snapshot, self.orig_dst),
+            Direction::Outbound => outbound::resolve_tcp(self.snapshot, self.orig_dst, server_name),
             Direction::Inbound => inbound::resolve_tcp(self.snapshot, self.orig_dst),
         };
         match target {
@@ -230,8 +251,14 @@ impl Accepted<'_> {
         }
     }
 
-    /// Plaintext (or non-mesh TLS) forwarded as bytes.
-    async fn forward_opaque(&self, stream: TcpStream, prefix: Bytes, reason: &'static str) {
+    /// Plaintext (or non-mesh TLS, `server_name` its SNI) forwarded as bytes.
+    async fn forward_opaque(
+        &self,
+        stream: TcpStream,
+        prefix: Bytes,
+        reason: &'static str,
+        server_name: Option<&str>,
+    ) {
         let status = TlsStatus::NoIdentity(reason);
         let metrics = self.inputs.metrics.tcp_connection(
             self.inputs.direction,
@@ -243,7 +270,7 @@ impl Accepted<'_> {
         if !self.authorize_tcp(None) {
             return;
         }
-        let Some(target) = self.tcp_target() else {
+        let Some(target) = self.tcp_target(server_name) else {
             return;
         };
         let keepalive = self.snapshot.config.proxy.tcp_keepalive;
@@ -295,7 +322,7 @@ impl Accepted<'_> {
             if !self.authorize_tcp(Some(&client_id)) {
                 return;
             }
-            let Some(target) = self.tcp_target() else {
+            let Some(target) = self.tcp_target(None) else {
                 return;
             };
             let connect_timeout = self.connect_timeout(&target);

@@ -1,4 +1,5 @@
-//! Route explain: where a request would go and why, without sending it.
+//! Route explain: where a request (or, given a server name, an outbound
+//! TLS connection) would go and why, without sending it.
 //! Answers `GET /debug/route` on the admin port (live endpoint state) and
 //! `strait explain CONFIG` (a config file's own endpoints, fresh state).
 //!
@@ -10,7 +11,7 @@
 use crate::http::vhost::{Action, DomainMatch, Route, VirtualHosts};
 use crate::orig_dst::OrigDst;
 use crate::registry::ClusterState;
-use crate::route::{RouteTarget, Snapshot};
+use crate::route::{RouteTarget, Snapshot, Targets};
 use crate::{inbound, outbound};
 use http::{Method, Request};
 use serde_json::{json, Value};
@@ -50,11 +51,14 @@ pub struct Query {
     /// The original destination port iptables redirected the request
     /// from; None for a request sent to the listener itself.
     pub port: Option<u16>,
+    /// Explain an outbound TLS connection asking for this server name
+    /// (SNI) instead of an HTTP request.
+    pub server_name: Option<String>,
 }
 
 impl Query {
-    /// `direction=&authority=&path=&method=&header=name:value&port=`, as
-    /// `/debug/route` takes it (percent-encoded; `header` repeats).
+    /// `direction=&authority=&path=&method=&header=name:value&port=&server_name=`,
+    /// as `/debug/route` takes it (percent-encoded; `header` repeats).
     pub fn from_query_string(query: &str) -> Result<Query, String> {
         let mut direction = Direction::Outbound;
         let mut authority = None;
@@ -62,6 +66,7 @@ impl Query {
         let mut method = Method::GET;
         let mut headers = Vec::new();
         let mut port = None;
+        let mut server_name = None;
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*key {
                 "direction" => direction = value.parse()?,
@@ -70,7 +75,8 @@ impl Query {
                 "method" => method = parse_method(&value)?,
                 "header" => headers.push(parse_header(&value)?),
                 "port" => port = Some(parse_port(&value)?),
-                other => return Err(format!("unknown parameter '{other}'; expected direction, authority, path, method, header (name:value) or port")),
+                "server_name" => server_name = Some(value.into_owned()),
+                other => return Err(format!("unknown parameter '{other}'; expected direction, authority, path, method, header (name:value), port or server_name")),
             }
         }
         Ok(Query {
@@ -80,6 +86,7 @@ impl Query {
             method,
             headers,
             port,
+            server_name,
         })
     }
 
@@ -156,6 +163,19 @@ pub fn explain(snapshot: &Snapshot, query: &Query) -> Result<Value, String> {
         "virtual_host": Value::Null,
         "route": Value::Null,
     });
+    if query.direction == Direction::Inbound && query.server_name.is_some() {
+        return Err("server_name explains outbound TLS connections only".into());
+    }
+    if let (Direction::Outbound, Some(name)) = (query.direction, &query.server_name) {
+        // A TLS connection: no HTTP request to admit or route.
+        out["request"] = json!({
+            "tls_server_name": name,
+            "original_destination_port": query.port,
+        });
+        out["routed_path"] = Value::Null;
+        let decided = tls_decision(snapshot, orig_dst, &name.to_ascii_lowercase());
+        return Ok(finish(out, decided));
+    }
     if let Err(e) = admitted {
         out["rule"] = "rejected".into();
         out["reason"] = format!("the request is refused before routing: {e}").into();
@@ -191,6 +211,12 @@ pub fn explain(snapshot: &Snapshot, query: &Query) -> Result<Value, String> {
             ),
         },
     };
+    Ok(finish(out, decided))
+}
+
+/// `out` with what `decided` says: rule, reason, upstream, clusters and
+/// their timeouts.
+fn finish(mut out: Value, decided: Decided) -> Value {
     out["rule"] = decided.rule.into();
     out["reason"] = decided.reason.into();
     if let Some(route) = &decided.route {
@@ -223,7 +249,40 @@ pub fn explain(snapshot: &Snapshot, query: &Query) -> Result<Value, String> {
         })
         .collect();
     out["timeouts"] = timeouts.into();
-    Ok(out)
+    out
+}
+
+/// An outbound TLS connection asking for `name`, as
+/// [`outbound::resolve_tcp`] routes it (without picking from a split).
+fn tls_decision(snapshot: &Snapshot, orig_dst: OrigDst, name: &str) -> Decided {
+    if let Some(targets) = snapshot.server_name_targets(name, orig_dst.addr) {
+        return Decided::targets(
+            "server_name",
+            format!("a server_name route takes the TLS server name '{name}'"),
+            targets,
+        );
+    }
+    let missed = format!("no server_name route takes '{name}'");
+    if let Some(targets) = snapshot.destination_targets(orig_dst.addr) {
+        let why = format!("{missed}; the routes entry for the destination address does");
+        return Decided::targets("destination", why, targets);
+    }
+    if let Some(targets) = snapshot.port_targets(orig_dst.addr.port()) {
+        let why = format!("{missed}; the routes entry for the destination port does");
+        return Decided::targets("port", why, targets);
+    }
+    if let Some(target) = snapshot.outbound_default.as_ref() {
+        let why = format!("{missed}; the outbound listener's default_cluster takes it");
+        return Decided::cluster("default_cluster", why, target);
+    }
+    if orig_dst.redirected {
+        let why =
+            format!("{missed} and there is no default_cluster; it goes to where the app sent it");
+        return Decided::direct("original_destination", why, orig_dst.addr);
+    }
+    Decided::none(&format!(
+        "{missed}, there is no default_cluster and the connection reached the listener directly (no port given): closed"
+    ))
 }
 
 /// What one rule decided, in explain's terms.
@@ -244,6 +303,25 @@ impl Decided {
             route: None,
             clusters: vec![(target.clone(), 1.0)],
             upstream: json!({"cluster": &*target.cluster.name}),
+        }
+    }
+
+    /// A simple route's cluster, or its split with each share.
+    fn targets(rule: &'static str, reason: String, targets: &Targets) -> Decided {
+        let shares = targets.shares();
+        let upstream = match &shares[..] {
+            [(one, _)] => json!({"cluster": &*one.cluster.name}),
+            split => json!({"split": split
+                .iter()
+                .map(|(t, share)| json!({"cluster": &*t.cluster.name, "share": share}))
+                .collect::<Vec<_>>()}),
+        };
+        Decided {
+            rule,
+            reason,
+            route: None,
+            clusters: shares.into_iter().map(|(t, s)| (t.clone(), s)).collect(),
+            upstream,
         }
     }
 
@@ -309,15 +387,15 @@ fn outbound_decision(snapshot: &Snapshot, decision: outbound::Decision<'_>) -> D
             ),
             target,
         ),
-        outbound::Decision::Destination(target) => Decided::cluster(
+        outbound::Decision::Destination(targets) => Decided::targets(
             "destination",
             "no virtual host or authority route matched; the routes entry for the destination address did".into(),
-            target,
+            targets,
         ),
-        outbound::Decision::Port(target) => Decided::cluster(
+        outbound::Decision::Port(targets) => Decided::targets(
             "port",
             "no virtual host or authority route matched; the routes entry for the destination port did".into(),
-            target,
+            targets,
         ),
         outbound::Decision::Default(target) => Decided::cluster(
             "default_cluster",
@@ -447,6 +525,38 @@ mod tests {
     const CLUSTERS: &str = "clusters:\n  - {name: web, endpoints: [{address: '127.0.0.1:1'}]}\n  - {name: db, endpoints: [{address: '127.0.0.1:2', weight: 3}]}\n";
 
     #[test]
+    fn tls_by_server_name_then_the_ports_route_and_splits_with_their_shares() {
+        let routes = format!(
+            "{CLUSTERS}routes:\n  - {{server_name: '*.example.com', port: 443, cluster: web}}\n  - {{port: 443, split: [{{cluster: db, weight: 3}}, {{cluster: web, weight: 1}}]}}\n"
+        );
+        let snap = snapshot(&routes);
+        let answer = ask(&snap, "server_name=API.Example.com&port=443");
+        assert_eq!(answer["rule"], "server_name", "{answer:#}");
+        assert_eq!(answer["upstream"]["cluster"], "web");
+        assert_eq!(answer["request"]["tls_server_name"], "API.Example.com");
+        let answer = ask(&snap, "server_name=example.com&port=443");
+        assert_eq!(answer["rule"], "port", "{answer:#}");
+        assert!(answer["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no server_name route takes 'example.com'")));
+        assert_eq!(answer["upstream"]["split"][0]["cluster"], "db");
+        assert_eq!(answer["upstream"]["split"][0]["share"], 0.75);
+        assert_eq!(answer["clusters"].as_array().map(Vec::len), Some(2));
+        // A plain request to the port sees the same split, and explaining
+        // picks nothing: the data path's picks go on as if it never ran.
+        let answer = ask(&snap, "authority=other&port=443");
+        assert_eq!(answer["upstream"]["split"][1]["share"], 0.25);
+        let picks = |snap: &Snapshot| -> Vec<String> {
+            let targets = snap.port_targets(443).expect("the port's split");
+            (0..4)
+                .map(|_| targets.pick().cluster.name.to_string())
+                .collect()
+        };
+        assert_eq!(picks(&snap), picks(&snapshot(&routes)));
+        assert_eq!(picks(&snapshot(&routes)), ["db", "db", "web", "db"]);
+    }
+
+    #[test]
     fn simple_routes_then_default_then_original_destination() {
         let routes = format!(
             "{CLUSTERS}routes:\n  - {{authority: web.svc, cluster: web}}\n  - {{port: 5432, cluster: db}}\n"
@@ -520,5 +630,9 @@ mod tests {
             let error = Query::from_query_string(query).expect_err(query);
             assert!(error.contains(named), "{query}: {error}");
         }
+        let inbound_tls =
+            Query::from_query_string("direction=inbound&server_name=a.example").expect("parses");
+        let error = explain(&snapshot(""), &inbound_tls).expect_err("outbound only");
+        assert!(error.contains("outbound TLS connections only"), "{error}");
     }
 }

@@ -36,6 +36,7 @@ pub mod outbound;
 pub mod pool;
 pub mod registry;
 pub mod route;
+pub mod sni;
 pub mod socket;
 pub mod stack;
 pub mod tap;

@@ -94,6 +94,10 @@ enum Command {
         /// The original destination port, for a request iptables redirected.
         #[arg(long)]
         port: Option<u16>,
+        /// Explain an outbound TLS connection asking for this server name
+        /// (SNI) instead of a request.
+        #[arg(long)]
+        server_name: Option<String>,
     },
     /// Wait until the proxy is ready, run a command, and exit with its
     /// status (as linkerd-await).
@@ -171,9 +175,24 @@ fn main() -> ExitCode {
             method,
             headers,
             port,
-        } => explain(
-            &config, &direction, authority, path, &method, &headers, port,
-        ),
+            server_name,
+        } => {
+            let query = (|| -> Result<strait_proxy::explain::Query, String> {
+                Ok(strait_proxy::explain::Query {
+                    direction: direction.parse()?,
+                    authority,
+                    path,
+                    method: strait_proxy::explain::parse_method(&method)?,
+                    headers: headers
+                        .iter()
+                        .map(|h| strait_proxy::explain::parse_header(h))
+                        .collect::<Result<_, _>>()?,
+                    port,
+                    server_name,
+                })
+            })();
+            explain(&config, query)
+        }
         Command::Await {
             timeout,
             shutdown,
@@ -253,28 +272,7 @@ fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(filter).map_err(|e| e.to_string())
 }
 
-fn explain(
-    path: &PathBuf,
-    direction: &str,
-    authority: Option<String>,
-    request_path: String,
-    method: &str,
-    headers: &[String],
-    port: Option<u16>,
-) -> ExitCode {
-    let query = (|| -> Result<strait_proxy::explain::Query, String> {
-        Ok(strait_proxy::explain::Query {
-            direction: direction.parse()?,
-            authority,
-            path: request_path,
-            method: strait_proxy::explain::parse_method(method)?,
-            headers: headers
-                .iter()
-                .map(|h| strait_proxy::explain::parse_header(h))
-                .collect::<Result<_, _>>()?,
-            port,
-        })
-    })();
+fn explain(path: &PathBuf, query: Result<strait_proxy::explain::Query, String>) -> ExitCode {
     let answer = load(Some(path))
         .map_err(|e| format!("{e:#}"))
         .and_then(|config| {
@@ -439,12 +437,23 @@ fn check(path: &PathBuf) -> ExitCode {
         None => {}
     }
     for r in &config.routes {
+        let to = if r.split.is_empty() {
+            r.cluster.clone()
+        } else {
+            let parts: Vec<String> = r.split.iter().map(|(c, w)| format!("{c}={w}")).collect();
+            format!("split {}", parts.join(" "))
+        };
         match &r.matches {
-            RouteMatch::Authority(a) => println!("  route     authority {a} -> {}", r.cluster),
-            RouteMatch::Port(p) => println!("  route     port {p} -> {}", r.cluster),
-            RouteMatch::Destination(d) => {
-                println!("  route     destination {d} -> {}", r.cluster)
+            RouteMatch::Authority(a) => println!("  route     authority {a} -> {to}"),
+            RouteMatch::Port(p) => println!("  route     port {p} -> {to}"),
+            RouteMatch::Destination(d) => println!("  route     destination {d} -> {to}"),
+            RouteMatch::ServerName { name, port: None } => {
+                println!("  route     server name {name} -> {to}")
             }
+            RouteMatch::ServerName {
+                name,
+                port: Some(p),
+            } => println!("  route     server name {name} on port {p} -> {to}"),
         }
     }
     if let Some(t) = &config.tracing {

@@ -364,9 +364,10 @@ pub fn tcp_service_listener(vip: SocketAddr, cluster: &str) -> Any {
     )
 }
 
-/// `0.0.0.0_<port>` with a TLS chain picked by SNI, as Istio gives a TLS
-/// ServiceEntry.
-pub fn sni_listener(port: u16, server_name: &str, cluster: &str) -> Any {
+/// `0.0.0.0_<port>` with a chain picked by the client's source range,
+/// which strait does not match on.
+pub fn source_range_listener(port: u16, source: &str, cluster: &str) -> Any {
+    use envoy_types::pb::envoy::config::core::v3::CidrRange;
     any(
         LISTENER,
         &Listener {
@@ -376,8 +377,10 @@ pub fn sni_listener(port: u16, server_name: &str, cluster: &str) -> Any {
             traffic_direction: TrafficDirection::Outbound as i32,
             filter_chains: vec![FilterChain {
                 filter_chain_match: Some(FilterChainMatch {
-                    transport_protocol: "tls".into(),
-                    server_names: vec![server_name.into()],
+                    source_prefix_ranges: vec![CidrRange {
+                        address_prefix: source.into(),
+                        prefix_len: Some(UInt32Value { value: 32 }),
+                    }],
                     ..Default::default()
                 }),
                 filters: vec![tcp_proxy_filter(cluster, cluster)],

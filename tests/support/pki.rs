@@ -63,6 +63,23 @@ impl Pki {
         (crt, key_path)
     }
 
+    /// Issue a server certificate for DNS `names` (`*.example.com` too)
+    /// into `<dir>/<file>.{crt,key}`, valid until 2099.
+    pub fn issue_dns(&self, names: &[&str], file: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().expect("leaf key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("leaf params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        let crt = self.dir.0.join(format!("{file}.crt"));
+        let key_path = self.dir.0.join(format!("{file}.key"));
+        std::fs::write(&crt, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (crt, key_path)
+    }
+
     /// The `identity:` section of a workload whose certificate carries
     /// `identity` and trusts this CA.
     pub fn identity_yaml(&self, identity: &str, file: &str) -> String {

@@ -12,7 +12,7 @@ use crate::http::error::ProxyError;
 use crate::http::vhost::{Action, Route};
 use crate::http::{headers, ConnContext, Target};
 use crate::orig_dst::OrigDst;
-use crate::route::{RouteTarget, Snapshot};
+use crate::route::{RouteTarget, Snapshot, Targets};
 use crate::stack::router::{Routed, Router};
 use crate::stack::split::{Dispatch, Split, Upstream};
 use crate::stack::{
@@ -119,10 +119,14 @@ fn rules(
                 authority: headers::authority(req).unwrap_or("").to_string(),
             }),
         },
-        Decision::Authority(route)
-        | Decision::Destination(route)
-        | Decision::Port(route)
-        | Decision::Default(route) => Ok(Routed::Forward(None, Dispatch::Cluster(route.clone()))),
+        Decision::Authority(route) | Decision::Default(route) => {
+            Ok(Routed::Forward(None, Dispatch::Cluster(route.clone())))
+        }
+        // A split picks per request, here (decide itself never picks).
+        Decision::Destination(targets) | Decision::Port(targets) => Ok(Routed::Forward(
+            None,
+            Dispatch::Cluster(targets.pick().clone()),
+        )),
         Decision::OriginalDestination(addr) => Ok(Routed::Forward(None, Dispatch::Direct(addr))),
         Decision::NoRoute => Err(ProxyError::NoRoute {
             authority: headers::authority(req).unwrap_or("").to_string(),
@@ -139,9 +143,9 @@ pub enum Decision<'a> {
     /// The simple route for the request's authority.
     Authority(&'a RouteTarget),
     /// The simple route for the destination address (IP and port).
-    Destination(&'a RouteTarget),
+    Destination(&'a Targets),
     /// The simple route for the destination port.
-    Port(&'a RouteTarget),
+    Port(&'a Targets),
     /// The listener's default cluster.
     Default(&'a RouteTarget),
     /// Where iptables found the connection headed.
@@ -168,11 +172,11 @@ pub fn decide<'a, B>(snapshot: &'a Snapshot, orig_dst: OrigDst, req: &Request<B>
     if let Some(route) = authority.and_then(|a| snapshot.by_authority(a)) {
         return Decision::Authority(route);
     }
-    if let Some(route) = snapshot.by_destination(orig_dst.addr) {
-        return Decision::Destination(route);
+    if let Some(targets) = snapshot.destination_targets(orig_dst.addr) {
+        return Decision::Destination(targets);
     }
-    if let Some(route) = snapshot.by_port(orig_dst.addr.port()) {
-        return Decision::Port(route);
+    if let Some(targets) = snapshot.port_targets(orig_dst.addr.port()) {
+        return Decision::Port(targets);
     }
     if let Some(route) = snapshot.outbound_default.as_ref() {
         return Decision::Default(route);
@@ -193,10 +197,17 @@ pub fn vhost_host(authority: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Pick the target for an outbound opaque TCP connection.
-pub fn resolve_tcp(snapshot: &Snapshot, orig_dst: OrigDst) -> Result<Target, ProxyError> {
-    let route = snapshot
-        .by_orig_dst(orig_dst.addr)
+/// Pick the target for an outbound opaque TCP connection: the route for
+/// its TLS server name (`server_name`, lowercase), else for its original
+/// destination, else the default cluster, else the original destination.
+pub fn resolve_tcp(
+    snapshot: &Snapshot,
+    orig_dst: OrigDst,
+    server_name: Option<&str>,
+) -> Result<Target, ProxyError> {
+    let by_name = server_name.and_then(|n| snapshot.by_server_name(n, orig_dst.addr));
+    let route = by_name
+        .or_else(|| snapshot.by_orig_dst(orig_dst.addr))
         .or(snapshot.outbound_default.as_ref());
     route_or_original(snapshot, orig_dst, route, None, || {
         format!("(tcp to port {})", orig_dst.addr.port())

@@ -11,13 +11,16 @@
 //!   port are the default for every port.
 //! - An `HttpConnectionManager` chain gives that port its virtual hosts
 //!   (RDS by name, or inline); a `TcpProxy` chain gives the port's
-//!   non-HTTP traffic its cluster (a port route), or, as a default, the
-//!   outbound default cluster.
+//!   non-HTTP traffic its cluster or weighted split (a port route), or,
+//!   as a default, the outbound default cluster. A `TcpProxy` chain with
+//!   `server_names` routes the TLS connections asking for those names
+//!   (server-name routes of its port), before the port's own route.
 //! - Match conditions strait can honour are the destination port, HTTP
 //!   application protocols (strait detects HTTP itself), `raw_buffer` or
-//!   `tls` transport (TCP chains) and catch-all prefix ranges. Anything
-//!   else (SNI, source matches, specific destination IPs, downstream TLS)
-//!   is refused with its field rather than routed wrongly.
+//!   `tls` transport (TCP chains), server names (TCP chains) and
+//!   catch-all prefix ranges. Anything else (source matches, specific
+//!   destination IPs, downstream TLS) is refused with its field rather
+//!   than routed wrongly.
 //! - Inbound listeners (`traffic_direction: INBOUND`, Istio's
 //!   `virtualInbound`) are strait's own inbound listener's job (it
 //!   terminates mesh mTLS and forwards to the application), so they are
@@ -98,7 +101,11 @@ pub struct TcpChain {
     pub port: Option<u16>,
     /// A listener for one IP: this destination address only.
     pub destination: Option<std::net::SocketAddr>,
-    pub cluster: String,
+    /// TLS server names (lowercase, exact or `*.suffix`) this chain takes;
+    /// empty: the port's fallback.
+    pub server_names: Vec<String>,
+    /// (cluster, weight): one, or a weighted split.
+    pub clusters: Vec<(String, u32)>,
     pub listener: String,
     pub field: String,
 }
@@ -181,15 +188,26 @@ pub fn listener(l: &Listener) -> Result<Routes, Rejected> {
                 "downstream TLS on outbound listeners is not supported".into(),
             ));
         }
-        let Some((port, http_only)) = chain_port(chain, listener_port)
+        let Some(ChainMatch {
+            port,
+            http_only,
+            server_names,
+        }) = chain_port(chain, listener_port)
             .map_err(|(sub, m)| reject(&format!("{field}.filter_chain_match.{sub}"), m))?
         else {
             continue;
         };
+        if ip.is_some() && !server_names.is_empty() {
+            return Err(reject(
+                &format!("{field}.filter_chain_match.server_names"),
+                "server names on a listener for one IP are not supported (strait scopes server-name routes by port; Istio's TLS listeners are 0.0.0.0:<port>)".into(),
+            ));
+        }
         let at = Scope {
             ip,
             port,
             http_only,
+            server_names,
         };
         chain_routes(&l.name, &field, chain, at, &mut routes)?;
     }
@@ -198,14 +216,25 @@ pub fn listener(l: &Listener) -> Result<Routes, Rejected> {
 
 type Fail = (String, String);
 
-/// The port a chain serves (`None`: every port), and whether it matches
-/// HTTP only; `Ok(None)` for a chain that can never match.
-fn chain_port(
-    chain: &FilterChain,
-    listener_port: Option<u16>,
-) -> Result<Option<(Option<u16>, bool)>, Fail> {
+/// What a chain's match leaves strait to match on.
+struct ChainMatch {
+    /// `None`: every port.
+    port: Option<u16>,
+    /// It matches HTTP application protocols only.
+    http_only: bool,
+    /// Lowercase TLS server names; empty: any (or no) name.
+    server_names: Vec<String>,
+}
+
+/// The port a chain serves, whether it matches HTTP only and the server
+/// names it takes; `Ok(None)` for a chain that can never match.
+fn chain_port(chain: &FilterChain, listener_port: Option<u16>) -> Result<Option<ChainMatch>, Fail> {
     let Some(m) = &chain.filter_chain_match else {
-        return Ok(Some((listener_port, false)));
+        return Ok(Some(ChainMatch {
+            port: listener_port,
+            http_only: false,
+            server_names: Vec::new(),
+        }));
     };
     let port = match m.destination_port.as_ref().map(|p| p.value) {
         None => listener_port,
@@ -237,11 +266,6 @@ fn chain_port(
         ));
     }
     let refused = [
-        (
-            "server_names",
-            !m.server_names.is_empty(),
-            "strait does not route by SNI",
-        ),
         (
             "source_prefix_ranges",
             !m.source_prefix_ranges.is_empty(),
@@ -287,28 +311,47 @@ fn chain_port(
         ));
     }
     match m.transport_protocol.as_str() {
-        "" | "raw_buffer" => {}
+        "" => {}
+        "raw_buffer" if m.server_names.is_empty() => {}
         // TLS the app originates passes through strait as opaque bytes:
         // only a TCP proxy can take it.
         "tls" if !http_only => {}
         other => {
             return Err((
                 "transport_protocol".into(),
-                format!("'{other}' is not supported here (raw_buffer; tls for TCP proxies)"),
+                format!("'{other}' is not supported here (raw_buffer; tls for TCP proxies and with server_names)"),
             ))
         }
     }
-    Ok(Some((port, http_only)))
+    let mut server_names = Vec::with_capacity(m.server_names.len());
+    for (i, name) in m.server_names.iter().enumerate() {
+        let name = strait_config::validate::server_name(name)
+            .map_err(|message| (format!("server_names[{i}]"), message))?;
+        server_names.push(name);
+    }
+    if http_only && !server_names.is_empty() {
+        return Err((
+            "server_names".into(),
+            "server names with HTTP application protocols: strait reads the server name of TLS it passes through, which its HTTP routes never see".into(),
+        ));
+    }
+    Ok(Some(ChainMatch {
+        port,
+        http_only,
+        server_names,
+    }))
 }
 
 /// The traffic one filter chain takes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Scope {
     /// One destination IP (with `port`); `None`: any.
     ip: Option<std::net::IpAddr>,
     port: Option<u16>,
     /// The chain matches HTTP application protocols only.
     http_only: bool,
+    /// TLS server names (TCP proxies only); empty: any.
+    server_names: Vec<String>,
 }
 
 fn chain_routes(
@@ -319,6 +362,7 @@ fn chain_routes(
         ip,
         port,
         http_only,
+        server_names,
     }: Scope,
     routes: &mut Routes,
 ) -> Result<(), Rejected> {
@@ -365,16 +409,23 @@ fn chain_routes(
             }
             let tcp = TcpProxy::decode(any.value.as_slice())
                 .map_err(|e| reject(".typed_config", format!("not a valid TcpProxy: {e}")))?;
-            let cluster =
-                tcp_cluster(&tcp).map_err(|(sub, m)| reject(&format!(".typed_config.{sub}"), m))?;
+            let clusters = tcp_clusters(&tcp)
+                .map_err(|(sub, m)| reject(&format!(".typed_config.{sub}"), m))?;
             routes.tcp.push(TcpChain {
                 destination: ip.zip(port).map(std::net::SocketAddr::from),
                 port,
-                cluster,
+                server_names: server_names.clone(),
+                clusters,
                 listener: listener.to_string(),
                 field,
             });
             continue;
+        }
+        if !server_names.is_empty() {
+            return Err(reject(
+                "",
+                "an HTTP connection manager on a chain matching server_names: strait passes TLS through, so its HTTP routes never see it".into(),
+            ));
         }
         if ip.is_some() {
             return Err(reject(
@@ -413,9 +464,10 @@ fn chain_routes(
     Ok(())
 }
 
-/// A TCP proxy's one cluster (a weighted split of one cluster is that
-/// cluster; strait's port routes cannot split).
-fn tcp_cluster(tcp: &TcpProxy) -> Result<String, Fail> {
+/// A TCP proxy's clusters, as (cluster, weight): its one `cluster`, or
+/// its `weighted_clusters` (those of weight 0 take nothing and are left
+/// out; one left is that cluster alone).
+fn tcp_clusters(tcp: &TcpProxy) -> Result<Vec<(String, u32)>, Fail> {
     if tcp.tunneling_config.is_some() {
         return Err((
             "tunneling_config".into(),
@@ -423,16 +475,30 @@ fn tcp_cluster(tcp: &TcpProxy) -> Result<String, Fail> {
         ));
     }
     match &tcp.cluster_specifier {
-        Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => Ok(c.clone()),
+        Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => Ok(vec![(c.clone(), 1)]),
         Some(ClusterSpecifier::WeightedClusters(w)) => {
-            let mut weighted = w.clusters.iter().filter(|c| c.weight > 0);
-            match (weighted.next(), weighted.next()) {
-                (Some(only), None) => Ok(only.name.clone()),
-                (None, _) => Err(("weighted_clusters".into(), "no cluster has a weight".into())),
-                (Some(_), Some(_)) => Err((
-                    "weighted_clusters".into(),
-                    "a TCP split across clusters is not supported (one cluster per destination port)".into(),
-                )),
+            let mut clusters = Vec::with_capacity(w.clusters.len());
+            for (i, c) in w.clusters.iter().enumerate() {
+                if c.name.is_empty() {
+                    return Err((
+                        format!("weighted_clusters.clusters[{i}].name"),
+                        "a cluster is required".into(),
+                    ));
+                }
+                if c.weight > 10_000 {
+                    return Err((
+                        format!("weighted_clusters.clusters[{i}].weight"),
+                        format!("{} is over 10000", c.weight),
+                    ));
+                }
+                if c.weight > 0 {
+                    clusters.push((c.name.clone(), c.weight));
+                }
+            }
+            match clusters.len() {
+                0 => Err(("weighted_clusters".into(), "no cluster has a weight".into())),
+                1 => Ok(vec![(clusters[0].0.clone(), 1)]),
+                _ => Ok(clusters),
             }
         }
         _ => Err(("cluster".into(), "a cluster is required".into())),

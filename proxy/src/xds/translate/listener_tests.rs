@@ -1,6 +1,7 @@
 //! Listeners onto strait's routing, end to end through [`translate`] and
 //! the routing snapshot: per-port route tables, TCP proxies as port
-//! routes and the default cluster, and what is refused.
+//! routes and the default cluster, server names in Envoy's chain order,
+//! TCP splits, and what is refused.
 
 use super::translate;
 use crate::orig_dst::OrigDst;
@@ -182,8 +183,8 @@ fn cluster_at(snapshot: &Snapshot, ip: [u8; 4], port: u16) -> String {
         .expect("request");
     match decide(snapshot, orig_dst, &req) {
         Decision::VirtualHost(route) => format!("vhost {}", route.name),
-        Decision::Port(t) => format!("port {}", t.cluster.name),
-        Decision::Destination(t) => format!("destination {}", t.cluster.name),
+        Decision::Port(t) => format!("port {}", t.first().cluster.name),
+        Decision::Destination(t) => format!("destination {}", t.first().cluster.name),
         Decision::Default(t) => format!("default {}", t.cluster.name),
         Decision::Authority(t) => format!("authority {}", t.cluster.name),
         Decision::OriginalDestination(a) => format!("original {a}"),
@@ -302,15 +303,17 @@ fn what_strait_cannot_match_on_is_refused_with_its_field() {
             static_cluster("b", &["10.0.0.2:1"]),
         ]
     };
-    let sni = FilterChain {
+    let sni = |name: &str, filter: Filter| FilterChain {
         filter_chain_match: Some(FilterChainMatch {
-            server_names: vec!["example.com".into()],
+            server_names: vec![name.into()],
             ..Default::default()
         }),
-        ..chain(tcp_to("a"))
+        ..chain(filter)
     };
     let mut one_ip = port_listener(3306, vec![chain(hcm("3306"))]);
     one_ip.address = Some(socket("10.96.0.7", 3306));
+    let mut sni_one_ip = port_listener(3307, vec![sni("example.com", tcp_to("a"))]);
+    sni_one_ip.address = Some(socket("10.96.0.7", 3307));
     let split = tcp(tcp_proxy::ClusterSpecifier::WeightedClusters(
         tcp_proxy::WeightedCluster {
             clusters: ["a", "b"]
@@ -325,15 +328,42 @@ fn what_strait_cannot_match_on_is_refused_with_its_field() {
     ));
     let cases = [
         (
-            vec![port_listener(443, vec![sni])],
-            "0.0.0.0_443",
+            vec![sni_one_ip],
+            "0.0.0.0_3307",
             "filter_chains[0].filter_chain_match.server_names",
+        ),
+        (
+            vec![port_listener(443, vec![sni("*.com", tcp_to("a"))])],
+            "0.0.0.0_443",
+            "filter_chains[0].filter_chain_match.server_names[0]",
+        ),
+        (
+            vec![port_listener(443, vec![sni("example.com", hcm("443"))])],
+            "0.0.0.0_443",
+            "filter_chains[0].filters[0]",
+        ),
+        (
+            vec![port_listener(
+                443,
+                vec![
+                    sni("example.com", tcp_to("a")),
+                    sni("EXAMPLE.com", tcp_to("b")),
+                ],
+            )],
+            "0.0.0.0_443",
+            "filter_chains[1].filters[0]",
         ),
         (vec![one_ip], "0.0.0.0_3306", "filter_chains[0].filters[0]"),
         (
-            vec![port_listener(9000, vec![chain(split)])],
-            "0.0.0.0_9000",
-            "filter_chains[0].filters[0].typed_config.weighted_clusters",
+            // The outbound default cluster is one cluster.
+            vec![Listener {
+                name: "virtualOutbound".into(),
+                use_original_dst: Some(BoolValue { value: true }),
+                default_filter_chain: Some(chain(split)),
+                ..Default::default()
+            }],
+            "virtualOutbound",
+            "default_filter_chain.filters[0].typed_config.weighted_clusters",
         ),
         (
             vec![
@@ -368,4 +398,180 @@ fn what_strait_cannot_match_on_is_refused_with_its_field() {
             "{e}"
         );
     }
+}
+
+fn sni_chain(names: &[&str], filter: Filter) -> FilterChain {
+    FilterChain {
+        filter_chain_match: Some(FilterChainMatch {
+            server_names: names.iter().map(|n| n.to_string()).collect(),
+            transport_protocol: "tls".into(),
+            ..Default::default()
+        }),
+        ..chain(filter)
+    }
+}
+
+fn weighted(parts: &[(&str, u32)]) -> Filter {
+    tcp(tcp_proxy::ClusterSpecifier::WeightedClusters(
+        tcp_proxy::WeightedCluster {
+            clusters: parts
+                .iter()
+                .map(|(c, w)| tcp_proxy::weighted_cluster::ClusterWeight {
+                    name: c.to_string(),
+                    weight: *w,
+                    ..Default::default()
+                })
+                .collect(),
+        },
+    ))
+}
+
+/// Where an outbound TCP connection to `port` asking for `server_name` goes.
+fn tcp_target(snapshot: &Snapshot, port: u16, server_name: Option<&str>) -> String {
+    let orig_dst = OrigDst {
+        addr: std::net::SocketAddr::from(([10, 96, 0, 9], port)),
+        redirected: true,
+    };
+    match crate::outbound::resolve_tcp(snapshot, orig_dst, server_name) {
+        Ok(t) => match t.cluster {
+            Some(c) => c.name.to_string(),
+            None => format!("original {}", t.addr),
+        },
+        Err(e) => format!("error {e}"),
+    }
+}
+
+#[test]
+fn server_names_pick_chains_in_envoys_order_and_splits_follow_their_weights() {
+    let names = [
+        "api", "wild", "deep", "fallback", "other", "every", "a", "b",
+    ];
+    let clusters = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| static_cluster(n, &[&format!("10.0.1.{}:443", i + 1)]))
+        .collect();
+    let r = resources(
+        clusters,
+        vec![
+            port_listener(
+                443,
+                vec![
+                    sni_chain(&["*.example.com"], tcp_to("wild")),
+                    sni_chain(&["API.example.com", "api.example.org"], tcp_to("api")),
+                    sni_chain(&["*.b.example.com"], tcp_to("deep")),
+                    // No server names: the port's fallback.
+                    FilterChain {
+                        filter_chain_match: Some(FilterChainMatch {
+                            transport_protocol: "tls".into(),
+                            ..Default::default()
+                        }),
+                        ..chain(tcp_to("fallback"))
+                    },
+                ],
+            ),
+            port_listener(8443, vec![sni_chain(&["api.example.com"], tcp_to("other"))]),
+            Listener {
+                name: "virtualOutbound".into(),
+                address: Some(socket("0.0.0.0", 15001)),
+                use_original_dst: Some(BoolValue { value: true }),
+                filter_chains: vec![
+                    sni_chain(&["every.example.net"], tcp_to("every")),
+                    FilterChain {
+                        filter_chain_match: Some(FilterChainMatch {
+                            destination_port: Some(UInt32Value { value: 9000 }),
+                            ..Default::default()
+                        }),
+                        ..chain(weighted(&[("a", 80), ("b", 20), ("api", 0)]))
+                    },
+                ],
+                ..Default::default()
+            },
+        ],
+    );
+    let base = Config::from_yaml("").expect("empty config");
+    let t = translate(&base, &r, &HashSet::new()).expect("translates");
+    assert!(t.config.routes.iter().any(|r| r.matches
+        == RouteMatch::ServerName {
+            name: "api.example.com".into(),
+            port: Some(443)
+        }));
+    let snapshot = Snapshot::new(t.config);
+    let at = |port, name| tcp_target(&snapshot, port, name);
+    // Exact before wildcard, the longest wildcard first.
+    assert_eq!(at(443, Some("api.example.com")), "api");
+    assert_eq!(at(443, Some("api.example.org")), "api");
+    assert_eq!(at(443, Some("web.example.com")), "wild");
+    assert_eq!(at(443, Some("a.b.example.com")), "deep");
+    assert_eq!(at(443, Some("x.a.b.example.com")), "deep");
+    assert_eq!(at(443, Some("b.example.com")), "wild");
+    // A wildcard needs a label of its own; no name, the fallback.
+    assert_eq!(at(443, Some("example.com")), "fallback");
+    assert_eq!(at(443, None), "fallback");
+    // The destination port first: 8443's names are its own.
+    assert_eq!(at(8443, Some("api.example.com")), "other");
+    assert_eq!(at(8443, Some("web.example.com")), "original 10.96.0.9:8443");
+    // A chain for every port serves the ports without chains of their
+    // own (as virtualOutbound's chains do in Envoy).
+    assert_eq!(at(9443, Some("every.example.net")), "every");
+    assert_eq!(at(443, Some("every.example.net")), "fallback");
+    assert_eq!(
+        at(8443, Some("every.example.net")),
+        "original 10.96.0.9:8443"
+    );
+    assert_eq!(at(9000, Some("every.example.net")), "a");
+    // Weight 0 takes nothing; 80/20 by smooth weighted round robin, so
+    // every 5 connections are exactly 4 and 1.
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..1000 {
+        *counts.entry(at(9000, None)).or_insert(0) += 1;
+    }
+    assert_eq!(counts.get("a"), Some(&800), "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&200), "{counts:?}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+}
+
+#[test]
+fn a_passthrough_server_name_is_left_to_the_original_destination_only_when_misses_go_there() {
+    let passthrough = Cluster {
+        name: "PassthroughCluster".into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+        ..Default::default()
+    };
+    let clusters = || {
+        vec![
+            passthrough.clone(),
+            static_cluster("api", &["10.0.0.1:443"]),
+            static_cluster("BlackHoleCluster", &[]),
+        ]
+    };
+    let listener = |fallback: &str| {
+        port_listener(
+            443,
+            vec![
+                sni_chain(&["api.example.com"], tcp_to("api")),
+                sni_chain(&["*.wikipedia.org"], tcp_to("PassthroughCluster")),
+                chain(tcp_to(fallback)),
+            ],
+        )
+    };
+    let base = Config::from_yaml("").expect("empty config");
+    let r = resources(clusters(), vec![listener("PassthroughCluster")]);
+    let t = translate(&base, &r, &HashSet::new()).expect("translates");
+    let snapshot = Snapshot::new(t.config);
+    assert_eq!(tcp_target(&snapshot, 443, Some("api.example.com")), "api");
+    assert_eq!(
+        tcp_target(&snapshot, 443, Some("en.wikipedia.org")),
+        "original 10.96.0.9:443"
+    );
+    // Misses go to a cluster: the passthrough name cannot be left out.
+    let r = resources(clusters(), vec![listener("BlackHoleCluster")]);
+    let e = translate(&base, &r, &HashSet::new()).expect_err("refused");
+    assert_eq!(
+        e.field, "filter_chains[1].filters[0].typed_config.cluster",
+        "{e}"
+    );
 }
