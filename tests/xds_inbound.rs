@@ -47,24 +47,28 @@ const SLEEP: &str = "spiffe://cluster.local/ns/foo/sa/sleep";
 const OTHER: &str = "spiffe://cluster.local/ns/bar/sa/other";
 /// The pod's address: connections to it are redirected to strait.
 const POD_IP: &str = "127.0.0.2";
+/// A second address of the pod, redirected to an extra inbound listener.
+const POD_IP_2: &str = "127.0.0.3";
 
-/// iptables rules for the test's lifetime: TCP to the pod's `port` is
-/// REDIRECTed to strait's inbound listener. Apps listen on 127.0.0.1,
-/// where strait forwards, so its own connections are not redirected.
+/// iptables rules for the test's lifetime: TCP to `ip:port` (the pod)
+/// is DNATed to one of strait's inbound listeners, `to` (the original
+/// destination stays readable, as with the mesh's REDIRECT). Apps listen
+/// on 127.0.0.1, where strait forwards, so its own connections are not
+/// redirected.
 struct PodRedirect(Vec<String>);
 
 impl PodRedirect {
-    fn install(port: u16, to_port: u16) -> PodRedirect {
+    fn install(ip: &str, port: u16, to: SocketAddr) -> PodRedirect {
         let rule = PodRedirect(
-            ["-t", "nat", "OUTPUT", "-p", "tcp", "-d", POD_IP, "--dport"]
+            ["-t", "nat", "OUTPUT", "-p", "tcp", "-d", ip, "--dport"]
                 .iter()
                 .map(|s| s.to_string())
                 .chain([
                     port.to_string(),
                     "-j".into(),
-                    "REDIRECT".into(),
-                    "--to-ports".into(),
-                    to_port.to_string(),
+                    "DNAT".into(),
+                    "--to-destination".into(),
+                    to.to_string(),
                 ])
                 .collect(),
         );
@@ -279,13 +283,24 @@ async fn inbound_policy_from_the_control_plane(mode: &str) {
         permissive: permissive_app.addr.port(),
         tcp: echo.port(),
     };
+    // An extra inbound listener too: it must enforce the same policy.
+    // Its own loopback address: a port free there is not raced for by
+    // the ephemeral ports other tests bind on 127.0.0.1.
+    let extra_inbound = std::net::TcpListener::bind("127.0.0.4:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.4");
+    let listeners = format!(
+        "{EPHEMERAL_LISTENERS}  extra:\n    - {{name: pod-2, direction: inbound, address: 127.0.0.4, port: {}}}\n",
+        extra_inbound.port()
+    );
     let server = Proxy::start(&format!(
-        "{EPHEMERAL_LISTENERS}xds:\n  address: {}\n  node: {{id: sidecar~{POD_IP}~web-0.default~default.svc.cluster.local, cluster: web.default}}\n  mode: {mode}\n  initial_fetch_timeout: 10s\nidentity:\n  sds: {{certificate: {CERT}, trust_bundle: {TRUST}}}\npolicy:\n  unauthenticated_paths: [/healthz]\n",
+        "{listeners}xds:\n  address: {}\n  node: {{id: sidecar~{POD_IP}~web-0.default~default.svc.cluster.local, cluster: web.default}}\n  mode: {mode}\n  initial_fetch_timeout: 10s\nidentity:\n  sds: {{certificate: {CERT}, trust_bundle: {TRUST}}}\npolicy:\n  unauthenticated_paths: [/healthz]\n",
         cp.addr
     ));
     let _redirects: Vec<PodRedirect> = [ports.strict, ports.permissive, ports.tcp]
         .into_iter()
-        .map(|p| PodRedirect::install(p, server.inbound.port()))
+        .map(|p| PodRedirect::install(POD_IP, p, server.inbound))
+        .chain([PodRedirect::install(POD_IP_2, ports.strict, extra_inbound)])
         .collect();
     let v = cp.update(|s| {
         put(
@@ -323,6 +338,14 @@ async fn inbound_policy_from_the_control_plane(mode: &str) {
     );
     let (status, _, body) = get(pod(ports.strict), "web", "/healthz").await;
     assert_eq!(status, StatusCode::OK, "kubelet probes stay open: {body}");
+    // The extra inbound listener follows the control plane's policy too.
+    let via_extra = SocketAddr::new(POD_IP_2.parse().expect("IP"), ports.strict);
+    let (status, headers, _) = get(via_extra, "web", "/").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
+    assert!(
+        deny_reason(&headers).contains("requires mTLS"),
+        "{headers:?}"
+    );
     // PERMISSIVE: plaintext and any identity.
     let (status, _, body) = get(pod(ports.permissive), "web", "/").await;
     assert_eq!(
