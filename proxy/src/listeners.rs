@@ -71,7 +71,10 @@ pub struct Shared {
 /// them too: their inbound policy and routes follow the control plane at
 /// once, as the built-in listeners' do.
 #[derive(Clone, Default)]
-pub struct ExtraViews(Arc<Mutex<BTreeMap<String, (NamedListener, Arc<ArcSwap<Snapshot>>)>>>);
+pub struct ExtraViews(Arc<Mutex<ViewsByName>>);
+
+/// Each extra listener's spec and the snapshot its traffic reads.
+type ViewsByName = BTreeMap<String, (NamedListener, Arc<ArcSwap<Snapshot>>)>;
 
 impl ExtraViews {
     /// Rebuild every extra listener's snapshot from `config`.
@@ -90,9 +93,7 @@ impl ExtraViews {
         self.lock().remove(name);
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, BTreeMap<String, (NamedListener, Arc<ArcSwap<Snapshot>>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ViewsByName> {
         // A panic elsewhere cannot leave the map half-written: take it.
         self.0
             .lock()
