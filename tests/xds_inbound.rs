@@ -316,6 +316,17 @@ async fn inbound_policy_from_the_control_plane(mode: &str) {
     let sleep = client_proxy(&pki, &pki.issue(SLEEP, 2099), &dir, "sleep", &ports);
     let other = client_proxy(&pki, &pki.issue(OTHER, 2099), &dir, "other", &ports);
 
+    // The effective policy is logged once per translation.
+    let strict_rule = format!("{}: [{SLEEP}]", ports.strict);
+    assert!(
+        server.log_lines(&[
+            "xds: inbound listener translated",
+            &strict_rule,
+            "other ports: unauthenticated"
+        ]) >= 1,
+        "{}",
+        server.log()
+    );
     // STRICT + RBAC: the allowed identity reaches the app, named to it.
     let (_, body) = until(&sleep, "a", StatusCode::OK).await;
     assert!(

@@ -172,15 +172,16 @@ fn listener(l: &Listener, sds: Option<&SdsIdentity>) -> Result<InboundPolicy, Re
                 .map(|c| ("default_filter_chain".to_string(), c)),
         );
     let mut by_port: BTreeMap<Option<u16>, Vec<Chain>> = BTreeMap::new();
+    let mut ignored = rbac::Ignored::default();
     for (field, c) in chains {
         let port = chain_port(c, &field).map_err(|(f, m)| reject(&f, m))?;
         let port = port.or(own_port.filter(|p| *p != 0 && !virtual_listener));
         if virtual_listener && port.is_some() && port == own_port {
-            info!(listener = %l.name, chain = %field, "xds: inbound chain for the listener's own port skipped (a loop guard; strait's inbound port is its own)");
+            // Istio's loop guard; strait's inbound port is its own.
             continue;
         }
         let transport = transport(c, &field, sds).map_err(|(f, m)| reject(&f, m))?;
-        let who = filters(c, &field, port).map_err(|(f, m)| reject(&f, m))?;
+        let who = filters(c, &field, port, &mut ignored).map_err(|(f, m)| reject(&f, m))?;
         by_port.entry(port).or_default().push(Chain {
             field,
             transport,
@@ -188,9 +189,14 @@ fn listener(l: &Listener, sds: Option<&SdsIdentity>) -> Result<InboundPolicy, Re
         });
     }
     let mut policy = InboundPolicy::default();
+    let mut summary = Vec::new();
     for (port, chains) in by_port {
         let allow = port_allow(&chains).map_err(|(f, m)| reject(&f, m))?;
-        info!(listener = %l.name, port = ?port, allow = ?allow, "xds: inbound policy");
+        summary.push(format!(
+            "{}: {}",
+            port.map_or("other ports".into(), |p| p.to_string()),
+            describe(&allow)
+        ));
         match port {
             Some(p) => {
                 policy.ports.insert(p, allow);
@@ -198,7 +204,36 @@ fn listener(l: &Listener, sds: Option<&SdsIdentity>) -> Result<InboundPolicy, Re
             None => policy.default = Some(allow),
         }
     }
+    // One line per translation: what operators need to see the effective
+    // policy (`/config_dump` shows the file's) and what was left out.
+    info!(
+        listener = %l.name,
+        policy = %summary.join("; "),
+        shadow_rules_ignored = ignored.shadow_rules,
+        log_rules_ignored = ignored.log_rules,
+        "xds: inbound listener translated into the inbound policy"
+    );
     Ok(policy)
+}
+
+/// A rule as the config file would write it.
+fn describe(allow: &Allow) -> String {
+    match allow {
+        Allow::Unauthenticated => "unauthenticated".into(),
+        Allow::Authenticated => "authenticated".into(),
+        Allow::Deny => "deny".into(),
+        Allow::Identities(ids) => {
+            let ids: Vec<String> = ids
+                .iter()
+                .map(|m| match m {
+                    IdentityMatch::Exact(e) => e.clone(),
+                    IdentityMatch::Prefix(p) => format!("{p}*"),
+                    IdentityMatch::Suffix(s) => format!("*{s}"),
+                })
+                .collect();
+            format!("[{}]", ids.join(", "))
+        }
+    }
 }
 
 /// The chain's destination port (`None`: every port); match conditions
@@ -413,7 +448,12 @@ fn downstream_tls(
 }
 
 /// The chain's RBAC filters, in order (each must allow): who they admit.
-fn filters(c: &FilterChain, field: &str, port: Option<u16>) -> Result<Option<Who>, rbac::Fail> {
+fn filters(
+    c: &FilterChain,
+    field: &str,
+    port: Option<u16>,
+    ignored: &mut rbac::Ignored,
+) -> Result<Option<Who>, rbac::Fail> {
     let mut who: Option<Who> = None;
     let mut narrow = |more: Option<Who>, at: &str| -> Result<(), rbac::Fail> {
         if let Some(more) = more {
@@ -447,7 +487,10 @@ fn filters(c: &FilterChain, field: &str, port: Option<u16>) -> Result<Option<Who
         }
         if f.name == rbac::NETWORK_RBAC || type_url == rbac::NETWORK_RBAC_TYPE {
             let any = any.ok_or((format!("{field}.typed_config"), "missing".to_string()))?;
-            narrow(rbac::network_filter(any, port).map_err(sub)?, &field)?;
+            narrow(
+                rbac::network_filter(any, port, ignored).map_err(sub)?,
+                &field,
+            )?;
         } else if f.name == HCM || type_url == HCM_TYPE {
             let any = any.ok_or((format!("{field}.typed_config"), "missing".to_string()))?;
             let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
@@ -456,7 +499,7 @@ fn filters(c: &FilterChain, field: &str, port: Option<u16>) -> Result<Option<Who
                     format!("not a valid HttpConnectionManager: {e}"),
                 )
             })?;
-            for (k, allow) in http_filters(&hcm, port)
+            for (k, allow) in http_filters(&hcm, port, ignored)
                 .map_err(|(s, m)| (format!("{field}.typed_config.{s}"), m))?
             {
                 narrow(allow, &format!("{field}.typed_config.http_filters[{k}]"))?;
@@ -482,6 +525,7 @@ fn filters(c: &FilterChain, field: &str, port: Option<u16>) -> Result<Option<Who
 fn http_filters(
     hcm: &HttpConnectionManager,
     port: Option<u16>,
+    ignored: &mut rbac::Ignored,
 ) -> Result<Vec<(usize, Option<Who>)>, rbac::Fail> {
     if let Some(RouteSpecifier::RouteConfig(rc)) = &hcm.route_specifier {
         let per_route = rc
@@ -516,7 +560,7 @@ fn http_filters(
         }
         if f.name == rbac::HTTP_RBAC || type_url == rbac::HTTP_RBAC_TYPE {
             let any = any.ok_or((format!("{at}.typed_config"), "missing".to_string()))?;
-            let who = rbac::http_filter(any, port).map_err(|(s, m)| {
+            let who = rbac::http_filter(any, port, ignored).map_err(|(s, m)| {
                 (
                     if s.is_empty() {
                         format!("{at}.typed_config")

@@ -22,7 +22,6 @@ use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use strait_config::{Allow, IdentityMatch};
-use tracing::info;
 
 pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
 pub const NETWORK_RBAC_TYPE: &str =
@@ -35,6 +34,14 @@ const ISTIO_PEER_PRINCIPAL: &str = "io.istio.peer_principal";
 
 /// A refused field (relative to the filter's `typed_config`) and why.
 pub type Fail = (String, String);
+
+/// What was left out because it decides nothing, counted for the
+/// listener's one log line.
+#[derive(Debug, Default)]
+pub struct Ignored {
+    pub shadow_rules: usize,
+    pub log_rules: usize,
+}
 
 /// Who a set of principals admits, from narrowest to widest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,29 +137,43 @@ fn longer<'a>(a: &'a str, b: &'a str, extends: impl Fn(&str, &str) -> bool) -> O
 }
 
 /// A network RBAC filter's config; `None`: it constrains nothing.
-pub fn network_filter(any: &Any, port: Option<u16>) -> Result<Option<Who>, Fail> {
+pub fn network_filter(
+    any: &Any,
+    port: Option<u16>,
+    ignored: &mut Ignored,
+) -> Result<Option<Who>, Fail> {
     let rbac = NetworkRbac::decode(any.value.as_slice())
         .map_err(|e| (String::new(), format!("not a valid network RBAC: {e}")))?;
     if rbac.matcher.is_some() {
         return Err(unsupported_matcher());
     }
     if rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some() {
-        info!(stat_prefix = %rbac.shadow_rules_stat_prefix, "xds: RBAC shadow rules ignored (a dry run decides nothing)");
+        // A dry run: it decides nothing.
+        ignored.shadow_rules += 1;
     }
-    rbac.rules.as_ref().map_or(Ok(None), |r| rules(r, port))
+    rbac.rules
+        .as_ref()
+        .map_or(Ok(None), |r| rules(r, port, ignored))
 }
 
 /// An HTTP RBAC filter's config; `None`: it constrains nothing.
-pub fn http_filter(any: &Any, port: Option<u16>) -> Result<Option<Who>, Fail> {
+pub fn http_filter(
+    any: &Any,
+    port: Option<u16>,
+    ignored: &mut Ignored,
+) -> Result<Option<Who>, Fail> {
     let rbac = HttpRbac::decode(any.value.as_slice())
         .map_err(|e| (String::new(), format!("not a valid HTTP RBAC: {e}")))?;
     if rbac.matcher.is_some() {
         return Err(unsupported_matcher());
     }
     if rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some() {
-        info!(stat_prefix = %rbac.shadow_rules_stat_prefix, "xds: RBAC shadow rules ignored (a dry run decides nothing)");
+        // A dry run: it decides nothing.
+        ignored.shadow_rules += 1;
     }
-    rbac.rules.as_ref().map_or(Ok(None), |r| rules(r, port))
+    rbac.rules
+        .as_ref()
+        .map_or(Ok(None), |r| rules(r, port, ignored))
 }
 
 fn unsupported_matcher() -> Fail {
@@ -163,7 +184,7 @@ fn unsupported_matcher() -> Fail {
 }
 
 /// `rules` for a chain serving `port` (`None`: every port).
-fn rules(r: &Rbac, port: Option<u16>) -> Result<Option<Who>, Fail> {
+fn rules(r: &Rbac, port: Option<u16>, ignored: &mut Ignored) -> Result<Option<Who>, Fail> {
     // Policies are a map: walk them by name so errors are stable.
     let mut policies: Vec<(&String, &Policy)> = r.policies.iter().collect();
     policies.sort_by_key(|(name, _)| *name);
@@ -183,7 +204,7 @@ fn rules(r: &Rbac, port: Option<u16>) -> Result<Option<Who>, Fail> {
             "DENY policies are not supported: strait's policy lists who is allowed on a port (express it as ALLOW)".into(),
         )),
         Ok(Action::Log) => {
-            info!("xds: RBAC rules with action LOG ignored (they decide nothing)");
+            ignored.log_rules += 1;
             Ok(None)
         }
         Err(_) => Err((
