@@ -46,6 +46,7 @@ const HCM_TYPE: &str =
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 const TCP_PROXY_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 const DOWNSTREAM_TLS: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 
@@ -172,7 +173,8 @@ fn listener(l: &Listener, sds: Option<&SdsIdentity>) -> Result<InboundPolicy, Re
                 .map(|c| ("default_filter_chain".to_string(), c)),
         );
     let mut by_port: BTreeMap<Option<u16>, Vec<Chain>> = BTreeMap::new();
-    let mut ignored = rbac::Ignored::default();
+    let mut notes = rbac::Notes::default();
+    let mut catch_all = Vec::new();
     for (field, c) in chains {
         let port = chain_port(c, &field).map_err(|(f, m)| reject(&f, m))?;
         let port = port.or(own_port.filter(|p| *p != 0 && !virtual_listener));
@@ -181,12 +183,33 @@ fn listener(l: &Listener, sds: Option<&SdsIdentity>) -> Result<InboundPolicy, Re
             continue;
         }
         let transport = transport(c, &field, sds).map_err(|(f, m)| reject(&f, m))?;
-        let who = filters(c, &field, port, &mut ignored).map_err(|(f, m)| reject(&f, m))?;
+        let who = filters(c, &field, port, &mut notes).map_err(|(f, m)| reject(&f, m))?;
+        if port.is_none() {
+            catch_all.push((field.clone(), c, transport.clone()));
+        }
         by_port.entry(port).or_default().push(Chain {
             field,
             transport,
             who,
         });
+    }
+    // A catch-all chain's RBAC may name ports (`destination_port`): a
+    // port named there and by no chain of its own gets the catch-all
+    // chains' rule as it holds on that port.
+    let named = std::mem::take(&mut notes.ports_named);
+    for p in named {
+        if by_port.contains_key(&Some(p)) {
+            continue;
+        }
+        let mut again = rbac::Notes::default();
+        for (field, c, transport) in &catch_all {
+            let who = filters(c, field, Some(p), &mut again).map_err(|(f, m)| reject(&f, m))?;
+            by_port.entry(Some(p)).or_default().push(Chain {
+                field: field.clone(),
+                transport: transport.clone(),
+                who,
+            });
+        }
     }
     let mut policy = InboundPolicy::default();
     let mut summary = Vec::new();
@@ -209,8 +232,8 @@ fn listener(l: &Listener, sds: Option<&SdsIdentity>) -> Result<InboundPolicy, Re
     info!(
         listener = %l.name,
         policy = %summary.join("; "),
-        shadow_rules_ignored = ignored.shadow_rules,
-        log_rules_ignored = ignored.log_rules,
+        shadow_rules_ignored = notes.shadow_rules,
+        log_rules_ignored = notes.log_rules,
         "xds: inbound listener translated into the inbound policy"
     );
     Ok(policy)
@@ -452,7 +475,7 @@ fn filters(
     c: &FilterChain,
     field: &str,
     port: Option<u16>,
-    ignored: &mut rbac::Ignored,
+    notes: &mut rbac::Notes,
 ) -> Result<Option<Who>, rbac::Fail> {
     let mut who: Option<Who> = None;
     let mut narrow = |more: Option<Who>, at: &str| -> Result<(), rbac::Fail> {
@@ -487,10 +510,7 @@ fn filters(
         }
         if f.name == rbac::NETWORK_RBAC || type_url == rbac::NETWORK_RBAC_TYPE {
             let any = any.ok_or((format!("{field}.typed_config"), "missing".to_string()))?;
-            narrow(
-                rbac::network_filter(any, port, ignored).map_err(sub)?,
-                &field,
-            )?;
+            narrow(rbac::network_filter(any, port, notes).map_err(sub)?, &field)?;
         } else if f.name == HCM || type_url == HCM_TYPE {
             let any = any.ok_or((format!("{field}.typed_config"), "missing".to_string()))?;
             let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
@@ -499,7 +519,7 @@ fn filters(
                     format!("not a valid HttpConnectionManager: {e}"),
                 )
             })?;
-            for (k, allow) in http_filters(&hcm, port, ignored)
+            for (k, allow) in http_filters(&hcm, port, notes)
                 .map_err(|(s, m)| (format!("{field}.typed_config.{s}"), m))?
             {
                 narrow(allow, &format!("{field}.typed_config.http_filters[{k}]"))?;
@@ -525,7 +545,7 @@ fn filters(
 fn http_filters(
     hcm: &HttpConnectionManager,
     port: Option<u16>,
-    ignored: &mut rbac::Ignored,
+    notes: &mut rbac::Notes,
 ) -> Result<Vec<(usize, Option<Who>)>, rbac::Fail> {
     if let Some(RouteSpecifier::RouteConfig(rc)) = &hcm.route_specifier {
         let per_route = rc
@@ -555,12 +575,12 @@ fn http_filters(
         };
         let type_url = any.map_or("", |a| a.type_url.as_str());
         let at = format!("http_filters[{i}]");
-        if f.disabled || HARMLESS_HTTP.contains(&f.name.as_str()) {
+        if f.disabled || HARMLESS_HTTP.contains(&f.name.as_str()) || type_url == ROUTER_TYPE {
             continue;
         }
         if f.name == rbac::HTTP_RBAC || type_url == rbac::HTTP_RBAC_TYPE {
             let any = any.ok_or((format!("{at}.typed_config"), "missing".to_string()))?;
-            let who = rbac::http_filter(any, port, ignored).map_err(|(s, m)| {
+            let who = rbac::http_filter(any, port, notes).map_err(|(s, m)| {
                 (
                     if s.is_empty() {
                         format!("{at}.typed_config")

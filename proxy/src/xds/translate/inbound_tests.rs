@@ -614,3 +614,32 @@ fn shadow_rules_are_ignored_and_the_file_policy_keeps_what_xds_does_not_name() {
     );
     assert_eq!(p.unauthenticated_paths, ["/healthz"]);
 }
+
+#[test]
+fn ports_named_by_catch_all_rbac_get_their_own_rule() {
+    // Istio puts an AuthorizationPolicy's `to.operation.ports` on every
+    // chain, the catch-alls too: the named port gets the rule as it
+    // holds there, every other port the rule as it holds elsewhere.
+    let on_9000 = Permission {
+        rule: Some(permission::Rule::DestinationPort(9000)),
+    };
+    let r = rules(
+        Action::Allow,
+        vec![on_9000],
+        vec![peer(MatchPattern::Exact(SLEEP.into()))],
+    );
+    let mut chains = port_chains(Some(8080), true, Some(r.clone()));
+    chains.extend(port_chains(None, true, Some(r)));
+    let p = policy_of(chains).expect("translates");
+    assert_eq!(
+        p,
+        InboundPolicy {
+            ports: [
+                (8080, Allow::Deny),
+                (9000, Allow::Identities(vec![exact(SLEEP)]))
+            ]
+            .into(),
+            default: Some(Allow::Deny),
+        }
+    );
+}

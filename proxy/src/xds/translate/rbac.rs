@@ -35,12 +35,16 @@ const ISTIO_PEER_PRINCIPAL: &str = "io.istio.peer_principal";
 /// A refused field (relative to the filter's `typed_config`) and why.
 pub type Fail = (String, String);
 
-/// What was left out because it decides nothing, counted for the
-/// listener's one log line.
+/// What a translation noticed besides its answer: what was left out
+/// because it decides nothing (for the listener's one log line), and the
+/// ports that permissions on a chain serving every port name.
 #[derive(Debug, Default)]
-pub struct Ignored {
+pub struct Notes {
     pub shadow_rules: usize,
     pub log_rules: usize,
+    /// `destination_port` permissions met where the port is not known
+    /// (a catch-all chain): each such port needs its own rule.
+    pub ports_named: std::collections::BTreeSet<u16>,
 }
 
 /// Who a set of principals admits, from narrowest to widest.
@@ -140,7 +144,7 @@ fn longer<'a>(a: &'a str, b: &'a str, extends: impl Fn(&str, &str) -> bool) -> O
 pub fn network_filter(
     any: &Any,
     port: Option<u16>,
-    ignored: &mut Ignored,
+    notes: &mut Notes,
 ) -> Result<Option<Who>, Fail> {
     let rbac = NetworkRbac::decode(any.value.as_slice())
         .map_err(|e| (String::new(), format!("not a valid network RBAC: {e}")))?;
@@ -149,19 +153,15 @@ pub fn network_filter(
     }
     if rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some() {
         // A dry run: it decides nothing.
-        ignored.shadow_rules += 1;
+        notes.shadow_rules += 1;
     }
     rbac.rules
         .as_ref()
-        .map_or(Ok(None), |r| rules(r, port, ignored))
+        .map_or(Ok(None), |r| rules(r, port, notes))
 }
 
 /// An HTTP RBAC filter's config; `None`: it constrains nothing.
-pub fn http_filter(
-    any: &Any,
-    port: Option<u16>,
-    ignored: &mut Ignored,
-) -> Result<Option<Who>, Fail> {
+pub fn http_filter(any: &Any, port: Option<u16>, notes: &mut Notes) -> Result<Option<Who>, Fail> {
     let rbac = HttpRbac::decode(any.value.as_slice())
         .map_err(|e| (String::new(), format!("not a valid HTTP RBAC: {e}")))?;
     if rbac.matcher.is_some() {
@@ -169,11 +169,11 @@ pub fn http_filter(
     }
     if rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some() {
         // A dry run: it decides nothing.
-        ignored.shadow_rules += 1;
+        notes.shadow_rules += 1;
     }
     rbac.rules
         .as_ref()
-        .map_or(Ok(None), |r| rules(r, port, ignored))
+        .map_or(Ok(None), |r| rules(r, port, notes))
 }
 
 fn unsupported_matcher() -> Fail {
@@ -184,7 +184,7 @@ fn unsupported_matcher() -> Fail {
 }
 
 /// `rules` for a chain serving `port` (`None`: every port).
-fn rules(r: &Rbac, port: Option<u16>, ignored: &mut Ignored) -> Result<Option<Who>, Fail> {
+fn rules(r: &Rbac, port: Option<u16>, notes: &mut Notes) -> Result<Option<Who>, Fail> {
     // Policies are a map: walk them by name so errors are stable.
     let mut policies: Vec<(&String, &Policy)> = r.policies.iter().collect();
     policies.sort_by_key(|(name, _)| *name);
@@ -194,7 +194,7 @@ fn rules(r: &Rbac, port: Option<u16>, ignored: &mut Ignored) -> Result<Option<Wh
             let mut who = Who::Nobody;
             for (name, p) in policies {
                 let field = format!("rules.policies['{name}']");
-                who = who.union(policy(p, port, &field)?);
+                who = who.union(policy(p, port, &field, notes)?);
             }
             Ok(Some(who))
         }
@@ -204,7 +204,7 @@ fn rules(r: &Rbac, port: Option<u16>, ignored: &mut Ignored) -> Result<Option<Wh
             "DENY policies are not supported: strait's policy lists who is allowed on a port (express it as ALLOW)".into(),
         )),
         Ok(Action::Log) => {
-            ignored.log_rules += 1;
+            notes.log_rules += 1;
             Ok(None)
         }
         Err(_) => Err((
@@ -216,7 +216,7 @@ fn rules(r: &Rbac, port: Option<u16>, ignored: &mut Ignored) -> Result<Option<Wh
 
 /// Who one policy admits on `port`: its principals if a permission
 /// matches there, else nobody. Every rule is checked, matching or not.
-fn policy(p: &Policy, port: Option<u16>, field: &str) -> Result<Who, Fail> {
+fn policy(p: &Policy, port: Option<u16>, field: &str, notes: &mut Notes) -> Result<Who, Fail> {
     if p.condition.is_some() || p.checked_condition.is_some() {
         return Err((
             format!("{field}.condition"),
@@ -237,7 +237,7 @@ fn policy(p: &Policy, port: Option<u16>, field: &str) -> Result<Who, Fail> {
     }
     let mut matches = false;
     for (i, perm) in p.permissions.iter().enumerate() {
-        matches |= permission(perm, port, &format!("{field}.permissions[{i}]"))?;
+        matches |= permission(perm, port, &format!("{field}.permissions[{i}]"), notes)?;
     }
     let mut who = Who::Nobody;
     for (i, id) in p.principals.iter().enumerate() {
@@ -246,8 +246,15 @@ fn policy(p: &Policy, port: Option<u16>, field: &str) -> Result<Who, Fail> {
     Ok(if matches { who } else { Who::Nobody })
 }
 
-/// Whether a permission holds for every connection to `port`.
-fn permission(p: &Permission, port: Option<u16>, field: &str) -> Result<bool, Fail> {
+/// Whether a permission holds for every connection to `port`; `None`:
+/// a port no `destination_port` permission names (they are noted, so
+/// the caller gives each its own rule).
+fn permission(
+    p: &Permission,
+    port: Option<u16>,
+    field: &str,
+    notes: &mut Notes,
+) -> Result<bool, Fail> {
     let refuse = |sub: &str, why: &str| Err((format!("{field}.{sub}"), why.to_string()));
     let per_port = "strait authorizes whole destination ports by identity";
     match &p.rule {
@@ -255,23 +262,27 @@ fn permission(p: &Permission, port: Option<u16>, field: &str) -> Result<bool, Fa
         Some(Rule::AndRules(set)) => {
             let mut all = true;
             for (i, r) in set.rules.iter().enumerate() {
-                all &= permission(r, port, &format!("{field}.and_rules.rules[{i}]"))?;
+                all &= permission(r, port, &format!("{field}.and_rules.rules[{i}]"), notes)?;
             }
             Ok(all)
         }
         Some(Rule::OrRules(set)) => {
             let mut one = false;
             for (i, r) in set.rules.iter().enumerate() {
-                one |= permission(r, port, &format!("{field}.or_rules.rules[{i}]"))?;
+                one |= permission(r, port, &format!("{field}.or_rules.rules[{i}]"), notes)?;
             }
             Ok(one)
         }
         Some(Rule::DestinationPort(p)) => match port {
             Some(port) => Ok(u32::from(port) == *p),
-            None => refuse(
-                "destination_port",
-                "on a chain serving every port (give the chain its destination_port)",
-            ),
+            None => {
+                let p = u16::try_from(*p).ok().filter(|p| *p != 0).ok_or((
+                    format!("{field}.destination_port"),
+                    format!("{p} is not a port"),
+                ))?;
+                notes.ports_named.insert(p);
+                Ok(false)
+            }
         },
         Some(Rule::DestinationPortRange(r)) => match port {
             Some(port) => Ok((r.start..r.end).contains(&i32::from(port))),
