@@ -13,6 +13,8 @@
 mod control_plane;
 #[path = "support/istio.rs"]
 mod istio;
+#[path = "support/istio_inbound.rs"]
+mod istio_inbound;
 mod support;
 #[path = "support/xds_resources.rs"]
 mod xds_resources;
@@ -139,7 +141,17 @@ async fn istio_snapshot_routes_by_original_destination(mode: &str) {
         put(s, ENDPOINT, &api_c, assignment(&api_c, &[api.addr]));
         put(s, ENDPOINT, &db_c, assignment(&db_c, &[db]));
         put(s, LISTENER, "virtualOutbound", virtual_outbound());
-        put(s, LISTENER, "virtualInbound", virtual_inbound());
+        let inbound = istio_inbound::InboundPort {
+            port: 8080,
+            mtls: istio_inbound::Mtls::Strict,
+            rbac: None,
+        };
+        put(
+            s,
+            LISTENER,
+            "virtualInbound",
+            istio_inbound::virtual_inbound(&[inbound]),
+        );
         put(s, LISTENER, "0.0.0.0_80", http_port_listener(80));
         put(s, LISTENER, "0.0.0.0_8080", http_port_listener(8080));
         let db_listener = tcp_service_listener(db_vip, &db_c);

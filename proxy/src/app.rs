@@ -68,12 +68,17 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     )));
     // The xDS client, when configured, applies its merged config to the
     // registry and routing snapshot as a reload does.
+    let extra_views = listeners::ExtraViews::default();
     let xds = crate::xds::Xds::new(
         &config,
         Box::new({
-            let (snapshot, discovery, registry) =
-                (snapshot.clone(), discovery.clone(), registry.clone());
-            move |config| apply_xds(config, &snapshot, &discovery, &registry)
+            let (snapshot, discovery, registry, extra) = (
+                snapshot.clone(),
+                discovery.clone(),
+                registry.clone(),
+                extra_views.clone(),
+            );
+            move |config| apply_xds(config, &snapshot, &discovery, &registry, &extra)
         }),
         metrics.clone(),
         tls.clone(),
@@ -134,6 +139,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         drain: drain.clone(),
         admin: admin_state.clone(),
         admin_stop: admin_stop.clone(),
+        extra_views,
     });
     // Bind every listener before anything starts: a bad address fails here.
     let plan = listeners.plan(&config)?;
@@ -490,14 +496,17 @@ impl Reloader {
 
 /// Apply a config from the xDS client: clusters and endpoints that stay
 /// keep their state. Listeners are the file's, so they do not move; the
-/// views of `listeners.extra` are rebuilt on the next file reload.
+/// views of `listeners.extra` are rebuilt (their inbound policy must
+/// follow the control plane's as the built-in listeners' does).
 fn apply_xds(
     config: Config,
     snapshot: &ArcSwap<Snapshot>,
     discovery: &crate::discovery::Discovery,
     registry: &Registry,
+    extra: &listeners::ExtraViews,
 ) {
     let clusters = registry.update(&config, &discovery.resolved());
+    extra.rebuild(&config, &clusters);
     snapshot.store(Arc::new(Snapshot::build(config, &clusters)));
 }
 

@@ -31,7 +31,7 @@ use crate::{socket, Direction};
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use strait_config::{Config, ListenerDirection, NamedListener};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -62,6 +62,43 @@ pub struct Shared {
     pub admin: Arc<AdminState>,
     /// Fires when the admin server stops.
     pub admin_stop: CancellationToken,
+    /// The extra listeners' snapshots, for config changes outside a reload.
+    pub extra_views: ExtraViews,
+}
+
+/// The extra listeners' own routing snapshots by name, so that whoever
+/// swaps in a new config outside a file reload (an xDS update) rebuilds
+/// them too: their inbound policy and routes follow the control plane at
+/// once, as the built-in listeners' do.
+#[derive(Clone, Default)]
+pub struct ExtraViews(Arc<Mutex<ViewsByName>>);
+
+/// Each extra listener's spec and the snapshot its traffic reads.
+type ViewsByName = BTreeMap<String, (NamedListener, Arc<ArcSwap<Snapshot>>)>;
+
+impl ExtraViews {
+    /// Rebuild every extra listener's snapshot from `config`.
+    pub fn rebuild(&self, config: &Config, clusters: &Clusters) {
+        for (spec, v) in self.lock().values() {
+            v.store(Arc::new(view(config, spec, clusters)));
+        }
+    }
+
+    fn set(&self, spec: &NamedListener, v: &Arc<ArcSwap<Snapshot>>) {
+        self.lock()
+            .insert(spec.name.clone(), (spec.clone(), v.clone()));
+    }
+
+    fn remove(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ViewsByName> {
+        // A panic elsewhere cannot leave the map half-written: take it.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// A listener that could not be bound.
@@ -228,6 +265,7 @@ impl Listeners {
             if let Some(r) = self.running.get_mut(&spec.name) {
                 if !built_in(&spec) {
                     r.view.store(Arc::new(view(config, &spec, clusters)));
+                    self.shared.extra_views.set(&spec, &r.view);
                 }
                 r.spec = spec;
             }
@@ -239,6 +277,7 @@ impl Listeners {
             let Some(r) = self.running.remove(&name) else {
                 continue;
             };
+            self.shared.extra_views.remove(&name);
             let successor = start.iter().find_map(|(spec, source)| match source {
                 Source::HandedOver(from) if *from == name => Some(spec.name.as_str()),
                 _ => None,
@@ -285,7 +324,9 @@ impl Listeners {
         let view = if built_in(&spec) {
             self.shared.snapshot.clone()
         } else {
-            Arc::new(ArcSwap::from_pointee(view(config, &spec, clusters)))
+            let v = Arc::new(ArcSwap::from_pointee(view(config, &spec, clusters)));
+            self.shared.extra_views.set(&spec, &v);
+            v
         };
         let shared = &self.shared;
         let (stop, drain) = (

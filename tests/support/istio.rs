@@ -2,7 +2,7 @@
 //! Envoy's API and the shape of Istio's published sidecar config dumps):
 //! the `virtualOutbound` listener on 15001 with `use_original_dst`, a
 //! blackhole chain for 15001 itself and a passthrough default chain;
-//! `virtualInbound` on 15006; per-port outbound listeners `0.0.0.0_<port>`
+//! (`virtualInbound` on 15006 is in `istio_inbound.rs`); per-port outbound listeners `0.0.0.0_<port>`
 //! (never bound) whose HTTP chain names its route configuration by the
 //! port, beside a passthrough TCP chain for what is not HTTP; a TCP
 //! service's `<VIP>_<port>` listener; `outbound|PORT||HOST` EDS clusters;
@@ -231,50 +231,6 @@ pub fn virtual_outbound() -> Any {
                     stats_filter(),
                     tcp_proxy_filter("PassthroughCluster", "PassthroughCluster"),
                 ],
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
-}
-
-/// `virtualInbound` with Istio's inbound filters (RBAC and authn among
-/// them): strait's inbound listener does this job, so none is translated.
-pub fn virtual_inbound() -> Any {
-    let chain = |port: u32| FilterChain {
-        filter_chain_match: Some(FilterChainMatch {
-            destination_port: Some(UInt32Value { value: port }),
-            transport_protocol: "tls".into(),
-            application_protocols: vec!["istio-peer-exchange".into(), "istio".into()],
-            ..Default::default()
-        }),
-        filters: vec![
-            Filter {
-                name: "istio.metadata_exchange".into(),
-                config_type: None,
-            },
-            Filter {
-                name: "envoy.filters.network.rbac".into(),
-                config_type: None,
-            },
-            tcp_proxy_filter("inbound", &format!("inbound|{port}||")),
-        ],
-        ..Default::default()
-    };
-    any(
-        LISTENER,
-        &Listener {
-            name: "virtualInbound".into(),
-            address: socket("0.0.0.0", 15006),
-            use_original_dst: Some(BoolValue { value: true }),
-            traffic_direction: TrafficDirection::Inbound as i32,
-            listener_filters: listener_filters(),
-            filter_chains: vec![chain(8080), chain(15006)],
-            default_filter_chain: Some(FilterChain {
-                filters: vec![tcp_proxy_filter(
-                    "InboundPassthroughClusterIpv4",
-                    "InboundPassthroughClusterIpv4",
-                )],
                 ..Default::default()
             }),
             ..Default::default()

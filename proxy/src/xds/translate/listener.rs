@@ -22,9 +22,9 @@
 //!   destination IPs, downstream TLS) is refused with its field rather
 //!   than routed wrongly.
 //! - Inbound listeners (`traffic_direction: INBOUND`, Istio's
-//!   `virtualInbound`) are strait's own inbound listener's job (it
-//!   terminates mesh mTLS and forwards to the application), so they are
-//!   accepted with a log line and not translated.
+//!   `virtualInbound`) give no routes: strait's own inbound listener
+//!   forwards to the application; their mTLS mode and RBAC become the
+//!   inbound policy (`inbound.rs`).
 //!
 //! HTTP filters are checked here too: the router is required, the fault
 //! filter is translated, the local rate limit filter is accepted for its
@@ -120,7 +120,8 @@ pub struct Routes {
 pub fn listener(l: &Listener) -> Result<Routes, Rejected> {
     let mut routes = Routes::default();
     if l.traffic_direction == TrafficDirection::Inbound as i32 || l.name == "virtualInbound" {
-        info!(listener = %l.name, "xds: inbound listener left to strait's inbound listener (mTLS termination, forwarding to the application)");
+        // No routes: its mTLS mode and RBAC become the inbound policy
+        // (inbound.rs); strait's inbound listener forwards to the app.
         return Ok(routes);
     }
     let reject = |field: &str, message: String| Rejected::new("Listener", &l.name, field, message);

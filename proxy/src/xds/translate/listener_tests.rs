@@ -221,10 +221,9 @@ fn each_port_gets_its_own_routes_and_tcp_proxies_become_port_routes() {
                 name: "virtualInbound".into(),
                 address: Some(socket("0.0.0.0", 15006)),
                 traffic_direction: TrafficDirection::Inbound as i32,
-                // Inbound chains are strait's inbound listener's job:
-                // even ones it could not translate are not looked at.
+                // Inbound chains give the inbound policy, no routes.
                 filter_chains: vec![chain(Filter {
-                    name: "envoy.filters.network.rbac".into(),
+                    name: "envoy.filters.network.tcp_proxy".into(),
                     config_type: None,
                 })],
                 ..Default::default()

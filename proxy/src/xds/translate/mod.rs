@@ -1,5 +1,6 @@
 //! From accepted xDS resources to one validated [`Config`]: the file's
-//! config with the control plane's clusters and virtual hosts added. The
+//! config with the control plane's clusters and virtual hosts added, and
+//! its inbound listeners' mTLS modes and RBAC as the inbound policy. The
 //! same function runs for every update, over every accepted resource, so
 //! the result never depends on the order updates came in. Anything that
 //! cannot be translated is a [`Rejected`] naming the resource and field,
@@ -7,11 +8,15 @@
 
 mod cluster;
 mod fault;
+mod inbound;
+#[cfg(test)]
+mod inbound_tests;
 mod listener;
 #[cfg(test)]
 mod listener_tests;
 mod ports;
 mod rate_limit;
+mod rbac;
 mod route;
 mod secret;
 mod upstream_tls;
@@ -85,7 +90,12 @@ pub fn translate(
     let mut rds_names = BTreeSet::new();
     let mut http = Vec::new();
     let mut tcp = Vec::new();
+    let mut inbound_listeners = Vec::new();
     for l in resources.listeners.values() {
+        if inbound::is_inbound(l) {
+            inbound_listeners.push(l);
+            continue;
+        }
         let routes = listener::listener(l)?;
         for chain in &routes.http {
             if let listener::HttpRoutes::Rds(name) = &chain.routes {
@@ -102,6 +112,7 @@ pub fn translate(
         _ => None,
     };
     let identity = secret::identity(&resources.secrets, sds)?;
+    let inbound_policy = inbound::inbound(&inbound_listeners, sds)?;
     let mut sds_names: BTreeSet<String> = sds
         .map(|s| [s.certificate.clone(), s.trust_bundle.clone()].into())
         .unwrap_or_default();
@@ -192,6 +203,7 @@ pub fn translate(
     to_original_destination(&mut hosts, &original_dst)?;
 
     let mut config = base.clone();
+    inbound_policy.apply(&mut config.policy);
     ports::tcp_routes(&mut config, &tcp, &live, &warming, &original_dst)?;
     for (name, c) in &resources.clusters {
         if warming.contains(name) || original_dst.contains(name) {

@@ -133,7 +133,11 @@ pub fn upstream_tls(
 }
 
 /// The secret's name, if it is the identity's.
-fn one_secret(s: &SdsSecretConfig, wanted: &str, setting: &str) -> Result<String, String> {
+pub(super) fn one_secret(
+    s: &SdsSecretConfig,
+    wanted: &str,
+    setting: &str,
+) -> Result<String, String> {
     if s.name == wanted {
         Ok(s.name.clone())
     } else {
@@ -146,7 +150,7 @@ fn one_secret(s: &SdsSecretConfig, wanted: &str, setting: &str) -> Result<String
 
 /// The identity pattern of a validation context's SAN matchers; `*` when
 /// there are none. Fields the pattern cannot carry are refused.
-fn san_pattern(d: &CertificateValidationContext) -> Result<String, (String, String)> {
+pub(super) fn san_pattern(d: &CertificateValidationContext) -> Result<String, (String, String)> {
     if d.trusted_ca.is_some() {
         return Err((
             "trusted_ca".into(),
