@@ -18,7 +18,6 @@
 //! atomics and an `Arc` clone); a parked connection costs one read with a
 //! stack buffer and a new hyper connection when it wakes.
 
-use super::server::idle;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -192,10 +191,11 @@ where
     B: Body + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let idle_once = idle(activity.clone(), timeout);
-    tokio::pin!(idle_once);
-    let park = park_when_idle(activity, shared);
-    tokio::pin!(park);
+    // One timer serves both the idle timeout and parking: it is polled
+    // on every wakeup of a busy connection, so one costs half of two.
+    let mut quiet = Quiet::new(activity, timeout);
+    let tick = tokio::time::sleep_until(quiet.next());
+    tokio::pin!(tick);
     // The connection is shut down gracefully for one of three reasons.
     let (mut draining, mut idled, mut parking) = (false, false, false);
     loop {
@@ -219,37 +219,80 @@ where
                 parking = false;
                 Pin::new(&mut *conn).graceful_shutdown();
             }
-            _ = &mut idle_once, if !draining => {
-                if idled {
-                    // Still open a whole timeout after the graceful
-                    // shutdown: a stalled response; close outright.
-                    return Ran::Done(Ok(()));
+            _ = &mut tick, if !draining => {
+                let may_park = !(idled || parking) && shared.in_flight.load(Ordering::Relaxed) == 0;
+                match quiet.check(activity, may_park) {
+                    Some(Quietly::Idle) if idled => {
+                        // Still open a whole timeout after the graceful
+                        // shutdown: a stalled response; close outright.
+                        return Ran::Done(Ok(()));
+                    }
+                    Some(Quietly::Idle) => {
+                        tracing::debug!(?timeout, "closing an idle client connection");
+                        idled = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                    Some(Quietly::Park) => {
+                        parking = true;
+                        shared.parking.store(true, Ordering::Relaxed);
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                    None => {}
                 }
-                tracing::debug!(?timeout, "closing an idle client connection");
-                idled = true;
-                idle_once.set(idle(activity.clone(), timeout));
-                Pin::new(&mut *conn).graceful_shutdown();
-            }
-            _ = &mut park, if !(draining || idled || parking) => {
-                parking = true;
-                shared.parking.store(true, Ordering::Relaxed);
-                Pin::new(&mut *conn).graceful_shutdown();
+                tick.as_mut().reset(quiet.next());
             }
         }
     }
 }
 
-/// Completes once the connection has moved no bytes for [`PARK_AFTER`]
-/// with no request in flight.
-async fn park_when_idle(activity: &AtomicU64, shared: &Shared) {
-    let mut seen = activity.load(Ordering::Relaxed);
-    loop {
-        tokio::time::sleep(PARK_AFTER).await;
-        let now = activity.load(Ordering::Relaxed);
-        if now == seen && shared.in_flight.load(Ordering::Relaxed) == 0 {
-            return;
+/// The connection's idle and park windows, on one timer. Each window
+/// ends after its length with no bytes moved in it (as `server::idle`):
+/// the idle window after `timeout`, the park window after [`PARK_AFTER`]
+/// (and only with nothing in flight).
+struct Quiet {
+    timeout: Duration,
+    idle: (u64, Instant),
+    park: (u64, Instant),
+}
+
+enum Quietly {
+    Idle,
+    Park,
+}
+
+impl Quiet {
+    fn new(activity: &AtomicU64, timeout: Duration) -> Quiet {
+        let (seen, now) = (activity.load(Ordering::Relaxed), Instant::now());
+        Quiet {
+            timeout,
+            idle: (seen, now + timeout),
+            park: (seen, now + PARK_AFTER),
         }
-        seen = now;
+    }
+
+    /// When the next window ends.
+    fn next(&self) -> Instant {
+        self.idle.1.min(self.park.1)
+    }
+
+    /// Close the windows that have ended (opening the next ones), and say
+    /// whether one ended quiet; the idle window first.
+    fn check(&mut self, activity: &AtomicU64, may_park: bool) -> Option<Quietly> {
+        let (now, seen) = (Instant::now(), activity.load(Ordering::Relaxed));
+        let mut ended = None;
+        if now >= self.idle.1 {
+            if seen == self.idle.0 {
+                ended = Some(Quietly::Idle);
+            }
+            self.idle = (seen, now + self.timeout);
+        }
+        if now >= self.park.1 {
+            if ended.is_none() && may_park && seen == self.park.0 {
+                ended = Some(Quietly::Park);
+            }
+            self.park = (seen, now + PARK_AFTER);
+        }
+        ended
     }
 }
 

@@ -293,6 +293,17 @@ fn header(bytes: Vec<u8>) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&bytes).ok()
 }
 
+/// The two hex digits of every byte: one lookup per byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    pairs
+};
+
 /// Hex of `bytes` into `out` from `at` (every request without a context
 /// pays for 52 digits, so the loop is written to need no bounds checks).
 fn put_hex(out: &mut [u8], at: usize, bytes: &[u8]) {
@@ -300,8 +311,7 @@ fn put_hex(out: &mut [u8], at: usize, bytes: &[u8]) {
         return;
     };
     for (pair, b) in digits.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 15)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 

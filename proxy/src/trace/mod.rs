@@ -15,6 +15,7 @@ use arc_swap::ArcSwapOption;
 use context::{SpanId, TraceId};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use strait_config::Tracing;
 use tokio::sync::mpsc;
@@ -95,6 +96,9 @@ impl TraceMetrics {
 /// exporter.
 pub struct Tracer {
     active: ArcSwapOption<Exporting>,
+    /// Whether `active` holds an exporter: with export off (the common
+    /// case) a request reads this flag, not the swap.
+    on: AtomicBool,
     metrics: TraceMetrics,
 }
 
@@ -118,6 +122,7 @@ impl Tracer {
     pub fn new(registry: &Registry) -> Arc<Tracer> {
         Arc::new(Tracer {
             active: ArcSwapOption::empty(),
+            on: AtomicBool::new(false),
             metrics: TraceMetrics::new(registry),
         })
     }
@@ -144,12 +149,16 @@ impl Tracer {
         }
         // The old exporter's queue closes once the last holder lets go;
         // it sends what it has and ends.
+        self.on.store(next.is_some(), Ordering::Release);
         self.active.store(next);
     }
 
     /// The running exporter, if spans are being exported: an atomic
     /// load, no allocation.
     pub fn exporting(&self) -> arc_swap::Guard<Option<Arc<Exporting>>> {
+        if !self.on.load(Ordering::Acquire) {
+            return arc_swap::Guard::from_inner(None);
+        }
         self.active.load()
     }
 
