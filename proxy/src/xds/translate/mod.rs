@@ -17,6 +17,7 @@ mod listener_tests;
 mod ports;
 mod rate_limit;
 mod rbac;
+mod rbac_regex;
 mod route;
 mod secret;
 mod upstream_tls;
