@@ -32,8 +32,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use istio_inbound::{
-    allow_namespaces, allow_principal_on_path, allow_principals, virtual_inbound, InboundPort,
-    Mtls,
+    allow_namespaces, allow_principal_on_path, allow_principals, virtual_inbound, InboundPort, Mtls,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
