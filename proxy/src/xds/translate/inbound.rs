@@ -14,9 +14,10 @@
 //! - The TLS context must be the workload identity's own SDS secrets
 //!   (`identity.sds`); its SAN matcher (Istio's trust domain prefix)
 //!   narrows who may connect, and names the trust domain RBAC namespace
-//!   rules are resolved under ([`super::rbac_regex`]). A context strait cannot honour (other or
-//!   inline certificates, SNI required, TLS without client certificates
-//!   as a port's only way in) is refused with its field, never weakened.
+//!   rules are resolved under ([`super::rbac_regex`]). A context strait
+//!   cannot honour (other or inline certificates, SNI required, TLS
+//!   without client certificates as a port's only way in) is refused
+//!   with its field, never weakened.
 //! - **RBAC** filters (network, and HTTP in the connection manager) give
 //!   the identities allowed ([`super::rbac`]); every chain of a port must
 //!   agree, since strait authorizes the port, not the protocol.
