@@ -10,6 +10,8 @@ mod cluster;
 mod fault;
 mod inbound;
 #[cfg(test)]
+mod inbound_principal_tests;
+#[cfg(test)]
 mod inbound_tests;
 mod listener;
 #[cfg(test)]
