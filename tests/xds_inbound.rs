@@ -10,7 +10,8 @@
 //! plaintext gets 403 except on the file's probe path; PERMISSIVE: anyone;
 //! an update changing the allowed principal takes effect; an RBAC rule
 //! strait cannot enforce (a path) is NACKed with its field while the
-//! previous policy keeps being enforced.
+//! previous policy keeps being enforced; a policy allowing a namespace
+//! (istiod's `.*/ns/foo/.*`) lets `foo`'s identity in and not `bar`'s.
 
 #[path = "support/control_plane.rs"]
 mod control_plane;
@@ -31,7 +32,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use istio_inbound::{
-    allow_principal_on_path, allow_principals, virtual_inbound, InboundPort, Mtls,
+    allow_namespaces, allow_principal_on_path, allow_principals, virtual_inbound, InboundPort, Mtls,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -432,6 +433,39 @@ async fn inbound_policy_from_the_control_plane(mode: &str) {
         ) >= 2.0,
         "{m}"
     );
+
+    // `source.namespaces: [foo]`: sleep (ns/foo) in, other (ns/bar) not.
+    let v = cp.update(|s| {
+        put(
+            s,
+            LISTENER,
+            "virtualInbound",
+            inbound(&ports, allow_namespaces(&["foo"])),
+        )
+    });
+    cp.acked(LISTENER, v).await;
+    let namespace_rule = format!("{}: [spiffe://cluster.local/ns/foo/*]", ports.strict);
+    assert!(
+        server.log_lines(&["xds: inbound listener translated", &namespace_rule]) >= 1,
+        "{}",
+        server.log()
+    );
+    let (_, body) = until(&sleep, "a", StatusCode::OK).await;
+    assert!(
+        body.contains(&format!("strait-client-id: {SLEEP}")),
+        "{body}"
+    );
+    let (status, headers, _) = get(other.outbound, "a", "/").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        deny_reason(&headers),
+        format!("identity '{OTHER}' is not allowed on port {}", ports.strict)
+    );
+    assert_eq!(
+        tcp_echo(&sleep).await.as_deref(),
+        Some(&b"echo:\x00\x01 opaque ping"[..])
+    );
+    assert_eq!(tcp_echo(&other).await, None, "other's TCP is refused");
 }
 
 #[tokio::test]

@@ -51,15 +51,9 @@ fn allow(a: &Allow) -> FileAllow {
         Allow::Unauthenticated => FileAllow::Keyword("unauthenticated".into()),
         Allow::Authenticated => FileAllow::Keyword("authenticated".into()),
         Allow::Deny => FileAllow::Keyword("deny".into()),
-        Allow::Identities(ids) => FileAllow::Identities(
-            ids.iter()
-                .map(|id| match id {
-                    IdentityMatch::Exact(s) => s.clone(),
-                    IdentityMatch::Prefix(p) => format!("{p}*"),
-                    IdentityMatch::Suffix(s) => format!("*{s}"),
-                })
-                .collect(),
-        ),
+        Allow::Identities(ids) => {
+            FileAllow::Identities(ids.iter().map(IdentityMatch::to_string).collect())
+        }
     }
 }
 

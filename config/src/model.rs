@@ -328,22 +328,37 @@ pub enum Allow {
 }
 
 /// One allowed identity: `spiffe://td/ns/prod/sa/web` exactly, every
-/// identity under `spiffe://td/ns/prod/*`, or every DNS-style name ending
-/// in `*.prod.svc`.
+/// identity under `spiffe://td/ns/prod/*`, every DNS-style name ending
+/// in `*.prod.svc`, or both ends at once (`spiffe://td/*/sa/web`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdentityMatch {
     Exact(String),
     Prefix(String),
     Suffix(String),
+    /// Starts with `prefix` and, after it, ends with `suffix` (the two do
+    /// not overlap: `a*a` does not match `a`).
+    PrefixSuffix {
+        prefix: String,
+        suffix: String,
+    },
 }
 
 impl IdentityMatch {
+    /// `*suffix`, `prefix*`, `prefix*suffix` (one `*` inside), or exact.
     pub fn parse(pattern: &str) -> IdentityMatch {
         if let Some(suffix) = pattern.strip_prefix('*') {
             IdentityMatch::Suffix(suffix.to_string())
         } else if let Some(prefix) = pattern.strip_suffix('*') {
             IdentityMatch::Prefix(prefix.to_string())
+        } else if let Some((prefix, suffix)) = pattern
+            .split_once('*')
+            .filter(|(_, suffix)| !suffix.contains('*'))
+        {
+            IdentityMatch::PrefixSuffix {
+                prefix: prefix.to_string(),
+                suffix: suffix.to_string(),
+            }
         } else {
             IdentityMatch::Exact(pattern.to_string())
         }
@@ -354,6 +369,24 @@ impl IdentityMatch {
             IdentityMatch::Exact(id) => id == identity,
             IdentityMatch::Prefix(p) => identity.starts_with(p.as_str()),
             IdentityMatch::Suffix(s) => identity.ends_with(s.as_str()),
+            IdentityMatch::PrefixSuffix { prefix, suffix } => {
+                identity.len() >= prefix.len() + suffix.len()
+                    && identity.starts_with(prefix.as_str())
+                    && identity.ends_with(suffix.as_str())
+            }
+        }
+    }
+}
+
+/// The pattern as the config file writes it ([`IdentityMatch::parse`]
+/// reads it back).
+impl std::fmt::Display for IdentityMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdentityMatch::Exact(id) => f.write_str(id),
+            IdentityMatch::Prefix(p) => write!(f, "{p}*"),
+            IdentityMatch::Suffix(s) => write!(f, "*{s}"),
+            IdentityMatch::PrefixSuffix { prefix, suffix } => write!(f, "{prefix}*{suffix}"),
         }
     }
 }

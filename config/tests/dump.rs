@@ -67,7 +67,7 @@ identity:
 policy:
   default: deny
   ports:
-    - {port: 8080, allow: [spiffe://td/ns/a/sa/b, spiffe://td/ns/ops/*, "*.prod.svc"]}
+    - {port: 8080, allow: [spiffe://td/ns/a/sa/b, spiffe://td/ns/ops/*, "*.prod.svc", "spiffe://td/*/sa/batch"]}
     - {port: 9090, allow: authenticated}
   unauthenticated_paths: [/healthz]
 dns: {servers: ["127.0.0.1:53"], min_refresh: 2s, max_refresh: 1m}

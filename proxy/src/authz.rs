@@ -61,12 +61,17 @@ mod tests {
             IdentityMatch::parse("spiffe://td/ns/prod/sa/web"),
             IdentityMatch::parse("spiffe://td/ns/ops/*"),
             IdentityMatch::parse("*.prod.svc"),
+            IdentityMatch::parse("spiffe://td/*/sa/batch"),
         ]);
         let p = policy(ids);
         assert!(check(&p, 80, Some("spiffe://td/ns/prod/sa/web")).is_ok());
         assert!(check(&p, 80, Some("spiffe://td/ns/ops/sa/any")).is_ok());
         assert!(check(&p, 80, Some("api.prod.svc")).is_ok());
         assert!(check(&p, 80, Some("spiffe://td/ns/dev/sa/web")).is_err());
+        // Both ends, not overlapping.
+        assert!(check(&p, 80, Some("spiffe://td/ns/dev/sa/batch")).is_ok());
+        assert!(check(&p, 80, Some("spiffe://other/ns/dev/sa/batch")).is_err());
+        assert!(check(&p, 80, Some("spiffe://td/sa/batch")).is_err());
         assert!(check(&p, 80, None).is_err());
         assert!(check(&policy(Allow::Authenticated), 80, None).is_err());
         assert!(check(&policy(Allow::Unauthenticated), 80, None).is_ok());

@@ -9,7 +9,8 @@
 //! certificates required) and, in PERMISSIVE mode, over `raw_buffer` too;
 //! the same four catch-all chains (a `/0` range, no port) in PERMISSIVE.
 //! RBAC principals are `filter_state` `io.istio.peer_principal` in
-//! `and_ids` of `or_ids`, as istiod writes `source.principals`.
+//! `and_ids` of `or_ids`, as istiod writes `source.principals` (exact)
+//! and `source.namespaces` (`safe_regex` `.*/ns/<namespace>/.*`).
 #![allow(dead_code)]
 
 use crate::control_plane::LISTENER;
@@ -42,7 +43,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    filter_state_matcher, path_matcher, FilterStateMatcher, PathMatcher, StringMatcher,
+    filter_state_matcher, path_matcher, FilterStateMatcher, PathMatcher, RegexMatcher,
+    StringMatcher,
 };
 use envoy_types::pb::google::protobuf::{Any, BoolValue, UInt32Value};
 
@@ -73,7 +75,29 @@ pub struct InboundPort {
 
 /// `source.principals` of an ALLOW AuthorizationPolicy.
 pub fn allow_principals(principals: &[&str]) -> Rbac {
-    allow_rule(any_permission(), principals)
+    allow_rule(any_permission(), &exact(principals))
+}
+
+/// `source.namespaces` of an ALLOW AuthorizationPolicy (plain names:
+/// istiod escapes regex metacharacters, which DNS labels do not have).
+pub fn allow_namespaces(namespaces: &[&str]) -> Rbac {
+    let regexes = namespaces
+        .iter()
+        .map(|ns| {
+            MatchPattern::SafeRegex(RegexMatcher {
+                regex: format!(".*/ns/{ns}/.*"),
+                ..Default::default()
+            })
+        })
+        .collect::<Vec<_>>();
+    allow_rule(any_permission(), &regexes)
+}
+
+fn exact(principals: &[&str]) -> Vec<MatchPattern> {
+    principals
+        .iter()
+        .map(|p| MatchPattern::Exact(p.to_string()))
+        .collect()
 }
 
 /// ALLOW `principal` to `to.operation.paths` only: an HTTP permission
@@ -97,7 +121,7 @@ pub fn allow_principal_on_path(principal: &str, path: &str) -> Rbac {
                 }],
             })),
         },
-        &[principal],
+        &exact(&[principal]),
     )
 }
 
@@ -111,19 +135,19 @@ fn any_permission() -> Permission {
     }
 }
 
-fn allow_rule(permission: Permission, principals: &[&str]) -> Rbac {
-    let peer = |p: &str| Principal {
+fn allow_rule(permission: Permission, principals: &[MatchPattern]) -> Rbac {
+    let peer = |m: &MatchPattern| Principal {
         identifier: Some(principal::Identifier::FilterState(FilterStateMatcher {
             key: "io.istio.peer_principal".into(),
             matcher: Some(filter_state_matcher::Matcher::StringMatch(StringMatcher {
-                match_pattern: Some(MatchPattern::Exact(p.into())),
+                match_pattern: Some(m.clone()),
                 ..Default::default()
             })),
         })),
     };
     let or = Principal {
         identifier: Some(principal::Identifier::OrIds(principal::Set {
-            ids: principals.iter().map(|p| peer(p)).collect(),
+            ids: principals.iter().map(peer).collect(),
         })),
     };
     Rbac {

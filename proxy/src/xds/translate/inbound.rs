@@ -13,9 +13,11 @@
 //!   be proved, so RBAC on identities admits nobody).
 //! - The TLS context must be the workload identity's own SDS secrets
 //!   (`identity.sds`); its SAN matcher (Istio's trust domain prefix)
-//!   narrows who may connect. A context strait cannot honour (other or
-//!   inline certificates, SNI required, TLS without client certificates
-//!   as a port's only way in) is refused with its field, never weakened.
+//!   narrows who may connect, and names the trust domain RBAC namespace
+//!   rules are resolved under ([`super::rbac_regex`]). A context strait
+//!   cannot honour (other or inline certificates, SNI required, TLS
+//!   without client certificates as a port's only way in) is refused
+//!   with its field, never weakened.
 //! - **RBAC** filters (network, and HTTP in the connection manager) give
 //!   the identities allowed ([`super::rbac`]); every chain of a port must
 //!   agree, since strait authorizes the port, not the protocol.
@@ -23,7 +25,7 @@
 //! The chain for the listener's own port (Istio's loop guard, a TCP proxy
 //! to `BlackHoleCluster`) is skipped: strait's inbound port is its own.
 
-use super::rbac::{self, Who};
+use super::rbac::{self, TrustDomain, Who};
 use super::upstream_tls::{one_secret, san_pattern};
 use super::Rejected;
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, TrafficDirection};
@@ -172,9 +174,9 @@ fn listener(l: &Listener, sds: Option<&SdsIdentity>) -> Result<InboundPolicy, Re
                 .iter()
                 .map(|c| ("default_filter_chain".to_string(), c)),
         );
-    let mut by_port: BTreeMap<Option<u16>, Vec<Chain>> = BTreeMap::new();
-    let mut notes = rbac::Notes::default();
-    let mut catch_all = Vec::new();
+    // How each chain's connections arrive first: namespace rules need
+    // the trust domain its TLS contexts accept.
+    let mut arriving = Vec::new();
     for (field, c) in chains {
         let port = chain_port(c, &field).map_err(|(f, m)| reject(&f, m))?;
         let port = port.or(own_port.filter(|p| *p != 0 && !virtual_listener));
@@ -183,7 +185,14 @@ fn listener(l: &Listener, sds: Option<&SdsIdentity>) -> Result<InboundPolicy, Re
             continue;
         }
         let transport = transport(c, &field, sds).map_err(|(f, m)| reject(&f, m))?;
-        let who = filters(c, &field, port, &mut notes).map_err(|(f, m)| reject(&f, m))?;
+        arriving.push((field, c, port, transport));
+    }
+    let td = trust_domain(arriving.iter().map(|(f, _, _, t)| (f.as_str(), t)));
+    let mut by_port: BTreeMap<Option<u16>, Vec<Chain>> = BTreeMap::new();
+    let mut notes = rbac::Notes::default();
+    let mut catch_all = Vec::new();
+    for (field, c, port, transport) in arriving {
+        let who = filters(c, &field, port, &td, &mut notes).map_err(|(f, m)| reject(&f, m))?;
         if port.is_none() {
             catch_all.push((field.clone(), c, transport.clone()));
         }
@@ -203,7 +212,8 @@ fn listener(l: &Listener, sds: Option<&SdsIdentity>) -> Result<InboundPolicy, Re
         }
         let mut again = rbac::Notes::default();
         for (field, c, transport) in &catch_all {
-            let who = filters(c, field, Some(p), &mut again).map_err(|(f, m)| reject(&f, m))?;
+            let who =
+                filters(c, field, Some(p), &td, &mut again).map_err(|(f, m)| reject(&f, m))?;
             by_port.entry(Some(p)).or_default().push(Chain {
                 field: field.clone(),
                 transport: transport.clone(),
@@ -246,17 +256,34 @@ fn describe(allow: &Allow) -> String {
         Allow::Authenticated => "authenticated".into(),
         Allow::Deny => "deny".into(),
         Allow::Identities(ids) => {
-            let ids: Vec<String> = ids
-                .iter()
-                .map(|m| match m {
-                    IdentityMatch::Exact(e) => e.clone(),
-                    IdentityMatch::Prefix(p) => format!("{p}*"),
-                    IdentityMatch::Suffix(s) => format!("*{s}"),
-                })
-                .collect();
+            let ids: Vec<String> = ids.iter().map(IdentityMatch::to_string).collect();
             format!("[{}]", ids.join(", "))
         }
     }
+}
+
+/// The trust domain the listener's mTLS chains accept clients from (their
+/// SAN prefix `spiffe://<trust domain>/`, as istiod writes it): one for
+/// the whole listener, since a plaintext chain's RBAC (PERMISSIVE) admits
+/// the clients of the port's mTLS chains.
+fn trust_domain<'a>(chains: impl Iterator<Item = (&'a str, &'a Transport)>) -> TrustDomain {
+    let mut found: Option<(&str, String)> = None;
+    for (field, t) in chains {
+        let Transport::Mtls(san) = t else { continue };
+        let Some(td) = TrustDomain::of_san(san.as_ref()) else {
+            return TrustDomain::Unknown(format!("{field}'s TLS context has no such SAN matcher"));
+        };
+        match &found {
+            Some((first, seen)) if *seen != td => {
+                return TrustDomain::Unknown(format!(
+                    "{first} and {field} accept different trust domains ('{seen}', '{td}')"
+                ))
+            }
+            Some(_) => {}
+            None => found = Some((field, td)),
+        }
+    }
+    found.map_or(TrustDomain::NoMtls, |(_, td)| TrustDomain::Known(td))
 }
 
 /// The chain's destination port (`None`: every port); match conditions
@@ -475,17 +502,17 @@ fn filters(
     c: &FilterChain,
     field: &str,
     port: Option<u16>,
+    td: &TrustDomain,
     notes: &mut rbac::Notes,
 ) -> Result<Option<Who>, rbac::Fail> {
     let mut who: Option<Who> = None;
-    let mut narrow = |more: Option<Who>, at: &str| -> Result<(), rbac::Fail> {
+    let mut narrow = |more: Option<Who>| {
         if let Some(more) = more {
             who = Some(match who.take() {
                 None => more,
-                Some(w) => w.intersect(more).map_err(|m| (at.to_string(), m))?,
+                Some(w) => w.intersect(more),
             });
         }
-        Ok(())
     };
     for (i, f) in c.filters.iter().enumerate() {
         let field = format!("{field}.filters[{i}]");
@@ -510,7 +537,7 @@ fn filters(
         }
         if f.name == rbac::NETWORK_RBAC || type_url == rbac::NETWORK_RBAC_TYPE {
             let any = any.ok_or((format!("{field}.typed_config"), "missing".to_string()))?;
-            narrow(rbac::network_filter(any, port, notes).map_err(sub)?, &field)?;
+            narrow(rbac::network_filter(any, port, td, notes).map_err(sub)?);
         } else if f.name == HCM || type_url == HCM_TYPE {
             let any = any.ok_or((format!("{field}.typed_config"), "missing".to_string()))?;
             let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
@@ -519,10 +546,10 @@ fn filters(
                     format!("not a valid HttpConnectionManager: {e}"),
                 )
             })?;
-            for (k, allow) in http_filters(&hcm, port, notes)
+            for allow in http_filters(&hcm, port, td, notes)
                 .map_err(|(s, m)| (format!("{field}.typed_config.{s}"), m))?
             {
-                narrow(allow, &format!("{field}.typed_config.http_filters[{k}]"))?;
+                narrow(allow);
             }
         } else if f.name == TCP_PROXY || type_url == TCP_PROXY_TYPE {
             // Where it goes is strait's job: the app at the port.
@@ -540,13 +567,14 @@ fn filters(
     Ok(who)
 }
 
-/// The HTTP RBAC filters' decisions, by filter index; any other filter
-/// that would act on requests is refused unless optional.
+/// The HTTP RBAC filters' decisions, in order; any other filter that
+/// would act on requests is refused unless optional.
 fn http_filters(
     hcm: &HttpConnectionManager,
     port: Option<u16>,
+    td: &TrustDomain,
     notes: &mut rbac::Notes,
-) -> Result<Vec<(usize, Option<Who>)>, rbac::Fail> {
+) -> Result<Vec<Option<Who>>, rbac::Fail> {
     if let Some(RouteSpecifier::RouteConfig(rc)) = &hcm.route_specifier {
         let per_route = rc
             .virtual_hosts
@@ -580,7 +608,7 @@ fn http_filters(
         }
         if f.name == rbac::HTTP_RBAC || type_url == rbac::HTTP_RBAC_TYPE {
             let any = any.ok_or((format!("{at}.typed_config"), "missing".to_string()))?;
-            let who = rbac::http_filter(any, port, notes).map_err(|(s, m)| {
+            let who = rbac::http_filter(any, port, td, notes).map_err(|(s, m)| {
                 (
                     if s.is_empty() {
                         format!("{at}.typed_config")
@@ -590,7 +618,7 @@ fn http_filters(
                     m,
                 )
             })?;
-            out.push((i, who));
+            out.push(who);
         } else if f.is_optional {
             info!(filter = %f.name, "xds: optional inbound HTTP filter skipped: strait does not implement it");
         } else {
@@ -659,25 +687,21 @@ fn port_allow(chains: &[Chain]) -> Result<Allow, rbac::Fail> {
     } else {
         Who::Authenticated
     });
-    let at = || first.field.clone();
     let who = if mtls.is_empty() {
         // DISABLE: no client proves an identity.
-        who.intersect(Who::Anyone).map(|w| match w {
+        match who {
             Who::Anyone => Who::Anyone,
             _ => Who::Nobody,
-        })
+        }
     } else if !plaintext {
         who.intersect(Who::Authenticated)
     } else {
-        Ok(who)
-    }
-    .map_err(|m| (at(), m))?;
+        who
+    };
     // The SAN matcher narrows mTLS clients; plaintext ones (PERMISSIVE
     // without RBAC) prove nothing for it to narrow.
     let who = match san {
-        Some(san) if who != Who::Anyone => {
-            who.intersect(Who::Ids(vec![san])).map_err(|m| (at(), m))?
-        }
+        Some(san) if who != Who::Anyone => who.intersect(Who::Ids(vec![san])),
         _ => who,
     };
     Ok(who.allow())

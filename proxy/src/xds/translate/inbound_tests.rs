@@ -38,7 +38,7 @@ use prost::Message;
 use std::collections::{BTreeMap, HashSet};
 use strait_config::{Allow, Config, IdentityMatch, SdsIdentity};
 
-const SLEEP: &str = "spiffe://cluster.local/ns/foo/sa/sleep";
+pub(super) const SLEEP: &str = "spiffe://cluster.local/ns/foo/sa/sleep";
 
 fn sds() -> SdsIdentity {
     SdsIdentity {
@@ -63,7 +63,7 @@ fn secret(name: &str) -> SdsSecretConfig {
 
 /// istiod's inbound context: `default` and `ROOTCA`, the trust domain as
 /// a SAN prefix, client certificates required.
-fn mtls_context() -> DownstreamTlsContext {
+pub(super) fn mtls_context() -> DownstreamTlsContext {
     #[allow(deprecated)]
     let trust_domain = CertificateValidationContext {
         match_subject_alt_names: vec![StringMatcher {
@@ -90,7 +90,7 @@ fn mtls_context() -> DownstreamTlsContext {
     }
 }
 
-fn tls_socket(ctx: &DownstreamTlsContext) -> Option<TransportSocket> {
+pub(super) fn tls_socket(ctx: &DownstreamTlsContext) -> Option<TransportSocket> {
     Some(TransportSocket {
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(
@@ -105,7 +105,7 @@ fn tls_socket(ctx: &DownstreamTlsContext) -> Option<TransportSocket> {
 }
 
 /// Istio's principal: the peer's identity in filter state.
-fn peer(m: MatchPattern) -> Principal {
+pub(super) fn peer(m: MatchPattern) -> Principal {
     Principal {
         identifier: Some(principal::Identifier::FilterState(FilterStateMatcher {
             key: "io.istio.peer_principal".into(),
@@ -117,13 +117,16 @@ fn peer(m: MatchPattern) -> Principal {
     }
 }
 
-fn ids(wrap: fn(principal::Set) -> principal::Identifier, ids: Vec<Principal>) -> Principal {
+pub(super) fn ids(
+    wrap: fn(principal::Set) -> principal::Identifier,
+    ids: Vec<Principal>,
+) -> Principal {
     Principal {
         identifier: Some(wrap(principal::Set { ids })),
     }
 }
 
-fn any_permission() -> Permission {
+pub(super) fn any_permission() -> Permission {
     Permission {
         rule: Some(permission::Rule::AndRules(permission::Set {
             rules: vec![Permission {
@@ -150,7 +153,11 @@ fn allow_principals(principals: &[&str]) -> Rbac {
     )
 }
 
-fn rules(action: Action, permissions: Vec<Permission>, principals: Vec<Principal>) -> Rbac {
+pub(super) fn rules(
+    action: Action,
+    permissions: Vec<Permission>,
+    principals: Vec<Principal>,
+) -> Rbac {
     Rbac {
         action: action as i32,
         policies: [(
@@ -231,7 +238,7 @@ fn harmless() -> Filter {
 
 /// A chain for `port` (`None`: every port, as Istio's catch-alls with a
 /// `/0` range) over `transport`, HTTP or TCP.
-fn chain(port: Option<u32>, tls: bool, http: bool, rbac: Option<Rbac>) -> FilterChain {
+pub(super) fn chain(port: Option<u32>, tls: bool, http: bool, rbac: Option<Rbac>) -> FilterChain {
     FilterChain {
         filter_chain_match: Some(FilterChainMatch {
             destination_port: port.map(|value| UInt32Value { value }),
@@ -266,7 +273,7 @@ fn chain(port: Option<u32>, tls: bool, http: bool, rbac: Option<Rbac>) -> Filter
 }
 
 /// Both chains (HTTP and TCP) of one port in one transport.
-fn port_chains(port: Option<u32>, tls: bool, rbac: Option<Rbac>) -> Vec<FilterChain> {
+pub(super) fn port_chains(port: Option<u32>, tls: bool, rbac: Option<Rbac>) -> Vec<FilterChain> {
     vec![
         chain(port, tls, true, rbac.clone()),
         chain(port, tls, false, rbac),
@@ -300,11 +307,11 @@ fn virtual_inbound(chains: Vec<FilterChain>) -> Listener {
     }
 }
 
-fn policy_of(chains: Vec<FilterChain>) -> Result<InboundPolicy, Rejected> {
+pub(super) fn policy_of(chains: Vec<FilterChain>) -> Result<InboundPolicy, Rejected> {
     inbound(&[&virtual_inbound(chains)], Some(&sds()))
 }
 
-fn exact(id: &str) -> IdentityMatch {
+pub(super) fn exact(id: &str) -> IdentityMatch {
     IdentityMatch::Exact(id.into())
 }
 
@@ -439,14 +446,23 @@ fn principals_combine_and_permissions_select_the_port() {
         Allow::Identities(vec![IdentityMatch::Suffix("/sa/sleep".into())])
     );
     assert_eq!(p.ports[&81], Allow::Deny, "the rule is for port 80 only");
-    // The trust domain prefix and a suffix at once: one pattern cannot
-    // say it, and dropping either would widen the port.
-    let e = refused(vec![chain(Some(80), true, false, Some(r))]);
-    assert_eq!(e.field, "filter_chains[1]", "{e}");
-    assert!(e.message.contains("cannot be expressed"), "{e}");
+    // The trust domain prefix and a suffix at once: both ends, and the
+    // one identity where they overlap (`.../` then `/sa/sleep`).
+    assert_eq!(
+        policy_of(vec![chain(Some(80), true, false, Some(r))])
+            .expect("prefix and suffix")
+            .ports[&80],
+        Allow::Identities(vec![
+            IdentityMatch::PrefixSuffix {
+                prefix: "spiffe://cluster.local/".into(),
+                suffix: "/sa/sleep".into()
+            },
+            exact("spiffe://cluster.local/sa/sleep"),
+        ])
+    );
 }
 
-fn refused(chains: Vec<FilterChain>) -> Rejected {
+pub(super) fn refused(chains: Vec<FilterChain>) -> Rejected {
     policy_of(chains).expect_err("refused")
 }
 

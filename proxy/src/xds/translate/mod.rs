@@ -10,6 +10,8 @@ mod cluster;
 mod fault;
 mod inbound;
 #[cfg(test)]
+mod inbound_principal_tests;
+#[cfg(test)]
 mod inbound_tests;
 mod listener;
 #[cfg(test)]
@@ -17,6 +19,7 @@ mod listener_tests;
 mod ports;
 mod rate_limit;
 mod rbac;
+mod rbac_regex;
 mod route;
 mod secret;
 mod upstream_tls;

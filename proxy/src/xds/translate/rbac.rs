@@ -4,7 +4,8 @@
 //! what that can express is translated: `action: ALLOW` policies whose
 //! principals are identities (`authenticated.principal_name`, or Istio's
 //! `filter_state` `io.istio.peer_principal`, as exact / prefix / suffix
-//! string matchers), `any`, and `and_ids` / `or_ids` of those, with
+//! string matchers, or the regexes istiod writes: [`super::rbac_regex`]),
+//! `any`, and `and_ids` / `or_ids` of those, with
 //! permissions `any` or a destination port. Anything else (DENY rules,
 //! paths, methods, headers, source IPs, `not_id`, conditions) is refused
 //! with its field: ignoring a rule would open the port wider than the
@@ -22,6 +23,8 @@ use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use strait_config::{Allow, IdentityMatch};
+
+pub use super::rbac_regex::TrustDomain;
 
 pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
 pub const NETWORK_RBAC_TYPE: &str =
@@ -77,10 +80,9 @@ impl Who {
         }
     }
 
-    /// Admitted by both; `Err` when strait's patterns cannot express it
-    /// (a prefix and a suffix at once).
-    pub fn intersect(self, other: Who) -> Result<Who, String> {
-        Ok(match (self, other) {
+    /// Admitted by both.
+    pub fn intersect(self, other: Who) -> Who {
+        match (self, other) {
             (Who::Nobody, _) | (_, Who::Nobody) => Who::Nobody,
             (Who::Anyone, x) | (x, Who::Anyone) => x,
             (Who::Authenticated, x) | (x, Who::Authenticated) => x,
@@ -88,7 +90,7 @@ impl Who {
                 let mut both = Vec::new();
                 for x in &a {
                     for y in &b {
-                        if let Some(m) = intersect_match(x, y)? {
+                        for m in intersect_match(x, y) {
                             if !both.contains(&m) {
                                 both.push(m);
                             }
@@ -101,7 +103,7 @@ impl Who {
                     Who::Ids(both)
                 }
             }
-        })
+        }
     }
 
     pub fn allow(self) -> Allow {
@@ -114,19 +116,64 @@ impl Who {
     }
 }
 
-/// The identities both patterns match, as one pattern.
-fn intersect_match(a: &IdentityMatch, b: &IdentityMatch) -> Result<Option<IdentityMatch>, String> {
-    use IdentityMatch::*;
-    Ok(match (a, b) {
-        (Exact(x), m) | (m, Exact(x)) => m.matches(x).then(|| Exact(x.clone())),
-        (Prefix(p), Prefix(q)) => longer(p, q, |l, s| l.starts_with(s)).map(|p| Prefix(p.into())),
-        (Suffix(p), Suffix(q)) => longer(p, q, |l, s| l.ends_with(s)).map(|s| Suffix(s.into())),
-        (Prefix(p), Suffix(s)) | (Suffix(s), Prefix(p)) => {
-            return Err(format!(
-                "identities starting with '{p}' and ending with '{s}' at once cannot be expressed (one pattern per identity)"
-            ))
+/// The identities both patterns match, as patterns: exact, since every
+/// pattern is a glob with at most one `*` (`prefix*suffix`, either end
+/// possibly empty), and two such globs meet in one glob of the longer
+/// ends plus the few identities where those ends overlap.
+fn intersect_match(a: &IdentityMatch, b: &IdentityMatch) -> Vec<IdentityMatch> {
+    use IdentityMatch::Exact;
+    let (p1, s1, p2, s2) = match (a, b) {
+        (Exact(x), m) | (m, Exact(x)) => {
+            return if m.matches(x) {
+                vec![Exact(x.clone())]
+            } else {
+                vec![]
+            };
         }
-    })
+        _ => match (ends(a), ends(b)) {
+            (Some((p1, s1)), Some((p2, s2))) => (p1, s1, p2, s2),
+            _ => return vec![],
+        },
+    };
+    let (Some(p), Some(s)) = (
+        longer(p1, p2, |l, s| l.starts_with(s)),
+        longer(s1, s2, |l, s| l.ends_with(s)),
+    ) else {
+        return vec![];
+    };
+    let mut out = vec![glob(p, s)];
+    // `p*s` needs `p` and `s` side by side; the shortest identity both
+    // admit may be shorter, with the two overlapping by `k` bytes.
+    let shortest = (p1.len() + s1.len()).max(p2.len() + s2.len());
+    for k in 1..=(p.len() + s.len()).saturating_sub(shortest) {
+        if s.is_char_boundary(k) && p.ends_with(&s[..k]) {
+            out.push(Exact(format!("{p}{}", &s[k..])));
+        }
+    }
+    out
+}
+
+/// A non-exact pattern's two ends.
+fn ends(m: &IdentityMatch) -> Option<(&str, &str)> {
+    match m {
+        IdentityMatch::Exact(_) => None,
+        IdentityMatch::Prefix(p) => Some((p, "")),
+        IdentityMatch::Suffix(s) => Some(("", s)),
+        IdentityMatch::PrefixSuffix { prefix, suffix } => Some((prefix, suffix)),
+    }
+}
+
+/// The pattern for identities starting with `prefix` and ending, after
+/// it, with `suffix`.
+fn glob(prefix: &str, suffix: &str) -> IdentityMatch {
+    match (prefix, suffix) {
+        (p, "") => IdentityMatch::Prefix(p.into()),
+        ("", s) => IdentityMatch::Suffix(s.into()),
+        (p, s) => IdentityMatch::PrefixSuffix {
+            prefix: p.into(),
+            suffix: s.into(),
+        },
+    }
 }
 
 /// The longer of two patterns when it extends the shorter.
@@ -144,6 +191,7 @@ fn longer<'a>(a: &'a str, b: &'a str, extends: impl Fn(&str, &str) -> bool) -> O
 pub fn network_filter(
     any: &Any,
     port: Option<u16>,
+    td: &TrustDomain,
     notes: &mut Notes,
 ) -> Result<Option<Who>, Fail> {
     let rbac = NetworkRbac::decode(any.value.as_slice())
@@ -157,11 +205,16 @@ pub fn network_filter(
     }
     rbac.rules
         .as_ref()
-        .map_or(Ok(None), |r| rules(r, port, notes))
+        .map_or(Ok(None), |r| rules(r, port, td, notes))
 }
 
 /// An HTTP RBAC filter's config; `None`: it constrains nothing.
-pub fn http_filter(any: &Any, port: Option<u16>, notes: &mut Notes) -> Result<Option<Who>, Fail> {
+pub fn http_filter(
+    any: &Any,
+    port: Option<u16>,
+    td: &TrustDomain,
+    notes: &mut Notes,
+) -> Result<Option<Who>, Fail> {
     let rbac = HttpRbac::decode(any.value.as_slice())
         .map_err(|e| (String::new(), format!("not a valid HTTP RBAC: {e}")))?;
     if rbac.matcher.is_some() {
@@ -173,7 +226,7 @@ pub fn http_filter(any: &Any, port: Option<u16>, notes: &mut Notes) -> Result<Op
     }
     rbac.rules
         .as_ref()
-        .map_or(Ok(None), |r| rules(r, port, notes))
+        .map_or(Ok(None), |r| rules(r, port, td, notes))
 }
 
 fn unsupported_matcher() -> Fail {
@@ -184,7 +237,12 @@ fn unsupported_matcher() -> Fail {
 }
 
 /// `rules` for a chain serving `port` (`None`: every port).
-fn rules(r: &Rbac, port: Option<u16>, notes: &mut Notes) -> Result<Option<Who>, Fail> {
+fn rules(
+    r: &Rbac,
+    port: Option<u16>,
+    td: &TrustDomain,
+    notes: &mut Notes,
+) -> Result<Option<Who>, Fail> {
     // Policies are a map: walk them by name so errors are stable.
     let mut policies: Vec<(&String, &Policy)> = r.policies.iter().collect();
     policies.sort_by_key(|(name, _)| *name);
@@ -194,7 +252,7 @@ fn rules(r: &Rbac, port: Option<u16>, notes: &mut Notes) -> Result<Option<Who>, 
             let mut who = Who::Nobody;
             for (name, p) in policies {
                 let field = format!("rules.policies['{name}']");
-                who = who.union(policy(p, port, &field, notes)?);
+                who = who.union(policy(p, port, td, &field, notes)?);
             }
             Ok(Some(who))
         }
@@ -216,7 +274,13 @@ fn rules(r: &Rbac, port: Option<u16>, notes: &mut Notes) -> Result<Option<Who>, 
 
 /// Who one policy admits on `port`: its principals if a permission
 /// matches there, else nobody. Every rule is checked, matching or not.
-fn policy(p: &Policy, port: Option<u16>, field: &str, notes: &mut Notes) -> Result<Who, Fail> {
+fn policy(
+    p: &Policy,
+    port: Option<u16>,
+    td: &TrustDomain,
+    field: &str,
+    notes: &mut Notes,
+) -> Result<Who, Fail> {
     if p.condition.is_some() || p.checked_condition.is_some() {
         return Err((
             format!("{field}.condition"),
@@ -241,7 +305,7 @@ fn policy(p: &Policy, port: Option<u16>, field: &str, notes: &mut Notes) -> Resu
     }
     let mut who = Who::Nobody;
     for (i, id) in p.principals.iter().enumerate() {
-        who = who.union(principal(id, &format!("{field}.principals[{i}]"))?);
+        who = who.union(principal(id, td, &format!("{field}.principals[{i}]"))?);
     }
     Ok(if matches { who } else { Who::Nobody })
 }
@@ -306,7 +370,7 @@ fn permission(
 }
 
 /// Who one principal admits.
-fn principal(p: &Principal, field: &str) -> Result<Who, Fail> {
+fn principal(p: &Principal, td: &TrustDomain, field: &str) -> Result<Who, Fail> {
     let refuse = |sub: &str, why: &str| Err((format!("{field}.{sub}"), why.to_string()));
     let by_identity = "strait admits clients by their mTLS identity only";
     match &p.identifier {
@@ -314,11 +378,11 @@ fn principal(p: &Principal, field: &str) -> Result<Who, Fail> {
         Some(Identifier::Any(false)) => Ok(Who::Nobody),
         Some(Identifier::Authenticated(a)) => match &a.principal_name {
             None => Ok(Who::Authenticated),
-            Some(m) => string_match(m, &format!("{field}.authenticated.principal_name")),
+            Some(m) => string_match(m, td, &format!("{field}.authenticated.principal_name")),
         },
         Some(Identifier::FilterState(f)) if f.key == ISTIO_PEER_PRINCIPAL => match &f.matcher {
             Some(FilterStateMatch::StringMatch(m)) => {
-                string_match(m, &format!("{field}.filter_state.string_match"))
+                string_match(m, td, &format!("{field}.filter_state.string_match"))
             }
             _ => refuse("filter_state", "needs a string_match"),
         },
@@ -333,20 +397,22 @@ fn principal(p: &Principal, field: &str) -> Result<Who, Fail> {
             let mut who = Who::Anyone;
             for (i, id) in set.ids.iter().enumerate() {
                 let f = format!("{field}.and_ids.ids[{i}]");
-                who = who.intersect(principal(id, &f)?).map_err(|m| (f, m))?;
+                who = who.intersect(principal(id, td, &f)?);
             }
             Ok(who)
         }
         Some(Identifier::OrIds(set)) => {
             let mut who = Who::Nobody;
             for (i, id) in set.ids.iter().enumerate() {
-                who = who.union(principal(id, &format!("{field}.or_ids.ids[{i}]"))?);
+                who = who.union(principal(id, td, &format!("{field}.or_ids.ids[{i}]"))?);
             }
             Ok(who)
         }
+        // Istio's notPrincipals / notNamespaces: admitting all but some
+        // is not a list of who is allowed.
         Some(Identifier::NotId(_)) => refuse(
             "not_id",
-            "exclusions are not supported: list who is allowed",
+            "exclusions (notPrincipals, notNamespaces) are not supported: list who is allowed",
         ),
         #[allow(deprecated)]
         Some(Identifier::SourceIp(_)) => refuse("source_ip", by_identity),
@@ -363,7 +429,7 @@ fn principal(p: &Principal, field: &str) -> Result<Who, Fail> {
 }
 
 /// An identity string matcher as strait's pattern.
-fn string_match(m: &StringMatcher, field: &str) -> Result<Who, Fail> {
+fn string_match(m: &StringMatcher, td: &TrustDomain, field: &str) -> Result<Who, Fail> {
     if m.ignore_case {
         return Err((
             format!("{field}.ignore_case"),
@@ -380,11 +446,10 @@ fn string_match(m: &StringMatcher, field: &str) -> Result<Who, Fail> {
         Some(MatchPattern::Exact(v)) => (v, IdentityMatch::Exact(v.clone())),
         Some(MatchPattern::Prefix(v)) => (v, IdentityMatch::Prefix(v.clone())),
         Some(MatchPattern::Suffix(v)) => (v, IdentityMatch::Suffix(v.clone())),
-        // Istio's `principals: ["*"]`: any identity at all.
-        Some(MatchPattern::SafeRegex(r)) if r.regex == ".+" || r.regex == ".*" => {
-            return Ok(Who::Authenticated)
+        Some(MatchPattern::SafeRegex(r)) => {
+            return super::rbac_regex::principal(&r.regex, td)
+                .map_err(|why| (format!("{field}.safe_regex.regex"), why))
         }
-        Some(MatchPattern::SafeRegex(_)) => return refuse("safe_regex"),
         Some(MatchPattern::Contains(_)) => return refuse("contains"),
         _ => return refuse("this matcher"),
     };
@@ -396,4 +461,61 @@ fn string_match(m: &StringMatcher, field: &str) -> Result<Who, Fail> {
         ));
     }
     Ok(Who::Ids(vec![pattern]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every string over a small alphabet up to `len`: enough to meet
+    /// every overlap of the patterns below.
+    fn strings(len: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..len {
+            last = last
+                .iter()
+                .flat_map(|s| ["a", "b", "/"].map(|c| format!("{s}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn the_intersection_of_two_patterns_admits_exactly_what_both_admit() {
+        let patterns: Vec<IdentityMatch> = [
+            "a", "a/b", "a*", "a/*", "ab*", "*a", "*/a", "*b/a", "a*a", "a/*b", "ab*ba", "a*/b",
+            "/*", "*/",
+        ]
+        .iter()
+        .map(|p| IdentityMatch::parse(p))
+        .collect();
+        let ids = strings(6);
+        for x in &patterns {
+            for y in &patterns {
+                let both = intersect_match(x, y);
+                for id in &ids {
+                    assert_eq!(
+                        both.iter().any(|m| m.matches(id)),
+                        x.matches(id) && y.matches(id),
+                        "{x} and {y} on '{id}': {both:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_trust_domain_prefix_and_a_suffix_meet_in_both_ends_and_their_overlap() {
+        let who = Who::Ids(vec![IdentityMatch::Prefix("spiffe://td/".into())])
+            .intersect(Who::Ids(vec![IdentityMatch::Suffix("/sa/web".into())]));
+        assert_eq!(
+            who,
+            Who::Ids(vec![
+                IdentityMatch::parse("spiffe://td/*/sa/web"),
+                IdentityMatch::Exact("spiffe://td/sa/web".into()),
+            ])
+        );
+    }
 }
