@@ -306,8 +306,12 @@ mod tests {
         let third = web.balancer().endpoints()[2].clone();
         for _ in 0..3 {
             third.start();
-            web.balancer()
-                .finish(&third, Duration::from_millis(1), Outcome::ConnectFailure);
+            web.balancer().finish(
+                &third,
+                Duration::from_millis(1),
+                crate::balance::endpoint::now_ns(),
+                Outcome::ConnectFailure,
+            );
         }
         assert_eq!(web.ejected(), 1);
         registry.update(&config(THREE), &Resolved::new());

@@ -202,11 +202,18 @@ impl Balancer {
     }
 
     /// A request to `endpoint` finished after `latency` (to response
-    /// headers). Returns true when this outcome ejected the endpoint.
-    pub fn finish(&self, endpoint: &Endpoint, latency: Duration, outcome: Outcome) -> bool {
+    /// headers), at `now_ns` ([`super::endpoint::now_ns`]). Returns true
+    /// when this outcome ejected the endpoint.
+    pub fn finish(
+        &self,
+        endpoint: &Endpoint,
+        latency: Duration,
+        now_ns: u64,
+        outcome: Outcome,
+    ) -> bool {
         endpoint.abandon();
         if let Policy::PeakEwma { decay_ns, .. } = self.policy {
-            endpoint.observe_latency(latency, decay_ns);
+            endpoint.observe_latency(latency, decay_ns, now_ns);
         }
         endpoint.record(outcome, self.outlier.as_ref(), self.endpoints.len())
     }
@@ -235,6 +242,7 @@ pub fn ip_hash(ip: std::net::IpAddr) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::endpoint::now_ns;
     use crate::metrics::Metrics;
     use std::sync::atomic::AtomicUsize;
 
@@ -254,7 +262,7 @@ mod tests {
     fn run(b: &Balancer, i: usize, latency_ms: u64, outcome: Outcome) -> bool {
         let e = b.endpoints()[i].clone();
         e.start();
-        b.finish(&e, Duration::from_millis(latency_ms), outcome)
+        b.finish(&e, Duration::from_millis(latency_ms), now_ns(), outcome)
     }
 
     fn peak_ewma() -> LoadBalancer {
@@ -295,10 +303,10 @@ mod tests {
         let (set, _) = endpoints(1);
         let e = &set[0].0;
         let decay = Duration::from_secs(10).as_nanos() as f64;
-        e.observe_latency(Duration::from_millis(100), decay);
+        e.observe_latency(Duration::from_millis(100), decay, now_ns());
         // A fast sample right after a slow one barely moves the estimate:
         // almost no time passed, so the old estimate keeps its weight.
-        e.observe_latency(Duration::from_millis(1), decay);
+        e.observe_latency(Duration::from_millis(1), decay, now_ns());
         let estimate = e.ewma_ns(decay).unwrap_or(0.0) / 1e6;
         assert!(estimate > 99.0, "{estimate} ms");
     }

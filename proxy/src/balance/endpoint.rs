@@ -157,9 +157,8 @@ impl Endpoint {
     /// otherwise the old estimate weighs `exp(-elapsed/decay)`, so `decay`
     /// is the time over which an old estimate fades, as in tower and
     /// Finagle.
-    pub fn observe_latency(&self, latency: Duration, decay_ns: f64) {
+    pub fn observe_latency(&self, latency: Duration, decay_ns: f64, now: u64) {
         let rtt = latency.as_nanos() as f64;
-        let now = now_ns();
         let prev = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
         let next = if prev == 0.0 || rtt >= prev {
             rtt

@@ -40,19 +40,23 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// Remove hop-by-hop headers. `keep_upgrade` preserves `Upgrade` and
 /// `Connection: upgrade`, which an upgrade handshake must carry through.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+/// Says whether a `Host` header is left (found in the same pass).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     // One pass over the names (no hashing) finds which are present: most
     // messages carry none, and the rest only `Connection: keep-alive`.
     let mut present = 0u8; // bit i: HOP_BY_HOP[i]; TE_BIT: `TE`
+    let mut host = false;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
             present |= 1 << i;
         } else if name == header::TE {
             present |= TE_BIT;
+        } else if name == header::HOST {
+            host = true;
         }
     }
     if present == 0 {
-        return;
+        return host;
     }
     // Headers named in `Connection` are hop-by-hop too; the tokens that
     // name no header of their own (or one removed below anyway) are skipped.
@@ -92,6 +96,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::UPGRADE, upgrade);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    // `Connection` may have named `Host` itself.
+    host && (present & 1 == 0 || headers.contains_key(header::HOST))
 }
 
 /// The authority a request is for: the URI's, else the Host header's.
@@ -110,10 +116,10 @@ pub fn prepare_request<B>(
     upgrade: bool,
     fallback: SocketAddr,
 ) {
-    strip_hop_by_hop(req.headers_mut(), upgrade);
+    let has_host = strip_hop_by_hop(req.headers_mut(), upgrade);
     match version {
         HttpVersion::Http1 => {
-            if !req.headers().contains_key(header::HOST) {
+            if !has_host {
                 let host = req
                     .uri()
                     .authority()
@@ -256,6 +262,29 @@ mod tests {
         assert_eq!(h2.uri().to_string(), "/x");
         assert_eq!(
             h2.headers().get("host").map(|v| v.as_bytes()),
+            Some(&b"api"[..])
+        );
+    }
+
+    #[test]
+    fn host_is_kept_or_restored_for_http1() {
+        let fallback: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let mut kept = Request::get("/p")
+            .header("host", "web")
+            .body(())
+            .expect("req");
+        prepare_request(&mut kept, HttpVersion::Http1, false, fallback);
+        assert_eq!(kept.headers().get_all("host").iter().count(), 1);
+
+        // `Connection: host` strips the client's Host; HTTP/1.1 still needs one.
+        let mut named = Request::get("http://api/x")
+            .header("host", "api")
+            .header("connection", "host")
+            .body(())
+            .expect("req");
+        prepare_request(&mut named, HttpVersion::Http1, false, fallback);
+        assert_eq!(
+            named.headers().get("host").map(|v| v.as_bytes()),
             Some(&b"api"[..])
         );
     }

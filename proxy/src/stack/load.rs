@@ -7,13 +7,13 @@
 //! gave up on only leaves the in-flight count.
 
 use super::{Finish, Req, Result, Rsp, Then};
-use crate::balance::endpoint::{Endpoint, Outcome};
+use crate::balance::endpoint::{now_ns, Endpoint, Outcome};
 use crate::http::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::registry::ClusterState;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 use tower::Service;
 
 #[derive(Clone)]
@@ -57,7 +57,7 @@ where
         let observe = Observe {
             endpoint: self.endpoint.clone(),
             metrics: self.metrics.clone(),
-            started: Instant::now(),
+            started_ns: now_ns(),
         };
         Then::new(self.inner.call(req), observe)
     }
@@ -67,7 +67,9 @@ where
 pub struct Observe {
     endpoint: Option<(Arc<ClusterState>, Arc<Endpoint>)>,
     metrics: Arc<Metrics>,
-    started: Instant,
+    /// On the balancer's clock ([`now_ns`]), so the end reads it once for
+    /// both the latency and the EWMA's decay.
+    started_ns: u64,
 }
 
 /// What a result says about the endpoint; None: nothing (the client's fault).
@@ -97,10 +99,9 @@ impl Finish for Observe {
             endpoint.abandon();
             return result;
         };
-        if cluster
-            .balancer()
-            .finish(&endpoint, self.started.elapsed(), outcome)
-        {
+        let now = now_ns();
+        let latency = Duration::from_nanos(now.saturating_sub(self.started_ns));
+        if cluster.balancer().finish(&endpoint, latency, now, outcome) {
             tracing::warn!(target_addr = %endpoint.addr, cluster = %cluster.name, "endpoint ejected by outlier detection");
             self.metrics.ejection(&cluster.name);
         }
