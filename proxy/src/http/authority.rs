@@ -74,15 +74,16 @@ fn limits<B>(req: &Request<B>, settings: &HttpSettings) -> Result<(), ProxyError
 
 fn one_authority<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next().cloned();
+    let first = hosts.next();
     if hosts.next().is_some() {
         return Err(BadRequest::DuplicateHost.into());
     }
-    if req.version() == Version::HTTP_11 && host.is_none() {
+    if req.version() == Version::HTTP_11 && first.is_none() {
         return Err(BadRequest::MissingHost.into());
     }
+    let host_present = first.is_some();
     // An empty Host is what HTTP/1.1 sends when the target has no authority.
-    let host = match host.filter(|h| !h.is_empty()) {
+    let host = match first.filter(|h| !h.is_empty()) {
         Some(value) => {
             let authority = std::str::from_utf8(value.as_bytes())
                 .ok()
@@ -107,20 +108,22 @@ fn one_authority<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
         }
     }
     // The URI's authority is the one routing reads first: make the Host
-    // header carry exactly it, without a trailing dot.
-    let chosen = match req.uri().authority() {
-        Some(uri) => Some(uri.clone()),
-        None => host,
-    };
-    let Some(chosen) = chosen else {
+    // header carry exactly it, without a trailing dot. (The Host header's
+    // text is `host`'s: an authority keeps the bytes it was parsed from.)
+    let Some(chosen) = req.uri().authority().or(host.as_ref()) else {
         return Ok(());
     };
     let canonical = strip_trailing_dot(chosen.as_str());
-    if req
+    let uri_differs = req
         .uri()
         .authority()
-        .is_some_and(|a| a.as_str() != canonical)
-    {
+        .is_some_and(|a| a.as_str() != canonical);
+    let host_differs = host_present && host.as_ref().is_none_or(|h| h.as_str() != canonical);
+    if !(uri_differs || host_differs) {
+        return Ok(());
+    }
+    let canonical = canonical.into_owned();
+    if uri_differs {
         if let Ok(authority) = canonical.parse::<Authority>() {
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.authority = Some(authority);
@@ -129,10 +132,6 @@ fn one_authority<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
             }
         }
     }
-    let host_differs = req
-        .headers()
-        .get(header::HOST)
-        .is_some_and(|h| h.as_bytes() != canonical.as_bytes());
     if host_differs {
         if let Ok(value) = HeaderValue::from_str(&canonical) {
             req.headers_mut().insert(header::HOST, value);
