@@ -107,15 +107,16 @@ fn propagate(conn: &Arc<ConnContext>, req: &mut Req) -> Option<Box<Draft>> {
     }))
 }
 
-/// A random id, never all zeros (which both formats reserve for "none").
+/// A random id, never all zeros (which both formats reserve for "none"):
+/// drawn as one integer, the width of the id.
 fn random_id<const N: usize>() -> [u8; N] {
-    loop {
-        let mut id = [0u8; N];
-        fastrand::fill(&mut id);
-        if id.iter().any(|&b| b != 0) {
-            return id;
-        }
+    let mut id = [0u8; N];
+    id.copy_from_slice(&fastrand::u128(..).to_le_bytes()[..N]);
+    if id == [0u8; N] {
+        // One draw in 2^64 or more: any fixed non-zero id will do.
+        id[0] = 1;
     }
+    id
 }
 
 fn unix_nanos(at: SystemTime) -> u64 {
