@@ -10,6 +10,7 @@ mod fault;
 mod listener;
 #[cfg(test)]
 mod listener_tests;
+mod locality;
 mod ports;
 mod rate_limit;
 mod route;
