@@ -35,9 +35,7 @@ fn locality_weighted(policy: LbPolicy) -> envoy_types::pb::google::protobuf::Any
     cluster.lb_policy = policy as i32;
     cluster.common_lb_config = Some(CommonLbConfig {
         locality_config_specifier: Some(
-            common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
-                Default::default(),
-            ),
+            common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(Default::default()),
         ),
         ..Default::default()
     });
@@ -90,7 +88,10 @@ impl Client {
     async fn until_ok(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while self.get().await != StatusCode::OK {
-            assert!(Instant::now() < deadline, "the xDS route not live within 15s");
+            assert!(
+                Instant::now() < deadline,
+                "the xDS route not live within 15s"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -161,7 +162,10 @@ async fn round_robin_splits_by_locality_weight_not_endpoint_count() {
     assert_eq!(got[2], 0, "the locality weighted 0: {got:?}");
     // Within B, every endpoint takes its turn.
     for u in &b {
-        assert!(u.requests.load(Ordering::SeqCst) > 0, "every B endpoint serves");
+        assert!(
+            u.requests.load(Ordering::SeqCst) > 0,
+            "every B endpoint serves"
+        );
     }
 }
 

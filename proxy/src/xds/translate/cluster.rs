@@ -121,7 +121,9 @@ pub fn cluster(
     };
     let weighing = Weighing {
         by_locality: matches!(
-            c.common_lb_config.as_ref().and_then(|l| l.locality_config_specifier.as_ref()),
+            c.common_lb_config
+                .as_ref()
+                .and_then(|l| l.locality_config_specifier.as_ref()),
             Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
         ),
         // A ring stops growing past its cap; round robin and random take
@@ -288,7 +290,8 @@ fn endpoints(
     let weights = locality::effective(a, active, serves, weighing.by_locality, weighing.cap)?;
     let mut ips: Vec<Endpoint> = Vec::new();
     // Where each address is in `ips`: 10,000 endpoints stay linear.
-    let mut index: HashMap<SocketAddr, usize> = HashMap::with_capacity(a.endpoints.iter().map(|l| l.lb_endpoints.len()).sum());
+    let mut index: HashMap<SocketAddr, usize> =
+        HashMap::with_capacity(a.endpoints.iter().map(|l| l.lb_endpoints.len()).sum());
     let mut names: Vec<DnsEndpoint> = Vec::new();
     for (l, locality) in a.endpoints.iter().enumerate() {
         for (e, lb) in locality.lb_endpoints.iter().enumerate() {
