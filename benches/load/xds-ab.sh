@@ -43,7 +43,7 @@ trap 'exit 130' INT TERM
 "$CP_BIN" --upstream "127.0.0.1:$BASE_PORT" --endpoints "$ENDPOINTS" --change "$CHANGE" \
   --interval-ms "$INTERVAL_MS" > "$TMP/cp.log" 2> "$TMP/cp.err" &
 PIDS+=($!)
-for _ in $(seq 100); do grep -q '^addrs ' "$TMP/cp.log" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -qs '^addrs ' "$TMP/cp.log" && break; sleep 0.1; done
 STILL=$(sed -nE 's/^addrs still=([0-9.:]+) .*/\1/p' "$TMP/cp.log")
 CHURN=$(sed -nE 's/^addrs .* churn=([0-9.:]+)$/\1/p' "$TMP/cp.log")
 [[ -n "$STILL" && -n "$CHURN" ]] || { echo "control plane did not start:"; cat "$TMP/cp.err"; exit 1; }
@@ -93,10 +93,29 @@ px() { # name xds_addr admin_port
 }
 # --no-h2: an xDS cluster forwards an HTTP/2 client's requests as HTTP/2, and the upstream
 # (nginx on BASE_PORT) speaks HTTP/1.1 only.
-OUT_DIR=$OUT_DIR bash "$HERE/peers.sh" --base-port "$BASE_PORT" --peers "" --no-h2 \
+OUT_DIR=$OUT_DIR SPLIT_THREAD=strait-admin bash "$HERE/peers.sh" --base-port "$BASE_PORT" --peers "" --no-h2 \
   --proxy "$(px strait-still "$STILL" "$ADMIN_STILL")" \
   --proxy "$(px strait-churn "$CHURN" "$ADMIN_CHURN")" "$@"
 LOAD_T1=$(date +%s%3N)
+
+# ---- the A/B: every run, then medians; the admin thread (where xDS updates are applied) apart
+echo
+echo "strait-still vs strait-churn, HTTP/1.1 (wrk), every run (us = proxy CPU us per request; admin = its strait-admin thread, which applies xDS updates; path = the rest):"
+awk -F'\t' '($1 == "strait-still" || $1 == "strait-churn") && $3 == "h1" {
+    delete R; n = split($4, kv, " "); for (i = 1; i <= n; i++) { split(kv[i], p, "="); R[p[1]] = p[2] }
+    printf "  run %s %-13s rps %7.0f  p50 %5d us  p99 %6d us  us/req %6.2f  admin %5.2f  path %6.2f  other%% %5.1f\n",
+      $2, $1, R["rps"], R["p50"], R["p99"], R["pus"], R["tus"], R["pus"] - R["tus"], R["ocpu"]
+    print $1, R["rps"], R["p50"], R["p99"], R["pus"], R["tus"], R["pus"] - R["tus"] > "'"$TMP/ab.txt"'" }' "$OUT_DIR/peers-last.tsv"
+median() { # config column(2=rps 3=p50 4=p99 5=us 6=admin 7=path)
+  awk -v c="$1" -v k="$2" '$1 == c { print $k }' "$TMP/ab.txt" | sort -g | awk '{ v[++n] = $1 } END { if (n) print v[int((n + 1) / 2)] }'
+}
+printf "  medians:        %9s %9s %9s %9s %9s %9s\n" rps p50_us p99_us us/req admin path
+for c in strait-still strait-churn; do
+  printf "  %-15s" "$c"; for k in 2 3 4 5 6 7; do printf " %9.2f" "$(median "$c" "$k")"; done; echo
+done
+printf "  churn/still    "; for k in 2 3 4 5 6 7; do
+  awk -v a="$(median strait-churn "$k")" -v b="$(median strait-still "$k")" 'BEGIN { if (b > 0) printf " %9.3f", a / b; else printf " %9s", "-" }'
+done; echo
 
 # ---- what streamed while the load ran
 echo
