@@ -15,7 +15,8 @@
 # Usage: xds-ab.sh [peers.sh options, e.g. --runs 3 --duration 8 --rate 0] (HTTP/1.1 only)
 # Env: STRAIT_BIN (default target/release/strait), CP_BIN (default
 #      target/release/examples/xds-churn-cp), BASE_PORT (19400), IDLE (8), INTERVAL_MS (100),
-#      ENDPOINTS (10000), CHANGE (100), OUT_DIR (/tmp).
+#      ENDPOINTS (10000), CHANGE (100), TOGGLE_LOAD (true: `load`'s weight changes with each
+#      update; false: only the unrouted cluster changes), OUT_DIR (/tmp).
 # Build: cargo build --release -p strait-proxy --bin strait --example xds-churn-cp
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -23,7 +24,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 STRAIT_BIN=${STRAIT_BIN:-$ROOT/target/release/strait}
 CP_BIN=${CP_BIN:-$ROOT/target/release/examples/xds-churn-cp}
 BASE_PORT=${BASE_PORT:-19400}; IDLE=${IDLE:-8}; INTERVAL_MS=${INTERVAL_MS:-100}
-ENDPOINTS=${ENDPOINTS:-10000}; CHANGE=${CHANGE:-100}
+ENDPOINTS=${ENDPOINTS:-10000}; CHANGE=${CHANGE:-100}; TOGGLE_LOAD=${TOGGLE_LOAD:-true}
 OUT_DIR=${OUT_DIR:-${TMPDIR:-/tmp}}
 for b in "$STRAIT_BIN" "$CP_BIN"; do
   [[ -x "$b" ]] || { echo "missing $b (cargo build --release -p strait-proxy --bin strait --example xds-churn-cp)" >&2; exit 1; }
@@ -41,7 +42,7 @@ trap 'exit 130' INT TERM
 
 # The load cluster's endpoint is peers.sh's HTTP/1.1 upstream: nginx on BASE_PORT.
 "$CP_BIN" --upstream "127.0.0.1:$BASE_PORT" --endpoints "$ENDPOINTS" --change "$CHANGE" \
-  --interval-ms "$INTERVAL_MS" > "$TMP/cp.log" 2> "$TMP/cp.err" &
+  --interval-ms "$INTERVAL_MS" --toggle-load "$TOGGLE_LOAD" > "$TMP/cp.log" 2> "$TMP/cp.err" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -qs '^addrs ' "$TMP/cp.log" && break; sleep 0.1; done
 STILL=$(sed -nE 's/^addrs still=([0-9.:]+) .*/\1/p' "$TMP/cp.log")
@@ -119,7 +120,7 @@ done; echo
 
 # ---- what streamed while the load ran
 echo
-echo "xDS during the load runs (strait-churn; control plane every ${INTERVAL_MS} ms, $ENDPOINTS endpoints, $CHANGE replaced per update):"
+echo "xDS during the load runs (strait-churn; control plane every ${INTERVAL_MS} ms, $ENDPOINTS endpoints, $CHANGE replaced per update, load weight toggled: $TOGGLE_LOAD):"
 awk -v t0="$LOAD_T0" -v t1="$LOAD_T1" '
   $2 != "" && $1 >= t0 && $1 <= t1 { if (!n++) { f = $1; a = $2; k = $3 } l = $1; b = $2; m = $3 }
   END { if (n < 2) { print "  no samples"; exit }

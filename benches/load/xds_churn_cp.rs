@@ -5,8 +5,8 @@
 //! `churn` of 10,000 endpoints that no route uses. The `still` server
 //! never changes it; the `churn` server sends a new version every
 //! `--interval-ms`: `--change` endpoints of `churn` replaced and the
-//! weight of `load`'s endpoint toggled between 1 and 2, so both balancers
-//! are rebuilt on every update. Like go-control-plane, a stream gets the
+//! weight of `load`'s endpoint toggled between 1 and 2 (unless
+//! `--toggle-load false`), so both balancers are rebuilt on every update. Like go-control-plane, a stream gets the
 //! next version only once it has answered the last one (no pile-up when
 //! the proxy is slower than the interval: versions in between are skipped).
 //!
@@ -16,7 +16,7 @@
 //!
 //! Build: `cargo build --release -p strait-proxy --example xds-churn-cp`.
 //! Run: `xds-churn-cp --upstream 127.0.0.1:19400 [--endpoints 10000]
-//! [--change 100] [--interval-ms 100]`.
+//! [--change 100] [--interval-ms 100] [--toggle-load true]`.
 
 #[path = "../../tests/support/control_plane.rs"]
 #[allow(unused)]
@@ -47,6 +47,8 @@ struct Args {
     endpoints: u32,
     change: u32,
     interval: Duration,
+    /// Toggle `load`'s endpoint weight on each update (rebuilding the balancer that serves).
+    toggle_load: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -55,6 +57,7 @@ fn args() -> Result<Args, String> {
         endpoints: 10_000,
         change: 100,
         interval: Duration::from_millis(100),
+        toggle_load: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +67,7 @@ fn args() -> Result<Args, String> {
             "--upstream" => a.upstream = value.parse().map_err(|e| bad(&e))?,
             "--endpoints" => a.endpoints = value.parse().map_err(|e| bad(&e))?,
             "--change" => a.change = value.parse().map_err(|e| bad(&e))?,
+            "--toggle-load" => a.toggle_load = value.parse().map_err(|e| bad(&e))?,
             "--interval-ms" => {
                 a.interval = Duration::from_millis(value.parse().map_err(|e| bad(&e))?)
             }
@@ -115,13 +119,16 @@ impl Churn {
         ]
     }
 
-    /// The next `n` endpoints (round the set) replaced; `load`'s weight toggled.
-    fn step(&mut self, n: u32) {
+    /// The next `n` endpoints (round the set) replaced; `load`'s weight
+    /// toggled between 1 and 2 if `toggle`.
+    fn step(&mut self, n: u32, toggle: bool) {
         for _ in 0..n {
             self.flip[self.next] ^= 1;
             self.next = (self.next + 1) % self.flip.len();
         }
-        self.load_weight = 3 - self.load_weight;
+        if toggle {
+            self.load_weight = 3 - self.load_weight;
+        }
     }
 }
 
@@ -276,8 +283,14 @@ impl AggregatedDiscoveryService for Plane {
 async fn serve(plane: Plane) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    // No Nagle: with it, the tail of a large response waits for the
+    // proxy's delayed ACK (~40 ms), which is not what a control plane does.
     let incoming = futures_util::stream::unfold(listener, |listener| async move {
-        Some((listener.accept().await.map(|(s, _)| s), listener))
+        let accepted = listener
+            .accept()
+            .await
+            .and_then(|(s, _)| s.set_nodelay(true).map(|()| s));
+        Some((accepted, listener))
     });
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
@@ -330,7 +343,7 @@ async fn main() {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        churn.step(a.change);
+        churn.step(a.change, a.toggle_load);
         let assignments = churn.assignments(a.upstream);
         churn_tx.send_modify(|r| {
             if let Some((version, all)) = r.get_mut(ENDPOINT) {
