@@ -37,6 +37,8 @@
 #   --keep            keep the temp dir (configs, raw outputs) for inspection
 #   --warmup S        warm-up seconds before each measured run (WARMUP, default 2)
 #   --noise-max P     runs where other processes used > P% of a core are excluded from medians (NOISE_MAX, 15)
+#   SPLIT_THREAD      a thread name (e.g. strait-admin): its share of the proxy's CPU is recorded apart, as
+#                     tus= (us per request) in peers-last.tsv
 #   OUT_DIR           where the temp dir and peers-last.tsv go (default $TMPDIR or /tmp)
 #
 # Requires: wrk, nginx; optional: haproxy, caddy, h2load (nghttp2-client), oha, taskset, curl.
@@ -264,13 +266,25 @@ EOF
 SNAP=()
 snap_begin() { # component ; records cpu counters before a load run
   local pc=$1 p0=0; [[ -n "$pc" ]] && p0=$(cpu_ns "$pc")
-  SNAP=("$(cpu_ns upstream)" "$p0" "$(sys_busy_ns)" "$(child_cpu_ns)" "$(date +%s%N)")
+  SNAP=("$(cpu_ns upstream)" "$p0" "$(sys_busy_ns)" "$(child_cpu_ns)" "$(date +%s%N)" "$(split_ns "$pc")")
+}
+split_ns() { # component ; on-CPU ns of its threads named $SPLIT_THREAD (0 when unset)
+  local s=0 p t v
+  if [[ -n "$1" && -n "${SPLIT_THREAD:-}" ]]; then
+    for p in $(descendants "${MAINPID[$1]}"); do
+      for t in /proc/$p/task/*; do
+        [[ "$(cat "$t/comm" 2>/dev/null)" == "$SPLIT_THREAD" ]] && read -r v _ < "$t/schedstat" 2>/dev/null && s=$(( s + v ))
+      done
+    done
+  fi
+  echo "$s"
 }
 snap_end() { # component reqs ; prints "pcpu=.. pus=.. ucpu=.. ccpu=.. ocpu=.."
   local pc=$1 reqs=${2:-0} t1 s1 c1 u1 p1=0
   t1=$(date +%s%N); s1=$(sys_busy_ns); c1=$(child_cpu_ns); u1=$(cpu_ns upstream); [[ -n "$pc" ]] && p1=$(cpu_ns "$pc")
-  awk -v u="$((u1-SNAP[0]))" -v p="$((p1-SNAP[1]))" -v s="$((s1-SNAP[2]))" -v c="$((c1-SNAP[3]))" -v w="$((t1-SNAP[4]))" -v n="$reqs" \
-    'BEGIN{printf "pcpu=%.1f pus=%.2f ucpu=%.1f ccpu=%.1f ocpu=%.1f", 100*p/w, (n>0)?p/1000/n:0, 100*u/w, 100*c/w, 100*(s-c-u-p)/w}'
+  local x1; x1=$(split_ns "$pc")
+  awk -v u="$((u1-SNAP[0]))" -v p="$((p1-SNAP[1]))" -v s="$((s1-SNAP[2]))" -v c="$((c1-SNAP[3]))" -v w="$((t1-SNAP[4]))" -v n="$reqs" -v x="$((x1-SNAP[5]))" \
+    'BEGIN{printf "pcpu=%.1f pus=%.2f ucpu=%.1f ccpu=%.1f ocpu=%.1f tus=%.2f", 100*p/w, (n>0)?p/1000/n:0, 100*u/w, 100*c/w, 100*(s-c-u-p)/w, (n>0)?x/1000/n:0}'
 }
 
 comp_of() { [[ "$1" == direct ]] && echo "" || echo "$1"; }

@@ -18,6 +18,8 @@ use xxhash_rust::xxh64::xxh64;
 /// Virtual nodes per unit of weight on the hash ring.
 const RING_NODES_PER_WEIGHT: u32 = 64;
 const MAX_RING_NODES_PER_ENDPOINT: u32 = 64 * 100;
+/// The weight past which an endpoint gets no more of the ring.
+pub const RING_MAX_WEIGHT: u32 = MAX_RING_NODES_PER_ENDPOINT / RING_NODES_PER_WEIGHT;
 
 #[derive(Debug)]
 enum Policy {

@@ -5,21 +5,23 @@
 //! `ORIGINAL_DST` clusters become routes to the original destination
 //! (`mod.rs`), whatever their `lb_policy` (Istio sends CLUSTER_PROVIDED).
 
+use super::locality::{self, MAX_WEIGHT};
 use super::{duration, Rejected};
+use crate::balance::cluster::RING_MAX_WEIGHT;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, LbPolicy,
+    common_lb_config::LocalityConfigSpecifier, ClusterDiscoveryType, DiscoveryType, LbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, HealthStatus};
 use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use strait_config::{
     defaults, CircuitBreaker, Cluster, DnsEndpoint, Endpoint, HashKey, LoadBalancer,
     OutlierDetection, Protocol, ProxySettings, RetryBudget,
 };
 
-/// The largest weight and limit the config file accepts.
-const MAX_WEIGHT: u32 = 10_000;
+/// The largest limit the config file accepts.
 const MAX_LIMIT: u32 = 10_000_000;
 
 /// Where a cluster's endpoints come from.
@@ -117,8 +119,22 @@ pub fn cluster(
             Some(&inline)
         }
     };
+    let weighing = Weighing {
+        by_locality: matches!(
+            c.common_lb_config
+                .as_ref()
+                .and_then(|l| l.locality_config_specifier.as_ref()),
+            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        ),
+        // A ring stops growing past its cap; round robin and random take
+        // the file's range. Least request ignores weights altogether.
+        cap: match load_balancer {
+            LoadBalancer::RingHash { .. } => RING_MAX_WEIGHT,
+            _ => MAX_WEIGHT,
+        },
+    };
     let (endpoints, dns_endpoints) = match assignment {
-        Some(a) => endpoints(a, dns).map_err(|(field, message)| {
+        Some(a) => endpoints(a, dns, &weighing).map_err(|(field, message)| {
             let prefix = if matches!(source(c), Source::Inline) {
                 "load_assignment."
             } else {
@@ -236,6 +252,14 @@ fn outlier_detection(c: &XdsCluster) -> Result<Option<OutlierDetection>, (String
 
 type Endpoints = (Vec<Endpoint>, Vec<DnsEndpoint>);
 
+/// How an assignment's weights become endpoint weights (`locality.rs`).
+struct Weighing {
+    /// The cluster asks for locality-weighted balancing.
+    by_locality: bool,
+    /// The largest weight the cluster's balancer makes use of.
+    cap: u32,
+}
+
 /// Whether the control plane lets an endpoint take traffic.
 fn serves(lb: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint) -> bool {
     matches!(
@@ -249,34 +273,38 @@ fn serves(lb: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint) -> bool
 /// takes over only when no endpoint of priority 0 serves; Envoy's gradual
 /// spill-over by overprovisioning factor is not modelled). Every endpoint
 /// is checked, whatever its priority, so a broken failover target is
-/// refused when it arrives, not when it is needed. The same address twice
-/// adds up its weights.
-fn endpoints(a: &ClusterLoadAssignment, dns: bool) -> Result<Endpoints, (String, String)> {
+/// refused when it arrives, not when it is needed. Weights are the
+/// endpoints' own, or with locality weights folded in (`locality.rs`). The
+/// same address twice adds up its weights.
+fn endpoints(
+    a: &ClusterLoadAssignment,
+    dns: bool,
+    weighing: &Weighing,
+) -> Result<Endpoints, (String, String)> {
     let active = a
         .endpoints
         .iter()
         .filter(|locality| locality.lb_endpoints.iter().any(serves))
         .map(|locality| locality.priority)
         .min();
+    let weights = locality::effective(a, active, serves, weighing.by_locality, weighing.cap)?;
     let mut ips: Vec<Endpoint> = Vec::new();
+    // Where each address is in `ips`: 10,000 endpoints stay linear.
+    let mut index: HashMap<SocketAddr, usize> =
+        HashMap::with_capacity(a.endpoints.iter().map(|l| l.lb_endpoints.len()).sum());
     let mut names: Vec<DnsEndpoint> = Vec::new();
     for (l, locality) in a.endpoints.iter().enumerate() {
         for (e, lb) in locality.lb_endpoints.iter().enumerate() {
-            let field = format!("endpoints[{l}].lb_endpoints[{e}]");
-            let weight = lb.load_balancing_weight.map_or(1, |w| w.value);
-            if !(1..=MAX_WEIGHT).contains(&weight) {
-                return Err((
-                    format!("{field}.load_balancing_weight"),
-                    format!("{weight} is out of range: 1 to {MAX_WEIGHT}"),
-                ));
-            }
+            // Formatted only for an error: updates carry 10,000 endpoints.
+            let field = |rest: &str| format!("endpoints[{l}].lb_endpoints[{e}].{rest}");
+            let weight = weights[l][e];
             let socket = match &lb.host_identifier {
                 Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => {
                     match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
                         Some(address::Address::SocketAddress(s)) => s,
                         _ => {
                             return Err((
-                                format!("{field}.endpoint.address"),
+                                field("endpoint.address"),
                                 "needs a socket_address".into(),
                             ))
                         }
@@ -284,7 +312,7 @@ fn endpoints(a: &ClusterLoadAssignment, dns: bool) -> Result<Endpoints, (String,
                 }
                 _ => {
                     return Err((
-                        format!("{field}.endpoint"),
+                        field("endpoint"),
                         "needs an endpoint with an address".into(),
                     ))
                 }
@@ -297,19 +325,23 @@ fn endpoints(a: &ClusterLoadAssignment, dns: bool) -> Result<Endpoints, (String,
             }
             .ok_or_else(|| {
                 (
-                    format!("{field}.endpoint.address.socket_address.port_value"),
+                    field("endpoint.address.socket_address.port_value"),
                     "needs a port from 1 to 65535".to_string(),
                 )
             })?;
-            let take = serves(lb) && Some(locality.priority) == active;
+            // 0: not serving, another priority or a locality weighted 0.
+            let take = weight > 0;
             match socket.address.parse::<IpAddr>() {
                 Ok(_) if !take => {}
                 Err(_) if !take && dns && !socket.address.is_empty() => {}
                 Ok(ip) => {
                     let addr = SocketAddr::new(ip, port);
-                    match ips.iter_mut().find(|e| e.addr == addr) {
-                        Some(e) => e.weight = (e.weight + weight).min(MAX_WEIGHT),
-                        None => ips.push(Endpoint { addr, weight }),
+                    match index.get(&addr) {
+                        Some(i) => ips[*i].weight = (ips[*i].weight + weight).min(weighing.cap),
+                        None => {
+                            index.insert(addr, ips.len());
+                            ips.push(Endpoint { addr, weight });
+                        }
                     }
                 }
                 Err(_) if dns && !socket.address.is_empty() => names.push(DnsEndpoint {
@@ -319,7 +351,7 @@ fn endpoints(a: &ClusterLoadAssignment, dns: bool) -> Result<Endpoints, (String,
                 }),
                 Err(_) => {
                     return Err((
-                        format!("{field}.endpoint.address.socket_address.address"),
+                        field("endpoint.address.socket_address.address"),
                         format!("'{}' is not an IP address", socket.address),
                     ))
                 }

@@ -16,6 +16,7 @@ mod inbound_tests;
 mod listener;
 #[cfg(test)]
 mod listener_tests;
+mod locality;
 mod ports;
 mod rate_limit;
 mod rbac;
@@ -459,6 +460,55 @@ mod tests {
             ]
         );
         assert_eq!(web.load_balancer, LoadBalancer::RoundRobin);
+    }
+
+    #[test]
+    fn locality_weights_apply_when_the_cluster_asks_and_fit_its_balancer() {
+        // 1:1 over one endpoint and 200: exact weights 200 and 1 x 200.
+        let localities = || ClusterLoadAssignment {
+            cluster_name: "web".into(),
+            endpoints: vec![
+                LocalityLbEndpoints {
+                    load_balancing_weight: Some(UInt32Value { value: 1 }),
+                    lb_endpoints: vec![endpoint("10.0.0.1", 80, HealthStatus::Healthy, 1)],
+                    ..Default::default()
+                },
+                LocalityLbEndpoints {
+                    load_balancing_weight: Some(UInt32Value { value: 1 }),
+                    lb_endpoints: (0..200)
+                        .map(|i| endpoint("10.0.1.1", 1000 + i, HealthStatus::Healthy, 1))
+                        .collect(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let weights = |lb: cluster::LbPolicy, weighted: bool| -> Vec<u32> {
+            let mut c = eds("web", lb);
+            if weighted {
+                c.common_lb_config = Some(cluster::CommonLbConfig {
+                    locality_config_specifier: Some(
+                        cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                            Default::default(),
+                        ),
+                    ),
+                    ..Default::default()
+                });
+            }
+            let t = translate(&base(), &with(vec![c], vec![localities()]), &HashSet::new())
+                .expect("translates");
+            let web = t.config.cluster("web").expect("live");
+            web.endpoints.iter().map(|e| e.weight).collect()
+        };
+        let rr = weights(cluster::LbPolicy::RoundRobin, true);
+        assert_eq!((rr[0], rr[1], rr.len()), (200, 1, 201));
+        // A ring stops growing at weight 100: scaled to it, never to 0.
+        let ring = weights(cluster::LbPolicy::RingHash, true);
+        assert_eq!((ring[0], ring[1]), (100, 1));
+        // Without locality-weighted balancing, every endpoint is equal.
+        assert!(weights(cluster::LbPolicy::RoundRobin, false)
+            .iter()
+            .all(|w| *w == 1));
     }
 
     #[test]
