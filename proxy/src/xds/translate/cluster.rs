@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use strait_config::{
     defaults, CircuitBreaker, Cluster, DnsEndpoint, Endpoint, HashKey, LoadBalancer,
-    OutlierDetection, Protocol, ProxySettings, RetryBudget,
+    OutlierDetection, ProxySettings, RetryBudget,
 };
 
 /// The largest limit the config file accepts.
@@ -150,9 +150,11 @@ pub fn cluster(
             .filter(|d| !d.is_zero())
             .ok_or_else(|| reject("connect_timeout", "must be a positive duration".into()))?,
     };
+    let protocol =
+        super::protocol::protocol(c).map_err(|(field, message)| reject(&field, message))?;
     Ok(Cluster {
         name: c.name.clone(),
-        protocol: Protocol::Auto,
+        protocol,
         connect_timeout,
         response_timeout: proxy.response_timeout,
         // Set from the transport socket by the caller.

@@ -18,6 +18,7 @@ mod listener;
 mod listener_tests;
 mod locality;
 mod ports;
+mod protocol;
 mod rate_limit;
 mod rbac;
 mod rbac_regex;
