@@ -164,16 +164,7 @@ fn listener(l: &Listener, sds: Option<&SdsIdentity>) -> Result<InboundPolicy, Re
     };
     let virtual_listener =
         l.use_original_dst.as_ref().is_some_and(|b| b.value) || l.name == "virtualInbound";
-    let chains = l
-        .filter_chains
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
-        .chain(
-            l.default_filter_chain
-                .iter()
-                .map(|c| ("default_filter_chain".to_string(), c)),
-        );
+    let chains = super::listener::chains(l);
     // How each chain's connections arrive first: namespace rules need
     // the trust domain its TLS contexts accept.
     let mut arriving = Vec::new();

@@ -172,17 +172,7 @@ pub fn listener(l: &Listener) -> Result<Routes, Rejected> {
     // other listener sees its own port only (if it has one).
     let listener_port = (!virtual_listener && own_port != 0).then_some(own_port);
 
-    let chains = l
-        .filter_chains
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
-        .chain(
-            l.default_filter_chain
-                .iter()
-                .map(|c| ("default_filter_chain".to_string(), c)),
-        );
-    for (field, chain) in chains {
+    for (field, chain) in chains(l) {
         if chain.transport_socket.is_some() {
             return Err(reject(
                 &format!("{field}.transport_socket"),
@@ -551,4 +541,18 @@ fn http_filters(hcm: &HttpConnectionManager) -> Result<Option<FileFault>, Fail> 
         ));
     }
     Ok(fault)
+}
+
+/// A listener's filter chains with the field each is at, the default
+/// chain last.
+pub(super) fn chains(l: &Listener) -> impl Iterator<Item = (String, &FilterChain)> {
+    l.filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
+        .chain(
+            l.default_filter_chain
+                .iter()
+                .map(|c| ("default_filter_chain".to_string(), c)),
+        )
 }

@@ -196,16 +196,15 @@ pub fn network_filter(
 ) -> Result<Option<Who>, Fail> {
     let rbac = NetworkRbac::decode(any.value.as_slice())
         .map_err(|e| (String::new(), format!("not a valid network RBAC: {e}")))?;
-    if rbac.matcher.is_some() {
-        return Err(unsupported_matcher());
-    }
-    if rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some() {
-        // A dry run: it decides nothing.
-        notes.shadow_rules += 1;
-    }
-    rbac.rules
-        .as_ref()
-        .map_or(Ok(None), |r| rules(r, port, td, notes))
+    let shadow = rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some();
+    filter(
+        rbac.rules.as_ref(),
+        rbac.matcher.is_some(),
+        shadow,
+        port,
+        td,
+        notes,
+    )
 }
 
 /// An HTTP RBAC filter's config; `None`: it constrains nothing.
@@ -217,16 +216,35 @@ pub fn http_filter(
 ) -> Result<Option<Who>, Fail> {
     let rbac = HttpRbac::decode(any.value.as_slice())
         .map_err(|e| (String::new(), format!("not a valid HTTP RBAC: {e}")))?;
-    if rbac.matcher.is_some() {
+    let shadow = rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some();
+    filter(
+        rbac.rules.as_ref(),
+        rbac.matcher.is_some(),
+        shadow,
+        port,
+        td,
+        notes,
+    )
+}
+
+/// What both filters share: their `rules` (the `matcher` API refused,
+/// shadow rules noted and left out).
+fn filter(
+    rules_of: Option<&Rbac>,
+    matcher: bool,
+    shadow: bool,
+    port: Option<u16>,
+    td: &TrustDomain,
+    notes: &mut Notes,
+) -> Result<Option<Who>, Fail> {
+    if matcher {
         return Err(unsupported_matcher());
     }
-    if rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some() {
+    if shadow {
         // A dry run: it decides nothing.
         notes.shadow_rules += 1;
     }
-    rbac.rules
-        .as_ref()
-        .map_or(Ok(None), |r| rules(r, port, td, notes))
+    rules_of.map_or(Ok(None), |r| rules(r, port, td, notes))
 }
 
 fn unsupported_matcher() -> Fail {
