@@ -88,6 +88,8 @@ pub struct ConnContext {
     /// The `authority` label of traffic without one (read once here, not
     /// from the snapshot on every request).
     pub no_authority: Arc<str>,
+    /// The response timer its requests borrow in turn.
+    pub spare_timer: crate::stack::timeout::SpareTimer,
 }
 
 impl ConnContext {
@@ -100,6 +102,7 @@ impl ConnContext {
         let no_authority = inputs.snapshot.load().no_authority.clone();
         Arc::new(ConnContext {
             no_authority,
+            spare_timer: Default::default(),
             inputs,
             client,
             orig_dst,

@@ -180,9 +180,15 @@ async fn forward(conn: &ConnContext, target: &Target, req: Req) -> Result<Rsp, P
         .await?;
         Ok(response.map(|body| ProxyBody::Stream(Box::new(Tracked::new(body)))))
     };
-    let result = deadline(exchange, &state, response_timeout, target.addr)
-        .await
-        .map_err(|e| keep_try_timeout(e, try_timeout, retrying));
+    let result = deadline(
+        exchange,
+        &state,
+        response_timeout,
+        target.addr,
+        Some(&conn.spare_timer),
+    )
+    .await
+    .map_err(|e| keep_try_timeout(e, try_timeout, retrying));
     // The client's body going over its cap broke the exchange, not the
     // upstream: the client's fault (hyper reports it as a reset on HTTP/2).
     let over_cap = state.body_cap.get().and_then(|t| t.over());

@@ -50,7 +50,7 @@ where
 {
     type Response = Rsp;
     type Error = ProxyError;
-    type Future = Deadline<S::Future>;
+    type Future = Deadline<'static, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -71,22 +71,24 @@ where
             req.try_timeout = Some(per_try);
         }
         let state = req.state.clone();
-        deadline(self.inner.call(req), &state, overall, self.addr)
+        deadline(self.inner.call(req), &state, overall, self.addr, None)
     }
 }
 
 /// `future`, failed with a response timeout once `limit` has passed
-/// since the request body was sent (no limit: `future` as it is).
-pub fn deadline<F>(
+/// since the request body was sent (no limit: `future` as it is). With
+/// `spare`, the timer is borrowed from there and given back at the end.
+pub fn deadline<'a, F>(
     future: F,
     state: &Arc<ReqState>,
     limit: Option<Duration>,
     addr: SocketAddr,
-) -> Deadline<F> {
+    spare: Option<&'a SpareTimer>,
+) -> Deadline<'a, F> {
     let timer = match limit {
         None => Timer::Off,
         Some(limit) if state.body_sent() => Timer::Running {
-            sleep: tokio::time::sleep(limit),
+            sleep: sleep_for(spare, limit),
         },
         Some(limit) => {
             let state = state.clone();
@@ -101,43 +103,98 @@ pub fn deadline<F>(
         timer,
         limit: limit.unwrap_or_default(),
         addr,
+        spare,
     }
 }
 
-pin_project! {
-    #[project = TimerProj]
-    enum Timer {
-        Off,
-        /// The body is still being sent: the clock has not started
-        /// (`start` is true when the body stalled instead).
-        Waiting { start: Pin<Box<dyn Future<Output = bool> + Send>>, limit: Duration },
-        Running { #[pin] sleep: Sleep },
+/// A connection's response timer, kept between its requests. A tokio
+/// timer costs a registration in the timer wheel when first polled and a
+/// removal when dropped, each under the driver's lock; one that is reset
+/// to a later deadline while still registered only moves an atomic. So
+/// each try of a connection borrows this one (an HTTP/1 connection has
+/// one request at a time; concurrent HTTP/2 streams beyond the first make
+/// their own).
+#[derive(Default)]
+pub struct SpareTimer(std::sync::Mutex<Option<Pin<Box<Sleep>>>>);
+
+impl SpareTimer {
+    fn take(&self) -> Option<Pin<Box<Sleep>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Whether a timer is waiting here to be borrowed.
+    #[cfg(test)]
+    pub fn is_held(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    fn give_back(&self, sleep: Pin<Box<Sleep>>) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(sleep);
+        }
     }
 }
 
+/// A timer that fires `limit` from now: the spare one reset, or a new one.
+fn sleep_for(spare: Option<&SpareTimer>, limit: Duration) -> Pin<Box<Sleep>> {
+    let at = tokio::time::Instant::now() + limit;
+    match spare.and_then(SpareTimer::take) {
+        Some(mut sleep) => {
+            sleep.as_mut().reset(at);
+            sleep
+        }
+        None => Box::pin(tokio::time::sleep_until(at)),
+    }
+}
+
+enum Timer {
+    Off,
+    /// The body is still being sent: the clock has not started
+    /// (`start` is true when the body stalled instead).
+    Waiting {
+        start: Pin<Box<dyn Future<Output = bool> + Send>>,
+        limit: Duration,
+    },
+    Running {
+        sleep: Pin<Box<Sleep>>,
+    },
+}
+
 pin_project! {
-    pub struct Deadline<F> {
+    pub struct Deadline<'a, F> {
         #[pin]
         future: F,
-        #[pin]
         timer: Timer,
         limit: Duration,
         addr: SocketAddr,
+        spare: Option<&'a SpareTimer>,
+    }
+
+    impl<'a, F> PinnedDrop for Deadline<'a, F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let (Some(spare), Timer::Running { .. }) = (this.spare, &*this.timer) {
+                if let Timer::Running { sleep } = std::mem::replace(this.timer, Timer::Off) {
+                    spare.give_back(sleep);
+                }
+            }
+        }
     }
 }
 
-impl<F: Future<Output = Result>> Future for Deadline<F> {
+impl<F: Future<Output = Result>> Future for Deadline<'_, F> {
     type Output = Result;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(result) = this.future.poll(cx) {
             return Poll::Ready(result);
         }
         loop {
-            match this.timer.as_mut().project() {
-                TimerProj::Off => return Poll::Pending,
-                TimerProj::Waiting { start, limit } => {
+            match this.timer {
+                Timer::Off => return Poll::Pending,
+                Timer::Waiting { start, limit } => {
                     if ready!(start.as_mut().poll(cx)) {
                         // The body stalled for a whole limit: that is the timeout.
                         return Poll::Ready(Err(ProxyError::ResponseTimeout {
@@ -145,11 +202,11 @@ impl<F: Future<Output = Result>> Future for Deadline<F> {
                             after: *this.limit,
                         }));
                     }
-                    let sleep = tokio::time::sleep(*limit);
-                    this.timer.set(Timer::Running { sleep });
+                    let sleep = sleep_for(*this.spare, *limit);
+                    *this.timer = Timer::Running { sleep };
                 }
-                TimerProj::Running { sleep } => {
-                    ready!(sleep.poll(cx));
+                Timer::Running { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
                     return Poll::Ready(Err(ProxyError::ResponseTimeout {
                         addr: *this.addr,
                         after: *this.limit,

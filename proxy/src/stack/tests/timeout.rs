@@ -253,3 +253,40 @@ async fn each_try_is_told_its_own_limit() {
     assert_eq!(try_timeout(Some(""), None).await, None);
     assert_eq!(try_timeout(None, None).await, None);
 }
+
+/// One try through `deadline` with the connection's spare timer: how long
+/// it took and what it gave.
+async fn timed_try(
+    spare: &timeout::SpareTimer,
+    limit: Duration,
+    answer: Option<crate::stack::Result>,
+) -> (Duration, crate::stack::Result) {
+    let req = get();
+    let started = tokio::time::Instant::now();
+    let inner = async move {
+        match answer {
+            Some(result) => result,
+            None => std::future::pending().await,
+        }
+    };
+    let result = timeout::deadline(inner, &req.state, Some(limit), addr(80), Some(spare)).await;
+    (started.elapsed(), result)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connections_tries_share_one_timer_and_each_gets_its_own_limit() {
+    let spare = timeout::SpareTimer::default();
+    let (_, answered) = timed_try(&spare, Duration::from_secs(10), Some(Ok(status(200)))).await;
+    assert_eq!(answered.expect("answered").status(), 200);
+    assert!(spare.is_held(), "the timer is given back for the next try");
+    // An earlier deadline than the one the timer last had.
+    let (took, result) = timed_try(&spare, Duration::from_secs(1), None).await;
+    assert_timed_out(result, Duration::from_secs(1));
+    assert_eq!(took, Duration::from_secs(1));
+    assert!(spare.is_held(), "a timed-out try gives it back too");
+    // A later one, long after the last fired.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let (took, result) = timed_try(&spare, Duration::from_secs(3), None).await;
+    assert_timed_out(result, Duration::from_secs(3));
+    assert_eq!(took, Duration::from_secs(3));
+}
