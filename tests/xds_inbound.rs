@@ -41,7 +41,7 @@ use support::{http_get, metric_sum, Proxy, TempDir, EPHEMERAL_LISTENERS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use xds_resources::put;
-use xds_tls_support::{certificate_secret, trust_secret, Leaf, Pki, CERT, TRUST};
+use xds_tls_support::{certificate_secret, trust_secret, Leaf, Pki, Redirect, CERT, TRUST};
 
 const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
 const SLEEP: &str = "spiffe://cluster.local/ns/foo/sa/sleep";
@@ -50,66 +50,6 @@ const OTHER: &str = "spiffe://cluster.local/ns/bar/sa/other";
 const POD_IP: &str = "127.0.0.2";
 /// A second address of the pod, redirected to an extra inbound listener.
 const POD_IP_2: &str = "127.0.0.3";
-
-/// iptables rules for the test's lifetime: TCP to `ip:port` (the pod)
-/// is DNATed to one of strait's inbound listeners, `to` (the original
-/// destination stays readable, as with the mesh's REDIRECT). Apps listen
-/// on 127.0.0.1, where strait forwards, so its own connections are not
-/// redirected.
-struct PodRedirect(Vec<String>);
-
-impl PodRedirect {
-    fn install(ip: &str, port: u16, to: SocketAddr) -> PodRedirect {
-        let rule = PodRedirect(
-            ["-t", "nat", "OUTPUT", "-p", "tcp", "-d", ip, "--dport"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain([
-                    port.to_string(),
-                    "-j".into(),
-                    "DNAT".into(),
-                    "--to-destination".into(),
-                    to.to_string(),
-                ])
-                .collect(),
-        );
-        rule.iptables("-A").unwrap_or_else(|e| {
-            panic!("this test needs root and iptables (apt-get install iptables; .ci/run installs it): {e}")
-        });
-        rule
-    }
-
-    fn iptables(&self, action: &str) -> Result<(), String> {
-        let mut args = vec![
-            "-w".to_string(),
-            self.0[0].clone(),
-            self.0[1].clone(),
-            action.to_string(),
-        ];
-        args.extend(self.0[2..].iter().cloned());
-        let out = std::process::Command::new("iptables")
-            .args(&args)
-            .output()
-            .map_err(|e| format!("iptables: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "iptables {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-}
-
-impl Drop for PodRedirect {
-    fn drop(&mut self) {
-        if let Err(e) = self.iptables("-D") {
-            eprintln!("cannot remove the test's iptables rule: {e}");
-        }
-    }
-}
 
 fn pod(port: u16) -> SocketAddr {
     SocketAddr::new(POD_IP.parse().expect("pod IP"), port)
@@ -298,10 +238,10 @@ async fn inbound_policy_from_the_control_plane(mode: &str) {
         "{listeners}xds:\n  address: {}\n  node: {{id: sidecar~{POD_IP}~web-0.default~default.svc.cluster.local, cluster: web.default}}\n  mode: {mode}\n  initial_fetch_timeout: 10s\nidentity:\n  sds: {{certificate: {CERT}, trust_bundle: {TRUST}}}\npolicy:\n  unauthenticated_paths: [/healthz]\n",
         cp.addr
     ));
-    let _redirects: Vec<PodRedirect> = [ports.strict, ports.permissive, ports.tcp]
+    let _redirects: Vec<Redirect> = [ports.strict, ports.permissive, ports.tcp]
         .into_iter()
-        .map(|p| PodRedirect::install(POD_IP, p, server.inbound))
-        .chain([PodRedirect::install(POD_IP_2, ports.strict, extra_inbound)])
+        .map(|p| Redirect::dnat(POD_IP, p, server.inbound))
+        .chain([Redirect::dnat(POD_IP_2, ports.strict, extra_inbound)])
         .collect();
     let v = cp.update(|s| {
         put(

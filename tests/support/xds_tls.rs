@@ -281,39 +281,68 @@ pub fn control_plane_tls(pki: &Pki) -> Arc<rustls::ServerConfig> {
 
 // ---- ORIGINAL_DST ----
 
-/// An iptables rule for the test's lifetime: connections to `to` from
-/// sockets carrying `mark` are REDIRECTed to `port` (as the mesh's
-/// redirect does for an app's connections); the proxy's own connections
-/// are unmarked and go where they were going.
+/// An iptables rule for the test's lifetime. [`Redirect::install`]:
+/// connections to `to` from sockets carrying `mark` are REDIRECTed to
+/// `port` (as the mesh's redirect does for an app's connections); the
+/// proxy's own connections are unmarked and go where they were going.
 pub struct Redirect(Vec<String>);
 
 pub const MARK: u32 = 0x5a7d;
 
 impl Redirect {
     pub fn install(to: SocketAddr, port: u16) -> Redirect {
-        let rule: Vec<String> = [
+        let (ip, dport, mark, port) = (
+            to.ip().to_string(),
+            to.port().to_string(),
+            MARK.to_string(),
+            port.to_string(),
+        );
+        Redirect::rule(&[
             "-t",
             "nat",
             "OUTPUT",
             "-p",
             "tcp",
             "-d",
-            &to.ip().to_string(),
+            &ip,
             "--dport",
-            &to.port().to_string(),
+            &dport,
             "-m",
             "mark",
             "--mark",
-            &MARK.to_string(),
+            &mark,
             "-j",
             "REDIRECT",
             "--to-ports",
-            &port.to_string(),
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        let r = Redirect(rule);
+            &port,
+        ])
+    }
+
+    /// TCP to `ip:port` (a pod address) DNATed to `to`, one of strait's
+    /// listeners: the original destination stays readable, as with the
+    /// mesh's REDIRECT.
+    pub fn dnat(ip: &str, port: u16, to: SocketAddr) -> Redirect {
+        let (port, to) = (port.to_string(), to.to_string());
+        Redirect::rule(&[
+            "-t",
+            "nat",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            ip,
+            "--dport",
+            &port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ])
+    }
+
+    /// Install `rule` (iptables arguments, table and chain first).
+    fn rule(rule: &[&str]) -> Redirect {
+        let r = Redirect(rule.iter().map(|a| a.to_string()).collect());
         r.iptables("-A").unwrap_or_else(|e| {
             panic!("this test needs root and iptables (apt-get install iptables; .ci/run installs it): {e}")
         });
