@@ -71,12 +71,12 @@ fn upstream_version(
     } else {
         HttpVersion::Http1
     };
-    match (settings.map(|s| s.protocol), &target.cluster) {
-        (None | Some(Protocol::Auto), _) => Ok(same_as_client),
-        (Some(Protocol::Http1), _) => Ok(HttpVersion::Http1),
-        (Some(Protocol::Http2), _) => Ok(HttpVersion::Http2),
-        (Some(Protocol::Opaque), c) => Err(ProxyError::OpaqueCluster {
-            cluster: c.as_ref().map_or("", |c| &*c.name).to_string(),
+    match settings.map(|s| s.protocol) {
+        None | Some(Protocol::Auto) => Ok(same_as_client),
+        Some(Protocol::Http1) => Ok(HttpVersion::Http1),
+        Some(Protocol::Http2) => Ok(HttpVersion::Http2),
+        Some(Protocol::Opaque) => Err(ProxyError::OpaqueCluster {
+            cluster: target.cluster.as_ref().map_or("", |c| &*c.name).to_string(),
         }),
     }
 }
