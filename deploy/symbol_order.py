@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Write lld's --symbol-ordering-file from callgrind profiles of strait.
+
+Usage: symbol_order.py BINARY CALLGRIND_OUT... > proxy/symbol-order.txt
+
+Every function of BINARY that ran in any profile, hottest (self
+instructions) first, by its link-time (mangled) name: the profiles must come
+from `valgrind --tool=callgrind --demangle=no`.
+"""
+import re
+import subprocess
+import sys
+
+NAMED = re.compile(r"^(ob|cob|fn|cfn)=\((\d+)\)(?: (.*))?$")
+
+
+def self_costs(path, binary):
+    """Self instruction count per function of `binary` in one profile."""
+    objects, functions, costs = {}, {}, {}
+    current_object, current_fn, skip_next = None, None, False
+    with open(path, encoding="utf-8", errors="replace") as profile:
+        for line in profile:
+            line = line.rstrip("\n")
+            named = NAMED.match(line)
+            if named:
+                kind, ident, name = named.groups()
+                table = objects if kind in ("ob", "cob") else functions
+                if name:
+                    table[ident] = name
+                if kind == "ob":
+                    current_object = objects[ident]
+                elif kind == "fn":
+                    ours = current_object is not None and current_object.endswith(binary)
+                    current_fn = functions[ident] if ours else None
+                continue
+            if line.startswith("calls="):
+                skip_next = True  # the next cost line is the call's inclusive cost
+                continue
+            if line[:1].isdigit() or line[:1] in "+-*":
+                if skip_next:
+                    skip_next = False
+                elif current_fn is not None:
+                    fields = line.split()
+                    if len(fields) >= 2 and fields[1].isdigit():
+                        costs[current_fn] = costs.get(current_fn, 0) + int(fields[1])
+    return costs
+
+
+def main():
+    binary, profiles = sys.argv[1], sys.argv[2:]
+    defined = set()
+    symbols = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, check=True)
+    for line in symbols.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tTwW":
+            defined.add(parts[2])
+    total = {}
+    for profile in profiles:
+        for name, cost in self_costs(profile, binary.rsplit("/", 1)[-1]).items():
+            name = re.sub(r"'\d+$", "", name)  # callgrind's recursion marker
+            total[name] = total.get(name, 0) + cost
+    ordered = sorted((n for n in total if n in defined), key=lambda n: (-total[n], n))
+    sys.stdout.write("".join(n + "\n" for n in ordered))
+    print(f"{len(ordered)} functions ran ({len(total) - len(ordered)} names not in the binary)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
