@@ -7,8 +7,11 @@
 #
 # Build the static, stripped binary first (glibc linked statically; no DNS
 # resolution happens through NSS, so nothing is lost):
-#   RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=symbols \
+#   RUSTFLAGS="-C target-feature=+crt-static" \
 #     cargo build --release --locked --target x86_64-unknown-linux-gnu --bin strait
+#   mkdir -p target/image && strip -o target/image/strait target/x86_64-unknown-linux-gnu/release/strait
+# (stripped by `strip`, not cargo's profile: that would rename the symbols
+# proxy/symbol-order.txt lays out)
 # and the init image's file tree (iptables and its libraries, from this
 # Debian host's iptables package):
 #   deploy/init-rootfs.sh
@@ -18,14 +21,14 @@
 
 FROM scratch AS init
 COPY target/init-rootfs/ /
-COPY target/x86_64-unknown-linux-gnu/release/strait /strait
+COPY target/image/strait /strait
 ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin
 USER 0:0
 ENTRYPOINT ["/strait"]
 CMD ["iptables", "--apply"]
 
 FROM scratch AS sidecar
-COPY target/x86_64-unknown-linux-gnu/release/strait /strait
+COPY target/image/strait /strait
 COPY config/default.yaml /etc/strait/strait.yaml
 # The uid `strait iptables` exempts from redirection (--proxy-uid).
 USER 2102:2102

@@ -19,9 +19,13 @@ init_tag=${2:-strait-init:dev}
 for tool in buildah:buildah ip:iproute2 curl:curl; do
   command -v "${tool%%:*}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${tool##*:}" >/dev/null; }
 done
-RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=symbols \
+# Stripped after the build rather than by cargo's profile, which would
+# rename every symbol and so miss proxy/symbol-order.txt's layout.
+RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked --target x86_64-unknown-linux-gnu --bin strait
-binary=target/x86_64-unknown-linux-gnu/release/strait
+mkdir -p target/image
+binary=target/image/strait
+strip -o "$binary" target/x86_64-unknown-linux-gnu/release/strait
 deploy/init-rootfs.sh
 bah=(buildah --storage-driver vfs)
 "${bah[@]}" bud --isolation chroot --target init -t "$init_tag" .

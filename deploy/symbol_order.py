@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Write lld's --symbol-ordering-file from callgrind profiles of strait.
 
-Usage: symbol_order.py BINARY CALLGRIND_OUT... > proxy/symbol-order.txt
+Usage: symbol_order.py --binary BINARY CALLGRIND_OUT... [--binary ...]
+         > proxy/symbol-order.txt
 
-Every function of BINARY that ran in any profile, hottest (self
-instructions) first, by its link-time (mangled) name: the profiles must come
-from `valgrind --tool=callgrind --demangle=no`.
+Every function of each BINARY that ran in its profiles, hottest (self
+instructions) first, by its link-time (mangled) name: the profiles must
+come from `valgrind --tool=callgrind --demangle=no`. Builds made another
+way (static, for the image) name the same functions with other hashes, so
+each build is profiled and listed: one file serves them all.
 """
 import re
 import subprocess
@@ -46,22 +49,42 @@ def self_costs(path, binary):
     return costs
 
 
-def main():
-    binary, profiles = sys.argv[1], sys.argv[2:]
-    defined = set()
+def functions(binary):
+    """The function symbols `binary` defines."""
     symbols = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, check=True)
+    defined = set()
     for line in symbols.stdout.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[1] in "tTwW":
             defined.add(parts[2])
-    total = {}
-    for profile in profiles:
-        for name, cost in self_costs(profile, binary.rsplit("/", 1)[-1]).items():
-            name = re.sub(r"'\d+$", "", name)  # callgrind's recursion marker
-            total[name] = total.get(name, 0) + cost
-    ordered = sorted((n for n in total if n in defined), key=lambda n: (-total[n], n))
-    sys.stdout.write("".join(n + "\n" for n in ordered))
-    print(f"{len(ordered)} functions ran ({len(total) - len(ordered)} names not in the binary)", file=sys.stderr)
+    return defined
+
+
+def main():
+    builds, current = [], None
+    for arg in sys.argv[1:]:
+        if current is not None and current[0] is None:
+            current[0] = arg
+        elif arg == "--binary":
+            current = [None, []]
+            builds.append(current)
+        elif current is not None:
+            current[1].append(arg)
+    total, listed = {}, []
+    for binary, profiles in builds:
+        defined = functions(binary)
+        costs = {}
+        for profile in profiles:
+            for name, cost in self_costs(profile, binary.rsplit("/", 1)[-1]).items():
+                name = re.sub(r"'\d+$", "", name)  # callgrind's recursion marker
+                costs[name] = costs.get(name, 0) + cost
+        ours = [n for n in costs if n in defined]
+        print(f"{binary}: {len(ours)} functions ran", file=sys.stderr)
+        for name in ours:
+            total[name] = total.get(name, 0) + costs[name]
+    listed = sorted(total, key=lambda n: (-total[n], n))
+    sys.stdout.write("".join(n + "\n" for n in listed))
+    print(f"{len(listed)} names in all", file=sys.stderr)
 
 
 if __name__ == "__main__":
