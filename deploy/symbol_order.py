@@ -61,16 +61,16 @@ def functions(binary):
 
 
 def main():
-    builds, current = [], None
-    for arg in sys.argv[1:]:
-        if current is not None and current[0] is None:
-            current[0] = arg
-        elif arg == "--binary":
-            current = [None, []]
-            builds.append(current)
-        elif current is not None:
-            current[1].append(arg)
-    total, listed = {}, []
+    builds = []  # [binary, [profile, ...]]
+    args = iter(sys.argv[1:])
+    for arg in args:
+        if arg == "--binary":
+            builds.append([next(args), []])
+        elif builds:
+            builds[-1][1].append(arg)
+        else:
+            sys.exit(__doc__)
+    total = {}
     for binary, profiles in builds:
         defined = functions(binary)
         costs = {}
