@@ -184,7 +184,10 @@ CFG
     before=$(rss_kb "$pid")
     coproc HOLD { python3 "$HERE/idle_conns.py" 127.0.0.1 "$port" "$n" --deadline 120; }
     read -r -t 150 ready <&"${HOLD[0]}" || ready="READY 0 (timed out)"
-    sleep 1
+    # Idle means settled: strait parks an HTTP/1 connection after 1 s
+    # without bytes, and its allocator returns the freed pages after
+    # another second (idle-conns.sh holds as long).
+    sleep 3
     after=$(rss_kb "$pid")
     exec {HOLD[1]}>&-
     wait "$HOLD_PID" 2>/dev/null
