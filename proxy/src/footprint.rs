@@ -37,6 +37,9 @@ const MAX_HTTP_SERVE_FUTURE: usize = 1024;
 /// An HTTP/1 connection's boxed state (hyper's connection boxed again
 /// inside it, and released while parked).
 const MAX_HTTP1_FUTURE: usize = 2048;
+/// A mesh connection's boxed branch: with rustls' state boxed once after
+/// the handshake, rather than inline in each layer (4.5 KiB in release).
+const MAX_MESH_FUTURE: usize = 1280;
 /// The per-connection context every request of a connection shares: 256.
 const MAX_CONN_CONTEXT: usize = 320;
 
@@ -96,6 +99,11 @@ async fn an_idle_connection_holds_a_small_task() {
             MAX_HTTP_SERVE_FUTURE,
         ),
         ("ConnContext", size_of_val(&*ctx), MAX_CONN_CONTEXT),
+        (
+            "connection::serve_mesh future",
+            connection::mesh_future_size(&ctx.inputs, stream().await, peer),
+            MAX_MESH_FUTURE,
+        ),
     ];
     for (what, size, max) in sizes {
         eprintln!("{what}: {size} bytes (bound {max})");
