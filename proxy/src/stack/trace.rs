@@ -60,6 +60,7 @@ where
 fn propagate(conn: &Arc<ConnContext>, req: &mut Req) -> Option<Box<Draft>> {
     let headers = req.http.headers_mut();
     let incoming = Incoming::read(headers);
+    context::never_index(headers, &incoming);
     if !incoming.has_request_id {
         if let Some(id) = context::new_request_id(fastrand::u128(..)) {
             headers.insert(context::REQUEST_ID, id);

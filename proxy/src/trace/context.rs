@@ -289,8 +289,41 @@ pub fn to_hex(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-fn header(bytes: Vec<u8>) -> Option<HeaderValue> {
-    HeaderValue::from_bytes(&bytes).ok()
+/// A header value that names one request (an id): marked so HPACK sends
+/// it as a literal "never indexed". Indexing a value that never repeats
+/// only churns both ends' tables: on a mesh connection each such insert
+/// evicts a reusable entry and lengthens the encoder's walk of entries
+/// with the same name, thousands of instructions a request.
+fn unique(bytes: &[u8]) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_bytes(bytes).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// Mark the per-request ids the request came with (see [`unique`]) in
+/// one pass over its headers (no hashing); the rest of its headers repeat
+/// and keep being indexed.
+pub fn never_index(headers: &mut HeaderMap, incoming: &Incoming) {
+    let has_ids = incoming.has_request_id
+        || incoming.traceparent.is_some()
+        || incoming.b3.is_some()
+        || incoming.b3_multi.is_some();
+    if !has_ids {
+        return;
+    }
+    let ids = [
+        &REQUEST_ID,
+        &TRACEPARENT,
+        &B3,
+        &B3_TRACE_ID,
+        &B3_SPAN_ID,
+        &B3_PARENT_SPAN_ID,
+    ];
+    for (name, value) in headers.iter_mut() {
+        if ids.contains(&name) {
+            value.set_sensitive(true);
+        }
+    }
 }
 
 /// The two hex digits of every byte: one lookup per byte.
@@ -324,7 +357,7 @@ pub fn new_traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> O
     if sampled {
         out[54] = b'1';
     }
-    HeaderValue::from_bytes(&out).ok()
+    unique(&out)
 }
 
 /// The request's `traceparent` with this hop's span as the parent: the
@@ -337,7 +370,7 @@ fn with_parent_id(w3c: &W3c, span_id: &SpanId) -> Option<HeaderValue> {
     push_hex(&mut out, span_id);
     out.push(b'-');
     push_hex(&mut out, &[w3c.flags]);
-    header(out)
+    unique(&out)
 }
 
 /// `b3` with this hop's span id and the caller's span as its parent; the
@@ -357,13 +390,13 @@ fn b3_single_with_span(original: &str, b3: &B3Single, span_id: &SpanId) -> Optio
         });
         push_hex(&mut out, &b3.span_id);
     }
-    header(out)
+    unique(&out)
 }
 
 fn hex_header(id: &[u8]) -> Option<HeaderValue> {
     let mut out = Vec::with_capacity(id.len() * 2);
     push_hex(&mut out, id);
-    header(out)
+    unique(&out)
 }
 
 /// Make this hop's span (`span_id`, a child of `parent`) the parent of
@@ -405,7 +438,7 @@ pub fn new_request_id(random: u128) -> Option<HeaderValue> {
     put_hex(&mut out, 14, &bytes[6..8]);
     put_hex(&mut out, 19, &bytes[8..10]);
     put_hex(&mut out, 24, &bytes[10..16]);
-    HeaderValue::from_bytes(&out).ok()
+    unique(&out)
 }
 
 #[cfg(test)]
@@ -572,5 +605,30 @@ mod tests {
         assert_eq!(id, "ffffffff-ffff-4fff-bfff-ffffffffffff");
         let id = new_request_id(0).unwrap();
         assert_eq!(id, "00000000-0000-4000-8000-000000000000");
+    }
+
+    #[test]
+    fn per_request_ids_are_never_indexed() {
+        let fresh = [
+            new_traceparent(&[0xab; 16], &[0xcd; 8], false).unwrap(),
+            new_request_id(7).unwrap(),
+            hex_header(&[1; 8]).unwrap(),
+        ];
+        assert!(fresh.iter().all(HeaderValue::is_sensitive));
+        let mut map = headers(&[
+            ("traceparent", TP),
+            ("b3", "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"),
+            ("x-b3-traceid", "4bf92f3577b34da6a3ce929d0e0e4736"),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+            ("x-b3-sampled", "1"),
+            ("x-request-id", "abc"),
+            ("user-agent", "curl"),
+        ]);
+        let incoming = Incoming::read(&map);
+        never_index(&mut map, &incoming);
+        for (name, value) in &map {
+            let repeats = ["x-b3-sampled", "user-agent"].contains(&name.as_str());
+            assert_eq!(value.is_sensitive(), !repeats, "{name}");
+        }
     }
 }
