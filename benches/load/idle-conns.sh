@@ -11,6 +11,8 @@
 #            request through the proxy to an nginx upstream
 #   KiB/conn (held - idle) / N, from VmRSS and from smaps_rollup's Anonymous
 #   ok/held  connections whose request got a 200 / still open after the hold
+#   closed   RSS --hold seconds after the client closed them all, with no
+#            traffic since: whether the burst's memory goes back while quiet
 # Kinds: http1 = plaintext HTTP/1.1 keep-alive to the outbound listener;
 # mtls = mesh clients (TLS 1.3, client certificate, ALPN h2 + strait.mesh,
 # one HTTP/2 GET) to the inbound listener. HAProxy (nbthread 1) is measured
@@ -151,7 +153,7 @@ CFG
 
 # measure NAME KIND WORKERS N PID PORT : one hold against a started process.
 measure() {
-  local name=$1 kind=$2 workers=$3 n=$4 pid=$5 port=$6 idle idle_anon held held_anon ready done_line mesh=()
+  local name=$1 kind=$2 workers=$3 n=$4 pid=$5 port=$6 idle idle_anon held held_anon closed ready done_line mesh=()
   [[ $kind == mtls ]] && mesh=(--mesh --cert "$pki/client.crt" --key "$pki/client.key" --ca "$pki/ca.pem")
   idle=$(rss_kb "$pid") idle_anon=$(anon_kb "$pid")
   coproc HOLDER { python3 "$HERE/idle_conns.py" 127.0.0.1 "$port" "$n" --deadline 150 "${mesh[@]}" 2>&1; }
@@ -161,13 +163,15 @@ measure() {
   exec {HOLDER[1]}>&-
   read -r -t 30 done_line <&"${HOLDER[0]}" || done_line="HELD ?"
   wait "$HOLDER_PID" 2>/dev/null
-  printf "%-12s %-5s %7s %6d %9d %9d %9.2f %9.2f %7s/%-6s %s\n" "$name" "$kind" "$workers" "$n" "$idle" "$held" \
+  sleep "$HOLD"
+  closed=$(rss_kb "$pid")
+  printf "%-12s %-5s %7s %6d %9d %9d %9.2f %9.2f %7s/%-6s %10d %s\n" "$name" "$kind" "$workers" "$n" "$idle" "$held" \
     "$(awk -v a="$held" -v b="$idle" -v n="$n" 'BEGIN{print (a-b)/n}')" \
     "$(awk -v a="$held_anon" -v b="$idle_anon" -v n="$n" 'BEGIN{print (a-b)/n}')" \
-    "$(cut -d' ' -f2 <<<"$ready")" "$(cut -d' ' -f2 <<<"$done_line")" "$(cut -s -d' ' -f3- <<<"$ready" | grep -v '^errors=0 ' | head -c 80)"
+    "$(cut -d' ' -f2 <<<"$ready")" "$(cut -d' ' -f2 <<<"$done_line")" "$closed" "$(cut -s -d' ' -f3- <<<"$ready" | grep -v '^errors=0 ' | head -c 80)"
 }
 
-printf "%-12s %-5s %7s %6s %9s %9s %9s %9s %14s\n" config kind workers conns idle_KiB held_KiB KiB/conn anonKiB/c ok/held
+printf "%-12s %-5s %7s %6s %9s %9s %9s %9s %14s %10s\n" config kind workers conns idle_KiB held_KiB KiB/conn anonKiB/c ok/held closed_KiB
 for kind in $KINDS; do
   for n in $NS; do
     for workers in $WORKERS; do
