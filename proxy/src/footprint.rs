@@ -37,8 +37,9 @@ const MAX_HTTP_SERVE_FUTURE: usize = 1024;
 /// An HTTP/1 connection's boxed state (hyper's connection boxed again
 /// inside it, and released while parked).
 const MAX_HTTP1_FUTURE: usize = 2048;
-/// A mesh connection's boxed branch: with rustls' state boxed once after
-/// the handshake, rather than inline in each layer (4.5 KiB in release).
+/// A mesh connection's boxed branch: 4,880 bytes with rustls' state inline
+/// in each layer over it, 1,064 with that state boxed once after the
+/// handshake and the opaque branch boxed.
 const MAX_MESH_FUTURE: usize = 1280;
 /// The per-connection context every request of a connection shares: 256.
 const MAX_CONN_CONTEXT: usize = 320;
