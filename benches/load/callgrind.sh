@@ -20,6 +20,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+. "$HERE/lib.sh"
 BIN=$ROOT/target/release/strait CASE=h1 N=20000 M="" OUT=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -46,28 +47,10 @@ wait_ok() { local i; for i in $(seq 150); do curl -s -m 5 "http://127.0.0.1:$1/"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up=$(free_port) front=$(free_port) inport=$(free_port)
 
-mkdir -p "$TMP/nginx"
-cat > "$TMP/nginx/nginx.conf" <<CFG
-worker_processes 1; daemon off; pid $TMP/nginx/nginx.pid; error_log $TMP/nginx/error.log warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
-  client_body_temp_path $TMP/nginx/cb; proxy_temp_path $TMP/nginx/px; fastcgi_temp_path $TMP/nginx/fc;
-  uwsgi_temp_path $TMP/nginx/uw; scgi_temp_path $TMP/nginx/sc;
-  server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
-CFG
+ok_upstream "$TMP/nginx" "$up" 1024
 start nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf"
 
-pki=$TMP/pki; mkdir -p "$pki"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=cg-ca \
-  -keyout "$pki/ca.key" -out "$pki/ca.pem" 2>/dev/null
-for who in server client; do
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$who.cg" \
-    -keyout "$pki/$who.key" -out "$pki/$who.csr" 2>/dev/null
-  printf 'subjectAltName=URI:spiffe://cg/%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$who" > "$pki/$who.ext"
-  openssl x509 -req -in "$pki/$who.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial -days 2 \
-    -extfile "$pki/$who.ext" -out "$pki/$who.crt" 2>/dev/null
-  openssl pkcs8 -topk8 -nocrypt -in "$pki/$who.key" -out "$pki/$who.p8"
-done
+pki=$TMP/pki; mesh_pki "$pki"
 # side NAME: a strait config; `client` sends its outbound (on $front) to
 # the inbound, `server` serves the inbound (on $inport) from the upstream,
 # `plain` is the single hop.
@@ -81,7 +64,7 @@ side() {
     client) identity="identity: {certificate: $pki/client.crt, private_key: $pki/client.p8, trust_bundle: $pki/ca.pem}"
       outbound="{address: 127.0.0.1, port: $front, default_cluster: app}"
       cluster="  - name: app
-    tls: {identity: \"spiffe://cg/server\"}
+    tls: {identity: \"spiffe://bench/server\"}
     endpoints: [{address: \"127.0.0.1:$inport\"}]";;
     server) identity="identity: {certificate: $pki/server.crt, private_key: $pki/server.p8, trust_bundle: $pki/ca.pem}"
       inbound="{address: 127.0.0.1, port: $inport, default_cluster: app}";;

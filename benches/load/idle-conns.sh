@@ -25,6 +25,7 @@
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+. "$HERE/lib.sh"
 NS="1000 3000 10000" WORKERS="1 0" KINDS="http1 mtls" HAPROXY=1 HOLD=2
 BASE_PORT=${BASE_PORT:-19700}
 declare -a BINS=()
@@ -78,32 +79,12 @@ echo "# binaries: ${BINS[*]}"
 
 # The upstream: nginx answering 200 on keep-alive connections.
 up=$BASE_PORT sp=$((BASE_PORT + 1)) hp=$((BASE_PORT + 2))
-mkdir -p "$TMP/nginx"
-cat > "$TMP/nginx/nginx.conf" <<CFG
-worker_processes 1; daemon off; pid $TMP/nginx/nginx.pid; error_log $TMP/nginx/error.log warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 10000; }
-http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
-  client_body_temp_path $TMP/nginx/cb; proxy_temp_path $TMP/nginx/px; fastcgi_temp_path $TMP/nginx/fc;
-  uwsgi_temp_path $TMP/nginx/uw; scgi_temp_path $TMP/nginx/sc;
-  server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
-CFG
+ok_upstream "$TMP/nginx" "$up" 10000 20000
 start nginx nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf"
 wait_port "$up" || { echo "nginx did not start"; cat "$TMP/nginx/error.log"; exit 1; }
 
 # Mesh PKI: a CA, the server's and the client's certificates (EC P-256, SPIFFE URI SANs).
-pki=$TMP/pki; mkdir -p "$pki"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
-  -keyout "$pki/ca.key" -out "$pki/ca.pem" 2>/dev/null
-for who in server client; do
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$who.bench" \
-    -keyout "$pki/$who.key" -out "$pki/$who.csr" 2>/dev/null
-  printf 'subjectAltName=URI:spiffe://bench/%s,DNS:%s.bench\nextendedKeyUsage=serverAuth,clientAuth\n' "$who" "$who" > "$pki/$who.ext"
-  openssl x509 -req -in "$pki/$who.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial -days 2 \
-    -extfile "$pki/$who.ext" -out "$pki/$who.crt" 2>/dev/null
-  openssl pkcs8 -topk8 -nocrypt -in "$pki/$who.key" -out "$pki/$who.p8"
-  cat "$pki/$who.crt" "$pki/$who.key" > "$pki/$who.pem"
-done
+pki=$TMP/pki; mesh_pki "$pki"
 
 strait_yaml() { # kind workers
   local listener identity=""

@@ -19,6 +19,7 @@
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+. "$HERE/lib.sh"
 CASES=${CASES:-"http mesh tcp idle"}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
@@ -153,16 +154,7 @@ case_tcp() {
 case_idle() {
   echo; echo "## case 6: $IDLE_CONNS idle keep-alive connections (one request each, then held)"
   local up=$((BASE_PORT + 11)) sp=$((BASE_PORT + 12)) hp=$((BASE_PORT + 13))
-  mkdir -p "$TMP/nginx"
-  cat > "$TMP/nginx/nginx.conf" <<CFG
-worker_processes 1; daemon off; pid $TMP/nginx/nginx.pid; error_log $TMP/nginx/error.log warn;
-worker_rlimit_nofile 100000;
-events { worker_connections 60000; }
-http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
-  client_body_temp_path $TMP/nginx/cb; proxy_temp_path $TMP/nginx/px; fastcgi_temp_path $TMP/nginx/fc;
-  uwsgi_temp_path $TMP/nginx/uw; scgi_temp_path $TMP/nginx/sc;
-  server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
-CFG
+  ok_upstream "$TMP/nginx" "$up" 60000 100000
   ulimit -n "$(ulimit -Hn)" 2>/dev/null
   # HAProxy wants two descriptors per maxconn and refuses to start without
   # them; where the hard limit is lower it holds fewer connections (the
@@ -198,33 +190,10 @@ CFG
 }
 
 # ------------------------------------------------------------------ case 4
-mesh_pki() { # dir : CA, server and client certificates (EC P-256) with SPIFFE URI SANs
-  local d=$1 who
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
-    -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
-  for who in server client; do
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$who.bench" \
-      -keyout "$d/$who.key" -out "$d/$who.csr" 2>/dev/null
-    printf 'subjectAltName=URI:spiffe://bench/%s,DNS:%s.bench\nextendedKeyUsage=serverAuth,clientAuth\n' "$who" "$who" > "$d/$who.ext"
-    openssl x509 -req -in "$d/$who.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
-      -extfile "$d/$who.ext" -out "$d/$who.crt" 2>/dev/null
-    openssl pkcs8 -topk8 -nocrypt -in "$d/$who.key" -out "$d/$who.p8"
-    cat "$d/$who.crt" "$d/$who.key" > "$d/$who.pem"
-  done
-}
-
 case_mesh() {
   echo; echo "## case 4: mesh hop, client -> proxy -> TLS 1.3 mutual auth, HTTP/2 -> proxy -> upstream (wrk, 50 conns, ${DURATION}s), medians of $RUNS runs"
   local up=$((BASE_PORT + 21)) s1=$((BASE_PORT + 22)) s2=$((BASE_PORT + 23)) h1=$((BASE_PORT + 24)) h2=$((BASE_PORT + 25))
-  local d="$TMP/mesh"; mkdir -p "$d/nginx"; mesh_pki "$d"
-  cat > "$d/nginx/nginx.conf" <<CFG
-worker_processes 1; daemon off; pid $d/nginx/nginx.pid; error_log $d/nginx/error.log warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
-  client_body_temp_path $d/nginx/cb; proxy_temp_path $d/nginx/px; fastcgi_temp_path $d/nginx/fc;
-  uwsgi_temp_path $d/nginx/uw; scgi_temp_path $d/nginx/sc;
-  server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
-CFG
+  local d="$TMP/mesh"; mesh_pki "$d"; ok_upstream "$d/nginx" "$up"
   start_logged nginx-mesh nginx -p "$d/nginx" -c "$d/nginx/nginx.conf"
   # strait pair: the client side's outbound meshes to the server side's inbound.
   cat > "$d/strait-server.yaml" <<YAML
