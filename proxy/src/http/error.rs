@@ -11,9 +11,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The header naming why the proxy answered instead of the upstream.
-pub const PROXY_ERROR_HEADER: &str = "strait-proxy-error";
+pub const PROXY_ERROR_HEADER: http::HeaderName =
+    http::HeaderName::from_static("strait-proxy-error");
 /// On a 403: why the inbound policy refused the request.
-pub const DENY_REASON_HEADER: &str = "strait-deny-reason";
+pub const DENY_REASON_HEADER: http::HeaderName =
+    http::HeaderName::from_static("strait-deny-reason");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

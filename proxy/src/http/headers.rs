@@ -8,7 +8,7 @@ use crate::pool::HttpVersion;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme, Uri};
 use http::{Method, Request, Version};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 /// Headers that describe one hop and must not be forwarded.
 const HOP_BY_HOP: [HeaderName; 5] = [
@@ -171,22 +171,43 @@ pub fn prepare_request<B>(
 
 /// Append the client's IP to `x-forwarded-for` (inbound only: the app
 /// otherwise sees every request coming from the proxy on loopback).
-pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let value = match headers.get(HeaderName::from_static("x-forwarded-for")) {
-        Some(prior) => match prior.to_str() {
-            Ok(prior) => format!("{prior}, {client}"),
-            Err(_) => client.to_string(),
-        },
-        None => client.to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+/// `client` is the IP, formatted once per connection.
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    match headers.entry(const { HeaderName::from_static("x-forwarded-for") }) {
+        header::Entry::Vacant(vacant) => drop(vacant.insert(client.clone())),
+        // Several prior lines are one comma-separated list: join them all.
+        header::Entry::Occupied(mut prior) => {
+            let mut joined = Vec::new();
+            for hop in prior.iter() {
+                joined.extend_from_slice(hop.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(client.as_bytes());
+            let value = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.clone());
+            prior.insert(value); // replaces every prior line
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_appends_the_client_to_any_prior_chain() {
+        let client = HeaderValue::from_static("10.0.0.7");
+        let mut fresh = HeaderMap::new();
+        append_forwarded_for(&mut fresh, &client);
+        assert_eq!(fresh["x-forwarded-for"], "10.0.0.7");
+
+        let mut chained = HeaderMap::new();
+        chained.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        chained.append("x-forwarded-for", HeaderValue::from_static("198.51.100.2"));
+        append_forwarded_for(&mut chained, &client);
+        // One value: every prior line, in order, then the client.
+        let values: Vec<_> = chained.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(values, ["192.0.2.1, 198.51.100.2, 10.0.0.7"]);
+    }
 
     #[test]
     fn strips_hop_by_hop_and_named_headers() {

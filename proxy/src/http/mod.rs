@@ -43,10 +43,10 @@ pub struct Inputs {
 
 /// Carries an HTTP/1 request's version across the HTTP/2 mesh hop, so the
 /// far side restores it (as Linkerd's `l5d-orig-proto` does).
-pub const ORIG_PROTO_HEADER: &str = "strait-orig-proto";
+pub const ORIG_PROTO_HEADER: http::HeaderName = http::HeaderName::from_static("strait-orig-proto");
 /// The client's mesh identity, set on inbound requests that arrived over
 /// mTLS and stripped from every other.
-pub const CLIENT_ID_HEADER: &str = "strait-client-id";
+pub const CLIENT_ID_HEADER: http::HeaderName = http::HeaderName::from_static("strait-client-id");
 
 /// Where a request or connection goes.
 #[derive(Debug, Clone)]

@@ -107,7 +107,7 @@ pub fn watch(response: &mut http::Response<ProxyBody>, watch: Box<dyn StreamWatc
 /// A gRPC status from headers or trailers.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
-        .get("grpc-status")
+        .get(const { http::HeaderName::from_static("grpc-status") })
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
 }

@@ -56,7 +56,12 @@ where
 #[derive(Clone)]
 pub struct ClientIdentity<S> {
     inner: S,
-    conn: Arc<ConnContext>,
+    /// The connection's client address and proven identity, formatted
+    /// once per connection rather than on every request.
+    client_ip: HeaderValue,
+    client_id: Option<HeaderValue>,
+    /// The client proved a mesh identity (mTLS).
+    proven: bool,
     /// The target's cluster protocol is `auto` (or there is no cluster).
     protocol_auto: bool,
 }
@@ -71,9 +76,17 @@ impl ClientIdentity<()> {
             .cluster
             .as_ref()
             .is_none_or(|c| c.settings().protocol == Protocol::Auto);
+        let client_ip = HeaderValue::try_from(conn.client.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        let proven = conn.client_identity().is_some();
+        let client_id = conn
+            .client_identity()
+            .and_then(|id| HeaderValue::from_str(id).ok());
         move |inner| ClientIdentity {
             inner,
-            conn,
+            client_ip,
+            client_id,
+            proven,
             protocol_auto,
         }
     }
@@ -92,21 +105,18 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let identity = self.conn.client_identity();
-        let carried_h1 = req
-            .http
-            .headers()
-            .get(ORIG_PROTO_HEADER)
+        let headers = req.http.headers_mut();
+        let carried_h1 = headers
+            .remove(ORIG_PROTO_HEADER)
             .is_some_and(|p| p.as_bytes().starts_with(b"HTTP/1"));
-        if carried_h1 && identity.is_some() && self.protocol_auto {
+        if carried_h1 && self.proven && self.protocol_auto {
             *req.http.version_mut() = Version::HTTP_11;
         }
         let headers = req.http.headers_mut();
-        crate::http::headers::append_forwarded_for(headers, self.conn.client.ip());
-        headers.remove(ORIG_PROTO_HEADER);
-        headers.remove(CLIENT_ID_HEADER);
-        if let Some(id) = identity.and_then(|id| HeaderValue::from_str(id).ok()) {
-            headers.insert(CLIENT_ID_HEADER, id);
+        crate::http::headers::append_forwarded_for(headers, &self.client_ip);
+        match &self.client_id {
+            Some(id) => drop(headers.insert(CLIENT_ID_HEADER, id.clone())),
+            None => drop(headers.remove(CLIENT_ID_HEADER)),
         }
         self.inner.call(req)
     }

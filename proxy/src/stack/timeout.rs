@@ -22,6 +22,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
+
+/// Looked up by a constant name: a `&str` would be parsed on every request.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 use tokio::time::Sleep;
 use tower::Service;
 
@@ -235,7 +238,7 @@ async fn body_sent_or_stalled(state: &ReqState, limit: Duration) -> bool {
 
 /// A gRPC client's deadline (`grpc-timeout: 100m`), if it sent one.
 pub fn grpc_timeout<B>(req: &http::Request<B>) -> Option<Duration> {
-    let value = req.headers().get("grpc-timeout")?.to_str().ok()?;
+    let value = req.headers().get(GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
     let timeout = match unit {
