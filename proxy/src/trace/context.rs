@@ -89,31 +89,31 @@ impl Incoming {
     pub fn read(headers: &HeaderMap) -> Incoming {
         // One pass over the names (no hashing) first: most requests carry
         // no trace context, and seven lookups would each hash a name.
-        let (mut has_request_id, mut has_context) = (false, false);
+        let (mut has_request_id, mut w3c, mut b3, mut b3_multi) = (false, false, false, false);
         for name in headers.keys() {
             let name = name.as_str();
             if name == REQUEST_ID.as_str() {
                 has_request_id = true;
-            } else if name == TRACEPARENT.as_str()
-                || name == B3.as_str()
-                || name.starts_with("x-b3-")
-            {
-                has_context = true;
+            } else if name == TRACEPARENT.as_str() {
+                w3c = true;
+            } else if name == B3.as_str() {
+                b3 = true;
+            } else if name.starts_with("x-b3-") {
+                b3_multi = true;
             }
         }
-        if !has_context {
-            return Incoming {
-                has_request_id,
-                ..Incoming::default()
-            };
-        }
+        // Only the formats present are looked up: a mesh hop carries
+        // `traceparent` alone, and each lookup hashes a name.
         let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         let mut incoming = Incoming {
-            traceparent: text(&TRACEPARENT).and_then(parse_traceparent),
+            traceparent: w3c
+                .then(|| text(&TRACEPARENT))
+                .flatten()
+                .and_then(parse_traceparent),
             has_request_id,
             ..Incoming::default()
         };
-        if let Some(b3) = text(&B3) {
+        if let Some(b3) = b3.then(|| text(&B3)).flatten() {
             match parse_b3_single(b3) {
                 Some(B3Parsed::Context(single)) => incoming.b3 = Some(single),
                 Some(B3Parsed::DecisionOnly(sampling)) => {
@@ -121,6 +121,9 @@ impl Incoming {
                 }
                 None => {}
             }
+        }
+        if !b3_multi {
+            return incoming;
         }
         let sampled = b3_multi_sampled(text(&B3_SAMPLED), text(&B3_FLAGS));
         let ids = text(&B3_TRACE_ID)
