@@ -90,6 +90,17 @@ pub struct ConnContext {
     pub no_authority: Arc<str>,
     /// The response timer its requests borrow in turn.
     pub spare_timer: crate::stack::timeout::SpareTimer,
+    /// Inbound: the client's headers, formatted on the first request.
+    client_headers: OnceLock<Box<ClientHeaders>>,
+}
+
+/// What an inbound connection tells the app about its client, as header
+/// values: made once per connection, cloned (a reference count) per request.
+pub struct ClientHeaders {
+    /// The client's IP, for `x-forwarded-for`.
+    pub ip: http::HeaderValue,
+    /// The client's proven mesh identity, for `strait-client-id`.
+    pub identity: Option<http::HeaderValue>,
 }
 
 impl ConnContext {
@@ -110,6 +121,7 @@ impl ConnContext {
             authz: OnceLock::new(),
             memo: Mutex::new(None),
             direct_pools: Default::default(),
+            client_headers: OnceLock::new(),
         })
     }
 
@@ -123,6 +135,20 @@ impl ConnContext {
             TlsStatus::Mesh { client_id, .. } => client_id.as_deref(),
             TlsStatus::NoIdentity(_) => None,
         }
+    }
+
+    /// The client's address and identity as header values (inbound).
+    pub fn client_headers(&self) -> &ClientHeaders {
+        self.client_headers.get_or_init(|| {
+            let ip = http::HeaderValue::try_from(self.client.ip().to_string());
+            Box::new(ClientHeaders {
+                // An IP's text is always a valid header value.
+                ip: ip.unwrap_or(http::HeaderValue::from_static("unknown")),
+                identity: self
+                    .client_identity()
+                    .and_then(|id| http::HeaderValue::from_str(id).ok()),
+            })
+        })
     }
 
     /// (allowed, denied) counters of this connection's (port, identity).

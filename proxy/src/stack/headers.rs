@@ -56,12 +56,7 @@ where
 #[derive(Clone)]
 pub struct ClientIdentity<S> {
     inner: S,
-    /// The connection's client address and proven identity, formatted
-    /// once per connection rather than on every request.
-    client_ip: HeaderValue,
-    client_id: Option<HeaderValue>,
-    /// The client proved a mesh identity (mTLS).
-    proven: bool,
+    conn: Arc<ConnContext>,
     /// The target's cluster protocol is `auto` (or there is no cluster).
     protocol_auto: bool,
 }
@@ -76,17 +71,9 @@ impl ClientIdentity<()> {
             .cluster
             .as_ref()
             .is_none_or(|c| c.settings().protocol == Protocol::Auto);
-        let client_ip = HeaderValue::try_from(conn.client.ip().to_string())
-            .unwrap_or(HeaderValue::from_static("unknown"));
-        let proven = conn.client_identity().is_some();
-        let client_id = conn
-            .client_identity()
-            .and_then(|id| HeaderValue::from_str(id).ok());
         move |inner| ClientIdentity {
             inner,
-            client_ip,
-            client_id,
-            proven,
+            conn,
             protocol_auto,
         }
     }
@@ -105,16 +92,19 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
+        let proven = self.conn.client_identity().is_some();
         let headers = req.http.headers_mut();
         let carried_h1 = headers
             .remove(ORIG_PROTO_HEADER)
             .is_some_and(|p| p.as_bytes().starts_with(b"HTTP/1"));
-        if carried_h1 && self.proven && self.protocol_auto {
+        if carried_h1 && proven && self.protocol_auto {
             *req.http.version_mut() = Version::HTTP_11;
         }
+        // Formatted once per connection (the stack is made per request).
+        let client = self.conn.client_headers();
         let headers = req.http.headers_mut();
-        crate::http::headers::append_forwarded_for(headers, &self.client_ip);
-        match &self.client_id {
+        crate::http::headers::append_forwarded_for(headers, &client.ip);
+        match &client.identity {
             Some(id) => drop(headers.insert(CLIENT_ID_HEADER, id.clone())),
             None => drop(headers.remove(CLIENT_ID_HEADER)),
         }
