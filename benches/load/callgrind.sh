@@ -4,7 +4,7 @@
 # per-request changes can be compared (A/B: run it once per binary).
 #
 #   benches/load/callgrind.sh [--bin PATH] [--case h1|h2|mesh-client|mesh-server]
-#                             [--requests N] [--in-flight M] [--out DIR]
+#                             [--requests N] [--in-flight M] [--out DIR] [--by-crate]
 #
 # Cases (upstream: nginx answering `200 ok`; load: h2load, 10 connections):
 #   h1           HTTP/1.1 client -> strait outbound -> HTTP/1.1 upstream
@@ -16,12 +16,14 @@
 # streams); default 10 for h1/h2, 1 for the mesh cases (as wrk sends).
 # Only the measured requests are counted (instrumentation is switched on
 # after a warm-up of 500). Prints `Ir/request`; the profile is kept in
-# --out for callgrind_annotate. Bounded: the load is a fixed count.
+# --out for callgrind_annotate. --by-crate also prints each crate's own
+# (self) instructions per request: generic code is counted in the crate
+# whose function it was inlined into. Bounded: the load is a fixed count.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
-BIN=$ROOT/target/release/strait CASE=h1 N=20000 M="" OUT=""
+BIN=$ROOT/target/release/strait CASE=h1 N=20000 M="" OUT="" BY_CRATE=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --bin) BIN=$2; shift 2;;
@@ -29,7 +31,8 @@ while [[ $# -gt 0 ]]; do
     --requests) N=$2; shift 2;;
     --in-flight) M=$2; shift 2;;
     --out) OUT=$2; shift 2;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0;;
+    --by-crate) BY_CRATE=1; shift;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0;;
     *) echo "unknown argument $1" >&2; exit 2;;
   esac
 done
@@ -94,3 +97,26 @@ profile=$(ls -t "$OUT"/callgrind.out.* | head -1)
 ir=$(callgrind_annotate "$profile" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n++ {gsub(",","",$1); print $1}')
 echo "# $CASE, $N requests ($M in flight per connection): $result"
 echo "Ir/request $((ir / N))  (profile: $profile)"
+if [[ $BY_CRATE == 1 ]]; then
+  # Self cost per function -> its crate: the first path segment of the
+  # symbol (trait impls `<T as Trait>` count for T's crate); symbols with
+  # no path are C or assembly (jemalloc, ring's AES-GCM); libc by its file.
+  callgrind_annotate --threshold=100 "$profile" 2>/dev/null | awk -v n="$N" '
+    /^ *[0-9,]+ +\([ 0-9.]+%\) +[^ ]+:/ {
+      ir = $1; gsub(",", "", ir)
+      fn = $0; sub(/^ *[0-9,]+ +\([ 0-9.]+%\) +/, "", fn)
+      if (fn ~ /libc\.so|^\.\//) crate = "libc (memcpy, ...)"
+      else {
+        sub(/^\?\?\?:/, "", fn); sub(/ \[[^]]*\]$/, "", fn); sub(/^<&?/, "", fn)
+        if (fn !~ /::/) crate = "C, asm (jemalloc, AES)"
+        else { split(fn, parts, /::|<| as /); crate = parts[1] }
+        # `<E as hyper::...>`: a generic type, so count it for the trait crate.
+        if (crate ~ /^[A-Z]$/ && split(fn, t, / as /) > 1) { split(t[2], q, /::/); crate = q[1] }
+        if (crate ~ /^(core|alloc|std|str|u8|u16|u32|u64|usize)$/) crate = "core/alloc/std"
+      }
+      total[crate] += ir
+    }
+    END { for (c in total) printf "%d\t%s\n", total[c] / n, c }' |
+    sort -t$'\t' -k1,1nr | awk -F'\t' '$1 >= 10 { printf "  %-22s %7d\n", $2, $1 } { sum += $1 }
+      END { printf "  %-22s %7d  (self instructions per request, by crate)\n", "all", sum }'
+fi
