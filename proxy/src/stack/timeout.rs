@@ -22,11 +22,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
+use tokio::time::Sleep;
+use tower::Service;
 
 /// Looked up by a constant name: a `&str` would be parsed on every request.
 const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
-use tokio::time::Sleep;
-use tower::Service;
 
 #[derive(Clone)]
 pub struct Timeout<S> {
