@@ -59,8 +59,7 @@ where
 /// this request is sampled and spans are exported.
 fn propagate(conn: &Arc<ConnContext>, req: &mut Req) -> Option<Box<Draft>> {
     let headers = req.http.headers_mut();
-    let incoming = Incoming::read(headers);
-    context::never_index(headers, &incoming);
+    let incoming = Incoming::read_marking_ids(headers);
     if !incoming.has_request_id {
         if let Some(id) = context::new_request_id(fastrand::u128(..)) {
             headers.insert(context::REQUEST_ID, id);

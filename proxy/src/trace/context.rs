@@ -85,35 +85,77 @@ impl B3Sampling {
     }
 }
 
+/// Which trace formats a request's header names show, seen in one pass
+/// over the names (no hashing): most requests carry no trace context, and
+/// seven lookups would each hash a name.
+#[derive(Default)]
+struct Seen {
+    request_id: bool,
+    w3c: bool,
+    b3: bool,
+    b3_multi: bool,
+}
+
+impl Seen {
+    /// Note `name`; whether its value names this one request (an id, see
+    /// [`unique`]).
+    fn note(&mut self, name: &HeaderName) -> bool {
+        let name = name.as_str();
+        if name == REQUEST_ID.as_str() {
+            self.request_id = true;
+            true
+        } else if name == TRACEPARENT.as_str() {
+            self.w3c = true;
+            true
+        } else if name == B3.as_str() {
+            self.b3 = true;
+            true
+        } else if name.starts_with("x-b3-") {
+            self.b3_multi = true;
+            let ids = [&B3_TRACE_ID, &B3_SPAN_ID, &B3_PARENT_SPAN_ID];
+            ids.iter().any(|id| id.as_str() == name)
+        } else {
+            false
+        }
+    }
+}
+
 impl Incoming {
     pub fn read(headers: &HeaderMap) -> Incoming {
-        // One pass over the names (no hashing) first: most requests carry
-        // no trace context, and seven lookups would each hash a name.
-        let (mut has_request_id, mut w3c, mut b3, mut b3_multi) = (false, false, false, false);
+        let mut seen = Seen::default();
         for name in headers.keys() {
-            let name = name.as_str();
-            if name == REQUEST_ID.as_str() {
-                has_request_id = true;
-            } else if name == TRACEPARENT.as_str() {
-                w3c = true;
-            } else if name == B3.as_str() {
-                b3 = true;
-            } else if name.starts_with("x-b3-") {
-                b3_multi = true;
+            seen.note(name);
+        }
+        Incoming::parse(headers, seen)
+    }
+
+    /// [`Incoming::read`], marking the ids the request came with
+    /// never-indexed (see [`unique`]) in the same pass; the rest of its
+    /// headers repeat and keep being indexed.
+    pub fn read_marking_ids(headers: &mut HeaderMap) -> Incoming {
+        let mut seen = Seen::default();
+        for (name, value) in headers.iter_mut() {
+            if seen.note(name) {
+                value.set_sensitive(true);
             }
         }
+        Incoming::parse(headers, seen)
+    }
+
+    fn parse(headers: &HeaderMap, seen: Seen) -> Incoming {
         // Only the formats present are looked up: a mesh hop carries
         // `traceparent` alone, and each lookup hashes a name.
         let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         let mut incoming = Incoming {
-            traceparent: w3c
+            traceparent: seen
+                .w3c
                 .then(|| text(&TRACEPARENT))
                 .flatten()
                 .and_then(parse_traceparent),
-            has_request_id,
+            has_request_id: seen.request_id,
             ..Incoming::default()
         };
-        if let Some(b3) = b3.then(|| text(&B3)).flatten() {
+        if let Some(b3) = seen.b3.then(|| text(&B3)).flatten() {
             match parse_b3_single(b3) {
                 Some(B3Parsed::Context(single)) => incoming.b3 = Some(single),
                 Some(B3Parsed::DecisionOnly(sampling)) => {
@@ -122,7 +164,7 @@ impl Incoming {
                 None => {}
             }
         }
-        if !b3_multi {
+        if !seen.b3_multi {
             return incoming;
         }
         let sampled = b3_multi_sampled(text(&B3_SAMPLED), text(&B3_FLAGS));
@@ -301,32 +343,6 @@ fn unique(bytes: &[u8]) -> Option<HeaderValue> {
     let mut value = HeaderValue::from_bytes(bytes).ok()?;
     value.set_sensitive(true);
     Some(value)
-}
-
-/// Mark the per-request ids the request came with (see [`unique`]) in
-/// one pass over its headers (no hashing); the rest of its headers repeat
-/// and keep being indexed.
-pub fn never_index(headers: &mut HeaderMap, incoming: &Incoming) {
-    let has_ids = incoming.has_request_id
-        || incoming.traceparent.is_some()
-        || incoming.b3.is_some()
-        || incoming.b3_multi.is_some();
-    if !has_ids {
-        return;
-    }
-    let ids = [
-        &REQUEST_ID,
-        &TRACEPARENT,
-        &B3,
-        &B3_TRACE_ID,
-        &B3_SPAN_ID,
-        &B3_PARENT_SPAN_ID,
-    ];
-    for (name, value) in headers.iter_mut() {
-        if ids.contains(&name) {
-            value.set_sensitive(true);
-        }
-    }
 }
 
 /// The two hex digits of every byte: one lookup per byte.
@@ -627,8 +643,7 @@ mod tests {
             ("x-request-id", "abc"),
             ("user-agent", "curl"),
         ]);
-        let incoming = Incoming::read(&map);
-        never_index(&mut map, &incoming);
+        Incoming::read_marking_ids(&mut map);
         for (name, value) in &map {
             let repeats = ["x-b3-sampled", "user-agent"].contains(&name.as_str());
             assert_eq!(value.is_sensitive(), !repeats, "{name}");
