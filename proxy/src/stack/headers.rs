@@ -92,21 +92,20 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let proven = self.conn.client_identity().is_some();
+        // Formatted once per connection (the stack is made per request).
+        let client = self.conn.client_headers();
         let headers = req.http.headers_mut();
         let carried_h1 = headers
             .remove(ORIG_PROTO_HEADER)
             .is_some_and(|p| p.as_bytes().starts_with(b"HTTP/1"));
-        if carried_h1 && proven && self.protocol_auto {
-            *req.http.version_mut() = Version::HTTP_11;
-        }
-        // Formatted once per connection (the stack is made per request).
-        let client = self.conn.client_headers();
-        let headers = req.http.headers_mut();
         crate::http::headers::append_forwarded_for(headers, &client.ip);
         match &client.identity {
             Some(id) => drop(headers.insert(CLIENT_ID_HEADER, id.clone())),
             None => drop(headers.remove(CLIENT_ID_HEADER)),
+        }
+        let proven = self.conn.client_identity().is_some();
+        if carried_h1 && proven && self.protocol_auto {
+            *req.http.version_mut() = Version::HTTP_11;
         }
         self.inner.call(req)
     }
