@@ -6,10 +6,10 @@
 #                    NET_ADMIN to install the redirect.
 #
 # Build the static, stripped binary first (glibc linked statically; no DNS
-# resolution happens through NSS, so nothing is lost):
-#   RUSTFLAGS="-C target-feature=+crt-static" \
-#     cargo build --release --locked --target x86_64-unknown-linux-gnu --bin strait
-#   mkdir -p target/image && strip -o target/image/strait target/x86_64-unknown-linux-gnu/release/strait
+# resolution happens through NSS, so nothing is lost), optimised with a
+# profile of a training load (deploy/pgo.sh):
+#   RUSTFLAGS="-C target-feature=+crt-static" deploy/pgo.sh --target x86_64-unknown-linux-gnu
+#   mkdir -p target/image && strip -o target/image/strait target/pgo/x86_64-unknown-linux-gnu/strait
 # (stripped by `strip`, not cargo's profile: that would rename the symbols
 # proxy/symbol-order.txt lays out)
 # and the init image's file tree (iptables and its libraries, from this

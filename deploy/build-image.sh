@@ -19,13 +19,14 @@ init_tag=${2:-strait-init:dev}
 for tool in buildah:buildah ip:iproute2 curl:curl; do
   command -v "${tool%%:*}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${tool##*:}" >/dev/null; }
 done
-# Stripped after the build rather than by cargo's profile, which would
-# rename every symbol and so miss proxy/symbol-order.txt's layout.
-RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --release --locked --target x86_64-unknown-linux-gnu --bin strait
+# Built with profile-guided optimisation (deploy/pgo.sh: two release
+# builds and a short training load). Stripped after the build rather than
+# by cargo's profile, which would rename every symbol and so miss
+# proxy/symbol-order.txt's layout.
+RUSTFLAGS="-C target-feature=+crt-static" deploy/pgo.sh --target x86_64-unknown-linux-gnu
 mkdir -p target/image
 binary=target/image/strait
-strip -o "$binary" target/x86_64-unknown-linux-gnu/release/strait
+strip -o "$binary" target/pgo/x86_64-unknown-linux-gnu/strait
 deploy/init-rootfs.sh
 bah=(buildah --storage-driver vfs)
 "${bah[@]}" bud --isolation chroot --target init -t "$init_tag" .

@@ -16,6 +16,8 @@
 # started is torn down by PID. Installs wrk, nginx, haproxy, h2load and iperf3
 # from Debian when missing. oha: `cargo install oha --locked` (slow; cached in
 # ~/.cargo/bin). Extra --proxy arguments are passed to peers.sh (http case).
+# strait is the binary as it ships, built by deploy/pgo.sh (profile-guided
+# optimisation), unless STRAIT_BIN names another.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -51,8 +53,9 @@ fi
 export PATH="$PATH:$HOME/.cargo/bin"
 command -v oha >/dev/null || echo "oha not found: the fixed-rate case is skipped (cargo install oha --locked)" >&2
 if [[ -z "${STRAIT_BIN:-}" ]]; then
-  (cd "$ROOT" && cargo build --release --locked --bin strait 2>&1 | tail -1) >&2
-  export STRAIT_BIN="$ROOT/target/release/strait"
+  # The binary as it ships: profile-guided optimisation, as the image.
+  (cd "$ROOT" && deploy/pgo.sh 2>&1 | tail -1) >&2
+  export STRAIT_BIN="$ROOT/target/pgo/strait"
 fi
 
 echo "# strait load benchmark $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
