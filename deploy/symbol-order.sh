@@ -8,22 +8,24 @@
 # code that runs at start-up and per request fills a few contiguous
 # megabytes instead.
 #
-# How: the release binary runs under callgrind on the embedded default
-# config (start-up, /ready, /metrics), then as an HTTP/1 reverse proxy to
-# nginx with HTTP/1.1 and h2c traffic; every function that ran is listed,
-# hottest first. The static build of the image (deploy/build-image.sh)
-# names the same functions with other hashes, so it is built and profiled
-# the same way, and its names are listed too. A stale file costs nothing but layout:
-# names no longer in the binary are skipped at link time. Needs valgrind,
-# nginx, h2load (nghttp2-client), curl and python3. Takes about five
-# minutes (two fat-LTO links).
+# How: the release binary, built as it ships (deploy/pgo.sh: profile-guided
+# optimisation, which inlines and outlines differently from a plain build),
+# runs under callgrind on the embedded default config (start-up, /ready,
+# /metrics), then as an HTTP/1 reverse proxy to nginx with HTTP/1.1 and
+# h2c traffic; every function that ran is listed, hottest first. The
+# static build of the image (deploy/build-image.sh) names the same
+# functions with other hashes, so it is built and profiled the same way,
+# and its names are listed too. A stale file costs nothing but layout:
+# names no longer in the binary are skipped at link time. A plain
+# `cargo build --release` shares most of the names, not all. Needs
+# valgrind, nginx, h2load (nghttp2-client), curl and python3. Takes about
+# twenty minutes (two PGO builds: four fat-LTO links).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin strait
-RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --release --target x86_64-unknown-linux-gnu --bin strait
-dynamic=$PWD/target/release/strait
-static=$PWD/target/x86_64-unknown-linux-gnu/release/strait
+deploy/pgo.sh
+RUSTFLAGS="-C target-feature=+crt-static" deploy/pgo.sh --target x86_64-unknown-linux-gnu
+dynamic=$PWD/target/pgo/strait
+static=$PWD/target/pgo/x86_64-unknown-linux-gnu/strait
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
