@@ -41,20 +41,37 @@ const WEB: &str = "web.default.svc.cluster.local";
 const API: &str = "api.default.svc.cluster.local";
 const DB: &str = "db.default.svc.cluster.local";
 
+/// The two modes run one at a time: they share the host's nat table and
+/// conntrack, and the one failure this test has had (a redirected
+/// connection refused, in CI) came as the other mode tore down.
+static ONE_MODE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A connection to `to` marked for the test's redirect rules, so it
-/// reaches the proxy with `to` as its original destination.
-fn connect_marked(to: SocketAddr) -> tokio::net::TcpStream {
+/// reaches the proxy with `to` as its original destination. A failure
+/// says what the redirect and the proxy looked like at that moment.
+fn connect_marked(proxy: &Proxy, to: SocketAddr) -> tokio::net::TcpStream {
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket.set_mark(MARK).expect("SO_MARK (needs root)");
-    socket.connect(&to.into()).expect("connect");
+    if let Err(e) = socket.connect(&to.into()) {
+        let rules = std::process::Command::new("iptables")
+            .args(["-w", "-t", "nat", "-S", "OUTPUT"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("iptables: {e}"));
+        panic!(
+            "connect to {to} (redirected to the outbound {}): {e}\nnat OUTPUT:\n{rules}\nproxy log:\n{}",
+            proxy.outbound,
+            proxy.log()
+        );
+    }
     socket.set_nonblocking(true).expect("nonblocking");
     tokio::net::TcpStream::from_std(socket.into()).expect("tokio stream")
 }
 
 /// GET `path` with Host `host` on a connection to `to`.
-async fn get(to: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
-    let (mut sender, conn) = http1::handshake(TokioIo::new(connect_marked(to)))
+async fn get(proxy: &Proxy, to: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
+    let (mut sender, conn) = http1::handshake(TokioIo::new(connect_marked(proxy, to)))
         .await
         .expect("handshake");
     tokio::spawn(conn);
@@ -103,6 +120,7 @@ async fn echo_server() -> SocketAddr {
 }
 
 async fn istio_snapshot_routes_by_original_destination(mode: &str) {
+    let _one_mode = ONE_MODE_AT_A_TIME.lock().await;
     let web = Upstream::start().await;
     let api = Upstream::start().await;
     let external = Upstream::start().await;
@@ -220,23 +238,23 @@ async fn istio_snapshot_routes_by_original_destination(mode: &str) {
     // service's names.
     for host in [WEB, "web", "web.default:80"] {
         let before = web.requests.load(Ordering::SeqCst);
-        let (status, body) = get(web_vip, host, "/").await;
+        let (status, body) = get(&proxy, web_vip, host, "/").await;
         assert_eq!(status, StatusCode::OK, "{host}: {body}\n{}", proxy.log());
         assert_eq!(web.requests.load(Ordering::SeqCst), before + 1, "{host}");
     }
-    let (status, body) = get(api_vip, &format!("{API}:8080"), "/").await;
+    let (status, body) = get(&proxy, api_vip, &format!("{API}:8080"), "/").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(api.requests.load(Ordering::SeqCst), 1);
 
     // The route's fault config answers for it; the upstream never sees it.
-    let (status, _) = get(api_vip, API, "/fault/x").await;
+    let (status, _) = get(&proxy, api_vip, API, "/fault/x").await;
     assert_eq!(status, StatusCode::IM_A_TEAPOT);
     assert_eq!(api.requests.load(Ordering::SeqCst), 1);
 
     // The route's local rate limit: its two tokens, then 429.
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        statuses.push(get(api_vip, API, "/limited").await.0);
+        statuses.push(get(&proxy, api_vip, API, "/limited").await.0);
     }
     assert_eq!(
         statuses,
@@ -252,17 +270,17 @@ async fn istio_snapshot_routes_by_original_destination(mode: &str) {
     // passed through to where it was going (the api VIP, which nothing
     // serves), never to web.
     let web_seen = web.requests.load(Ordering::SeqCst);
-    let (status, body) = get(api_vip, WEB, "/").await;
+    let (status, body) = get(&proxy, api_vip, WEB, "/").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(web.requests.load(Ordering::SeqCst), web_seen);
 
     // Anything unknown passes through to its original destination.
-    let (status, body) = get(external.addr, "example.com", "/").await;
+    let (status, body) = get(&proxy, external.addr, "example.com", "/").await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", proxy.log());
     assert_eq!(external.requests.load(Ordering::SeqCst), 1);
 
     // The TCP service by its VIP.
-    let mut stream = connect_marked(db_vip);
+    let mut stream = connect_marked(&proxy, db_vip);
     stream.write_all(b"ping").await.expect("write");
     let mut reply = [0u8; 7];
     tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut reply))
@@ -295,7 +313,7 @@ async fn istio_snapshot_routes_by_original_destination(mode: &str) {
         "{detail}"
     );
     let before = web.requests.load(Ordering::SeqCst);
-    let (status, body) = get(web_vip, WEB, "/").await;
+    let (status, body) = get(&proxy, web_vip, WEB, "/").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(web.requests.load(Ordering::SeqCst), before + 1);
 }
