@@ -130,6 +130,7 @@ for _ in 1 2 3; do curl -sf "http://127.0.0.1:$admin/metrics" > /dev/null; done
 pids+=("$!")
 for _ in $(seq 100); do grep -q "^addrs" "$tmp/cp.log" && break; sleep 0.1; done
 ads=$(sed -n 's/^addrs.* churn=\([^ ]*\).*/\1/p' "$tmp/cp.log")
+[[ -n $ads ]] || { echo "training: the xDS control plane did not start:" >&2; cat "$tmp/cp.log" >&2; exit 1; }
 xds=$(free_port) xds_admin=$(free_port)
 cat > "$tmp/xds.yaml" <<YAML
 log: {level: warn}
@@ -146,7 +147,12 @@ applied() { curl -s "http://127.0.0.1:$xds_admin/metrics" |
 wait_ok "$xds"
 load --h1 -c 10 -n 5000 "http://127.0.0.1:$xds/"
 for _ in $(seq 300); do (( $(applied) >= 30 )) && break; sleep 0.2; done
-(( $(applied) >= 30 )) || { echo "training: the xDS updates were not applied" >&2; exit 1; }
+n=$(applied)
+if (( n < 30 )); then
+  echo "training: $n of 30 EDS updates applied in 60 s (control plane $ads); its log and strait's:" >&2
+  tail -5 "$tmp/cp.log" "$tmp/log" >&2
+  exit 1
+fi
 # A graceful stop: the profile is written as the process exits.
 for p in "${straits[@]}"; do kill -TERM "$p"; done
 for p in "${straits[@]}"; do wait "$p" || true; done
