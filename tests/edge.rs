@@ -484,11 +484,22 @@ async fn declared_protocols_never_fall_back_to_opaque() {
 
 #[tokio::test]
 async fn a_clients_broken_chunked_body_is_its_own_fault() {
+    broken_chunked_body_to("http1").await;
+}
+
+/// The same over HTTP/2 to the upstream: strait's own HTTP/2 client says
+/// that the client's body broke (the upstream sees a reset stream).
+#[tokio::test]
+async fn a_clients_broken_chunked_body_is_its_own_fault_over_http2() {
+    broken_chunked_body_to("http2").await;
+}
+
+async fn broken_chunked_body_to(protocol: &str) {
     let upstream = Upstream::start().await;
     // One failure would eject the only endpoint, were it blamed.
     let yaml = web_config(upstream.addr).replace(
         "    endpoints:",
-        "    outlier_detection: {consecutive_failures: 1}\n    endpoints:",
+        &format!("    protocol: {protocol}\n    outlier_detection: {{consecutive_failures: 1}}\n    endpoints:"),
     );
     let proxy = Proxy::start(&yaml);
     let within = Duration::from_secs(5);

@@ -8,6 +8,7 @@
 
 use super::authority::body_cap::{BoxError, Capped, Tripped};
 use super::stream_end::Tracked;
+use crate::pool::UpstreamError;
 use crate::stack::replay::ReplayBody;
 use crate::stack::ReqState;
 use bytes::Bytes;
@@ -45,15 +46,15 @@ impl<B> StreamOrBytes<B> {
 
 impl<B> Body for StreamOrBytes<B>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes, Error = UpstreamError> + Unpin,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         match self.get_mut() {
             StreamOrBytes::Stream(body) => Pin::new(body).poll_frame(cx),
             StreamOrBytes::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),

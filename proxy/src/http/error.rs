@@ -4,7 +4,7 @@
 //! saying what to check. Each knows whether the request may already have
 //! reached the upstream (and so whether replaying it is safe).
 
-use crate::pool::PoolError;
+use crate::pool::{PoolError, UpstreamError};
 use crate::socket::ConnectError;
 use http::{HeaderValue, Response, StatusCode};
 use std::net::SocketAddr;
@@ -37,7 +37,7 @@ pub enum ProxyError {
     #[error("HTTP handshake with upstream {addr} failed ({source}): does it speak the cluster's protocol?")]
     Handshake {
         addr: SocketAddr,
-        source: hyper::Error,
+        source: UpstreamError,
     },
     #[error("upstream {addr} sent no response headers within the {after:?} response timeout")]
     ResponseTimeout { addr: SocketAddr, after: Duration },
@@ -61,7 +61,7 @@ pub enum ProxyError {
     #[error("upstream {addr} failed the request: {source}{}", http2_hint(*plain_http2))]
     Upstream {
         addr: SocketAddr,
-        source: hyper::Error,
+        source: UpstreamError,
         /// Sent as plain HTTP/2 (not the mesh hop): say what to check.
         plain_http2: bool,
     },
@@ -235,14 +235,20 @@ impl ProxyError {
     /// client, never counted against the endpoint.
     /// `plain_http2` is whether the upstream was spoken to in plaintext
     /// HTTP/2 (for the operator's hint).
-    pub fn exchange(addr: SocketAddr, source: hyper::Error, plain_http2: bool) -> ProxyError {
+    pub fn exchange(addr: SocketAddr, source: UpstreamError, plain_http2: bool) -> ProxyError {
         use std::error::Error;
         // hyper reports a failure of the body it was sending as a user
-        // error whose cause is that body's own error.
-        let client_body = source.is_user()
-            && source
-                .source()
-                .is_some_and(|cause| cause.downcast_ref::<hyper::Error>().is_some());
+        // error whose cause is that body's own error; the HTTP/2 client
+        // says so itself.
+        let client_body = match &source {
+            UpstreamError::Http1(e) => {
+                e.is_user()
+                    && e.source()
+                        .is_some_and(|cause| cause.downcast_ref::<hyper::Error>().is_some())
+            }
+            UpstreamError::Http2(_) => false,
+            UpstreamError::RequestBody => true,
+        };
         if client_body {
             ProxyError::RequestBody
         } else {

@@ -14,7 +14,7 @@
 
 use super::body::ProxyBody;
 use crate::metrics::RequestMetrics;
-use crate::pool::PooledBody;
+use crate::pool::{PooledBody, UpstreamError};
 use crate::registry::RequestSlot;
 use bytes::Bytes;
 use http::HeaderMap;
@@ -174,12 +174,12 @@ impl Tracked {
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {

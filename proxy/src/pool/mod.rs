@@ -6,7 +6,10 @@
 //! the next request a connection stuck behind that body, so such a
 //! connection is closed once the body is done instead. HTTP/2
 //! keeps one multiplexed connection per endpoint, with one connect in
-//! flight at a time. Idle connections past their timeout are reaped.
+//! flight at a time (its client is [`h2`]). Idle connections past their
+//! timeout are reaped.
+
+mod h2;
 
 use crate::http::body::UpstreamBody;
 use crate::io::CountedIo;
@@ -15,11 +18,12 @@ use crate::socket::{self, ConnectError};
 use crate::tls::{MeshProtocol, Tls};
 use crate::Direction;
 use bytes::Bytes;
+use h2::{H2Body, H2Sender};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -96,12 +100,25 @@ pub enum PoolError {
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
-        source: hyper::Error,
+        source: UpstreamError,
     },
     #[error("mTLS handshake with {addr} failed: {reason}")]
     Tls { addr: SocketAddr, reason: String },
     #[error("the cluster's circuit_breaker.max_connections is reached")]
     TooManyConnections,
+}
+
+/// Why an exchange with an upstream failed, in either HTTP version.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Http1(#[from] hyper::Error),
+    #[error("HTTP/2: {0}")]
+    Http2(#[from] ::h2::Error),
+    /// The client's request body failed while it was sent to an HTTP/2
+    /// upstream (the client's fault, not the upstream's).
+    #[error("the client's request body failed while it was sent")]
+    RequestBody,
 }
 
 /// All endpoint pools of one direction.
@@ -245,7 +262,7 @@ pub struct EndpointPool {
     reused: IntCounter,
     opened: IntCounter,
     idle: Mutex<Vec<IdleH1>>,
-    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    h2: Mutex<Option<H2Sender>>,
     /// Held while an HTTP/2 connect is in flight, so callers share one.
     h2_connect: tokio::sync::Mutex<()>,
 }
@@ -259,7 +276,7 @@ pub struct Checkout {
 
 enum Sender {
     H1(http1::SendRequest<SentBody>),
-    H2(http2::SendRequest<UpstreamBody>),
+    H2(H2Sender),
 }
 
 /// A request that failed before it was written, handed back for a retry.
@@ -366,7 +383,7 @@ impl EndpointPool {
         self.idle.lock().ok()?.pop()
     }
 
-    fn shared_h2(&self) -> Option<http2::SendRequest<UpstreamBody>> {
+    fn shared_h2(&self) -> Option<H2Sender> {
         let h2 = self.h2.lock().ok()?;
         h2.as_ref().filter(|s| !s.is_closed()).cloned()
     }
@@ -410,7 +427,7 @@ impl EndpointPool {
             .await
             .map_err(|source| PoolError::Handshake {
                 addr: self.addr,
-                source,
+                source: source.into(),
             })?;
         let addr = self.addr;
         tokio::spawn(async move {
@@ -426,7 +443,7 @@ impl EndpointPool {
         &self,
         connect_timeout: Duration,
         limit: Option<&ConnectionLimit>,
-    ) -> Result<http2::SendRequest<UpstreamBody>, PoolError> {
+    ) -> Result<H2Sender, PoolError> {
         let slot = self.slot(limit)?;
         match (&self.mesh, &self.tls) {
             (Some(identity), Some(tls)) => {
@@ -480,31 +497,19 @@ impl EndpointPool {
 
     async fn handshake_h2<I>(
         &self,
-        io: I,
+        io: TokioIo<I>,
         guard: (TcpMetrics, Option<ConnectionSlot>),
-    ) -> Result<http2::SendRequest<UpstreamBody>, PoolError>
+    ) -> Result<H2Sender, PoolError>
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         // The metrics guard lives as long as the connection task.
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(20)))
-            .keep_alive_while_idle(false)
-            .handshake(io)
+        h2::handshake(io.into_inner(), self.addr, guard)
             .await
             .map_err(|source| PoolError::Handshake {
                 addr: self.addr,
-                source,
-            })?;
-        let addr = self.addr;
-        tokio::spawn(async move {
-            let _guard = guard;
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
-        Ok(sender)
+                source: source.into(),
+            })
     }
 }
 
@@ -522,11 +527,11 @@ impl Checkout {
         self,
         request: Request<UpstreamBody>,
         pool_on_end: bool,
-    ) -> Result<Response<PooledBody>, (hyper::Error, Option<NotSent>)> {
+    ) -> Result<Response<PooledBody>, (UpstreamError, Option<NotSent>)> {
         match self.sender {
-            Sender::H2(mut sender) => {
-                let response = sender.send_request(request).await.map_err(|e| (e, None))?;
-                Ok(response.map(|body| PooledBody::new(body, None)))
+            Sender::H2(sender) => {
+                let response = sender.send(request).await.map_err(|e| (e, None))?;
+                Ok(response.map(|body| PooledBody::new(Received::Http2(body), None)))
             }
             Sender::H1(mut sender) => {
                 let written = Arc::new(AtomicBool::new(false));
@@ -539,13 +544,13 @@ impl Checkout {
                             pool: self.pool.clone(),
                             written,
                         });
-                        Ok(response.map(|body| PooledBody::new(body, checkin)))
+                        Ok(response.map(|body| PooledBody::new(Received::Http1(body), checkin)))
                     }
                     Err(mut e) => {
                         let unsent = e
                             .take_message()
                             .map(|req| NotSent(req.map(|body| body.inner)));
-                        Err((e.into_error(), unsent))
+                        Err((e.into_error().into(), unsent))
                     }
                 }
             }
@@ -611,12 +616,18 @@ struct Checkin {
 /// fully written by then; otherwise the connection is let go, and closes
 /// when the slow body is done (it is never handed to another request).
 pub struct PooledBody {
-    inner: Incoming,
+    inner: Received,
     checkin: Option<Checkin>,
 }
 
+/// A response body as the upstream's HTTP version delivers it.
+enum Received {
+    Http1(Incoming),
+    Http2(H2Body),
+}
+
 impl PooledBody {
-    fn new(inner: Incoming, checkin: Option<Checkin>) -> Self {
+    fn new(inner: Received, checkin: Option<Checkin>) -> Self {
         let mut body = PooledBody { inner, checkin };
         if body.inner.is_end_stream() {
             body.finish();
@@ -627,7 +638,7 @@ impl PooledBody {
     /// A response body on no pooled connection, for the stack's unit tests.
     #[cfg(test)]
     pub(crate) fn unpooled(inner: Incoming) -> Self {
-        PooledBody::new(inner, None)
+        PooledBody::new(Received::Http1(inner), None)
     }
 
     fn finish(&mut self) {
@@ -642,14 +653,43 @@ impl PooledBody {
     }
 }
 
-impl Body for PooledBody {
+impl Body for Received {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        match self.get_mut() {
+            Received::Http1(body) => Pin::new(body).poll_frame(cx).map_err(UpstreamError::from),
+            Received::Http2(body) => Pin::new(body).poll_frame(cx).map_err(UpstreamError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Received::Http1(body) => body.is_end_stream(),
+            Received::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Received::Http1(body) => body.size_hint(),
+            Received::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
