@@ -198,6 +198,75 @@ async fn streamed_body_and_trailers_cross_h2() {
     assert_eq!(body.len(), payload.len());
 }
 
+/// An HTTP/2 upstream that answers one request per connection, then
+/// drains it (GOAWAY), as a server does when it shuts down or rotates
+/// connections. Returns its address and how many connections it took.
+async fn one_request_per_connection_h2(
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let answered = std::sync::Arc::new(tokio::sync::Notify::new());
+                let notify = answered.clone();
+                let service = hyper::service::service_fn(move |_req| {
+                    notify.notify_one();
+                    async {
+                        Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(
+                            "drained after me",
+                        ))))
+                    }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = answered.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn an_http2_upstream_that_drains_gets_the_next_request_on_a_new_connection() {
+    let (upstream, connections) = one_request_per_connection_h2().await;
+    let proxy = Proxy::start(&web_config(upstream, "http2"));
+    let mut client = h1(proxy.outbound).await;
+    for i in 0..5 {
+        let req = Request::get("http://web/")
+            .header("host", "web")
+            .body(Full::default())
+            .expect("req");
+        let (status, _, body) = text(client.send_request(req).await.expect("response")).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "request {i}: {body}\n{}",
+            proxy.log()
+        );
+        assert_eq!(body, "drained after me");
+    }
+    let opened = connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=5).contains(&opened), "{opened} upstream connections");
+    let m = proxy.metrics();
+    assert_eq!(
+        metric_sum(&m, "response_total", &["status_code=\"502\""]),
+        0.0,
+        "{m}"
+    );
+}
+
 #[tokio::test]
 async fn hop_by_hop_headers_stay_behind_and_inbound_adds_forwarded_for() {
     let upstream = Upstream::start().await;

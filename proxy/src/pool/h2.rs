@@ -131,13 +131,19 @@ impl H2Sender {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Send `request` on a new stream and await the response's head.
+    /// Send `request` on a new stream and await the response's head. A
+    /// connection that can take no new stream (the peer sent GOAWAY, or it
+    /// failed) is marked closed and the request handed back unsent.
     pub async fn send(
         &self,
         request: Request<UpstreamBody>,
-    ) -> Result<Response<H2Body>, UpstreamError> {
+    ) -> Result<Response<H2Body>, (UpstreamError, Option<Request<UpstreamBody>>)> {
         let in_flight = self.in_flight.clone();
         let mut send = self.send.clone();
+        if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
+            self.closed.store(true, Ordering::Release);
+            return Err((e.into(), Some(request)));
+        }
         let (head, body) = request.into_parts();
         let mut request = Request::from_parts(head, ());
         let end_of_stream = body.is_end_stream();
@@ -153,19 +159,20 @@ impl H2Sender {
                 .entry(header::CONTENT_LENGTH)
                 .or_insert(http::HeaderValue::from_static("0"));
         }
-        poll_fn(|cx| send.poll_ready(cx)).await?;
-        let (response, stream) = send.send_request(request, end_of_stream)?;
+        let (response, stream) = send
+            .send_request(request, end_of_stream)
+            .map_err(|e| (e.into(), None))?;
         let client_body_broke = match end_of_stream {
             true => None,
             false => Some(send_body(body, stream)),
         };
         let response = response.await.map_err(|e| {
-            match client_body_broke
+            let broke = client_body_broke
                 .as_ref()
-                .map(|b| b.load(Ordering::Acquire))
-            {
-                Some(true) => UpstreamError::RequestBody,
-                _ => UpstreamError::Http2(e),
+                .map(|b| b.load(Ordering::Acquire));
+            match broke {
+                Some(true) => (UpstreamError::RequestBody, None),
+                _ => (UpstreamError::Http2(e), None),
             }
         })?;
         let content_length = content_length(response.headers());

@@ -71,7 +71,11 @@ async fn a_body_past_the_servers_window_arrives_whole_and_trailers_come_back() {
     });
     // Sixteen times the server's 64 KiB initial window.
     let body = Bytes::from(vec![b'x'; 1 << 20]);
-    let response = sender.send(post(body)).await.expect("response");
+    let response = sender
+        .send(post(body))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("response");
     let collected = response.into_body().collect().await.expect("body");
     let trailers = collected.trailers().cloned().expect("trailers");
     assert_eq!(trailers["x-received"], "1048576");
@@ -131,7 +135,37 @@ async fn a_peer_that_answers_pings_keeps_a_slow_request_alive() {
     let response = tokio::time::timeout(2 * slow, sender.send(post(Bytes::from_static(b"hi"))))
         .await
         .expect("bounded")
+        .map_err(|(e, _)| e)
         .expect("the slow answer arrives on the live connection");
     assert_eq!(response.status(), 200);
     assert!(!sender.is_closed());
+}
+
+#[tokio::test]
+async fn after_goaway_a_request_comes_back_unsent_and_the_connection_is_closed() {
+    let (sender, mut server) = pair().await;
+    let first = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.send(post(Bytes::from_static(b"one"))).await }
+    });
+    let (_request, mut respond) = server.accept().await.expect("a request").expect("stream");
+    respond
+        .send_response(Response::new(()), true)
+        .expect("respond");
+    // The upstream drains: GOAWAY, then it finishes the connection.
+    server.graceful_shutdown();
+    let drained = tokio::spawn(async move { while server.accept().await.is_some() {} });
+    let response = first
+        .await
+        .expect("task")
+        .map_err(|(e, _)| e)
+        .expect("first");
+    assert_eq!(response.status(), 200);
+    drained.await.expect("server");
+    match sender.send(post(Bytes::from_static(b"two"))).await {
+        Err((_, Some(unsent))) => assert_eq!(unsent.uri(), "http://web/echo"),
+        Err((e, None)) => panic!("the request was consumed: {e}"),
+        Ok(_) => panic!("a drained connection took a request"),
+    }
+    assert!(sender.is_closed());
 }

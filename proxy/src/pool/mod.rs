@@ -355,6 +355,18 @@ impl EndpointPool {
         }
     }
 
+    /// A connection for a request that a reused one handed back unsent:
+    /// a fresh HTTP/1 connection, or the endpoint's HTTP/2 connection (a
+    /// new one, unless another request has opened it already).
+    pub async fn checkout_fresh(
+        self: &Arc<Self>,
+        connect_timeout: Duration,
+        limit: Option<&ConnectionLimit>,
+    ) -> Result<Checkout, PoolError> {
+        let http1 = self.version == HttpVersion::Http1;
+        self.checkout(connect_timeout, http1, limit).await
+    }
+
     /// A connection slot under `limit`, when there is one.
     fn slot(&self, limit: Option<&ConnectionLimit>) -> Result<Option<ConnectionSlot>, PoolError> {
         match limit {
@@ -529,10 +541,12 @@ impl Checkout {
         pool_on_end: bool,
     ) -> Result<Response<PooledBody>, (UpstreamError, Option<NotSent>)> {
         match self.sender {
-            Sender::H2(sender) => {
-                let response = sender.send(request).await.map_err(|e| (e, None))?;
-                Ok(response.map(|body| PooledBody::new(Received::Http2(body), None)))
-            }
+            Sender::H2(sender) => match sender.send(request).await {
+                Ok(response) => {
+                    Ok(response.map(|body| PooledBody::new(Received::Http2(body), None)))
+                }
+                Err((e, unsent)) => Err((e, unsent.map(NotSent))),
+            },
             Sender::H1(mut sender) => {
                 let written = Arc::new(AtomicBool::new(false));
                 let request = request.map(|body| SentBody::new(body, written.clone()));

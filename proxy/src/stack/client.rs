@@ -263,7 +263,8 @@ fn keep_try_timeout(
 }
 
 /// Send on a checked-out connection. A pooled HTTP/1 connection the
-/// upstream closed while idle hands the request back unsent; it goes once
+/// upstream closed while idle, or an HTTP/2 one it sent GOAWAY on, hands
+/// the request back unsent; it goes once
 /// more on a fresh connection (safe: the upstream never saw it).
 #[allow(clippy::too_many_arguments)]
 async fn send(
@@ -282,7 +283,7 @@ async fn send(
         Ok(response) => Ok(response),
         Err((_, Some(NotSent(req)))) if reused => {
             debug!(%addr, "pooled connection was closed; sending on a new one");
-            let fresh = match pool.checkout(connect_timeout, true, limit).await {
+            let fresh = match pool.checkout_fresh(connect_timeout, limit).await {
                 Ok(fresh) => fresh,
                 Err(e) => {
                     return Err(unsent(
