@@ -134,14 +134,18 @@ impl H2Sender {
     /// Send `request` on a new stream and await the response's head. A
     /// connection that can take no new stream (the peer sent GOAWAY, or it
     /// failed) is marked closed and the request handed back unsent.
+    /// Takes the request's own clone of the sender (its checkout's).
     pub async fn send(
-        &self,
+        self,
         request: Request<UpstreamBody>,
     ) -> Result<Response<H2Body>, (UpstreamError, Option<Request<UpstreamBody>>)> {
-        let in_flight = self.in_flight.clone();
-        let mut send = self.send.clone();
+        let H2Sender {
+            mut send,
+            closed,
+            in_flight,
+        } = self;
         if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
-            self.closed.store(true, Ordering::Release);
+            closed.store(true, Ordering::Release);
             return Err((e.into(), Some(request)));
         }
         let (head, body) = request.into_parts();

@@ -87,7 +87,7 @@ async fn a_silent_peer_is_closed_by_the_keep_alive_ping_while_a_request_waits() 
     let (sender, mut server) = piped().await;
     let waiting = tokio::spawn({
         let sender = sender.clone();
-        async move { sender.send(post(Bytes::from_static(b"hi"))).await }
+        async move { sender.clone().send(post(Bytes::from_static(b"hi"))).await }
     });
     // The server takes the request, then stops reading: no PONG.
     let (_request, _respond) = server.accept().await.expect("a request").expect("stream");
@@ -132,11 +132,14 @@ async fn a_peer_that_answers_pings_keeps_a_slow_request_alive() {
             });
         }
     });
-    let response = tokio::time::timeout(2 * slow, sender.send(post(Bytes::from_static(b"hi"))))
-        .await
-        .expect("bounded")
-        .map_err(|(e, _)| e)
-        .expect("the slow answer arrives on the live connection");
+    let response = tokio::time::timeout(
+        2 * slow,
+        sender.clone().send(post(Bytes::from_static(b"hi"))),
+    )
+    .await
+    .expect("bounded")
+    .map_err(|(e, _)| e)
+    .expect("the slow answer arrives on the live connection");
     assert_eq!(response.status(), 200);
     assert!(!sender.is_closed());
 }
@@ -146,7 +149,7 @@ async fn after_goaway_a_request_comes_back_unsent_and_the_connection_is_closed()
     let (sender, mut server) = pair().await;
     let first = tokio::spawn({
         let sender = sender.clone();
-        async move { sender.send(post(Bytes::from_static(b"one"))).await }
+        async move { sender.clone().send(post(Bytes::from_static(b"one"))).await }
     });
     let (_request, mut respond) = server.accept().await.expect("a request").expect("stream");
     respond
@@ -162,7 +165,7 @@ async fn after_goaway_a_request_comes_back_unsent_and_the_connection_is_closed()
         .expect("first");
     assert_eq!(response.status(), 200);
     drained.await.expect("server");
-    match sender.send(post(Bytes::from_static(b"two"))).await {
+    match sender.clone().send(post(Bytes::from_static(b"two"))).await {
         Err((_, Some(unsent))) => assert_eq!(unsent.uri(), "http://web/echo"),
         Err((e, None)) => panic!("the request was consumed: {e}"),
         Ok(_) => panic!("a drained connection took a request"),
