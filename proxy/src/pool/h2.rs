@@ -8,8 +8,9 @@
 //!
 //! The connection's task drives the connection's I/O and, while streams
 //! are open, a keep-alive PING that closes a connection whose peer stopped
-//! answering. A request body is sent from the request's task while it fits
-//! the stream's window, and from a task of its own when it has to wait.
+//! answering. A request body is sent from the request's task as far as it
+//! can go at once (all of it, when it is already in memory), and from a
+//! task of its own only when it has to wait for the client or the window.
 
 use super::UpstreamError;
 use crate::http::authority::body_cap::BoxError;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
 
 /// How often an HTTP/2 connection with open streams is PINGed.
@@ -166,19 +168,22 @@ impl H2Sender {
         let (response, stream) = send
             .send_request(request, end_of_stream)
             .map_err(|e| (e.into(), None))?;
-        let client_body_broke = match end_of_stream {
+        let mut sending = match end_of_stream {
             true => None,
             false => Some(send_body(body, stream)),
         };
         let response = response.await.map_err(|e| {
-            let broke = client_body_broke
-                .as_ref()
-                .map(|b| b.load(Ordering::Acquire));
+            let broke = sending.as_ref().map(|s| s.client_body_broke());
             match broke {
                 Some(true) => (UpstreamError::RequestBody, None),
                 _ => (UpstreamError::Http2(e), None),
             }
         })?;
+        // The response came: the body goes on (an upstream may answer
+        // before it has read the whole request).
+        if let Some(sending) = sending.as_mut() {
+            sending.keep_going();
+        }
         let content_length = content_length(response.headers());
         Ok(response.map(|recv| H2Body {
             recv,
@@ -198,12 +203,40 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// A request body being sent, as its request's task sees it.
+struct SendingBody {
+    /// Set when the client's own body failed (not the upstream).
+    broke: Arc<AtomicBool>,
+    /// Dropped unsent once the response has come; sent (dropped with the
+    /// request's future) when the request is abandoned before it, which
+    /// resets the stream instead of sending the rest of the body.
+    abandon: Option<oneshot::Sender<()>>,
+}
+
+impl SendingBody {
+    fn client_body_broke(&self) -> bool {
+        self.broke.load(Ordering::Acquire)
+    }
+
+    fn keep_going(&mut self) {
+        self.abandon = None;
+    }
+}
+
+impl Drop for SendingBody {
+    fn drop(&mut self) {
+        if let Some(abandon) = self.abandon.take() {
+            let _ = abandon.send(());
+        }
+    }
+}
+
 /// Start sending `body` on `stream`: polled once here (a body already in
 /// memory goes out at once), then on a task of its own if it must wait.
-/// The flag is set when the client's own body failed (not the upstream).
-fn send_body(body: UpstreamBody, stream: SendStream<Bytes>) -> Arc<AtomicBool> {
+fn send_body(body: UpstreamBody, stream: SendStream<Bytes>) -> SendingBody {
     let broke = Arc::new(AtomicBool::new(false));
-    let mut pipe = Box::pin(pipe(body, stream, broke.clone()));
+    let (abandon, abandoned) = oneshot::channel();
+    let mut pipe = Box::pin(pipe(body, stream, broke.clone(), abandoned));
     let waker = std::task::Waker::noop();
     if pipe
         .as_mut()
@@ -212,30 +245,57 @@ fn send_body(body: UpstreamBody, stream: SendStream<Bytes>) -> Arc<AtomicBool> {
     {
         tokio::spawn(pipe);
     }
-    broke
+    SendingBody {
+        broke,
+        abandon: Some(abandon),
+    }
 }
 
 /// Copy `body` onto `stream` as the stream's window allows. A client body
 /// that fails resets the stream (CANCEL) and sets `broke`; a reset from
-/// the upstream stops the copy.
-async fn pipe(mut body: UpstreamBody, mut stream: SendStream<Bytes>, broke: Arc<AtomicBool>) {
+/// the upstream stops the copy; so does the request being abandoned
+/// before its response (a timeout, the client gone), with a CANCEL.
+async fn pipe(
+    mut body: UpstreamBody,
+    mut stream: SendStream<Bytes>,
+    broke: Arc<AtomicBool>,
+    abandoned: oneshot::Receiver<()>,
+) {
+    let mut abandoned = Some(abandoned);
     loop {
-        if let Err(reason) = poll_fn(|cx| wait_for_capacity(&mut stream, cx)).await {
-            tracing::debug!(
-                ?reason,
-                "upstream HTTP/2 stream closed while the request body was sent"
-            );
+        let ready = poll_fn(|cx| {
+            if is_abandoned(&mut abandoned, cx) {
+                return Poll::Ready(Err(None));
+            }
+            wait_for_capacity(&mut stream, cx).map_err(Some)
+        })
+        .await;
+        if let Err(reason) = ready {
+            match reason {
+                None => stream.send_reset(Reason::CANCEL),
+                Some(reason) => tracing::debug!(
+                    ?reason,
+                    "upstream HTTP/2 stream closed while the request body was sent"
+                ),
+            }
             return;
         }
         let frame = poll_fn(|cx| {
+            if is_abandoned(&mut abandoned, cx) {
+                return Poll::Ready(Err(None));
+            }
             if let Poll::Ready(reset) = stream.poll_reset(cx) {
-                return Poll::Ready(Err(reset));
+                return Poll::Ready(Err(Some(reset)));
             }
             Pin::new(&mut body).poll_frame(cx).map(Ok)
         })
         .await;
         let sent = match frame {
-            Err(reset) => {
+            Err(None) => {
+                stream.send_reset(Reason::CANCEL);
+                return;
+            }
+            Err(Some(reset)) => {
                 tracing::debug!(
                     ?reset,
                     "upstream reset the stream while the request body was sent"
@@ -272,6 +332,22 @@ async fn pipe(mut body: UpstreamBody, mut stream: SendStream<Bytes>, broke: Arc<
         if sent.is_err() {
             return;
         }
+    }
+}
+
+/// Whether the request was abandoned before its response; once the
+/// response has come (the sender dropped unsent) it is no longer watched.
+fn is_abandoned(abandoned: &mut Option<oneshot::Receiver<()>>, cx: &mut Context<'_>) -> bool {
+    let Some(rx) = abandoned.as_mut() else {
+        return false;
+    };
+    match Pin::new(rx).poll(cx) {
+        Poll::Ready(Ok(())) => true,
+        Poll::Ready(Err(_)) => {
+            *abandoned = None;
+            false
+        }
+        Poll::Pending => false,
     }
 }
 

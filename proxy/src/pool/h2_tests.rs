@@ -172,3 +172,72 @@ async fn after_goaway_a_request_comes_back_unsent_and_the_connection_is_closed()
     }
     assert!(sender.is_closed());
 }
+
+/// A request body from a real HTTP/1 client that never ends: hyper's
+/// `Incoming` of a chunked request whose first chunk is `hello` and whose
+/// last chunk never comes. The client's socket is returned to keep it open.
+async fn endless_body() -> (UpstreamBody, TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (body_tx, body_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let body_tx = std::sync::Mutex::new(Some(body_tx));
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            if let Some(tx) = body_tx.lock().ok().and_then(|mut t| t.take()) {
+                let _ = tx.send(req.into_body());
+            }
+            // Never answers: the body is the test's.
+            std::future::pending::<
+                Result<Response<http_body_util::Empty<Bytes>>, std::convert::Infallible>,
+            >()
+        });
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .await;
+    });
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    client
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .expect("write");
+    let body = body_rx.await.expect("the request's body");
+    (UpstreamBody::stream(body), client)
+}
+
+#[tokio::test]
+async fn a_request_abandoned_before_its_response_resets_its_body_stream() {
+    let (sender, mut server) = pair().await;
+    let (got_hello_tx, got_hello) = oneshot::channel();
+    let (outcome_tx, outcome) = oneshot::channel();
+    tokio::spawn(async move {
+        let (request, _respond) = server.accept().await.expect("request").expect("stream");
+        tokio::spawn(async move { while server.accept().await.is_some() {} });
+        let mut body = request.into_body();
+        let hello = body.data().await.expect("data").expect("hello");
+        let _ = body.flow_control().release_capacity(hello.len());
+        let _ = got_hello_tx.send(hello);
+        // What the upstream sees next: the rest of the body, or a reset.
+        let _ = outcome_tx.send(body.data().await.map(|r| r.map_err(|e| e.reason())));
+    });
+    let (body, _client) = endless_body().await;
+    let request = Request::post("http://web/upload")
+        .body(body)
+        .expect("request");
+    let send = sender.clone().send(request);
+    tokio::select! {
+        _ = send => panic!("the upstream never answers"),
+        hello = got_hello => assert_eq!(hello.expect("hello"), "hello"),
+    }
+    // The request's future is gone (a timeout, the client left): the
+    // upstream sees the stream cancelled, not a body that never ends.
+    let seen = tokio::time::timeout(Duration::from_secs(10), outcome)
+        .await
+        .expect("the body stream was left open")
+        .expect("outcome");
+    assert!(matches!(seen, Some(Err(Some(Reason::CANCEL)))), "{seen:?}");
+}
