@@ -60,11 +60,7 @@ fn limits<B>(req: &Request<B>, settings: &HttpSettings) -> Result<(), ProxyError
         .into());
     }
     if let Some(max) = settings.max_request_body_bytes {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = super::headers::content_length(req.headers());
         if let Some(len) = declared.filter(|len| *len > max) {
             return Err(BadRequest::BodyTooLarge { len, max }.into());
         }

@@ -241,11 +241,7 @@ impl ProxyError {
         // error whose cause is that body's own error; the HTTP/2 client
         // says so itself.
         let client_body = match &source {
-            UpstreamError::Http1(e) => {
-                e.is_user()
-                    && e.source()
-                        .is_some_and(|cause| cause.downcast_ref::<hyper::Error>().is_some())
-            }
+            UpstreamError::Http1(e) => e.is_user() && e.source().is_some_and(is_client_body_error),
             UpstreamError::Http2(_) => false,
             UpstreamError::RequestBody => true,
         };
@@ -282,6 +278,13 @@ impl ProxyError {
         }
         response
     }
+}
+
+/// Whether a request body's error is the client's own: hyper's error
+/// reading the client's stream (a malformed chunk, a reset), as opposed
+/// to a cap the proxy tripped.
+pub fn is_client_body_error(cause: &(dyn std::error::Error + 'static)) -> bool {
+    cause.downcast_ref::<hyper::Error>().is_some()
 }
 
 impl From<PoolError> for ProxyError {

@@ -100,6 +100,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     host && (present & 1 == 0 || headers.contains_key(header::HOST))
 }
 
+/// A message's declared `Content-Length`, when it is one number.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// The authority a request is for: the URI's, else the Host header's.
 pub fn authority<B>(req: &Request<B>) -> Option<&str> {
     req.uri()

@@ -18,7 +18,7 @@ use crate::http::body::UpstreamBody;
 use bytes::Bytes;
 use h2::client::{Connection, SendRequest};
 use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
-use http::{header, HeaderMap, Method, Request, Response};
+use http::{header, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -41,11 +41,11 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Clone)]
 pub struct H2Sender {
     send: SendRequest<Bytes>,
-    /// Set when the connection's task has ended.
+    /// Set when the connection has ended or takes no new stream. Held by
+    /// every handle and every response body, so its count is also how
+    /// many requests are in flight: the connection PINGs only while one
+    /// is, and an idle connection is left to close.
     closed: Arc<AtomicBool>,
-    /// One clone per request in flight: the connection PINGs only while
-    /// a request holds one, so an idle connection is left to close.
-    in_flight: Arc<()>,
 }
 
 /// Open HTTP/2 on `io` and spawn the connection's task, which holds
@@ -70,18 +70,18 @@ where
     let sender = H2Sender {
         send,
         closed: Arc::new(AtomicBool::new(false)),
-        in_flight: Arc::new(()),
     };
-    let closed = sender.closed.clone();
-    let in_flight = Arc::downgrade(&sender.in_flight);
+    let users = Arc::downgrade(&sender.closed);
     let ping = connection.ping_pong();
     tokio::spawn(async move {
         let _guard = guard;
         let ended = match ping {
-            Some(ping) => drive(&mut connection, ping, in_flight).await,
+            Some(ping) => drive(&mut connection, ping, &users, addr).await,
             None => connection.await.map_err(BoxError::from),
         };
-        closed.store(true, Ordering::Release);
+        if let Some(closed) = users.upgrade() {
+            closed.store(true, Ordering::Release);
+        }
         if let Err(e) = ended {
             tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
         }
@@ -95,7 +95,8 @@ where
 async fn drive<I>(
     connection: &mut Connection<I, Bytes>,
     mut ping: PingPong,
-    in_flight: std::sync::Weak<()>,
+    users: &std::sync::Weak<AtomicBool>,
+    addr: SocketAddr,
 ) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -112,10 +113,11 @@ where
             }
             _ = sleep_until(next) => {
                 if awaiting_pong {
+                    keep_alive_timed_out(addr);
                     return Err(format!("no answer to a keep-alive PING within {KEEP_ALIVE_TIMEOUT:?}").into());
                 }
-                // The pool's handle is one reference; more are requests.
-                if in_flight.strong_count() > 1 {
+                // The pool's handle is one user; more are requests.
+                if users.strong_count() > 1 {
                     ping.send_ping(Ping::opaque())?;
                     awaiting_pong = true;
                     next = Instant::now() + KEEP_ALIVE_TIMEOUT;
@@ -124,6 +126,23 @@ where
                 }
             }
         }
+    }
+}
+
+static KEEP_ALIVE_LOG: std::sync::LazyLock<crate::log_limit::LogLimit> =
+    std::sync::LazyLock::new(|| crate::log_limit::LogLimit::new(crate::log_limit::INTERVAL));
+
+/// Say (rate limited per upstream) that a connection was closed for an
+/// unanswered PING: its requests fail with a broken connection, which
+/// alone would not say why.
+fn keep_alive_timed_out(addr: SocketAddr) {
+    let decision = KEEP_ALIVE_LOG.check("keep-alive-timeout", addr);
+    if let crate::log_limit::Decision::Log { suppressed } = decision {
+        tracing::warn!(
+            %addr,
+            suppressed,
+            "upstream HTTP/2 connection closed: no answer to a keep-alive PING within {KEEP_ALIVE_TIMEOUT:?}, so its requests in flight fail; check that the upstream is up and not overloaded ({suppressed} more like it not logged since the last line)"
+        );
     }
 }
 
@@ -141,11 +160,7 @@ impl H2Sender {
         self,
         request: Request<UpstreamBody>,
     ) -> Result<Response<H2Body>, (UpstreamError, Option<Request<UpstreamBody>>)> {
-        let H2Sender {
-            mut send,
-            closed,
-            in_flight,
-        } = self;
+        let H2Sender { mut send, closed } = self;
         if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
             closed.store(true, Ordering::Release);
             return Err((e.into(), Some(request)));
@@ -184,23 +199,14 @@ impl H2Sender {
         if let Some(sending) = sending.as_mut() {
             sending.keep_going();
         }
-        let content_length = content_length(response.headers());
+        let content_length = crate::http::headers::content_length(response.headers());
         Ok(response.map(|recv| H2Body {
             recv,
             data_done: false,
             remaining: content_length,
-            _in_flight: in_flight,
+            _connection: closed,
         }))
     }
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// A request body being sent, as its request's task sees it.
@@ -374,7 +380,7 @@ fn wait_for_capacity(
 /// the caller from the body cap's own flag.
 fn client_body_failed(e: &BoxError, broke: &AtomicBool) {
     tracing::debug!(error = %e, "the request body failed while it was sent upstream");
-    if e.downcast_ref::<hyper::Error>().is_some() {
+    if crate::http::error::is_client_body_error(&**e) {
         broke.store(true, Ordering::Release);
     }
 }
@@ -386,7 +392,8 @@ pub struct H2Body {
     data_done: bool,
     /// Bytes still expected, when the response gave a Content-Length.
     remaining: Option<u64>,
-    _in_flight: Arc<()>,
+    /// Counts this request as in flight on its connection (see [`H2Sender`]).
+    _connection: Arc<AtomicBool>,
 }
 
 impl Body for H2Body {

@@ -5,6 +5,7 @@
 //! the paused clock's auto-advance does not wait for socket readiness).
 
 use super::*;
+use http::HeaderMap;
 use http_body_util::BodyExt;
 use tokio::net::{TcpListener, TcpStream};
 
