@@ -4,13 +4,15 @@
 //! as an accepted connection gets it), and a hyper upstream on loopback.
 //! What it measures is the proxy's whole per-request cost (hyper both
 //! ways, every layer, the pool) without the accept loop and detection.
+//! `http2_upstream` sends on to an HTTP/2 upstream, through strait's own
+//! HTTP/2 client (`pool::h2`), the path of the mesh hop's outbound side.
 //! Run with `cargo bench -p strait-proxy --bench stack`.
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -26,8 +28,9 @@ use strait_proxy::Direction;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// An upstream answering every request with "ok".
-async fn upstream() -> SocketAddr {
+/// An upstream answering every request with "ok", over HTTP/1.1 or, when
+/// `http2`, prior-knowledge HTTP/2.
+async fn upstream(http2: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -38,9 +41,16 @@ async fn upstream() -> SocketAddr {
                         Bytes::from_static(b"ok"),
                     )))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let io = TokioIo::new(stream);
+                let _ = if http2 {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                };
             });
         }
     });
@@ -50,7 +60,7 @@ async fn upstream() -> SocketAddr {
 /// A client connection to strait's outbound stack, configured by `yaml`
 /// (`UPSTREAM` replaced by the upstream's address).
 async fn connect(yaml: &str) -> http1::SendRequest<Empty<Bytes>> {
-    let upstream = upstream().await;
+    let upstream = upstream(yaml.contains("protocol: http2")).await;
     let config = Config::from_yaml(&yaml.replace("UPSTREAM", &upstream.to_string()))
         .expect("bench config is valid");
     let metrics = Metrics::new();
@@ -100,6 +110,15 @@ clusters:
     endpoints: [{address: 'UPSTREAM'}]
 ";
 
+const HTTP2_UPSTREAM: &str = "
+listeners:
+  outbound: {default_cluster: web}
+clusters:
+  - name: web
+    protocol: http2
+    endpoints: [{address: 'UPSTREAM'}]
+";
+
 const VHOST_WITH_RETRIES: &str = "
 clusters:
   - name: web
@@ -125,6 +144,7 @@ fn request_through_stack(c: &mut Criterion) {
     for (name, yaml) in [
         ("default_cluster", DEFAULT_CLUSTER),
         ("vhost_timeout_retry", VHOST_WITH_RETRIES),
+        ("http2_upstream", HTTP2_UPSTREAM),
     ] {
         let mut sender = rt.block_on(connect(yaml));
         group.bench_function(name, |b| {

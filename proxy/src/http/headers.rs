@@ -58,6 +58,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     if present == 0 {
         return host;
     }
+    // What most HTTP/1.1 messages carry: one `Connection: keep-alive` (or
+    // `close`), naming no header. It goes without tokenising the list.
+    if present == 1 {
+        if let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
+            let mut values = connection.iter();
+            let only_persistence = values.next().is_some_and(|v| {
+                let v = v.as_bytes();
+                v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+            }) && values.next().is_none();
+            if only_persistence {
+                connection.remove_entry_mult();
+                return host;
+            }
+        }
+    }
     // Headers named in `Connection` are hop-by-hop too; the tokens that
     // name no header of their own (or one removed below anyway) are skipped.
     if present & 1 != 0 {
@@ -86,10 +101,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
             headers.remove(name);
         }
     }
-    // `TE: trailers` is how gRPC clients ask for trailers; anything else goes.
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
+    // `TE: trailers` is how gRPC clients ask for trailers; anything else
+    // goes. (`Connection` may name `TE`, removing it above.)
+    if present & TE_BIT != 0 {
+        if let Some(te) = headers.get(header::TE) {
+            if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+                headers.remove(header::TE);
+            }
         }
     }
     if let Some(upgrade) = upgrade {
@@ -239,6 +257,29 @@ mod tests {
             Some(&b"trailers"[..])
         );
         assert!(h.get("x-app").is_some());
+    }
+
+    #[test]
+    fn a_lone_persistence_token_is_removed_and_a_second_line_still_read() {
+        for value in ["keep-alive", "Keep-Alive", "close"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(value));
+            h.insert(header::HOST, HeaderValue::from_static("web"));
+            h.insert("x-app", HeaderValue::from_static("kept"));
+            assert!(strip_hop_by_hop(&mut h, false), "host found");
+            assert!(h.get(header::CONNECTION).is_none(), "{value}");
+            assert_eq!(h.len(), 2, "host and x-app left after {value}");
+        }
+        // A second `Connection` line naming a header: the full path runs.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        assert!(!strip_hop_by_hop(&mut h, false), "no host");
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("x-secret").is_none());
+        assert_eq!(h.len(), 1, "only x-app left");
     }
 
     #[test]

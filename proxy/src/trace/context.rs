@@ -301,15 +301,20 @@ fn hex_id<const N: usize>(s: &str, any_case: bool) -> Option<[u8; N]> {
     if bytes.len() != 2 * N {
         return None;
     }
-    let digit = |b: u8| match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' if any_case => Some(b - b'A' + 10),
-        _ => None,
-    };
+    // One table lookup per digit and one check at the end: ids are read
+    // on every traced request.
     let mut out = [0u8; N];
+    let mut seen = 0u8;
     for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+        let (high, low) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
+        seen |= high | low;
+        out[i] = (high & 0x0f) << 4 | (low & 0x0f);
+    }
+    if seen & NOT_HEX != 0 || (!any_case && seen & UPPERCASE != 0) {
+        return None;
     }
     // A one-byte field (version, flags) may be zero; an id may not.
     if N > 1 && out.iter().all(|&b| b == 0) {
@@ -317,6 +322,27 @@ fn hex_id<const N: usize>(s: &str, any_case: bool) -> Option<[u8; N]> {
     }
     Some(out)
 }
+
+/// Flags in [`HEX_VALUE`] beside a digit's value (the low four bits).
+const UPPERCASE: u8 = 0x40;
+const NOT_HEX: u8 = 0x80;
+
+/// Each byte's value as a hex digit, flagged when uppercase or not a digit.
+static HEX_VALUE: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = (10 + i as u8) | UPPERCASE;
+        i += 1;
+    }
+    table
+};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -382,13 +408,10 @@ pub fn new_traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> O
 /// The request's `traceparent` with this hop's span as the parent: the
 /// trace id and flags stay as they came.
 fn with_parent_id(w3c: &W3c, span_id: &SpanId) -> Option<HeaderValue> {
-    let mut out = Vec::with_capacity(55);
-    out.extend_from_slice(b"00-");
-    push_hex(&mut out, &w3c.trace_id);
-    out.push(b'-');
-    push_hex(&mut out, span_id);
-    out.push(b'-');
-    push_hex(&mut out, &[w3c.flags]);
+    let mut out = *b"00-________________________________-________________-__";
+    put_hex(&mut out, 3, &w3c.trace_id);
+    put_hex(&mut out, 36, span_id);
+    put_hex(&mut out, 53, &[w3c.flags]);
     unique(&out)
 }
 
@@ -531,6 +554,9 @@ mod tests {
                 .sampled,
             Some(true)
         );
+        // B3 admits uppercase ids (W3C does not: see above).
+        let upper = read("64FE8B2A57D3EFF7-E457B5A2E4D86BD1");
+        assert_eq!(to_hex(&upper.parent().unwrap().span_id), "e457b5a2e4d86bd1");
         // A decision alone.
         let deny = read("0");
         assert_eq!((deny.parent(), deny.decision_only), (None, Some(false)));
