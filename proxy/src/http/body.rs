@@ -7,13 +7,13 @@
 //! boxed trait objects, so the hot path allocates nothing for them.
 
 use super::authority::body_cap::{BoxError, Capped, Tripped};
+use super::client_body::ClientBody;
 use super::stream_end::Tracked;
 use crate::pool::UpstreamError;
 use crate::stack::replay::ReplayBody;
 use crate::stack::ReqState;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -100,13 +100,13 @@ pub struct UpstreamBody {
 
 enum Source {
     /// The client's stream, under `proxy.http.max_request_body_bytes`.
-    Stream(Capped<Incoming>),
+    Stream(Capped<ClientBody>),
     Full(Option<Bytes>),
-    Replay(ReplayBody<Capped<Incoming>>),
+    Replay(ReplayBody<Capped<ClientBody>>),
 }
 
 impl UpstreamBody {
-    pub fn stream(body: Incoming) -> UpstreamBody {
+    pub fn stream(body: ClientBody) -> UpstreamBody {
         UpstreamBody::from(Source::Stream(Capped::new(body, None)))
     }
 
@@ -124,7 +124,7 @@ impl UpstreamBody {
         UpstreamBody::from(Source::Full(data))
     }
 
-    pub fn replay(body: ReplayBody<Capped<Incoming>>) -> UpstreamBody {
+    pub fn replay(body: ReplayBody<Capped<ClientBody>>) -> UpstreamBody {
         UpstreamBody::from(Source::Replay(body))
     }
 
@@ -147,7 +147,7 @@ impl UpstreamBody {
 
     /// The client's stream, when this body is still exactly that (not
     /// yet made replayable).
-    pub fn take_stream(self) -> Result<(Capped<Incoming>, Option<Arc<ReqState>>), UpstreamBody> {
+    pub fn take_stream(self) -> Result<(Capped<ClientBody>, Option<Arc<ReqState>>), UpstreamBody> {
         match self.source {
             Source::Stream(body) => Ok((body, self.state)),
             source => Err(UpstreamBody {

@@ -280,11 +280,13 @@ impl ProxyError {
     }
 }
 
-/// Whether a request body's error is the client's own: hyper's error
-/// reading the client's stream (a malformed chunk, a reset), as opposed
-/// to a cap the proxy tripped.
+/// Whether a request body's error is the client's own: reading the
+/// client's stream failed (a malformed chunk, a reset), as opposed to a
+/// cap the proxy tripped.
 pub fn is_client_body_error(cause: &(dyn std::error::Error + 'static)) -> bool {
-    cause.downcast_ref::<hyper::Error>().is_some()
+    cause
+        .downcast_ref::<super::client_body::ClientBodyError>()
+        .is_some()
 }
 
 impl From<PoolError> for ProxyError {

@@ -9,8 +9,10 @@
 
 pub mod authority;
 pub mod body;
+pub mod client_body;
 pub mod error;
 pub mod flood;
+pub(crate) mod h2_server;
 pub mod headers;
 pub(crate) mod park;
 pub mod server;

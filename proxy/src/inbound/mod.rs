@@ -7,6 +7,7 @@
 //! The whole HTTP stack is below, outermost layer first; each layer is a
 //! module of [`crate::stack`].
 
+use crate::http::client_body::ClientBody;
 use crate::http::error::ProxyError;
 use crate::http::{ConnContext, Target};
 use crate::orig_dst::OrigDst;
@@ -20,7 +21,6 @@ use crate::stack::{
     rescue, timeout, trace, Req, Rsp,
 };
 use http::Request;
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use tower::{Service, ServiceBuilder};
 /// One client connection's stack.
 pub fn stack(
     conn: Arc<ConnContext>,
-) -> impl Service<Request<Incoming>, Response = Rsp, Error = Infallible, Future: Send> + Clone {
+) -> impl Service<Request<ClientBody>, Response = Rsp, Error = Infallible, Future: Send> + Clone {
     let routes = conn.clone();
     ServiceBuilder::new()
         .layer(rescue::layer(conn.clone())) // every error becomes a response naming its cause

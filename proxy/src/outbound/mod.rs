@@ -8,6 +8,7 @@
 //! The whole HTTP stack is below, outermost layer first; each layer is a
 //! module of [`crate::stack`].
 
+use crate::http::client_body::ClientBody;
 use crate::http::error::ProxyError;
 use crate::http::vhost::{Action, Route};
 use crate::http::{headers, ConnContext, Target};
@@ -21,7 +22,6 @@ use crate::stack::{
     trace, Req, Rsp,
 };
 use http::Request;
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tower::{Service, ServiceBuilder};
@@ -29,7 +29,7 @@ use tower::{Service, ServiceBuilder};
 /// One client connection's stack.
 pub fn stack(
     conn: Arc<ConnContext>,
-) -> impl Service<Request<Incoming>, Response = Rsp, Error = Infallible, Future: Send> + Clone {
+) -> impl Service<Request<ClientBody>, Response = Rsp, Error = Infallible, Future: Send> + Clone {
     let routes = conn.clone();
     ServiceBuilder::new()
         .layer(rescue::layer(conn.clone())) // every error becomes a response naming its cause

@@ -15,9 +15,10 @@
 use super::UpstreamError;
 use crate::http::authority::body_cap::BoxError;
 use crate::http::body::UpstreamBody;
+use crate::http::client_body::H2Recv;
 use bytes::Bytes;
 use h2::client::{Connection, SendRequest};
-use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use h2::{Ping, PingPong, Reason, SendStream};
 use http::{header, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use std::future::{poll_fn, Future};
@@ -201,9 +202,7 @@ impl H2Sender {
         }
         let content_length = crate::http::headers::content_length(response.headers());
         Ok(response.map(|recv| H2Body {
-            recv,
-            data_done: false,
-            remaining: content_length,
+            recv: H2Recv::new(recv, content_length),
             _connection: closed,
         }))
     }
@@ -359,7 +358,7 @@ fn is_abandoned(abandoned: &mut Option<oneshot::Receiver<()>>, cx: &mut Context<
 
 /// Ready once the stream may buffer more data (h2 holds what exceeds
 /// the peer's window, up to its send buffer); an error when it closed.
-fn wait_for_capacity(
+pub(crate) fn wait_for_capacity(
     stream: &mut SendStream<Bytes>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), h2::Error>> {
@@ -388,10 +387,7 @@ fn client_body_failed(e: &BoxError, broke: &AtomicBool) {
 /// An upstream HTTP/2 response body: its DATA (the window given back as
 /// each frame is read), then its trailers.
 pub struct H2Body {
-    recv: RecvStream,
-    data_done: bool,
-    /// Bytes still expected, when the response gave a Content-Length.
-    remaining: Option<u64>,
+    recv: H2Recv,
     /// Counts this request as in flight on its connection (see [`H2Sender`]).
     _connection: Arc<AtomicBool>,
 }
@@ -404,27 +400,11 @@ impl Body for H2Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let this = self.get_mut();
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(remaining) = this.remaining.as_mut() {
-                        *remaining = remaining.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                // RST_STREAM(NO_ERROR) after a complete response: the
-                // upstream answered early and needs no more of the request.
-                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => return Poll::Ready(None),
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => this.data_done = true,
-            }
-        }
-        match ready!(this.recv.poll_trailers(cx)) {
-            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
-            Err(e) if e.reason() == Some(Reason::NO_ERROR) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
+        match ready!(self.get_mut().recv.poll_frame(cx)) {
+            // RST_STREAM(NO_ERROR) after a complete response: the
+            // upstream answered early and needs no more of the request.
+            Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => Poll::Ready(None),
+            frame => Poll::Ready(frame),
         }
     }
 
@@ -433,8 +413,7 @@ impl Body for H2Body {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.remaining
-            .map_or_else(SizeHint::default, SizeHint::with_exact)
+        self.recv.size_hint()
     }
 }
 

@@ -207,7 +207,10 @@ async fn endless_body() -> (UpstreamBody, TcpStream) {
         .await
         .expect("write");
     let body = body_rx.await.expect("the request's body");
-    (UpstreamBody::stream(body), client)
+    (
+        UpstreamBody::stream(crate::http::client_body::ClientBody::Http1(body)),
+        client,
+    )
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@
 //! flight at a time (its client is [`h2`]). Idle connections past their
 //! timeout are reaped.
 
-mod h2;
+pub(crate) mod h2;
 
 use crate::http::body::UpstreamBody;
 use crate::io::CountedIo;

@@ -5,10 +5,10 @@
 //! stopped. Past `max_body` the copy is dropped and the request can no
 //! longer be retried; the stream itself goes on unharmed.
 
+use crate::http::client_body::ClientBody;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -41,7 +41,7 @@ impl<B> Shared<B> {
 }
 
 /// One try's view of the body.
-pub struct ReplayBody<B = Incoming> {
+pub struct ReplayBody<B = ClientBody> {
     shared: Arc<Mutex<Shared<B>>>,
     /// The next kept frame this try sends.
     next: usize,

@@ -1,4 +1,4 @@
-//! The outermost layer: takes hyper's request, starts the request's
+//! The outermost layer: takes the client's request, starts the request's
 //! shared state ([`super::ReqState`]) on the current config snapshot, and
 //! turns every error from below into the response the client gets: the
 //! error's status, a `strait-proxy-error` header naming the cause, and a
@@ -8,10 +8,10 @@
 
 use super::{Req, Result, Rsp};
 use crate::http::body::{ProxyBody, UpstreamBody};
+use crate::http::client_body::ClientBody;
 use crate::http::error::ProxyError;
 use crate::http::ConnContext;
 use http::{Request, Version};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,7 +33,7 @@ pub fn layer<S>(conn: Arc<ConnContext>) -> impl tower::Layer<S, Service = Rescue
     })
 }
 
-impl<S> Service<Request<Incoming>> for Rescue<S>
+impl<S> Service<Request<ClientBody>> for Rescue<S>
 where
     S: Service<Req, Response = Rsp, Error = ProxyError>,
 {
@@ -47,7 +47,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<ClientBody>) -> Self::Future {
         let version = req.version();
         let req = Req::new(req.map(UpstreamBody::stream));
         RescueFuture {

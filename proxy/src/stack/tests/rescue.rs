@@ -2,7 +2,7 @@
 //! the client gets: its status, a `strait-proxy-error` header naming the
 //! cause, a message; counted in `http_proxy_errors_total`.
 
-use super::support::{conn, incoming, mock, status};
+use super::support::{client_body, conn, mock, status};
 use crate::http::error::{ProxyError, PROXY_ERROR_HEADER};
 use crate::stack::rescue::{self, error_response};
 use crate::Direction;
@@ -57,7 +57,7 @@ async fn the_layer_answers_for_an_error_in_the_clients_version() {
     let conn = conn(CONFIG, Direction::Outbound);
     let (inner, mut handle) = mock();
     let svc = rescue::layer(conn).layer(inner);
-    let (_tx, body) = incoming(None).await;
+    let (_tx, body) = client_body(None).await;
     let mut req = Request::new(body);
     *req.version_mut() = Version::HTTP_10;
     let future = tokio::spawn(svc.clone().oneshot(req));
@@ -70,7 +70,7 @@ async fn the_layer_answers_for_an_error_in_the_clients_version() {
     assert_eq!(response.headers()[PROXY_ERROR_HEADER], "no-endpoints");
     assert_eq!(response.version(), Version::HTTP_10);
 
-    let (_tx, body) = incoming(None).await;
+    let (_tx, body) = client_body(None).await;
     let future = tokio::spawn(svc.oneshot(Request::new(body)));
     let (_, send) = handle.next_request().await.expect("sent");
     send.send_response(status(204));

@@ -3,8 +3,8 @@
 //! budget, a request that cannot be sent again.
 
 use super::support::{
-    addr, cluster, collect, data, get, incoming, mock, nothing_sent, refused, request, route,
-    settle, status, streamed, trailers, Handle, Mock,
+    addr, client_body, cluster, collect, data, get, incoming, mock, nothing_sent, refused, request,
+    route, settle, status, streamed, trailers, Handle, Mock,
 };
 use crate::http::body::UpstreamBody;
 use crate::http::error::ProxyError;
@@ -311,7 +311,7 @@ async fn a_body_over_max_body_is_never_retried() {
         "",
         "{attempts: 2, on: [5xx], max_body: 4, backoff_base: 1ms, backoff_max: 1ms}",
     );
-    let (tx, body) = incoming(None).await;
+    let (tx, body) = client_body(None).await;
     let req = to(&web, request(Method::POST, UpstreamBody::stream(body)));
     let mut future = std::pin::pin!(svc.ready().await.expect("ready").call(req));
     tx.send(data("abc")).expect("send");
@@ -336,7 +336,7 @@ async fn a_retry_sends_the_client_body_again() {
         "",
         "{attempts: 1, on: [5xx], max_body: 64, backoff_base: 1ms, backoff_max: 1ms}",
     );
-    let (tx, body) = incoming(Some(5)).await;
+    let (tx, body) = client_body(Some(5)).await;
     let req = to(&web, request(Method::POST, UpstreamBody::stream(body)));
     let mut future = std::pin::pin!(svc.ready().await.expect("ready").call(req));
     let (first, send) = tokio::select! {

@@ -5,6 +5,7 @@
 //! only take hyper's body type.
 
 use crate::http::body::{ProxyBody, UpstreamBody};
+use crate::http::client_body::{ClientBody, H2Recv};
 use crate::http::error::ProxyError;
 use crate::http::stream_end::Tracked;
 use crate::http::vhost::{Action, Route};
@@ -241,9 +242,9 @@ impl Body for ChannelBody {
     }
 }
 
-/// A hyper `Incoming` body (the type of the client's stream and of the
-/// upstream's), fed from the returned channel through an in-memory HTTP/2
-/// connection; `size` is sent as its content-length.
+/// A hyper `Incoming` body (the type of the upstream's HTTP/1 stream),
+/// fed from the returned channel through an in-memory HTTP/2 connection;
+/// `size` is sent as its content-length.
 pub async fn incoming(size: Option<u64>) -> (BodyTx, Incoming) {
     let (client_io, server_io) = tokio::io::duplex(1 << 16);
     let (found_tx, found_rx) = oneshot::channel();
@@ -263,8 +264,39 @@ pub async fn incoming(size: Option<u64>) -> (BodyTx, Incoming) {
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .serve_connection(TokioIo::new(server_io), service),
     );
+    let tx = send_over_http2(client_io, size).await;
+    (tx, found_rx.await.expect("the request reached the server"))
+}
+
+/// A client's request body as strait's HTTP/2 server hands it to the
+/// stack (h2's stream), fed from the returned channel through an
+/// in-memory HTTP/2 connection; `size` is sent as its content-length.
+pub async fn client_body(size: Option<u64>) -> (BodyTx, ClientBody) {
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    let (found_tx, found_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let Ok(mut connection) = h2::server::handshake(server_io).await else {
+            return;
+        };
+        let mut found_tx = Some(found_tx);
+        // Never answered: the test reads the request body, not this.
+        let mut unanswered = Vec::new();
+        while let Some(Ok((request, respond))) = connection.accept().await {
+            if let Some(found) = found_tx.take() {
+                let _ = found.send(ClientBody::Http2(H2Recv::new(request.into_body(), size)));
+            }
+            unanswered.push(respond);
+        }
+    });
+    let tx = send_over_http2(client_io, size).await;
+    (tx, found_rx.await.expect("the request reached the server"))
+}
+
+/// POST a body fed from the returned channel with hyper's HTTP/2 client
+/// on `io`.
+async fn send_over_http2(io: tokio::io::DuplexStream, size: Option<u64>) -> BodyTx {
     let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
             .expect("in-memory HTTP/2 handshake");
     tokio::spawn(connection);
@@ -278,7 +310,7 @@ pub async fn incoming(size: Option<u64>) -> (BodyTx, Incoming) {
     tokio::spawn(async move {
         let _ = sender.send_request(request).await;
     });
-    (tx, found_rx.await.expect("the request reached the server"))
+    tx
 }
 
 /// Read a body to its end: its data, and its trailers if any.
