@@ -250,3 +250,48 @@ async fn idle_http2_connections_and_stalled_streams_are_closed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_slow_response_body_pins_none_of_the_connection_window() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&config(upstream.addr, ""));
+    let client = h2_client(proxy.outbound).await;
+
+    // A response whose body waits for ours: /echo answers at once and
+    // sends our body back as it comes. Ours never comes.
+    let mut client = client.ready().await.expect("ready");
+    let (slow, _slow_body) = client
+        .send_request(request("POST", "/echo"), false)
+        .expect("send");
+    let slow = slow.await.expect("the slow response's head");
+    assert_eq!(slow.status(), StatusCode::OK);
+
+    // A large response on the same connection, read the way some peers
+    // do: no WINDOW_UPDATE until the connection's whole window (65,535
+    // bytes) has arrived. Capacity held back for the slow stream would
+    // leave it one byte short for ever.
+    const SIZE: usize = 100_000;
+    let mut client = client.ready().await.expect("ready");
+    let (large, mut large_body) = client
+        .send_request(request("POST", "/echo"), false)
+        .expect("send");
+    large_body
+        .send_data(Bytes::from(vec![b'x'; SIZE]), true)
+        .expect("data");
+    let mut recv = large.await.expect("the large response's head").into_body();
+    let (mut got, mut unreleased) = (0, 0);
+    while got < SIZE {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), recv.data())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {got} bytes\n{}", proxy.log()))
+            .expect("more data")
+            .expect("data");
+        got += chunk.len();
+        unreleased += chunk.len();
+        if unreleased >= 65_535 || got == SIZE {
+            let _ = recv.flow_control().release_capacity(unreleased);
+            unreleased = 0;
+        }
+    }
+    assert_eq!(got, SIZE);
+}

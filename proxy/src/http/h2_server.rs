@@ -402,7 +402,11 @@ fn send_head(mut reply: SendResponse<Bytes>, response: Response<ProxyBody>) -> O
     let end_of_stream = body.is_end_stream();
     prepare_head(&mut head.headers, &body, end_of_stream);
     match reply.send_response(Response::from_parts(head, ()), end_of_stream) {
-        Ok(stream) if !end_of_stream => Some(BodyPipe { body, stream }),
+        Ok(stream) if !end_of_stream => Some(BodyPipe {
+            body,
+            stream,
+            waiting: None,
+        }),
         Ok(_) => None,
         Err(e) => {
             tracing::debug!(error = %e, "the response head could not be sent");
@@ -450,29 +454,51 @@ fn http_date() -> HeaderValue {
 
 /// A response body being copied onto its stream as the window allows.
 /// A client reset stops the copy; a body that fails resets the stream,
-/// with the upstream's own reset reason when it was one.
+/// with the upstream's own reset reason when it was one. Capacity is
+/// asked for once a chunk is in hand, never ahead of it: a reservation
+/// held while the body is slow pins the connection's window, which
+/// stalls other streams with a peer that only sends WINDOW_UPDATE once
+/// its window is used up (what hyper learned in its issue 4003).
 struct BodyPipe {
     body: ProxyBody,
     stream: SendStream<Bytes>,
+    /// A chunk waiting for capacity, and whether it ends the body.
+    waiting: Option<(Bytes, bool)>,
 }
 
 impl BodyPipe {
-    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            match crate::pool::h2::wait_for_capacity(&mut self.stream, cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!(error = %e, "client stream closed while the response body was sent");
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Ok(())) => {}
-            }
+            // Registered first, so a reset wakes the task while it waits.
             if let Poll::Ready(reset) = self.stream.poll_reset(cx) {
                 tracing::debug!(
                     ?reset,
                     "client reset the stream while the response body was sent"
                 );
                 return Poll::Ready(());
+            }
+            if let Some((data, end)) = self.waiting.take() {
+                if !data.is_empty() && self.stream.capacity() == 0 {
+                    match self.stream.poll_capacity(cx) {
+                        Poll::Pending => {
+                            self.waiting = Some((data, end));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Some(Ok(_))) => {
+                            self.waiting = Some((data, end));
+                            continue;
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            tracing::debug!(error = %e, "client stream closed while the response body was sent");
+                            return Poll::Ready(());
+                        }
+                        Poll::Ready(None) => return Poll::Ready(()),
+                    }
+                }
+                if self.stream.send_data(data, end).is_err() || end {
+                    return Poll::Ready(());
+                }
+                continue;
             }
             let frame = match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -491,9 +517,11 @@ impl BodyPipe {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let end = self.body.is_end_stream();
-                        if self.stream.send_data(data, end).is_err() || end {
-                            return Poll::Ready(());
+                        // An empty chunk needs no capacity.
+                        if !data.is_empty() {
+                            self.stream.reserve_capacity(data.len());
                         }
+                        self.waiting = Some((data, end));
                     }
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {

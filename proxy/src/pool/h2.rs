@@ -260,6 +260,8 @@ fn send_body(body: UpstreamBody, stream: SendStream<Bytes>) -> SendingBody {
 /// that fails resets the stream (CANCEL) and sets `broke`; a reset from
 /// the upstream stops the copy; so does the request being abandoned
 /// before its response (a timeout, the client gone), with a CANCEL.
+/// Capacity is asked for once a chunk is in hand, never ahead of it (see
+/// the server's `BodyPipe`, `http::h2_server`).
 async fn pipe(
     mut body: UpstreamBody,
     mut stream: SendStream<Bytes>,
@@ -268,23 +270,6 @@ async fn pipe(
 ) {
     let mut abandoned = Some(abandoned);
     loop {
-        let ready = poll_fn(|cx| {
-            if is_abandoned(&mut abandoned, cx) {
-                return Poll::Ready(Err(None));
-            }
-            wait_for_capacity(&mut stream, cx).map_err(Some)
-        })
-        .await;
-        if let Err(reason) = ready {
-            match reason {
-                None => stream.send_reset(Reason::CANCEL),
-                Some(reason) => tracing::debug!(
-                    ?reason,
-                    "upstream HTTP/2 stream closed while the request body was sent"
-                ),
-            }
-            return;
-        }
         let frame = poll_fn(|cx| {
             if is_abandoned(&mut abandoned, cx) {
                 return Poll::Ready(Err(None));
@@ -295,7 +280,7 @@ async fn pipe(
             Pin::new(&mut body).poll_frame(cx).map(Ok)
         })
         .await;
-        let sent = match frame {
+        let (data, end) = match frame {
             Err(None) => {
                 stream.send_reset(Reason::CANCEL);
                 return;
@@ -317,14 +302,7 @@ async fn pipe(
                 return;
             }
             Ok(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => {
-                    let end = body.is_end_stream();
-                    let sent = stream.send_data(data, end);
-                    if end {
-                        return;
-                    }
-                    sent
-                }
+                Ok(data) => (data, body.is_end_stream()),
                 Err(frame) => match frame.into_trailers() {
                     Ok(trailers) => {
                         let _ = stream.send_trailers(trailers);
@@ -334,7 +312,27 @@ async fn pipe(
                 },
             },
         };
-        if sent.is_err() {
+        if !data.is_empty() {
+            stream.reserve_capacity(data.len());
+            let ready = poll_fn(|cx| {
+                if is_abandoned(&mut abandoned, cx) {
+                    return Poll::Ready(Err(None));
+                }
+                wait_for_capacity(&mut stream, cx).map_err(Some)
+            })
+            .await;
+            if let Err(reason) = ready {
+                match reason {
+                    None => stream.send_reset(Reason::CANCEL),
+                    Some(reason) => tracing::debug!(
+                        ?reason,
+                        "upstream HTTP/2 stream closed while the request body was sent"
+                    ),
+                }
+                return;
+            }
+        }
+        if stream.send_data(data, end).is_err() || end {
             return;
         }
     }
@@ -356,13 +354,12 @@ fn is_abandoned(abandoned: &mut Option<oneshot::Receiver<()>>, cx: &mut Context<
     }
 }
 
-/// Ready once the stream may buffer more data (h2 holds what exceeds
-/// the peer's window, up to its send buffer); an error when it closed.
-pub(crate) fn wait_for_capacity(
+/// Ready once the stream has been given some of the capacity it asked
+/// for; an error when it closed.
+fn wait_for_capacity(
     stream: &mut SendStream<Bytes>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), h2::Error>> {
-    stream.reserve_capacity(1);
     while stream.capacity() == 0 {
         match ready!(stream.poll_capacity(cx)) {
             Some(Ok(0)) => {}

@@ -9,7 +9,7 @@
 //! flight at a time (its client is [`h2`]). Idle connections past their
 //! timeout are reaped.
 
-pub(crate) mod h2;
+mod h2;
 
 use crate::http::body::UpstreamBody;
 use crate::io::CountedIo;
