@@ -44,7 +44,9 @@ done
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/strait-cg.XXXXXX")
 OUT=${OUT:-$TMP}; mkdir -p "$OUT"
 declare -a PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; [[ $OUT == "$TMP" || -n ${KEEP:-} ]] || rm -rf "$TMP"' EXIT
+# (Under set -e, a kill of a process already gone would end the trap early
+# and leave the rest running: hence the `|| true`.)
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [[ $OUT == "$TMP" || -n ${KEEP:-} ]] || rm -rf "$TMP"' EXIT
 start() { ( exec "$@" ) >> "$TMP/log" 2>&1 & PIDS+=("$!"); LAST_PID=$!; }
 wait_ok() { local i; for i in $(seq 150); do curl -s -m 5 "http://127.0.0.1:$1/" 2>/dev/null | grep -q ok && return 0; sleep 0.2; done; return 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
