@@ -21,6 +21,7 @@ use support::upstream::Upstream;
 use support::{Proxy, EPHEMERAL_LISTENERS};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 fn config(upstream: SocketAddr, proxy: &str) -> String {
     format!(
@@ -28,14 +29,31 @@ fn config(upstream: SocketAddr, proxy: &str) -> String {
     )
 }
 
-/// A raw HTTP/2 client connection to `addr`.
-async fn h2_client(addr: SocketAddr) -> SendRequest<Bytes> {
+/// A raw HTTP/2 client connection to `addr`, and its task (which ends
+/// when the connection does).
+async fn h2_connection(
+    addr: SocketAddr,
+) -> (SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
     let tcp = TcpStream::connect(addr).await.expect("connect proxy");
     let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+    (client, tokio::spawn(connection))
+}
+
+async fn h2_client(addr: SocketAddr) -> SendRequest<Bytes> {
+    h2_connection(addr).await.0
+}
+
+/// Wait (5 s at most) until the upstream has seen a `/hang` request dropped.
+async fn wait_for_cancellation(upstream: &Upstream, proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream never saw the cancellation\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn request(method: &str, path: &str) -> Request<()> {
@@ -194,15 +212,7 @@ async fn a_client_reset_before_the_response_cancels_the_upstream_request() {
     drop(response);
     // h2's client resets a stream whose response and body are dropped.
     drop(client);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while upstream.cancelled.load(Ordering::SeqCst) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream never saw the cancellation\n{}",
-            proxy.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_cancellation(&upstream, &proxy).await;
 }
 
 #[tokio::test]
@@ -211,9 +221,7 @@ async fn idle_http2_connections_and_stalled_streams_are_closed() {
     let proxy = Proxy::start(&config(upstream.addr, "proxy: {idle_timeout: 300ms}\n"));
 
     // A connection left idle after a request: GOAWAY, then closed.
-    let tcp = TcpStream::connect(proxy.outbound).await.expect("connect");
-    let (mut client, connection) = h2::client::handshake(tcp).await.expect("handshake");
-    let connection = tokio::spawn(connection);
+    let (mut client, connection) = h2_connection(proxy.outbound).await;
     let (response, _) = client
         .send_request(request("GET", "/"), true)
         .expect("send");
@@ -229,9 +237,7 @@ async fn idle_http2_connections_and_stalled_streams_are_closed() {
     // A stream whose response never comes: the connection goes quiet, is
     // told GOAWAY, and is closed one more timeout later; the upstream sees
     // its request cancelled.
-    let tcp = TcpStream::connect(proxy.outbound).await.expect("connect");
-    let (mut client, connection) = h2::client::handshake(tcp).await.expect("handshake");
-    let connection = tokio::spawn(connection);
+    let (mut client, connection) = h2_connection(proxy.outbound).await;
     let (_response, _) = client
         .send_request(request("GET", "/hang"), true)
         .expect("send");
@@ -240,15 +246,7 @@ async fn idle_http2_connections_and_stalled_streams_are_closed() {
         .await
         .expect("a connection with a stalled stream closed within 5 s")
         .expect("connection task");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while upstream.cancelled.load(Ordering::SeqCst) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream never saw the cancellation\n{}",
-            proxy.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_cancellation(&upstream, &proxy).await;
 }
 
 #[tokio::test]
