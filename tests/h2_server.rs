@@ -222,12 +222,13 @@ async fn idle_http2_connections_and_stalled_streams_are_closed() {
 
     // A connection left idle after a request: GOAWAY, then closed.
     let (mut client, connection) = h2_connection(proxy.outbound).await;
+    // The last activity the idle timer counts from comes after this.
+    let started = Instant::now();
     let (response, _) = client
         .send_request(request("GET", "/"), true)
         .expect("send");
     let (head, _) = read_all(response.await.expect("response")).await;
     assert_eq!(head.status, StatusCode::OK);
-    let started = Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(5), connection)
         .await
         .expect("idle connection closed within 5 s");
@@ -292,4 +293,21 @@ async fn a_slow_response_body_pins_none_of_the_connection_window() {
         }
     }
     assert_eq!(got, SIZE);
+}
+
+#[tokio::test]
+async fn connect_over_http2_is_refused_with_501() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&config(upstream.addr, ""));
+    let mut client = h2_client(proxy.outbound).await;
+    let connect = Request::builder()
+        .method("CONNECT")
+        .uri("web:80")
+        .body(())
+        .expect("request");
+    let (response, _) = client.send_request(connect, false).expect("send");
+    let (head, text) = read_all(response.await.expect("a response, not a reset")).await;
+    assert_eq!(head.status, StatusCode::NOT_IMPLEMENTED, "{text}");
+    assert_eq!(head.headers["strait-proxy-error"], "connect-over-http2");
+    assert_eq!(upstream.requests.load(Ordering::SeqCst), 0);
 }

@@ -31,6 +31,11 @@ use strait_config::HttpSettings;
 
 /// Check and canonicalise `req` before anything reads its authority or path.
 pub fn admit<B>(req: &mut Request<B>, settings: &HttpSettings) -> Result<(), ProxyError> {
+    // An HTTP/2 CONNECT would tunnel in the stream (RFC 9113 §8.5), which
+    // strait does not do: refused rather than sent on as a plain request.
+    if req.method() == Method::CONNECT && req.version() == Version::HTTP_2 {
+        return Err(BadRequest::ConnectOverHttp2.into());
+    }
     limits(req, settings)?;
     one_authority(req)?;
     if let Some(path) = normalize(req, settings) {

@@ -98,6 +98,8 @@ pub enum BadRequest {
     BodyTooLarge { len: u64, max: u64 },
     #[error("the request body went over the {max} bytes proxy.http.max_request_body_bytes allows")]
     StreamedBodyTooLarge { max: u64 },
+    #[error("CONNECT over HTTP/2 (a tunnel in a stream) is not supported; use HTTP/1.1 CONNECT")]
+    ConnectOverHttp2,
 }
 
 impl BadRequest {
@@ -108,6 +110,7 @@ impl BadRequest {
             BadRequest::BodyTooLarge { .. } | BadRequest::StreamedBodyTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            BadRequest::ConnectOverHttp2 => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -123,6 +126,7 @@ impl BadRequest {
             BadRequest::BodyTooLarge { .. } | BadRequest::StreamedBodyTooLarge { .. } => {
                 "body-too-large"
             }
+            BadRequest::ConnectOverHttp2 => "connect-over-http2",
         }
     }
 }

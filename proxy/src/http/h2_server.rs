@@ -94,11 +94,12 @@ where
         call,
         drained: drain.cancelled_owned(),
         drain_seen: false,
-        idle: IdleTimer::new(activity, idle_timeout),
+        idle: IdleTimer::new(activity.clone(), idle_timeout),
         idle_closing: false,
         keep_alive: KeepAlive::new(
             limits.http2_keep_alive_interval,
             limits.http2_keep_alive_timeout,
+            activity,
         ),
         ending: None,
     }
@@ -250,24 +251,31 @@ impl IdleTimer {
     }
 }
 
-/// Keep-alive PINGs (`proxy.http.http2_keep_alive_interval`): one every
-/// interval; one left unanswered for the timeout ends the connection.
+/// Keep-alive PINGs (`proxy.http.http2_keep_alive_interval`): one after
+/// each interval in which the connection moved no bytes (as hyper's
+/// server did, so a client busy uploading is not asked to answer behind
+/// its own DATA); one left unanswered for the timeout ends the connection.
 struct KeepAlive {
     ping: Option<h2::PingPong>,
     interval: Option<Duration>,
     timeout: Duration,
     awaiting_pong: bool,
+    /// The connection's I/O counter, and its value at the last tick.
+    activity: Arc<AtomicU64>,
+    seen: u64,
     /// Set only when keep-alive is on.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl KeepAlive {
-    fn new(interval: Option<Duration>, timeout: Duration) -> KeepAlive {
+    fn new(interval: Option<Duration>, timeout: Duration, activity: Arc<AtomicU64>) -> KeepAlive {
         KeepAlive {
             ping: None,
             interval,
             timeout,
             awaiting_pong: false,
+            seen: activity.load(Ordering::Relaxed),
+            activity,
             timer: None,
         }
     }
@@ -302,6 +310,12 @@ impl KeepAlive {
             ready!(timer.as_mut().poll(cx));
             if self.awaiting_pong {
                 return Poll::Ready(Ended::KeepAliveTimeout);
+            }
+            let now = self.activity.load(Ordering::Relaxed);
+            if now != self.seen {
+                self.seen = now;
+                timer.as_mut().reset(Instant::now() + interval);
+                continue;
             }
             if let Err(e) = ping.send_ping(Ping::opaque()) {
                 return Poll::Ready(Ended::Error(e));
@@ -409,7 +423,10 @@ fn send_head(mut reply: SendResponse<Bytes>, response: Response<ProxyBody>) -> O
         }),
         Ok(_) => None,
         Err(e) => {
+            // The client is told at once, not when the request's last
+            // handle is dropped.
             tracing::debug!(error = %e, "the response head could not be sent");
+            reply.send_reset(Reason::INTERNAL_ERROR);
             None
         }
     }
@@ -421,6 +438,8 @@ fn send_head(mut reply: SendResponse<Bytes>, response: Response<ProxyBody>) -> O
 /// `Content-Length` when the body's size is known.
 fn prepare_head(headers: &mut HeaderMap, body: &ProxyBody, end_of_stream: bool) {
     headers::strip_hop_by_hop(headers, false);
+    // `TE` means something in a request only; `h2` refuses it otherwise.
+    headers.remove(header::TE);
     if let header::Entry::Vacant(date) = headers.entry(header::DATE) {
         date.insert(http_date());
     }

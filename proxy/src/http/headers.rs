@@ -103,10 +103,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     }
     // `TE: trailers` is how gRPC clients ask for trailers; anything else
     // goes. (`Connection` may name `TE`, removing it above.)
+    // HTTP/2 takes exactly `trailers`, so the one kept is written so.
     if present & TE_BIT != 0 {
         if let Some(te) = headers.get(header::TE) {
             if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
                 headers.remove(header::TE);
+            } else if te.as_bytes() != b"trailers" {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
             }
         }
     }
@@ -280,6 +283,14 @@ mod tests {
         assert!(h.get(header::CONNECTION).is_none());
         assert!(h.get("x-secret").is_none());
         assert_eq!(h.len(), 1, "only x-app left");
+    }
+
+    #[test]
+    fn te_trailers_is_kept_as_http2_spells_it() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("Trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::TE], "trailers");
     }
 
     #[test]
