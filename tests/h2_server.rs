@@ -160,6 +160,13 @@ async fn body_reporting_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>
     (addr, reports)
 }
 
+/// The upstream's next report, within 5 s.
+async fn next_seen(reports: &mut mpsc::UnboundedReceiver<Seen>, proxy: &Proxy) -> Option<Seen> {
+    tokio::time::timeout(Duration::from_secs(5), reports.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the upstream reported nothing within 5 s\n{}", proxy.log()))
+}
+
 #[tokio::test]
 async fn a_client_reset_mid_body_never_reaches_the_upstream_as_a_whole_body() {
     let (upstream, mut reports) = body_reporting_upstream().await;
@@ -175,8 +182,11 @@ async fn a_client_reset_mid_body_never_reaches_the_upstream_as_a_whole_body() {
         .expect("data");
     let (head, _) = read_all(response.await.expect("response")).await;
     assert_eq!(head.status, StatusCode::OK);
-    assert_eq!(reports.recv().await, Some(Seen::Head));
-    assert_eq!(reports.recv().await, Some(Seen::Whole("hello".into())));
+    assert_eq!(next_seen(&mut reports, &proxy).await, Some(Seen::Head));
+    assert_eq!(
+        next_seen(&mut reports, &proxy).await,
+        Some(Seen::Whole("hello".into()))
+    );
 
     // Then a body the client gives up on: part of it, then RST_STREAM.
     let mut client = client.ready().await.expect("ready");
@@ -185,12 +195,9 @@ async fn a_client_reset_mid_body_never_reaches_the_upstream_as_a_whole_body() {
         .expect("send");
     body.send_data(Bytes::from_static(b"hel"), false)
         .expect("data");
-    let head = tokio::time::timeout(Duration::from_secs(5), reports.recv()).await;
-    assert_eq!(head.ok().flatten(), Some(Seen::Head), "{}", proxy.log());
+    assert_eq!(next_seen(&mut reports, &proxy).await, Some(Seen::Head));
     body.send_reset(Reason::CANCEL);
-    let report = tokio::time::timeout(Duration::from_secs(5), reports.recv())
-        .await
-        .expect("the upstream heard of the request within 5 s");
+    let report = next_seen(&mut reports, &proxy).await;
     assert!(
         matches!(report, Some(Seen::Broken(_))),
         "the upstream took a cut-off body as whole: {report:?}\n{}",

@@ -3,12 +3,12 @@
 //! Either fails with a [`ClientBodyError`], which is how a broken request
 //! body is told from the upstream's failure ([`super::error::is_client_body_error`]).
 
+use super::h2_stream::H2Recv;
 use bytes::Bytes;
-use h2::RecvStream;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 pub enum ClientBody {
     Http1(Incoming),
@@ -72,57 +72,5 @@ impl Body for ClientBody {
             ClientBody::Http1(body) => body.size_hint(),
             ClientBody::Http2(body) => body.size_hint(),
         }
-    }
-}
-
-/// An HTTP/2 stream's body as it arrives: DATA (the flow-control window
-/// given back as each frame is read), then trailers. Shared by the server
-/// (requests) and the client (responses, [`crate::pool::h2`]).
-pub struct H2Recv {
-    recv: RecvStream,
-    data_done: bool,
-    /// Bytes still expected, when the message gave a Content-Length.
-    remaining: Option<u64>,
-}
-
-impl H2Recv {
-    pub fn new(recv: RecvStream, content_length: Option<u64>) -> H2Recv {
-        H2Recv {
-            recv,
-            data_done: false,
-            remaining: content_length,
-        }
-    }
-
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        if !self.data_done {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    if let Some(remaining) = self.remaining.as_mut() {
-                        *remaining = remaining.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => self.data_done = true,
-            }
-        }
-        match ready!(self.recv.poll_trailers(cx)) {
-            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    pub fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    pub fn size_hint(&self) -> SizeHint {
-        self.remaining
-            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }

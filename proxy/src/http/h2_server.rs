@@ -4,8 +4,8 @@
 //! streams finish) when the proxy drains or the connection idles. Each
 //! stream runs on a task of its own (streams proceed concurrently, on any
 //! worker) that awaits the stack's response, sends its head and pipes its
-//! body under the stream's flow control; a client that resets the stream
-//! first cancels the request.
+//! body under the stream's flow control ([`super::h2_stream::SendPipe`]);
+//! a client that resets the stream first cancels the request.
 //!
 //! (hyper's HTTP/2 server, which this replaced, did the same with more per
 //! stream: a second pass stripping connection headers the stack already
@@ -13,12 +13,13 @@
 //! and the request body behind hyper's own body type.)
 
 use super::body::ProxyBody;
-use super::client_body::{ClientBody, H2Recv};
+use super::client_body::ClientBody;
+use super::h2_stream::{H2Recv, Piped, SendPipe};
 use super::headers;
 use crate::pool::UpstreamError;
 use bytes::Bytes;
 use h2::server::{Connection, SendResponse};
-use h2::{Ping, Reason, RecvStream, SendStream};
+use h2::{Ping, Reason, RecvStream};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body::Body;
@@ -363,7 +364,7 @@ pin_project_lite::pin_project! {
     #[project = AnswerProj]
     enum Answer<F> {
         Waiting { #[pin] response: F, respond: Option<SendResponse<Bytes>> },
-        Sending { pipe: BodyPipe },
+        Sending { pipe: SendPipe<ProxyBody> },
         Done,
     }
 }
@@ -402,7 +403,20 @@ where
                         None => Answer::Done,
                     }
                 }
-                AnswerProj::Sending { pipe } => return pipe.poll(cx),
+                AnswerProj::Sending { pipe } => {
+                    match ready!(pipe.poll(cx)) {
+                        Piped::Done => {}
+                        Piped::Closed(e) => tracing::debug!(
+                            error = %e,
+                            "client stream closed while the response body was sent"
+                        ),
+                        Piped::Failed(e) => {
+                            tracing::debug!(error = %e, "the response body failed while it was sent");
+                            pipe.reset(reset_reason(&e));
+                        }
+                    }
+                    return Poll::Ready(());
+                }
                 AnswerProj::Done => return Poll::Ready(()),
             };
             self.set(next);
@@ -411,16 +425,15 @@ where
 }
 
 /// Send `response`'s head; what is left is its body's pipe, if any.
-fn send_head(mut reply: SendResponse<Bytes>, response: Response<ProxyBody>) -> Option<BodyPipe> {
+fn send_head(
+    mut reply: SendResponse<Bytes>,
+    response: Response<ProxyBody>,
+) -> Option<SendPipe<ProxyBody>> {
     let (mut head, body) = response.into_parts();
     let end_of_stream = body.is_end_stream();
     prepare_head(&mut head.headers, &body, end_of_stream);
     match reply.send_response(Response::from_parts(head, ()), end_of_stream) {
-        Ok(stream) if !end_of_stream => Some(BodyPipe {
-            body,
-            stream,
-            waiting: None,
-        }),
+        Ok(stream) if !end_of_stream => Some(SendPipe::new(body, stream)),
         Ok(_) => None,
         Err(e) => {
             // The client is told at once, not when the request's last
@@ -469,89 +482,6 @@ fn http_date() -> HeaderValue {
         }
         value.clone()
     })
-}
-
-/// A response body being copied onto its stream as the window allows.
-/// A client reset stops the copy; a body that fails resets the stream,
-/// with the upstream's own reset reason when it was one. Capacity is
-/// asked for once a chunk is in hand, never ahead of it: a reservation
-/// held while the body is slow pins the connection's window, which
-/// stalls other streams with a peer that only sends WINDOW_UPDATE once
-/// its window is used up (what hyper learned in its issue 4003).
-struct BodyPipe {
-    body: ProxyBody,
-    stream: SendStream<Bytes>,
-    /// A chunk waiting for capacity, and whether it ends the body.
-    waiting: Option<(Bytes, bool)>,
-}
-
-impl BodyPipe {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            // Registered first, so a reset wakes the task while it waits.
-            if let Poll::Ready(reset) = self.stream.poll_reset(cx) {
-                tracing::debug!(
-                    ?reset,
-                    "client reset the stream while the response body was sent"
-                );
-                return Poll::Ready(());
-            }
-            if let Some((data, end)) = self.waiting.take() {
-                if !data.is_empty() && self.stream.capacity() == 0 {
-                    match self.stream.poll_capacity(cx) {
-                        Poll::Pending => {
-                            self.waiting = Some((data, end));
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(Some(Ok(_))) => {
-                            self.waiting = Some((data, end));
-                            continue;
-                        }
-                        Poll::Ready(Some(Err(e))) => {
-                            tracing::debug!(error = %e, "client stream closed while the response body was sent");
-                            return Poll::Ready(());
-                        }
-                        Poll::Ready(None) => return Poll::Ready(()),
-                    }
-                }
-                if self.stream.send_data(data, end).is_err() || end {
-                    return Poll::Ready(());
-                }
-                continue;
-            }
-            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(frame) => frame,
-            };
-            match frame {
-                None => {
-                    let _ = self.stream.send_data(Bytes::new(), true);
-                    return Poll::Ready(());
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "the response body failed while it was sent");
-                    self.stream.send_reset(reset_reason(&e));
-                    return Poll::Ready(());
-                }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        let end = self.body.is_end_stream();
-                        // An empty chunk needs no capacity.
-                        if !data.is_empty() {
-                            self.stream.reserve_capacity(data.len());
-                        }
-                        self.waiting = Some((data, end));
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            let _ = self.stream.send_trailers(trailers);
-                            return Poll::Ready(());
-                        }
-                    }
-                },
-            }
-        }
-    }
 }
 
 /// The reset a failed response body gives the client: the upstream's

@@ -13,6 +13,7 @@ pub mod client_body;
 pub mod error;
 pub mod flood;
 pub(crate) mod h2_server;
+pub mod h2_stream;
 pub mod headers;
 pub(crate) mod park;
 pub mod server;

@@ -15,7 +15,7 @@
 use super::UpstreamError;
 use crate::http::authority::body_cap::BoxError;
 use crate::http::body::UpstreamBody;
-use crate::http::client_body::H2Recv;
+use crate::http::h2_stream::{H2Recv, Piped, SendPipe};
 use bytes::Bytes;
 use h2::client::{Connection, SendRequest};
 use h2::{Ping, PingPong, Reason, SendStream};
@@ -256,84 +256,36 @@ fn send_body(body: UpstreamBody, stream: SendStream<Bytes>) -> SendingBody {
     }
 }
 
-/// Copy `body` onto `stream` as the stream's window allows. A client body
-/// that fails resets the stream (CANCEL) and sets `broke`; a reset from
-/// the upstream stops the copy; so does the request being abandoned
-/// before its response (a timeout, the client gone), with a CANCEL.
-/// Capacity is asked for once a chunk is in hand, never ahead of it (see
-/// the server's `BodyPipe`, `http::h2_server`).
+/// Copy `body` onto `stream` as the stream's window allows
+/// ([`SendPipe`]). A client body that fails resets the stream (CANCEL)
+/// and sets `broke`; a reset from the upstream stops the copy; so does
+/// the request being abandoned before its response (a timeout, the
+/// client gone), with a CANCEL.
 async fn pipe(
-    mut body: UpstreamBody,
-    mut stream: SendStream<Bytes>,
+    body: UpstreamBody,
+    stream: SendStream<Bytes>,
     broke: Arc<AtomicBool>,
     abandoned: oneshot::Receiver<()>,
 ) {
     let mut abandoned = Some(abandoned);
-    loop {
-        let frame = poll_fn(|cx| {
-            if is_abandoned(&mut abandoned, cx) {
-                return Poll::Ready(Err(None));
-            }
-            if let Poll::Ready(reset) = stream.poll_reset(cx) {
-                return Poll::Ready(Err(Some(reset)));
-            }
-            Pin::new(&mut body).poll_frame(cx).map(Ok)
-        })
-        .await;
-        let (data, end) = match frame {
-            Err(None) => {
-                stream.send_reset(Reason::CANCEL);
-                return;
-            }
-            Err(Some(reset)) => {
-                tracing::debug!(
-                    ?reset,
-                    "upstream reset the stream while the request body was sent"
-                );
-                return;
-            }
-            Ok(None) => {
-                let _ = stream.send_data(Bytes::new(), true);
-                return;
-            }
-            Ok(Some(Err(e))) => {
-                client_body_failed(&e, &broke);
-                stream.send_reset(Reason::CANCEL);
-                return;
-            }
-            Ok(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => (data, body.is_end_stream()),
-                Err(frame) => match frame.into_trailers() {
-                    Ok(trailers) => {
-                        let _ = stream.send_trailers(trailers);
-                        return;
-                    }
-                    Err(_) => continue,
-                },
-            },
-        };
-        if !data.is_empty() {
-            stream.reserve_capacity(data.len());
-            let ready = poll_fn(|cx| {
-                if is_abandoned(&mut abandoned, cx) {
-                    return Poll::Ready(Err(None));
-                }
-                wait_for_capacity(&mut stream, cx).map_err(Some)
-            })
-            .await;
-            if let Err(reason) = ready {
-                match reason {
-                    None => stream.send_reset(Reason::CANCEL),
-                    Some(reason) => tracing::debug!(
-                        ?reason,
-                        "upstream HTTP/2 stream closed while the request body was sent"
-                    ),
-                }
-                return;
-            }
+    let mut pipe = SendPipe::new(body, stream);
+    let piped = poll_fn(|cx| {
+        if is_abandoned(&mut abandoned, cx) {
+            return Poll::Ready(None);
         }
-        if stream.send_data(data, end).is_err() || end {
-            return;
+        pipe.poll(cx).map(Some)
+    })
+    .await;
+    match piped {
+        None => pipe.reset(Reason::CANCEL),
+        Some(Piped::Done) => {}
+        Some(Piped::Closed(e)) => tracing::debug!(
+            error = %e,
+            "upstream HTTP/2 stream closed while the request body was sent"
+        ),
+        Some(Piped::Failed(e)) => {
+            client_body_failed(&e, &broke);
+            pipe.reset(Reason::CANCEL);
         }
     }
 }
@@ -352,23 +304,6 @@ fn is_abandoned(abandoned: &mut Option<oneshot::Receiver<()>>, cx: &mut Context<
         }
         Poll::Pending => false,
     }
-}
-
-/// Ready once the stream has been given some of the capacity it asked
-/// for; an error when it closed.
-fn wait_for_capacity(
-    stream: &mut SendStream<Bytes>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), h2::Error>> {
-    while stream.capacity() == 0 {
-        match ready!(stream.poll_capacity(cx)) {
-            Some(Ok(0)) => {}
-            Some(Ok(_)) => break,
-            Some(Err(e)) => return Poll::Ready(Err(e)),
-            None => return Poll::Ready(Err(h2::Error::from(Reason::CANCEL))),
-        }
-    }
-    Poll::Ready(Ok(()))
 }
 
 /// A client body read error (the client's malformed chunk or reset, as

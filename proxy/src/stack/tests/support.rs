@@ -5,8 +5,9 @@
 //! only take hyper's body type.
 
 use crate::http::body::{ProxyBody, UpstreamBody};
-use crate::http::client_body::{ClientBody, H2Recv};
+use crate::http::client_body::ClientBody;
 use crate::http::error::ProxyError;
+use crate::http::h2_stream::H2Recv;
 use crate::http::stream_end::Tracked;
 use crate::http::vhost::{Action, Route};
 use crate::http::{ConnContext, Inputs};
